@@ -1,0 +1,49 @@
+"""What every entry script shares: the common command-line options and logging set-up.
+
+Logging is configured here, once per process, by the entry point that calls
+`configure_logging`; library modules only create their loggers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from ml_project.config import Config
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every use case accepts."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--config", type=Path, default=None, help="config file (default: project_config.yaml)"
+    )
+    parser.add_argument(
+        "--root", type=Path, default=None,
+        help="folder that relative paths in the config resolve against (default: project root)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    return parser
+
+
+def configure_logging(config: Config, run_name: str, *, verbose: bool = False) -> Path:
+    """Log to the console and to output/logs/<run_name>-<time>.log; returns the log file."""
+    directory = config.output_dir / "logs"
+    directory.mkdir(parents=True, exist_ok=True)
+    log_file = directory / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    console = logging.StreamHandler(sys.stderr)
+    file = logging.FileHandler(log_file)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format=LOG_FORMAT,
+        handlers=[console, file],
+        force=True,
+    )
+    for noisy in ("alembic", "urllib3", "matplotlib", "mlflow.store", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return log_file

@@ -1,0 +1,273 @@
+"""The one frozen, validated Config: project_config.yaml plus the run mode of a use case.
+
+Every stage receives the Config explicitly. Loading fails early, naming the file and the key,
+on unknown keys, wrong types, missing files and inconsistent settings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG_FILE = "project_config.yaml"
+
+RunMode = Literal["modelling", "prediction"]
+DataMode = Literal["historic", "production"]
+Location = Literal["local", "deployed"]
+Task = Literal["binary_classification", "multiclass_classification", "regression"]
+
+CLASSIFICATION_METRICS = {
+    "binary_classification": ("roc_auc", "accuracy", "f1", "neg_log_loss"),
+    "multiclass_classification": ("accuracy", "f1_macro", "neg_log_loss"),
+    "regression": ("neg_root_mean_squared_error", "neg_mean_absolute_error", "r2"),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and the key."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NumericalColumn(_Frozen):
+    min: float | None = None
+    max: float | None = None
+    nullable: bool = False
+
+    @model_validator(mode="after")
+    def _check_range(self) -> NumericalColumn:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+
+class CategoricalColumn(_Frozen):
+    categories: tuple[str, ...] = Field(min_length=1)
+    nullable: bool = False
+
+
+class ColumnsConfig(_Frozen):
+    id: str
+    timestamp: str | None = None
+    target: str
+    target_classes: tuple[int | str, ...] = ()
+    numerical: dict[str, NumericalColumn] = Field(default_factory=dict)
+    categorical: dict[str, CategoricalColumn] = Field(default_factory=dict)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """Input features in a fixed order: numerical first, then categorical."""
+        return (*self.numerical, *self.categorical)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> ColumnsConfig:
+        features = list(self.features)
+        if not features:
+            raise ValueError("at least one numerical or categorical feature is required")
+        special = [self.id, self.target] + ([self.timestamp] if self.timestamp else [])
+        clashes = sorted(set(features) & set(special)) + sorted(
+            set(self.numerical) & set(self.categorical)
+        )
+        if clashes or len(set(special)) != len(special):
+            raise ValueError(f"column names used twice: {clashes or special}")
+        return self
+
+
+class DataConfig(_Frozen):
+    historic: str
+    historic_table: str | None = None
+    historic_query: str | None = None
+    production: str
+    production_labels: str
+
+
+class ValidationConfig(_Frozen):
+    fail_on_invalid: bool = False
+
+
+class EngineeringConfig(_Frozen):
+    steps: tuple[str, ...] = ()
+
+
+class CandidateConfig(_Frozen):
+    name: str
+    estimator: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    search: dict[str, list[Any]] = Field(default_factory=dict)
+
+
+class TrainingConfig(_Frozen):
+    split: Literal["stratified", "random", "time"] = "stratified"
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    cv_folds: int = Field(5, ge=2)
+    metric: str
+    random_seed: int = 42
+    n_jobs: int = 1
+    candidates: tuple[CandidateConfig, ...] = Field(min_length=1)
+
+
+class TrackingConfig(_Frozen):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment_name: str
+    registered_model_name: str
+
+
+class PredictionConfig(_Frozen):
+    model_source: Literal["local", "registry"] = "local"
+    chunk_size: int = Field(5000, ge=1)
+    prediction_log_url: str = "sqlite:///output/prediction_log.db"
+    max_batch_size: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1)
+    server_url: str = "http://127.0.0.1:8000"
+    request_timeout_seconds: float = Field(10, gt=0)
+    max_retries: int = Field(3, ge=0)
+
+
+class MonitoringConfig(_Frozen):
+    window_records: int = Field(5000, ge=1)
+    drift_share_threshold: float = Field(0.3, ge=0, le=1)
+    performance_drop_threshold: float = Field(0.05, ge=0)
+
+
+class PathsConfig(_Frozen):
+    model_artifacts: str = "data/model_artifacts"
+    output: str = "output"
+
+
+class Config(_Frozen):
+    """Everything a run needs. Relative paths resolve against `root`."""
+
+    run_mode: RunMode
+    data_mode: DataMode
+    location: Location
+    root: Path
+    project_name: str
+    task: Task
+    data: DataConfig
+    columns: ColumnsConfig
+    validation: ValidationConfig = ValidationConfig()
+    engineering: EngineeringConfig = EngineeringConfig()
+    training: TrainingConfig
+    tracking: TrackingConfig
+    prediction: PredictionConfig = PredictionConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+    paths: PathsConfig = PathsConfig()
+
+    @model_validator(mode="after")
+    def _check_task(self) -> Config:
+        is_classification = self.task != "regression"
+        if is_classification and len(self.columns.target_classes) < 2:
+            raise ValueError(f"columns.target_classes needs 2+ classes for task {self.task}")
+        if self.task == "binary_classification" and len(self.columns.target_classes) != 2:
+            raise ValueError("columns.target_classes needs exactly 2 classes for binary tasks")
+        if not is_classification and self.columns.target_classes:
+            raise ValueError("columns.target_classes must be empty for regression")
+        if self.training.split == "stratified" and not is_classification:
+            raise ValueError("training.split 'stratified' needs a classification task")
+        if self.training.split == "time" and not self.columns.timestamp:
+            raise ValueError("training.split 'time' needs columns.timestamp")
+        metrics = CLASSIFICATION_METRICS[self.task]
+        if self.training.metric not in metrics:
+            raise ValueError(
+                f"training.metric {self.training.metric!r} is not one of {list(metrics)} "
+                f"for task {self.task}"
+            )
+        return self
+
+    @property
+    def is_classification(self) -> bool:
+        return self.task != "regression"
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Scorer names reported in the leaderboard; the primary metric comes first."""
+        others = [m for m in CLASSIFICATION_METRICS[self.task] if m != self.training.metric]
+        return (self.training.metric, *others)
+
+    def resolve(self, path_or_url: str) -> str:
+        """A path made absolute against the root; URLs with a scheme are returned as they are."""
+        if "://" in path_or_url:
+            if path_or_url.startswith("sqlite:///") and not path_or_url.startswith("sqlite:////"):
+                return "sqlite:///" + str(self.root / path_or_url[len("sqlite:///") :])
+            return path_or_url
+        path = Path(path_or_url)
+        return str(path if path.is_absolute() else self.root / path)
+
+    @property
+    def model_artifacts_dir(self) -> Path:
+        return Path(self.resolve(self.paths.model_artifacts))
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.resolve(self.paths.output))
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLFLOW_TRACKING_URI wins over the file, so CI and servers can point elsewhere."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or self.resolve(self.tracking.tracking_uri)
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for problem in err.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        lines.append(f"  {key}: {problem['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(
+    run_mode: RunMode,
+    data_mode: DataMode,
+    location: Location,
+    *,
+    config_file: str | Path | None = None,
+    root: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read the YAML, apply overrides (tests, CLI flags) and validate everything at once.
+
+    Args:
+        root: the folder relative paths resolve against; the project root by default.
+        config_file: defaults to `<project root>/project_config.yaml`.
+        overrides: nested keys merged over the file's values before validation.
+    """
+    config_path = Path(config_file) if config_file else PROJECT_ROOT / DEFAULT_CONFIG_FILE
+    if not config_path.is_file():
+        raise ConfigError(f"config file not found: {config_path}")
+    try:
+        content = yaml.safe_load(config_path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{config_path}: not valid YAML: {err}") from err
+    if not isinstance(content, dict):
+        raise ConfigError(f"{config_path}: expected a mapping at the top level")
+    mode_keys = {"run_mode", "data_mode", "location", "root"} & set(content)
+    if mode_keys:
+        raise ConfigError(f"{config_path}: {sorted(mode_keys)} are set by the use case, not the file")
+    values = _merge(content, overrides or {})
+    values.update(
+        run_mode=run_mode,
+        data_mode=data_mode,
+        location=location,
+        root=Path(root).resolve() if root else PROJECT_ROOT,
+    )
+    try:
+        return Config.model_validate(values)
+    except ValidationError as err:
+        raise ConfigError(f"{config_path}: invalid configuration:\n{_describe(err)}") from err

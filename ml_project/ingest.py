@@ -1,0 +1,124 @@
+"""Read production data as received: historic files or SQL, in chunks, or as an instance stream.
+
+Readers keep the columns the schema knows and log the ones they drop; they never validate
+(that is `validate.py`'s job) and never mutate what they read.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from ml_project.config import Config
+
+logger = logging.getLogger(__name__)
+
+
+def known_columns(config: Config, *, with_target: bool = True) -> list[str]:
+    """Identifier, timestamp, features and (optionally) target, in schema order."""
+    columns = config.columns
+    names = [columns.id] + ([columns.timestamp] if columns.timestamp else [])
+    names += list(columns.features)
+    return names + [columns.target] if with_target else names
+
+
+def _string_dtypes(config: Config) -> dict[str, Any]:
+    """Identifiers and categories are text even when they look like numbers."""
+    return {name: object for name in (config.columns.id, *config.columns.categorical)}
+
+
+def _keep_known(frame: pd.DataFrame, config: Config, source: str) -> pd.DataFrame:
+    keep = known_columns(config)
+    dropped = [column for column in frame.columns if column not in keep]
+    if dropped:
+        logger.info("Dropping columns not in the schema from %s: %s", source, dropped)
+    return frame[[column for column in frame.columns if column in keep]]
+
+
+def read_table(source: str, config: Config) -> pd.DataFrame:
+    """One whole table from a CSV or Parquet file or a SQLAlchemy URL, known columns only."""
+    if "://" in source:
+        import sqlalchemy
+
+        table, query = config.data.historic_table, config.data.historic_query
+        if not (table or query):
+            raise ValueError(f"{source} is a database URL: set data.historic_table or _query")
+        statement = query or f'SELECT * FROM "{table}"'
+        with sqlalchemy.create_engine(source).connect() as connection:
+            frame = pd.read_sql(sqlalchemy.text(statement), connection)
+        return _keep_known(frame.astype(_string_dtypes(config)), config, source)
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    if path.suffix == ".parquet":
+        frame = pd.read_parquet(path)
+        present = {k: v for k, v in _string_dtypes(config).items() if k in frame.columns}
+        return _keep_known(frame.astype(present), config, str(path))
+    if path.suffix == ".csv":
+        return _keep_known(pd.read_csv(path, dtype=_string_dtypes(config)), config, str(path))
+    raise ValueError(f"unsupported data file {path}: expected .csv or .parquet")
+
+
+def load_historic_data(config: Config) -> pd.DataFrame:
+    """The historic production data the modelling run learns from."""
+    frame = read_table(config.resolve(config.data.historic), config)
+    logger.info("Loaded %d historic rows with %d columns", len(frame), frame.shape[1])
+    return frame
+
+
+def read_in_chunks(path: Path, config: Config) -> Iterator[pd.DataFrame]:
+    """Chunks of at most `prediction.chunk_size` rows, so a file larger than memory streams."""
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    size = config.prediction.chunk_size
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=size):
+            frame = batch.to_pandas()
+            present = {k: v for k, v in _string_dtypes(config).items() if k in frame.columns}
+            yield _keep_known(frame.astype(present), config, str(path))
+    elif path.suffix == ".csv":
+        with pd.read_csv(path, dtype=_string_dtypes(config), chunksize=size) as reader:
+            for chunk in reader:
+                yield _keep_known(chunk, config, str(path))
+    else:
+        raise ValueError(f"unsupported data file {path}: expected .csv or .parquet")
+
+
+def count_rows(path: Path) -> int | None:
+    """Rows in a file without loading it (for progress bars); None when unknown."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    if path.suffix == ".csv":
+        with path.open("rb") as handle:
+            return max(sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b"")) - 1, 0)
+    return None
+
+
+def stream_production_instances(
+    path: Path, config: Config, *, limit: int | None = None, rate_per_second: float | None = None
+) -> Iterator[dict[str, Any]]:
+    """Production instances one by one, as JSON-like records, optionally rate-limited.
+
+    Records keep every field as received (missing values become None, as in JSON), so the
+    stream exercises the same validation as a real client would.
+    """
+    interval = 1 / rate_per_second if rate_per_second else 0.0
+    sent = 0
+    for chunk in read_in_chunks(path, config):
+        chunk = chunk.drop(columns=[config.columns.target], errors="ignore")
+        for record in chunk.astype(object).where(chunk.notna(), None).to_dict("records"):
+            if limit is not None and sent >= limit:
+                return
+            started = time.perf_counter()
+            yield {str(key): value for key, value in record.items()}
+            sent += 1
+            if interval:
+                time.sleep(max(0.0, interval - (time.perf_counter() - started)))

@@ -1,0 +1,258 @@
+"""Everything MLflow: the modelling run, nested candidate runs, plots, lineage, registry, promotion.
+
+Only modelling and monitoring import this module; the serving path never does. The store is
+`sqlite:///mlflow.db` at the project root unless MLFLOW_TRACKING_URI says otherwise; artifacts go
+to `mlruns/` beside it. Browse it with:
+    pipenv run mlflow ui --backend-store-uri sqlite:///mlflow.db
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # plots are files, never windows
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+from sklearn.inspection import permutation_importance
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+from sklearn.pipeline import Pipeline
+
+from ml_project.config import Config
+from ml_project.train import CandidateResult, features_and_target
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+# skops refuses to load types it is not told to trust; these are the ones our Pipeline holds.
+SKOPS_TRUSTED_TYPES = [
+    "numpy.dtype",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "ml_project.engineer.FeatureEngineer",
+    "ml_project.engineer.FeatureStep",
+    "ml_project.engineer.charges_per_tenure_month",
+    "ml_project.engineer.support_calls_per_year",
+    "ml_project.engineer.tenure_band",
+]
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or refused a write."""
+
+
+@dataclass(frozen=True)
+class TrackingOutcome:
+    run_id: str
+    model_version: str
+    alias: str  # CHAMPION or CHALLENGER
+    previous_champion_score: float | None
+
+
+def _experiment_id(config: Config) -> str:
+    """The configured experiment, created with its artifacts beside the sqlite store."""
+    name = config.tracking.experiment_name
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    return str(mlflow.create_experiment(name, artifact_location=(config.root / "mlruns").as_uri()))
+
+
+def connect(config: Config) -> str:
+    """Point MLflow at the configured store and check it answers; returns the experiment id."""
+    mlflow.set_tracking_uri(config.tracking_uri)
+    try:
+        return _experiment_id(config)
+    except Exception as err:  # mlflow raises many types for an unreachable store
+        raise TrackingError(
+            f"MLflow tracking store {config.tracking_uri} is unreachable: {err}"
+        ) from err
+
+
+def file_hash(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def evaluation_figures(
+    pipeline: Pipeline, holdout: pd.DataFrame, config: Config
+) -> dict[str, Figure]:
+    """Confusion matrix and ROC (classification) or residuals (regression), and the
+    permutation importance of each input column on the holdout."""
+    features, target = features_and_target(holdout, config)
+    figures: dict[str, Figure] = {}
+    if config.is_classification:
+        figure, axis = plt.subplots(figsize=(5, 4))
+        ConfusionMatrixDisplay.from_estimator(pipeline, features, target, ax=axis)
+        axis.set_title("Holdout confusion matrix")
+        figures["confusion_matrix.png"] = figure
+        if config.task == "binary_classification":
+            figure, axis = plt.subplots(figsize=(5, 4))
+            RocCurveDisplay.from_estimator(pipeline, features, target, ax=axis)
+            axis.set_title("Holdout ROC curve")
+            figures["roc_curve.png"] = figure
+    else:
+        predicted = pipeline.predict(features)
+        figure, axis = plt.subplots(figsize=(5, 4))
+        axis.scatter(predicted, target - predicted, s=4, alpha=0.5)
+        axis.axhline(0, color="grey")
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("actual - predicted")
+        axis.set_title("Holdout residuals")
+        figures["residuals.png"] = figure
+    sample = holdout.sample(min(len(holdout), 2000), random_state=config.training.random_seed)
+    sample_features, sample_target = features_and_target(sample, config)
+    importance = permutation_importance(
+        pipeline, sample_features, sample_target, scoring=config.training.metric,
+        n_repeats=3, random_state=config.training.random_seed, n_jobs=1,
+    )
+    order = np.argsort(importance.importances_mean)
+    figure, axis = plt.subplots(figsize=(6, 0.35 * len(order) + 1.5))
+    axis.barh(np.asarray(sample_features.columns)[order], importance.importances_mean[order],
+              xerr=importance.importances_std[order])
+    axis.set_xlabel(f"drop in {config.training.metric} when shuffled")
+    axis.set_title("Permutation feature importance (holdout)")
+    figure.tight_layout()
+    figures["permutation_importance.png"] = figure
+    return figures
+
+
+def _champion_score(client: MlflowClient, config: Config) -> float | None:
+    """The holdout score of the current champion version, or None if there is none."""
+    name = config.tracking.registered_model_name
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    score = champion.tags.get(f"holdout_{config.training.metric}")
+    return float(score) if score is not None else None
+
+
+def promote(client: MlflowClient, config: Config, version: str, score: float) -> tuple[str, float | None]:
+    """Champion moves to `version` only if it beats the current champion; else challenger."""
+    name = config.tracking.registered_model_name
+    client.set_model_version_tag(name, version, f"holdout_{config.training.metric}", str(score))
+    previous = _champion_score(client, config)
+    alias = CHAMPION if previous is None or score > previous else CHALLENGER
+    client.set_registered_model_alias(name, alias, version)
+    logger.info(
+        "Registered %s version %s as %s (holdout %s %.4f vs champion %s)",
+        name, version, alias, config.training.metric, score,
+        "none" if previous is None else f"{previous:.4f}",
+    )
+    return alias, previous
+
+
+def track_modelling_run(
+    config: Config,
+    *,
+    results: list[CandidateResult],
+    best: CandidateResult,
+    leaderboard_files: dict[str, Path],
+    holdout_metrics: dict[str, float],
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    data_source: str,
+    quarantined_rows: int,
+) -> TrackingOutcome:
+    """Log the whole modelling run, register the model and move the aliases."""
+    experiment_id = connect(config)
+    client = MlflowClient(config.tracking_uri)
+    pipeline = best.pipeline
+    features, target = features_and_target(train, config)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"modelling-{best.name}") as run:
+        mlflow.set_tags(
+            {
+                "run_mode": config.run_mode,
+                "data_mode": config.data_mode,
+                "location": config.location,
+                "best_candidate": best.name,
+                "pipfile_lock_sha256": file_hash(config.root / "Pipfile.lock") or "absent",
+                "config_sha256": hashlib.sha256(
+                    config.model_dump_json().encode()
+                ).hexdigest(),
+            }
+        )
+        mlflow.log_params(
+            {
+                "task": config.task,
+                "metric": config.training.metric,
+                "split": config.training.split,
+                "holdout_fraction": config.training.holdout_fraction,
+                "cv_folds": config.training.cv_folds,
+                "random_seed": config.training.random_seed,
+                "features": ",".join(config.columns.features),
+                "engineering_steps": ",".join(config.engineering.steps),
+                "train_rows": len(train),
+                "holdout_rows": len(holdout),
+                "quarantined_rows": quarantined_rows,
+                **{f"best_{key}": value for key, value in best.params.items()},
+            }
+        )
+        mlflow.log_metrics({f"holdout_{key}": value for key, value in holdout_metrics.items()})
+        mlflow.log_metric(f"cv_{config.training.metric}", best.cv_score)
+        mlflow.log_dict(config.model_dump(mode="json"), "config.json")
+        for path in leaderboard_files.values():
+            mlflow.log_artifact(str(path), artifact_path="leaderboard")
+        for context, frame in (("training", train), ("holdout", holdout)):
+            dataset = mlflow.data.from_pandas(
+                frame, source=data_source, targets=config.columns.target, name=f"historic_{context}"
+            )
+            mlflow.log_input(dataset, context=context)
+        for result in results:
+            with mlflow.start_run(experiment_id=experiment_id, run_name=result.name, nested=True):
+                mlflow.log_params({"candidate": result.name, **result.params})
+                mlflow.log_metric(f"cv_{config.training.metric}", result.cv_score)
+                mlflow.log_metric("search_seconds", result.seconds)
+        for file_name, figure in evaluation_figures(pipeline, holdout, config).items():
+            mlflow.log_figure(figure, f"plots/{file_name}")
+            plt.close(figure)
+        example = features.head(5)
+        info = mlflow.sklearn.log_model(
+            pipeline,
+            name="model",
+            signature=infer_signature(example, pipeline.predict(example)),
+            input_example=example,
+            registered_model_name=config.tracking.registered_model_name,
+            pip_requirements=_pip_requirements(),
+            code_paths=[str(Path(__file__).parent)],
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
+        )
+        version = str(info.registered_model_version)
+        score = holdout_metrics[config.training.metric]
+        alias, previous = promote(client, config, version, score)
+        mlflow.set_tag("registered_version", version)
+        mlflow.set_tag("alias", alias)
+    return TrackingOutcome(run.info.run_id, version, alias, previous)
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned to what is installed: listing them skips MLflow's slow inference (~3 s a run)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("scikit-learn", "pandas", "numpy", "mlflow", "skops")]
+
+
+def log_artifacts_to_run(run_id: str, paths: list[Path], artifact_path: str, config: Config) -> None:
+    """Attach files (e.g. the exported metadata or monitoring reports) to an existing run."""
+    client = MlflowClient(config.tracking_uri)
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+
+def load_registered_model(config: Config, alias: str = CHAMPION) -> Any:
+    """`models:/<name>@<alias>` from the registry (the prediction core's optional source)."""
+    mlflow.set_tracking_uri(config.tracking_uri)
+    return mlflow.sklearn.load_model(f"models:/{config.tracking.registered_model_name}@{alias}")

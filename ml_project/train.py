@@ -1,0 +1,240 @@
+"""Training: holdout split, CV search per candidate, leaderboard, selection, holdout evaluation.
+
+Every candidate is the same Pipeline[engineer -> preprocess -> model] with a different model,
+so the selected Pipeline is exactly the artifact that is exported and served.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.metrics import get_scorer
+from sklearn.model_selection import (
+    GridSearchCV,
+    KFold,
+    StratifiedKFold,
+    TimeSeriesSplit,
+    train_test_split,
+)
+from sklearn.pipeline import Pipeline
+
+from ml_project.config import CandidateConfig, Config
+from ml_project.engineer import FeatureEngineer, configured_steps
+from ml_project.preprocess import build_preprocessor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """One candidate's fitted search: every setting's CV scores and the refitted best."""
+
+    name: str
+    search: GridSearchCV
+    seconds: float
+
+    @property
+    def pipeline(self) -> Pipeline:
+        best: Pipeline = self.search.best_estimator_
+        return best
+
+    @property
+    def cv_score(self) -> float:
+        return float(self.search.best_score_)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {key.removeprefix("model__"): value for key, value in self.search.best_params_.items()}
+
+
+def features_and_target(frame: pd.DataFrame, config: Config) -> tuple[pd.DataFrame, pd.Series]:
+    """The Pipeline's input columns (features only, in schema order) and the target."""
+    return frame[list(config.columns.features)], frame[config.columns.target]
+
+
+def split_holdout(raw: pd.DataFrame, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hold out a share of rows: stratified by target, at random, or the latest by timestamp."""
+    training = config.training
+    if training.split == "time":
+        assert config.columns.timestamp  # guaranteed by Config validation
+        ordered = raw.sort_values(config.columns.timestamp, kind="stable", ignore_index=True)
+        cut = int(round(len(ordered) * (1 - training.holdout_fraction)))
+        return ordered.iloc[:cut].reset_index(drop=True), ordered.iloc[cut:].reset_index(drop=True)
+    stratify = raw[config.columns.target] if training.split == "stratified" else None
+    train, holdout = train_test_split(
+        raw,
+        test_size=training.holdout_fraction,
+        random_state=training.random_seed,
+        stratify=stratify,
+    )
+    logger.info("Split %d rows into %d train and %d holdout (%s)",
+                len(raw), len(train), len(holdout), training.split)
+    return train.reset_index(drop=True), holdout.reset_index(drop=True)
+
+
+def build_estimator(candidate: CandidateConfig, config: Config) -> BaseEstimator:
+    """Instantiate `candidate.estimator` (a dotted import path) with its fixed params."""
+    module_name, _, class_name = candidate.estimator.rpartition(".")
+    try:
+        estimator_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(
+            f"training.candidates.{candidate.name}: cannot import {candidate.estimator!r}"
+        ) from err
+    params = dict(candidate.params)
+    if "random_state" in inspect.signature(estimator_class).parameters:
+        params.setdefault("random_state", config.training.random_seed)
+    estimator: BaseEstimator = estimator_class(**params)
+    return estimator
+
+
+def build_pipeline(config: Config, estimator: BaseEstimator) -> Pipeline:
+    """The artifact's shape: feature engineering, preprocessing, model."""
+    return Pipeline(
+        [
+            ("engineer", FeatureEngineer(configured_steps(config))),
+            ("preprocess", build_preprocessor(config)),
+            ("model", estimator),
+        ]
+    )
+
+
+def _cv_splitter(config: Config) -> KFold | StratifiedKFold | TimeSeriesSplit:
+    training = config.training
+    if training.split == "time":
+        return TimeSeriesSplit(n_splits=training.cv_folds)
+    if config.is_classification:
+        return StratifiedKFold(training.cv_folds, shuffle=True, random_state=training.random_seed)
+    return KFold(training.cv_folds, shuffle=True, random_state=training.random_seed)
+
+
+def train_candidates(train: pd.DataFrame, config: Config) -> list[CandidateResult]:
+    """Grid-search every configured candidate with K-fold CV on all metrics; refit each best."""
+    features, target = features_and_target(train, config)
+    results = []
+    candidates = config.training.candidates
+    for number, candidate in enumerate(candidates, start=1):
+        grid = {f"model__{key}": values for key, values in candidate.search.items()}
+        settings = int(np.prod([len(values) for values in grid.values()])) if grid else 1
+        logger.info(
+            "Candidate %d/%d %s: %d settings x %d folds",
+            number, len(candidates), candidate.name, settings, config.training.cv_folds,
+        )
+        search = GridSearchCV(
+            build_pipeline(config, build_estimator(candidate, config)),
+            grid,
+            scoring=list(config.metrics),
+            refit=config.training.metric,
+            cv=_cv_splitter(config),
+            n_jobs=config.training.n_jobs,
+            error_score="raise",
+        )
+        started = time.perf_counter()
+        search.fit(features, target)
+        result = CandidateResult(candidate.name, search, time.perf_counter() - started)
+        logger.info(
+            "Candidate %d/%d %s done in %.1f s: CV %s = %.4f with %s",
+            number, len(candidates), candidate.name, result.seconds,
+            config.training.metric, result.cv_score, result.params,
+        )
+        results.append(result)
+    return results
+
+
+def build_leaderboard(results: list[CandidateResult], config: Config) -> pd.DataFrame:
+    """Every candidate and setting: mean and std of each metric and fit time, best first."""
+    rows = []
+    for result in results:
+        cv = result.search.cv_results_
+        for i, params in enumerate(cv["params"]):
+            row: dict[str, Any] = {
+                "candidate": result.name,
+                "params": ", ".join(
+                    f"{k.removeprefix('model__')}={v}" for k, v in sorted(params.items())
+                ) or "(defaults)",
+            }
+            for metric in config.metrics:
+                row[f"mean_{metric}"] = float(cv[f"mean_test_{metric}"][i])
+                row[f"std_{metric}"] = float(cv[f"std_test_{metric}"][i])
+            row["mean_fit_seconds"] = float(cv["mean_fit_time"][i])
+            rows.append(row)
+    board = pd.DataFrame(rows).sort_values(
+        f"mean_{config.training.metric}", ascending=False, ignore_index=True
+    )
+    board.insert(0, "rank", range(1, len(board) + 1))
+    return board
+
+
+def select_best(results: list[CandidateResult]) -> CandidateResult:
+    """The candidate with the best mean CV score on the primary metric."""
+    if not results:
+        raise ValueError("no trained candidates to select from")
+    return max(results, key=lambda result: result.cv_score)
+
+
+def evaluate_holdout(pipeline: Pipeline, holdout: pd.DataFrame, config: Config) -> dict[str, float]:
+    """Every leaderboard metric on the holdout, with the same scorers as the CV."""
+    features, target = features_and_target(holdout, config)
+    metrics = {name: float(get_scorer(name)(pipeline, features, target)) for name in config.metrics}
+    logger.info("Holdout: %s", ", ".join(f"{k} = {v:.4f}" for k, v in metrics.items()))
+    return metrics
+
+
+def write_leaderboard(leaderboard: pd.DataFrame, config: Config) -> dict[str, Path]:
+    """The leaderboard as CSV, Markdown and a PNG chart in output/leaderboard/."""
+    directory = config.output_dir / "leaderboard"
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "csv": directory / "leaderboard.csv",
+        "md": directory / "leaderboard.md",
+        "png": directory / "leaderboard.png",
+    }
+    leaderboard.to_csv(paths["csv"], index=False)
+    paths["md"].write_text(_markdown_table(leaderboard))
+    _plot_leaderboard(leaderboard, config.training.metric, paths["png"])
+    logger.info("Leaderboard written to %s", directory)
+    return paths
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    def cell(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * frame.shape[1]]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_leaderboard(leaderboard: pd.DataFrame, metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    board = leaderboard.iloc[::-1]
+    labels = [f"{c} ({p})" for c, p in zip(board["candidate"], board["params"])]
+    colours = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(leaderboard["candidate"]))}
+    figure, axis = plt.subplots(figsize=(9, 0.4 * len(board) + 1.5))
+    axis.barh(
+        labels,
+        board[f"mean_{metric}"],
+        xerr=board[f"std_{metric}"],
+        color=[colours[c] for c in board["candidate"]],
+    )
+    low = (board[f"mean_{metric}"] - 2 * board[f"std_{metric}"]).min()
+    high = (board[f"mean_{metric}"] + 2 * board[f"std_{metric}"]).max()
+    axis.set_xlim(low - 0.05 * abs(high - low), high + 0.05 * abs(high - low))
+    axis.set_xlabel(f"CV {metric} (mean +/- std)")
+    axis.set_title("Leaderboard: every candidate and setting")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,109 @@
+"""Modelling run on historic data, locally: validate, train, select, track, register, export.
+
+    pipenv run python use_cases/modelling_historic_data_local.py
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ml_project.cli import base_parser, configure_logging
+from ml_project.config import ConfigError, load_config
+from ml_project.export import export_pipeline, git_commit, hash_frame, library_versions
+from ml_project.ingest import load_historic_data
+from ml_project.schemas import field_rules
+from ml_project.tracking import CHAMPION, TrackingError, track_modelling_run
+from ml_project.train import (
+    build_leaderboard,
+    evaluate_holdout,
+    select_best,
+    split_holdout,
+    train_candidates,
+    write_leaderboard,
+)
+from ml_project.validate import DataValidationError, validate_production_data, write_quarantine
+
+logger = logging.getLogger("modelling")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    args = parser.parse_args(argv)
+    try:
+        config = load_config("modelling", "historic", "local", config_file=args.config, root=args.root)
+    except ConfigError as err:
+        parser.exit(2, f"error: {err}\n")
+    log_file = configure_logging(config, "modelling", verbose=args.verbose)
+    started = time.perf_counter()
+    try:
+        production = load_historic_data(config)
+        validation = validate_production_data(production, config, with_target=True)
+    except (FileNotFoundError, ValueError, DataValidationError) as err:
+        logger.error("Cannot use the historic data: %s", err)
+        return 2
+    quarantine_file = write_quarantine(validation.quarantined, config, "historic_data")
+    raw = validation.valid
+
+    train, holdout = split_holdout(raw, config)
+    results = train_candidates(train, config)
+    leaderboard = build_leaderboard(results, config)
+    leaderboard_files = write_leaderboard(leaderboard, config)
+    best = select_best(results)
+    holdout_metrics = evaluate_holdout(best.pipeline, holdout, config)
+
+    try:
+        outcome = track_modelling_run(
+            config,
+            results=results,
+            best=best,
+            leaderboard_files=leaderboard_files,
+            holdout_metrics=holdout_metrics,
+            train=train,
+            holdout=holdout,
+            data_source=config.resolve(config.data.historic),
+            quarantined_rows=len(validation.quarantined),
+        )
+    except TrackingError as err:
+        logger.error("%s. Nothing was exported or promoted.", err)
+        return 3
+
+    metadata = {
+        "model_name": config.tracking.registered_model_name,
+        "model_version": outcome.model_version,
+        "alias": outcome.alias,
+        "mlflow_run_id": outcome.run_id,
+        "candidate": best.name,
+        "params": best.params,
+        "task": config.task,
+        "target": config.columns.target,
+        "classes": list(config.columns.target_classes),
+        "features": list(config.columns.features),
+        "schema": [rule.__dict__ | {"categories": sorted(rule.categories)} for rule in field_rules(config)],
+        "metric": config.training.metric,
+        "cv_score": best.cv_score,
+        "holdout_metrics": holdout_metrics,
+        "training_rows": len(train),
+        "training_data_sha256": hash_frame(train),
+        "git_commit": git_commit(config.root),
+        "libraries": library_versions(),
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    artifact = export_pipeline(best.pipeline, metadata, config.model_artifacts_dir / outcome.alias)
+    elapsed = time.perf_counter() - started
+
+    print(f"\nModelling finished in {elapsed:.0f} s. Best: {best.name} {best.params}")
+    print(f"  holdout {config.training.metric}: {holdout_metrics[config.training.metric]:.4f}")
+    print(f"  registered: {config.tracking.registered_model_name} version {outcome.model_version}"
+          f" -> @{outcome.alias}"
+          + ("" if outcome.alias == CHAMPION else " (did not beat the champion)"))
+    print(f"  artifact:    {artifact} (+ metadata.json)")
+    print(f"  leaderboard: {leaderboard_files['md']} (.csv, .png)")
+    print(f"  quarantine:  {quarantine_file} ({len(validation.quarantined)} rows)")
+    print(f"  log:         {log_file}")
+    print(f"  MLflow:      pipenv run mlflow ui --backend-store-uri {config.tracking_uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
