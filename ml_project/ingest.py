@@ -113,12 +113,25 @@ def stream_production_instances(
     interval = 1 / rate_per_second if rate_per_second else 0.0
     sent = 0
     for chunk in read_in_chunks(path, config):
-        chunk = chunk.drop(columns=[config.columns.target], errors="ignore")
-        for record in chunk.astype(object).where(chunk.notna(), None).to_dict("records"):
+        records = _as_json_records(chunk.drop(columns=[config.columns.target], errors="ignore"), config)
+        for record in records:
             if limit is not None and sent >= limit:
                 return
             started = time.perf_counter()
-            yield {str(key): value for key, value in record.items()}
+            yield record
             sent += 1
             if interval:
                 time.sleep(max(0.0, interval - (time.perf_counter() - started)))
+
+
+def _as_json_records(frame: pd.DataFrame, config: Config) -> list[dict[str, Any]]:
+    """Rows as a JSON client would send them: numbers as numbers where they parse, text kept
+    as text where it does not (so validation, not the reader, rejects it), None for missing."""
+    converted = {}
+    for column in config.columns.numerical:
+        if column in frame.columns and frame[column].dtype == object:
+            parsed = pd.to_numeric(frame[column], errors="coerce")
+            converted[column] = parsed.astype(object).where(parsed.notna(), frame[column])
+    typed = frame.assign(**converted).astype(object)
+    records = typed.where(typed.notna(), None).to_dict("records")
+    return [{str(key): value for key, value in record.items()} for record in records]

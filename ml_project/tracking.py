@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,9 +208,12 @@ def track_modelling_run(
         for path in leaderboard_files.values():
             mlflow.log_artifact(str(path), artifact_path="leaderboard")
         for context, frame in (("training", train), ("holdout", holdout)):
-            dataset = mlflow.data.from_pandas(
-                frame, source=data_source, targets=config.columns.target, name=f"historic_{context}"
-            )
+            with warnings.catch_warnings():  # a local path matches two equivalent source types
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = mlflow.data.from_pandas(
+                    frame, source=data_source, targets=config.columns.target,
+                    name=f"historic_{context}",
+                )
             mlflow.log_input(dataset, context=context)
         for result in results:
             with mlflow.start_run(experiment_id=experiment_id, run_name=result.name, nested=True):
@@ -219,7 +223,8 @@ def track_modelling_run(
         for file_name, figure in evaluation_figures(pipeline, holdout, config).items():
             mlflow.log_figure(figure, f"plots/{file_name}")
             plt.close(figure)
-        example = features.head(5)
+        # Numerical inputs as float: an integer schema would reject missing values at serving.
+        example = features.head(5).astype({name: float for name in config.columns.numerical})
         info = mlflow.sklearn.log_model(
             pipeline,
             name="model",
@@ -252,7 +257,18 @@ def log_artifacts_to_run(run_id: str, paths: list[Path], artifact_path: str, con
         client.log_artifact(run_id, str(path), artifact_path=artifact_path)
 
 
-def load_registered_model(config: Config, alias: str = CHAMPION) -> Any:
-    """`models:/<name>@<alias>` from the registry (the prediction core's optional source)."""
+def load_registered_pipeline(config: Config, alias: str = CHAMPION) -> tuple[Pipeline, dict[str, Any]]:
+    """`models:/<name>@<alias>` from the registry, with metadata like the local artifact's."""
     mlflow.set_tracking_uri(config.tracking_uri)
-    return mlflow.sklearn.load_model(f"models:/{config.tracking.registered_model_name}@{alias}")
+    name = config.tracking.registered_model_name
+    version = MlflowClient(config.tracking_uri).get_model_version_by_alias(name, alias)
+    pipeline: Pipeline = mlflow.sklearn.load_model(f"models:/{name}@{alias}")
+    metadata = {
+        "model_name": name,
+        "model_version": str(version.version),
+        "alias": alias,
+        "mlflow_run_id": version.run_id,
+        "task": config.task,
+        "features": list(config.columns.features),
+    }
+    return pipeline, metadata

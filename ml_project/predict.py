@@ -1,0 +1,136 @@
+"""PredictionService: the one prediction core behind batch, stream, APIs and cloud handlers.
+
+It loads the exported artifact once (checksum verified), validates single instances with the
+compiled check derived from the schema, runs the one Pipeline, and returns predictions with
+class probabilities and the model version. Nothing else in the project re-implements
+validation or feature logic. The default path imports no mlflow, pandera or plotting.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.pipeline import Pipeline
+
+from ml_project.config import Config
+from ml_project.export import load_pipeline
+from ml_project.schemas import InstanceValidator, InvalidInstance
+
+logger = logging.getLogger(__name__)
+
+PREDICTION_COLUMN = "prediction"
+PROBABILITY_PREFIX = "probability_"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    prediction: Any
+    probabilities: dict[str, float] | None
+    model_version: str
+
+
+def _native(value: Any) -> Any:
+    """numpy scalars to plain Python, so results serialise to JSON unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class PredictionService:
+    """A fitted Pipeline plus the rules its input must satisfy; create once, call many times."""
+
+    def __init__(self, pipeline: Pipeline, metadata: Mapping[str, Any], config: Config) -> None:
+        self.pipeline = pipeline
+        self.metadata = dict(metadata)
+        self.config = config
+        self.validator = InstanceValidator(config)
+        self.features = list(self.validator.features)
+        expected = list(self.metadata.get("features", self.features))
+        if expected != self.features:
+            raise ValueError(
+                f"the model was trained on features {expected}, the config lists {self.features}"
+            )
+        self.model_version = str(self.metadata.get("model_version", "unknown"))
+        self.is_classification = config.is_classification
+        model = pipeline[-1]
+        self.classes = [_native(c) for c in getattr(model, "classes_", [])]
+        self._class_keys = [str(c) for c in self.classes]
+
+    @classmethod
+    def from_config(cls, config: Config, alias: str = "champion") -> PredictionService:
+        """Load the artifact the config points at: local folder (default) or MLflow registry."""
+        if config.prediction.model_source == "registry":
+            from ml_project.tracking import load_registered_pipeline  # only this path needs mlflow
+
+            pipeline, metadata = load_registered_pipeline(config, alias)
+        else:
+            pipeline, metadata = load_pipeline(config.model_artifacts_dir / alias)
+        service = cls(pipeline, metadata, config)
+        logger.info("Loaded %s version %s (%s)", metadata.get("model_name"), service.model_version,
+                    config.prediction.model_source)
+        return service
+
+    @classmethod
+    def from_directory(cls, directory: Path, config: Config) -> PredictionService:
+        pipeline, metadata = load_pipeline(directory)
+        return cls(pipeline, metadata, config)
+
+    def _frame(self, rows: list[list[Any]]) -> pd.DataFrame:
+        """Validated values as the DataFrame the Pipeline was trained on (NaN for missing)."""
+        return pd.DataFrame(rows, columns=self.features)
+
+    def _results(self, frame: pd.DataFrame) -> list[Prediction]:
+        if self.is_classification:
+            probabilities = self.pipeline.predict_proba(frame)
+            labels = [self.classes[i] for i in probabilities.argmax(axis=1)]
+            return [
+                Prediction(label, dict(zip(self._class_keys, map(float, row))), self.model_version)
+                for label, row in zip(labels, probabilities)
+            ]
+        values = self.pipeline.predict(frame)
+        return [Prediction(float(value), None, self.model_version) for value in values]
+
+    def predict_instance(self, record: Mapping[str, Any]) -> Prediction:
+        """One production instance (a JSON-like mapping). Raises InvalidInstance if it is bad."""
+        return self._results(self._frame([self.validator.validate(record)]))[0]
+
+    def predict_records(self, records: Sequence[Mapping[str, Any]]) -> list[Prediction]:
+        """Several instances at once; if any is invalid, raises naming each by its position."""
+        rows, errors = [], {}
+        for position, record in enumerate(records):
+            try:
+                rows.append(self.validator.validate(record))
+            except InvalidInstance as err:
+                errors.update({f"instances[{position}].{k}": v for k, v in err.errors.items()})
+        if errors:
+            raise InvalidInstance(errors)
+        return self._results(self._frame(rows)) if rows else []
+
+    def predict_frame(self, raw: pd.DataFrame) -> pd.DataFrame:
+        """Predictions for a validated (raw) frame, e.g. from `validate_production_data`.
+
+        Returns the id column, the prediction, one probability column per class
+        (classification) and the model version, in the input's row order.
+        """
+        features = raw[self.features]
+        result = pd.DataFrame({self.config.columns.id: raw[self.config.columns.id].to_numpy()})
+        if self.is_classification:
+            probabilities = self.pipeline.predict_proba(features)
+            result[PREDICTION_COLUMN] = np.asarray(self.classes, dtype=object)[
+                probabilities.argmax(axis=1)
+            ]
+            for i, key in enumerate(self._class_keys):
+                result[f"{PROBABILITY_PREFIX}{key}"] = probabilities[:, i]
+        else:
+            result[PREDICTION_COLUMN] = self.pipeline.predict(features)
+        result["model_version"] = self.model_version
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        """What a client may want to know about the served model (the API's GET /model)."""
+        keys = ("model_name", "model_version", "task", "features", "classes", "metric",
+                "holdout_metrics", "candidate", "trained_at")
+        return {key: self.metadata.get(key) for key in keys}
