@@ -119,9 +119,7 @@ class PredictionService:
         result = pd.DataFrame({self.config.columns.id: raw[self.config.columns.id].to_numpy()})
         if self.is_classification:
             probabilities = self.pipeline.predict_proba(features)
-            result[PREDICTION_COLUMN] = np.asarray(self.classes, dtype=object)[
-                probabilities.argmax(axis=1)
-            ]
+            result[PREDICTION_COLUMN] = self.pipeline.classes_[probabilities.argmax(axis=1)]
             for i, key in enumerate(self._class_keys):
                 result[f"{PROBABILITY_PREFIX}{key}"] = probabilities[:, i]
         else:

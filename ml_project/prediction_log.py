@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import threading
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -22,6 +23,8 @@ import sqlalchemy
 from sqlalchemy.exc import SQLAlchemyError
 
 from ml_project.config import Config
+from ml_project.predict import Prediction, PredictionService
+from ml_project.schemas import InvalidInstance
 
 logger = logging.getLogger(__name__)
 
@@ -170,3 +173,38 @@ class PredictionLog:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def predict_and_log(
+    service: PredictionService, log: PredictionLog, record: Mapping[str, Any], *, source: str
+) -> tuple[Prediction | None, LogRecord]:
+    """Predict one instance and log the request with its outcome, valid or not.
+
+    Returns the prediction (None if the instance was rejected) and the record logged; the
+    rejection reason is in `LogRecord.error`.
+    """
+    started = time.perf_counter()
+    prediction: Prediction | None = None
+    error = None
+    try:
+        prediction = service.predict_instance(record)
+    except InvalidInstance as err:
+        error = str(err)
+    entry = LogRecord(
+        request_id=new_request_id(),
+        source=source,
+        input=record,
+        model_version=service.model_version,
+        prediction=prediction.prediction if prediction else None,
+        probabilities=prediction.probabilities if prediction else None,
+        latency_ms=(time.perf_counter() - started) * 1000,
+        error=error,
+        instance_id=_instance_id(record, service),
+    )
+    log.append([entry])
+    return prediction, entry
+
+
+def _instance_id(record: Mapping[str, Any], service: PredictionService) -> str | None:
+    value = record.get(service.config.columns.id)
+    return None if value is None else str(value)

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
-from sklearn.metrics import get_scorer
 from sklearn.model_selection import (
     GridSearchCV,
     KFold,
@@ -29,6 +28,7 @@ from sklearn.pipeline import Pipeline
 
 from ml_project.config import CandidateConfig, Config
 from ml_project.engineer import FeatureEngineer, configured_steps
+from ml_project.metrics import score_predictions
 from ml_project.preprocess import build_preprocessor
 
 logger = logging.getLogger(__name__)
@@ -182,9 +182,13 @@ def select_best(results: list[CandidateResult]) -> CandidateResult:
 
 
 def evaluate_holdout(pipeline: Pipeline, holdout: pd.DataFrame, config: Config) -> dict[str, float]:
-    """Every leaderboard metric on the holdout, with the same scorers as the CV."""
+    """Every leaderboard metric on the holdout (same definitions as batch scoring reports)."""
     features, target = features_and_target(holdout, config)
-    metrics = {name: float(get_scorer(name)(pipeline, features, target)) for name in config.metrics}
+    probabilities = pipeline.predict_proba(features) if config.is_classification else None
+    classes = list(pipeline.classes_) if config.is_classification else []
+    metrics = score_predictions(
+        config.metrics, target.to_numpy(), pipeline.predict(features), probabilities, classes
+    )
     logger.info("Holdout: %s", ", ".join(f"{k} = {v:.4f}" for k, v in metrics.items()))
     return metrics
 

@@ -135,12 +135,19 @@ def validate_production_data(
     return ValidationResult(valid=valid, quarantined=quarantined)
 
 
-def write_quarantine(quarantined: pd.DataFrame, config: Config, name: str) -> Path:
-    """Write quarantined rows with reasons to output/quarantine/<name>.csv (even when empty)."""
+def write_quarantine(
+    quarantined: pd.DataFrame, config: Config, name: str, *, append: bool = False
+) -> Path:
+    """Write quarantined rows with reasons to output/quarantine/<name>.csv (even when empty).
+
+    Args:
+        append: add to the file (chunked scoring); the header is written once.
+    """
     directory = config.output_dir / "quarantine"
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.csv"
-    quarantined.to_csv(path, index=False)
+    header = not (append and path.is_file())
+    quarantined.to_csv(path, index=False, mode="a" if append else "w", header=header)
     if len(quarantined):
         logger.warning("%d invalid rows quarantined with reasons in %s", len(quarantined), path)
     return path
