@@ -1,8 +1,8 @@
 """Feature engineering: one small interface for a step, composed into a scikit-learn transformer.
 
 A `FeatureStep` declares the columns it reads and the columns it writes (with their kind) and
-holds a pure function from the input columns to the output columns. Each step can be unit-tested
-on a tiny DataFrame; `FeatureEngineer` runs the configured steps inside the model Pipeline, so
+holds a pure function from the input columns to the output columns (numpy arrays keyed by name).
+Each step can be unit-tested on a few hand-written values; `FeatureEngineer` runs the configured steps inside the model Pipeline, so
 training, batch scoring, the APIs and every cloud handler compute features with the same code.
 
 To add a feature: write a module-level function, wrap it in a `FeatureStep`, add it to `STEPS`,
@@ -12,7 +12,7 @@ and list its name under `engineering.steps` in project_config.yaml.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,53 +23,61 @@ from ml_project.config import Config
 Kind = Literal["numerical", "categorical"]
 
 
+Columns = Mapping[str, np.ndarray]
+
+
 @dataclass(frozen=True)
 class FeatureStep:
-    """A pure transform from declared input columns to declared output columns."""
+    """A pure transform from declared input columns to declared output columns.
+
+    Steps work on plain numpy arrays keyed by column name, of any length: the same function
+    computes a feature for a 100k-row batch inside the Pipeline and for a single request on
+    the serving fast path, so the two can never disagree.
+    """
 
     name: str
     inputs: tuple[str, ...]
     outputs: tuple[tuple[str, Kind], ...]
-    function: Callable[[pd.DataFrame], pd.DataFrame]
+    function: Callable[[Columns], dict[str, np.ndarray]]
 
     @property
     def output_names(self) -> list[str]:
         return [name for name, _ in self.outputs]
 
-    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """The output columns for `frame`, checked against what the step declares."""
-        missing = [column for column in self.inputs if column not in frame.columns]
+    def __call__(self, columns: Columns) -> dict[str, np.ndarray]:
+        """The output columns, checked against what the step declares."""
+        missing = [column for column in self.inputs if column not in columns]
         if missing:
             raise KeyError(f"feature step {self.name!r} needs columns {missing}")
-        result = self.function(frame[list(self.inputs)])
-        if list(result.columns) != self.output_names:
+        result = self.function({column: columns[column] for column in self.inputs})
+        if list(result) != self.output_names:
             raise ValueError(
-                f"feature step {self.name!r} returned {list(result.columns)}, "
-                f"declared {self.output_names}"
+                f"feature step {self.name!r} returned {list(result)}, declared {self.output_names}"
             )
         return result
 
 
-def charges_per_tenure_month(frame: pd.DataFrame) -> pd.DataFrame:
+def charges_per_tenure_month(columns: Columns) -> dict[str, np.ndarray]:
     """Average monthly spend so far; new customers count as one month."""
-    months = frame["tenure_months"].clip(lower=1)
-    return pd.DataFrame({"charges_per_tenure_month": frame["total_charges"] / months})
+    months = np.maximum(columns["tenure_months"].astype(float), 1.0)
+    return {"charges_per_tenure_month": columns["total_charges"].astype(float) / months}
 
 
-def support_calls_per_year(frame: pd.DataFrame) -> pd.DataFrame:
+def support_calls_per_year(columns: Columns) -> dict[str, np.ndarray]:
     """Support calls normalised by tenure, so long-standing customers are comparable."""
-    years = frame["tenure_months"] / 12 + 1
-    return pd.DataFrame({"support_calls_per_year": frame["support_calls"] / years})
+    years = columns["tenure_months"].astype(float) / 12 + 1
+    return {"support_calls_per_year": columns["support_calls"].astype(float) / years}
 
 
-TENURE_BANDS = (0, 12, 24, 48, np.inf)
-TENURE_LABELS = ("0-12", "12-24", "24-48", "48+")
+TENURE_EDGES = np.array([12.0, 24.0, 48.0])
+TENURE_LABELS = np.array(["0-12", "12-24", "24-48", "48+"], dtype=object)
 
 
-def tenure_band(frame: pd.DataFrame) -> pd.DataFrame:
+def tenure_band(columns: Columns) -> dict[str, np.ndarray]:
     """Tenure as a categorical band: churn risk falls in steps, not linearly."""
-    bands = pd.cut(frame["tenure_months"], TENURE_BANDS, labels=TENURE_LABELS, right=False)
-    return pd.DataFrame({"tenure_band": bands.astype(object).where(bands.notna(), np.nan)})
+    tenure = columns["tenure_months"].astype(float)
+    bands = TENURE_LABELS[np.searchsorted(TENURE_EDGES, tenure, side="right")]
+    return {"tenure_band": np.where(np.isnan(tenure), np.nan, bands)}
 
 
 STEPS: dict[str, FeatureStep] = {
@@ -133,10 +141,11 @@ class FeatureEngineer(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         return self
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
-        engineered = X
+        columns = {str(name): X[name].to_numpy() for name in X.columns}
         for step in self.steps:
-            engineered = engineered.assign(**step(engineered))
-        return engineered
+            columns.update(step(columns))
+        added = {name: columns[name] for name in self.get_feature_names_out()[X.shape[1]:]}
+        return X.assign(**added)
 
     def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
         names = list(self.feature_names_in_)

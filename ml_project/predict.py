@@ -19,6 +19,7 @@ from sklearn.pipeline import Pipeline
 
 from ml_project.config import Config
 from ml_project.export import load_pipeline
+from ml_project.fast_path import compile_pipeline
 from ml_project.schemas import InstanceValidator, InvalidInstance
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ class PredictionService:
         model = pipeline[-1]
         self.classes = [_native(c) for c in getattr(model, "classes_", [])]
         self._class_keys = [str(c) for c in self.classes]
+        self._dtypes = [float if rule.kind == "numerical" else object for rule in self.validator.rules]
+        self.fast_path, reason = compile_pipeline(pipeline)
+        logger.info("Prediction core: %s", reason)
 
     @classmethod
     def from_config(cls, config: Config, alias: str = "champion") -> PredictionService:
@@ -78,24 +82,38 @@ class PredictionService:
         pipeline, metadata = load_pipeline(directory)
         return cls(pipeline, metadata, config)
 
-    def _frame(self, rows: list[list[Any]]) -> pd.DataFrame:
-        """Validated values as the DataFrame the Pipeline was trained on (NaN for missing)."""
-        return pd.DataFrame(rows, columns=self.features)
+    def _columns_from_rows(self, rows: list[list[Any]]) -> dict[str, np.ndarray]:
+        """Validated rows as typed column arrays (float for numbers, object for text)."""
+        return {
+            name: np.array(values, dtype=dtype)
+            for name, dtype, values in zip(self.features, self._dtypes, zip(*rows))
+        }
 
-    def _results(self, frame: pd.DataFrame) -> list[Prediction]:
-        if self.is_classification:
+    def _score(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions and class probabilities (None for regression) for typed columns."""
+        if self.fast_path is not None:
+            if not self.is_classification:
+                return self.fast_path.predict(columns), None
+            probabilities = self.fast_path.predict_proba(columns)
+        else:
+            frame = pd.DataFrame(columns, columns=self.features)
+            if not self.is_classification:
+                return self.pipeline.predict(frame), None
             probabilities = self.pipeline.predict_proba(frame)
-            labels = [self.classes[i] for i in probabilities.argmax(axis=1)]
-            return [
-                Prediction(label, dict(zip(self._class_keys, map(float, row))), self.model_version)
-                for label, row in zip(labels, probabilities)
-            ]
-        values = self.pipeline.predict(frame)
-        return [Prediction(float(value), None, self.model_version) for value in values]
+        return self.pipeline.classes_[probabilities.argmax(axis=1)], probabilities
+
+    def _results(self, rows: list[list[Any]]) -> list[Prediction]:
+        predicted, probabilities = self._score(self._columns_from_rows(rows))
+        if probabilities is None:
+            return [Prediction(float(value), None, self.model_version) for value in predicted]
+        return [
+            Prediction(_native(label), dict(zip(self._class_keys, row.tolist())), self.model_version)
+            for label, row in zip(predicted, probabilities)
+        ]
 
     def predict_instance(self, record: Mapping[str, Any]) -> Prediction:
         """One production instance (a JSON-like mapping). Raises InvalidInstance if it is bad."""
-        return self._results(self._frame([self.validator.validate(record)]))[0]
+        return self._results([self.validator.validate(record)])[0]
 
     def predict_records(self, records: Sequence[Mapping[str, Any]]) -> list[Prediction]:
         """Several instances at once; if any is invalid, raises naming each by its position."""
@@ -107,7 +125,7 @@ class PredictionService:
                 errors.update({f"instances[{position}].{k}": v for k, v in err.errors.items()})
         if errors:
             raise InvalidInstance(errors)
-        return self._results(self._frame(rows)) if rows else []
+        return self._results(rows) if rows else []
 
     def predict_frame(self, raw: pd.DataFrame) -> pd.DataFrame:
         """Predictions for a validated (raw) frame, e.g. from `validate_production_data`.
@@ -115,15 +133,15 @@ class PredictionService:
         Returns the id column, the prediction, one probability column per class
         (classification) and the model version, in the input's row order.
         """
-        features = raw[self.features]
+        columns = {
+            name: raw[name].to_numpy(dtype=dtype) for name, dtype in zip(self.features, self._dtypes)
+        }
+        predicted, probabilities = self._score(columns)
         result = pd.DataFrame({self.config.columns.id: raw[self.config.columns.id].to_numpy()})
-        if self.is_classification:
-            probabilities = self.pipeline.predict_proba(features)
-            result[PREDICTION_COLUMN] = self.pipeline.classes_[probabilities.argmax(axis=1)]
+        result[PREDICTION_COLUMN] = predicted
+        if probabilities is not None:
             for i, key in enumerate(self._class_keys):
                 result[f"{PROBABILITY_PREFIX}{key}"] = probabilities[:, i]
-        else:
-            result[PREDICTION_COLUMN] = self.pipeline.predict(features)
         result["model_version"] = self.model_version
         return result
 
