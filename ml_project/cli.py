@@ -36,14 +36,16 @@ def configure_logging(config: Config, run_name: str, *, verbose: bool = False) -
     directory = config.output_dir / "logs"
     directory.mkdir(parents=True, exist_ok=True)
     log_file = directory / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    console = logging.StreamHandler(sys.stderr)
-    file = logging.FileHandler(log_file)
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format=LOG_FORMAT,
-        handlers=[console, file],
-        force=True,
-    )
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "ml_project", False)]:
+        root.removeHandler(handler)  # a second run in the same process gets its own file
+        handler.close()
+    formatter = logging.Formatter(LOG_FORMAT)
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(log_file)):
+        handler.setFormatter(formatter)
+        setattr(handler, "ml_project", True)
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("alembic", "urllib3", "matplotlib", "mlflow.store", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return log_file

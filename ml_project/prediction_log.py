@@ -89,12 +89,11 @@ class LogRecord:
 class PredictionLog:
     """Append-only prediction log with a file fallback; safe to share between threads."""
 
-    def __init__(self, url: str, fallback_file: Path) -> None:
+    def __init__(self, url: str, fallback_file: Path, *, lock_timeout_seconds: float = 5.0) -> None:
         self.url = url
         self.fallback_file = fallback_file
-        connect_args = {"timeout": 5, "check_same_thread": False} if url.startswith("sqlite") else {}
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        is_sqlite = url.startswith("sqlite")
+        connect_args = {"timeout": lock_timeout_seconds, "check_same_thread": False} if is_sqlite else {}
         self.engine = sqlalchemy.create_engine(url, connect_args=connect_args)
         self._lock = threading.Lock()
         self._ready = False
@@ -108,6 +107,8 @@ class PredictionLog:
 
     def _ensure_table(self) -> None:
         if not self._ready:
+            if self.url.startswith("sqlite:///"):
+                Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             if self.engine.dialect.name == "sqlite":
                 with self.engine.begin() as connection:
                     connection.exec_driver_sql("PRAGMA journal_mode=WAL")

@@ -225,16 +225,18 @@ def track_modelling_run(
             plt.close(figure)
         # Numerical inputs as float: an integer schema would reject missing values at serving.
         example = features.head(5).astype({name: float for name in config.columns.numerical})
-        info = mlflow.sklearn.log_model(
-            pipeline,
-            name="model",
-            signature=infer_signature(example, pipeline.predict(example)),
-            input_example=example,
-            registered_model_name=config.tracking.registered_model_name,
-            pip_requirements=_pip_requirements(),
-            code_paths=[str(Path(__file__).parent)],
-            skops_trusted_types=SKOPS_TRUSTED_TYPES,
-        )
+        with warnings.catch_warnings():  # integer labels in the output schema are intended
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+            info = mlflow.sklearn.log_model(
+                pipeline,
+                name="model",
+                signature=infer_signature(example, pipeline.predict(example)),
+                input_example=example,
+                registered_model_name=config.tracking.registered_model_name,
+                pip_requirements=_pip_requirements(),
+                code_paths=[str(Path(__file__).parent)],
+                skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            )
         version = str(info.registered_model_version)
         score = holdout_metrics[config.training.metric]
         alias, previous = promote(client, config, version, score)

@@ -8,6 +8,7 @@ The pandera schemas are built from the same `field_rules` as the per-instance ch
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,8 +80,9 @@ def _coerce(production: pd.DataFrame, config: Config, *, with_target: bool) -> t
             reasons.setdefault(index, []).append(f"{column}: must be a number, got {value!r}")
     timestamp = config.columns.timestamp
     if timestamp:
-        parsed = pd.to_datetime(production[timestamp], errors="coerce", format="ISO8601")
-        converted[timestamp] = parsed.dt.tz_localize(None) if parsed.dt.tz else parsed
+        # utc=True: offsets that differ between rows (daylight saving) become one naive UTC scale
+        parsed = pd.to_datetime(production[timestamp], errors="coerce", format="ISO8601", utc=True)
+        converted[timestamp] = parsed.dt.tz_localize(None)
         for index in production.index[production[timestamp].notna() & parsed.isna()]:
             value = production.at[index, timestamp]
             reasons.setdefault(index, []).append(f"{timestamp}: not a timestamp: {value!r}")
@@ -108,7 +110,9 @@ def validate_production_data(
     production = production.reset_index(drop=True)
     coerced, reasons = _coerce(production, config, with_target=with_target)
     try:
-        schema.validate(coerced, lazy=True)
+        with warnings.catch_warnings():  # pandera's own concat of failure cases warns in pandas 2
+            warnings.simplefilter("ignore", FutureWarning)
+            schema.validate(coerced, lazy=True)
     except SchemaErrors as err:
         cases = err.failure_cases
         unattributed = cases[cases["index"].isna()]

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
 from ml_project.cli import base_parser, configure_logging
@@ -55,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     output = directory / f"{source.stem}_predictions.csv"
     quarantine_name = f"{source.stem}_predictions"
     target = config.columns.target
+    # For labelled files, metrics need the label, prediction and probabilities of each row:
+    # a few numbers per row, kept as compact arrays (the rows themselves are not kept).
     labels: list[np.ndarray] = []
-    scored: list[pd.DataFrame] = []
+    predicted: list[np.ndarray] = []
+    probabilities: list[np.ndarray] = []
     rows_in = rows_valid = rows_quarantined = 0
     started = time.perf_counter()
     try:
@@ -71,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
                 if target in result.valid.columns:  # labelled file: keep what metrics need
                     known = result.valid[target].notna().to_numpy()
                     labels.append(result.valid[target].to_numpy()[known])
-                    scored.append(predictions.loc[known].drop(columns=config.columns.id))
+                    predicted.append(predictions[PREDICTION_COLUMN].to_numpy()[known])
+                    probability_columns = [
+                        c for c in predictions.columns if c.startswith(PROBABILITY_PREFIX)
+                    ]
+                    probabilities.append(predictions[probability_columns].to_numpy()[known])
                 rows_in += len(chunk)
                 rows_valid += len(result.valid)
                 rows_quarantined += len(result.quarantined)
@@ -94,23 +100,16 @@ def main(argv: list[str] | None = None) -> int:
           f"({rows_quarantined} rows)")
     if labels:
         print("  metrics on the labelled rows:")
-        for name, value in _metrics(labels, scored, service).items():
+        metrics = score_predictions(
+            config.metrics,
+            np.concatenate(labels),
+            np.concatenate(predicted),
+            np.concatenate(probabilities) if service.is_classification else None,
+            service.classes,
+        )
+        for name, value in metrics.items():
             print(f"    {name}: {value:.4f}")
     return 0
-
-
-def _metrics(labels: list[np.ndarray], scored: list[pd.DataFrame],
-             service: PredictionService) -> dict[str, float]:
-    frame = pd.concat(scored, ignore_index=True)
-    probability_columns = [f"{PROBABILITY_PREFIX}{c}" for c in service.classes]
-    probabilities = frame[probability_columns].to_numpy() if service.is_classification else None
-    return score_predictions(
-        service.config.metrics,
-        np.concatenate(labels),
-        frame[PREDICTION_COLUMN].to_numpy(),
-        probabilities,
-        service.classes,
-    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,116 @@
+"""End-to-end: chunked batch scoring of a historic file with the exported champion."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml_project.config import PROJECT_ROOT
+from ml_project.example_data import generate_historic_data
+from ml_project.predict import PredictionService
+from tests.conftest import prediction_config
+from use_cases import predicting_historic_data_local
+
+
+@pytest.fixture
+def project(trained_project: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    shutil.copytree(trained_project, root)
+    return root
+
+
+def _score(root: Path, *args: str) -> int:
+    return predicting_historic_data_local.main(
+        ["--config", str(root / "project_config.yaml"), "--root", str(root), *args]
+    )
+
+
+@pytest.mark.parametrize("chunk_size", [97, 500, 100_000])
+def test_chunked_scoring_equals_the_in_memory_pipeline(project: Path, chunk_size: int) -> None:
+    assert _score(project, "--chunk-size", str(chunk_size)) == 0
+    predictions = pd.read_csv(project / "output/predictions/historic_data_predictions.csv",
+                              dtype={"customer_id": object})
+    quarantined = pd.read_csv(project / "output/quarantine/historic_data_predictions.csv")
+    source = pd.read_csv(project / "data/historic_data.csv", dtype={"customer_id": object})
+    assert len(predictions) + len(quarantined) == len(source)
+    assert quarantined["quarantine_reason"].notna().all()
+    service = PredictionService.from_config(prediction_config(project))
+    valid = source[source["customer_id"].isin(predictions["customer_id"])]
+    expected = service.pipeline.predict_proba(valid[service.features].astype(
+        {c: float for c in ("tenure_months", "age")}))[:, 1]
+    np.testing.assert_allclose(predictions["probability_1"], expected, rtol=0, atol=1e-12)
+    assert (predictions["model_version"].astype(str) == service.model_version).all()
+
+
+def test_bad_rows_are_quarantined_with_the_column_named(project: Path, tmp_path: Path) -> None:
+    rows = pd.read_csv(project / "data/historic_data.csv", dtype={"customer_id": object}).head(6)
+    bad = rows.astype({"age": object}).copy()
+    bad.loc[0, "age"] = "forty"  # wrong type
+    bad.loc[1, "tenure_months"] = 999  # out of range
+    bad.loc[2, "contract"] = "weekly"  # unknown category
+    bad.loc[3, "region"] = None  # null where not allowed
+    bad["extra_column"] = "ignored"  # extra columns are dropped with a log line
+    path = tmp_path / "bad.csv"
+    bad.to_csv(path, index=False)
+    assert _score(project, "--input", str(path)) == 0
+    quarantined = pd.read_csv(project / "output/quarantine/bad_predictions.csv")
+    reasons = quarantined["quarantine_reason"].tolist()
+    assert len(reasons) == 4
+    for column, reason in zip(("age", "tenure_months", "contract", "region"), reasons):
+        assert reason.startswith(column)
+    assert len(pd.read_csv(project / "output/predictions/bad_predictions.csv")) == 2
+
+
+def test_a_missing_column_rejects_the_file_naming_it(project: Path, tmp_path: Path) -> None:
+    rows = pd.read_csv(project / "data/historic_data.csv").head(5).drop(columns="contract")
+    path = tmp_path / "no_contract.csv"
+    rows.to_csv(path, index=False)
+    assert _score(project, "--input", str(path)) == 2
+
+
+def test_missing_artifact_exits_with_a_clear_message(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shutil.rmtree(project / "data/model_artifacts")
+    assert _score(project) == 2
+    assert "run the modelling use case first" in caplog.text
+
+
+def test_corrupted_artifact_is_refused(project: Path, caplog: pytest.LogCaptureFixture) -> None:
+    artifact = next((project / "data/model_artifacts/champion").glob("pipeline-*.joblib"))
+    artifact.write_bytes(artifact.read_bytes()[:-10])
+    assert _score(project) == 2
+    assert "checksum" in caplog.text
+
+
+PEAK_MEMORY_SCRIPT = """
+import sys, tracemalloc
+from use_cases import predicting_historic_data_local as use_case
+tracemalloc.start()
+code = use_case.main(sys.argv[1:])
+print(tracemalloc.get_traced_memory()[1])
+raise SystemExit(code)
+"""
+
+
+def _peak_memory(project: Path, rows: int, tmp_path: Path) -> int:
+    """Peak traced memory of a scoring run in a fresh interpreter, as a user would run it."""
+    path = tmp_path / f"unlabelled_{rows}.csv"
+    generate_historic_data(rows, seed=3).drop(columns="churned").to_csv(path, index=False)
+    arguments = ["--config", str(project / "project_config.yaml"), "--root", str(project),
+                 "--input", str(path), "--chunk-size", "500"]
+    result = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT, *arguments],
+                            capture_output=True, text=True, cwd=PROJECT_ROOT, check=True)
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+def test_chunked_scoring_keeps_memory_flat(project: Path, tmp_path: Path) -> None:
+    small = _peak_memory(project, 3_000, tmp_path)
+    large = _peak_memory(project, 30_000, tmp_path)  # 10x the rows, 60x the chunk size
+    assert large < 1.3 * small, (small, large)
