@@ -51,6 +51,10 @@ def _customers(n_rows: int, rng: np.random.Generator, drift: float, id_prefix: s
         + 0.5 * (payment == "electronic-check")
         + 0.4 * (internet == "fiber")
         - 0.008 * (age - 45)
+        # interactions and thresholds a linear model cannot express, trees can
+        + 1.5 * ((tenure < 6) & (internet == "fiber"))
+        + 0.0015 * (age - 45) ** 2
+        - 1.0 * ((support_calls >= 4) & (contract == "two-year"))
         + rng.normal(0, 0.8, n_rows)  # noise keeps the signal learnable but imperfect
     )
     frame = pd.DataFrame(
