@@ -32,22 +32,22 @@ from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 from sklearn.pipeline import Pipeline
 
 from ml_project.config import Config
+from ml_project.engineer import STEPS, FeatureEngineer, FeatureStep
 from ml_project.train import CandidateResult, features_and_target
 
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-# skops refuses to load types it is not told to trust; these are the ones our Pipeline holds.
+# skops refuses to load types it is not told to trust: numpy's dtype and the boosting
+# internals, plus our own transformer and every feature function (derived, so new steps work).
 SKOPS_TRUSTED_TYPES = [
     "numpy.dtype",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
-    "ml_project.engineer.FeatureEngineer",
-    "ml_project.engineer.FeatureStep",
-    "ml_project.engineer.charges_per_tenure_month",
-    "ml_project.engineer.support_calls_per_year",
-    "ml_project.engineer.tenure_band",
+    f"{FeatureEngineer.__module__}.{FeatureEngineer.__qualname__}",
+    f"{FeatureStep.__module__}.{FeatureStep.__qualname__}",
+    *(f"{step.function.__module__}.{step.function.__qualname__}" for step in STEPS.values()),
 ]
 
 
