@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -89,7 +90,7 @@ def _corrupt_some(frame: pd.DataFrame, rng: np.random.Generator, n_bad: int) -> 
     """Out-of-schema rows that validation must catch: range, category, type and null errors."""
     corrupted = frame.astype({"tenure_months": object, "age": object}).copy()
     rows = rng.choice(len(frame), size=n_bad, replace=False)
-    faults = [
+    faults: list[tuple[str, Any]] = [
         ("tenure_months", -3),
         ("contract", "weekly"),
         ("age", "unknown"),

@@ -136,14 +136,14 @@ class FastPipeline:
     def preprocess(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
         """Engineered and preprocessed features: the array the model was trained on."""
         engineered = dict(columns)
-        for step in self.feature_steps:
-            engineered.update(step(engineered))
+        for feature_step in self.feature_steps:
+            engineered.update(feature_step(engineered))
         parts = []
         for block in self.blocks:
             values = np.column_stack([engineered[c] for c in block.columns])
             values = values.astype(np.float64) if block.numeric else values.astype(object)
-            for step in block.steps:
-                values = step(values)
+            for block_step in block.steps:
+                values = block_step(values)
             parts.append(values)
         return np.hstack(parts) if len(parts) > 1 else parts[0]
 

@@ -41,11 +41,12 @@ class FieldRule:
         if self.kind == "numerical":
             if isinstance(value, bool) or not isinstance(value, (int, float, numbers.Real)):
                 return value, f"must be a number, got {type(value).__name__} {value!r}"
-            if self.min is not None and value < self.min:
+            number = float(value)
+            if self.min is not None and number < self.min:
                 return value, f"must be >= {self.min:g}, got {value!r}"
-            if self.max is not None and value > self.max:
+            if self.max is not None and number > self.max:
                 return value, f"must be <= {self.max:g}, got {value!r}"
-            return float(value), None
+            return number, None
         if not isinstance(value, str):
             return value, f"must be a string, got {type(value).__name__} {value!r}"
         if value not in self.categories:
@@ -120,7 +121,7 @@ def build_request_model(config: Config) -> type[BaseModel]:
             example[rule.name] = rule.min if rule.min is not None else 0.0
         else:
             categories = tuple(sorted(rule.categories))
-            annotation = Literal[categories]  # type: ignore[valid-type]
+            annotation = Literal[categories]
             annotation = annotation | None if rule.nullable else annotation
             example[rule.name] = categories[0]
         default = None if rule.nullable else ...

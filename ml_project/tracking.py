@@ -24,6 +24,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -210,7 +211,7 @@ def track_modelling_run(
         for context, frame in (("training", train), ("holdout", holdout)):
             with warnings.catch_warnings():  # a local path matches two equivalent source types
                 warnings.simplefilter("ignore", UserWarning)
-                dataset = mlflow.data.from_pandas(
+                dataset = from_pandas(
                     frame, source=data_source, targets=config.columns.target,
                     name=f"historic_{context}",
                 )

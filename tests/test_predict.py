@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import sys
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -202,10 +202,11 @@ def test_serving_imports_no_training_or_monitoring_libraries() -> None:
 
 
 def test_regression_predictions_have_no_probabilities(tmp_path: Path) -> None:
+    from sklearn.linear_model import Ridge
+
     from ml_project.config import load_config
     from ml_project.export import export_pipeline
     from ml_project.train import build_pipeline
-    from sklearn.linear_model import Ridge
     from tests.conftest import write_project
 
     overrides = {
