@@ -54,6 +54,13 @@ class FeatureStep:
             raise ValueError(
                 f"feature step {self.name!r} returned {list(result)}, declared {self.output_names}"
             )
+        # A scalar or an aggregate would broadcast silently: one value per row, or an error.
+        rows = np.shape(columns[self.inputs[0]]) if self.inputs else None
+        shapes = {name: np.shape(values) for name, values in result.items()}
+        if rows is not None and any(shape != rows for shape in shapes.values()):
+            raise ValueError(
+                f"feature step {self.name!r} returned shapes {shapes} for inputs of shape {rows}"
+            )
         return result
 
 
@@ -144,7 +151,7 @@ class FeatureEngineer(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         columns = {str(name): X[name].to_numpy() for name in X.columns}
         for step in self.steps:
             columns.update(step(columns))
-        added = {name: columns[name] for name in self.get_feature_names_out()[X.shape[1]:]}
+        added = {name: columns[name] for step in self.steps for name in step.output_names}
         return X.assign(**added)
 
     def get_feature_names_out(self, input_features: object = None) -> np.ndarray:

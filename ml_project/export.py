@@ -131,7 +131,10 @@ def load_pipeline(directory: Path) -> tuple[Pipeline, dict[str, Any]]:
     metadata = read_metadata(directory)
     artifact = directory / str(metadata["artifact_file"])
     if not artifact.is_file():
-        raise ArtifactError(f"model artifact {artifact} is missing (metadata names it)")
+        raise ArtifactError(
+            f"model artifact {artifact} is missing (metadata names it): re-run the modelling use "
+            "case (pipenv run python use_cases/modelling_historic_data_local.py)"
+        )
     actual = sha256_of(artifact)
     if actual != metadata["sha256"]:
         raise ArtifactError(

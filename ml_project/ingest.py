@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pandas as pd
 
 from ml_project.config import Config
@@ -29,6 +30,15 @@ def known_columns(config: Config, *, with_target: bool = True) -> list[str]:
 def _string_dtypes(config: Config) -> dict[str, Any]:
     """Identifiers and categories are text even when they look like numbers."""
     return {name: object for name in (config.columns.id, *config.columns.categorical)}
+
+
+def _as_text(frame: pd.DataFrame, config: Config) -> pd.DataFrame:
+    """Text columns as object with NaN for missing, as the CSV reader gives them: Parquet and
+    SQL give None. Absent columns are left to validation, which names them."""
+    present = [name for name in _string_dtypes(config) if name in frame.columns]
+    return frame.assign(
+        **{name: frame[name].astype(object).where(frame[name].notna(), np.nan) for name in present}
+    )
 
 
 def _keep_known(frame: pd.DataFrame, config: Config, source: str) -> pd.DataFrame:
@@ -50,14 +60,12 @@ def read_table(source: str, config: Config) -> pd.DataFrame:
         statement = query or f'SELECT * FROM "{table}"'
         with sqlalchemy.create_engine(source).connect() as connection:
             frame = pd.read_sql(sqlalchemy.text(statement), connection)
-        return _keep_known(frame.astype(_string_dtypes(config)), config, source)
+        return _keep_known(_as_text(frame, config), config, source)
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     if path.suffix == ".parquet":
-        frame = pd.read_parquet(path)
-        present = {k: v for k, v in _string_dtypes(config).items() if k in frame.columns}
-        return _keep_known(frame.astype(present), config, str(path))
+        return _keep_known(_as_text(pd.read_parquet(path), config), config, str(path))
     if path.suffix == ".csv":
         return _keep_known(pd.read_csv(path, dtype=_string_dtypes(config)), config, str(path))
     raise ValueError(f"unsupported data file {path}: expected .csv or .parquet")
@@ -79,9 +87,7 @@ def read_in_chunks(path: Path, config: Config) -> Iterator[pd.DataFrame]:
         import pyarrow.parquet as pq
 
         for batch in pq.ParquetFile(path).iter_batches(batch_size=size):
-            frame = batch.to_pandas()
-            present = {k: v for k, v in _string_dtypes(config).items() if k in frame.columns}
-            yield _keep_known(frame.astype(present), config, str(path))
+            yield _keep_known(_as_text(batch.to_pandas(), config), config, str(path))
     elif path.suffix == ".csv":
         with pd.read_csv(path, dtype=_string_dtypes(config), chunksize=size) as reader:
             for chunk in reader:

@@ -81,9 +81,9 @@ def _coerce(production: pd.DataFrame, config: Config, *, with_target: bool) -> t
     timestamp = config.columns.timestamp
     if timestamp:
         # utc=True: offsets that differ between rows (daylight saving) become one naive UTC scale
-        parsed = pd.to_datetime(production[timestamp], errors="coerce", format="ISO8601", utc=True)
-        converted[timestamp] = parsed.dt.tz_localize(None)
-        for index in production.index[production[timestamp].notna() & parsed.isna()]:
+        moments = pd.to_datetime(production[timestamp], errors="coerce", format="ISO8601", utc=True)
+        converted[timestamp] = moments.dt.tz_localize(None)
+        for index in production.index[production[timestamp].notna() & moments.isna()]:
             value = production.at[index, timestamp]
             reasons.setdefault(index, []).append(f"{timestamp}: not a timestamp: {value!r}")
     for column in config.columns.categorical:

@@ -1,0 +1,169 @@
+"""Config: the shipped file loads; every kind of mistake fails at load, naming the key and file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+
+from ml_project.config import PROJECT_ROOT, Config, ConfigError, load_config
+
+
+def _load(config_file: Path, root: Path, **overrides: Any) -> Config:
+    return load_config(
+        "modelling", "historic", "local", config_file=config_file, root=root, overrides=overrides
+    )
+
+
+def test_load_config_reads_the_shipped_project_config() -> None:
+    config = load_config("prediction", "production", "local")
+
+    assert config.root == PROJECT_ROOT
+    assert config.run_mode == "prediction"
+    assert config.columns.target == "churned"
+    assert config.columns.features[0] == next(iter(config.columns.numerical))
+    assert config.metrics[0] == config.training.metric
+    assert config.output_dir == PROJECT_ROOT / "output"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "problem"),
+    [
+        ({"training": {"cv_fold": 3}}, "training.cv_fold", "Extra inputs are not permitted"),
+        ({"colour": "blue"}, "colour", "Extra inputs are not permitted"),
+        ({"training": {"cv_folds": "five"}}, "training.cv_folds", "valid integer"),
+        ({"training": {"holdout_fraction": 1.5}}, "training.holdout_fraction", "less than 1"),
+        (
+            {"columns": {"numerical": {"age": {"min": "young"}}}},
+            "columns.numerical.age.min",
+            "valid number",
+        ),
+        ({"validation": {"fail_on_invalid": "sometimes"}}, "validation.fail_on_invalid", "boolean"),
+        ({"task": "clustering"}, "task", "binary_classification"),
+    ],
+    ids=["unknown-nested-key", "unknown-top-key", "wrong-int", "out-of-range", "wrong-float",
+         "wrong-bool", "unknown-task"],
+)
+def test_load_config_names_file_and_key_of_a_bad_value(
+    project: Path, overrides: dict[str, Any], key: str, problem: str
+) -> None:
+    config_file = project / "project_config.yaml"
+
+    with pytest.raises(ConfigError) as caught:
+        _load(config_file, project, **overrides)
+
+    message = str(caught.value)
+    assert str(config_file) in message
+    assert f"{key}: " in message
+    assert problem in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"training": {"metric": "r2"}}, r"training\.metric 'r2' is not one of .*roc_auc"),
+        (
+            {"task": "regression", "columns": {"target_classes": []},
+             "training": {"metric": "r2", "split": "stratified"}},
+            r"training\.split 'stratified' needs a classification task",
+        ),
+        (
+            {"task": "regression", "training": {"metric": "r2", "split": "random"}},
+            r"columns\.target_classes must be empty for regression",
+        ),
+        (
+            {"columns": {"target_classes": [0, 1, 2]}},
+            r"columns\.target_classes needs exactly 2 classes",
+        ),
+        (
+            {"columns": {"timestamp": None}, "training": {"split": "time"}},
+            r"training\.split 'time' needs columns\.timestamp",
+        ),
+        ({"columns": {"numerical": {"age": {"min": 90, "max": 18}}}}, r"columns\.numerical\.age"),
+        ({"columns": {"categorical": {"region": {"categories": []}}}}, r"columns\.categorical"),
+        ({"columns": {"id": "age"}}, r"column names used twice: \['age'\]"),
+    ],
+    ids=["metric-for-task", "stratified-regression", "classes-regression", "binary-3-classes",
+         "time-without-timestamp", "min-above-max", "no-categories", "id-is-feature"],
+)
+def test_load_config_rejects_inconsistent_settings(
+    project: Path, overrides: dict[str, Any], expected: str
+) -> None:
+    config_file = project / "project_config.yaml"
+
+    with pytest.raises(ConfigError, match=expected) as caught:
+        _load(config_file, project, **overrides)
+
+    assert str(config_file) in str(caught.value)
+
+
+def test_load_config_missing_file_names_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.yaml"
+
+    with pytest.raises(ConfigError, match=f"config file not found: {missing}"):
+        _load(missing, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("training: [unclosed", "not valid YAML"),
+        ("- a\n- list\n", "expected a mapping at the top level"),
+        ("run_mode: prediction\n", r"\['run_mode'\] are set by the use case"),
+    ],
+    ids=["bad-yaml", "not-a-mapping", "run-mode-in-file"],
+)
+def test_load_config_rejects_malformed_files(tmp_path: Path, content: str, expected: str) -> None:
+    config_file = tmp_path / "project_config.yaml"
+    config_file.write_text(content)
+
+    with pytest.raises(ConfigError, match=expected):
+        _load(config_file, tmp_path)
+
+
+def test_config_is_frozen(config: Config) -> None:
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        config.task = "regression"  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        config.training.metric = "accuracy"  # type: ignore[misc]
+
+
+def test_load_config_overrides_merge_into_nested_sections(config: Config, project: Path) -> None:
+    changed = _load(project / "project_config.yaml", project, training={"cv_folds": 4})
+
+    assert changed.training.cv_folds == 4
+    assert changed.training.candidates == config.training.candidates
+    assert changed.training.metric == config.training.metric
+
+
+def test_tracking_uri_relative_sqlite_resolves_against_root(config: Config, project: Path) -> None:
+    assert config.tracking.tracking_uri == "sqlite:///mlflow.db"
+    assert config.tracking_uri == f"sqlite:///{project}/mlflow.db"
+    assert config.tracking_uri.startswith("sqlite:////")
+
+
+def test_tracking_uri_environment_variable_wins(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+
+    assert config.tracking_uri == "http://tracking.example:5000"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("data/historic_data.csv", "{root}/data/historic_data.csv"),
+        ("/absolute/file.csv", "/absolute/file.csv"),
+        ("sqlite:///relative.db", "sqlite:///{root}/relative.db"),
+        ("sqlite:////absolute.db", "sqlite:////absolute.db"),
+        ("postgresql://user@host/db", "postgresql://user@host/db"),
+        ("s3://bucket/key.parquet", "s3://bucket/key.parquet"),
+    ],
+)
+def test_resolve_makes_relative_paths_absolute_and_keeps_urls(
+    config: Config, value: str, expected: str
+) -> None:
+    assert config.resolve(value) == expected.format(root=config.root)

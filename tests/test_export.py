@@ -1,0 +1,170 @@
+"""The artifact: atomic export, checksum-verified loading and messages a user can act on."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+
+from ml_project.config import Config
+from ml_project.engineer import FeatureStep
+from ml_project.export import (
+    METADATA_FILE,
+    ArtifactError,
+    export_pipeline,
+    hash_frame,
+    load_pipeline,
+    read_metadata,
+)
+from ml_project.train import build_pipeline, features_and_target
+from ml_project.validate import validate_production_data
+
+METADATA: dict[str, Any] = {"model_name": "churn_model", "model_version": "1", "task": "binary"}
+
+
+@pytest.fixture
+def raw(config: Config, production_df: pd.DataFrame) -> pd.DataFrame:
+    return validate_production_data(production_df, config, with_target=True).valid
+
+
+def _fitted(config: Config, raw: pd.DataFrame, c: float = 1.0) -> Pipeline:
+    features, target = features_and_target(raw, config)
+    return build_pipeline(config, LogisticRegression(C=c, max_iter=500)).fit(features, target)
+
+
+@pytest.fixture
+def pipeline(config: Config, raw: pd.DataFrame) -> Pipeline:
+    return _fitted(config, raw)
+
+
+@pytest.fixture
+def exported(pipeline: Pipeline, tmp_path: Path) -> Path:
+    """An artifact folder holding one exported pipeline; returns the folder."""
+    directory = tmp_path / "model_artifacts" / "champion"
+    export_pipeline(pipeline, METADATA, directory)
+    return directory
+
+
+def _artifacts(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir() if path.name != METADATA_FILE)
+
+
+def test_export_pipeline_round_trip_keeps_predictions_and_metadata(
+    pipeline: Pipeline, exported: Path, raw: pd.DataFrame, config: Config
+) -> None:
+    loaded, metadata = load_pipeline(exported)
+
+    features, _ = features_and_target(raw, config)
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(loaded.predict_proba(features)), pd.DataFrame(pipeline.predict_proba(features))
+    )
+    assert metadata == {**METADATA, "artifact_file": metadata["artifact_file"],
+                        "sha256": metadata["sha256"]}
+    assert metadata["artifact_file"] == f"pipeline-{metadata['sha256'][:12]}.joblib"
+    assert _artifacts(exported) == [metadata["artifact_file"]]  # no temporary files left
+    assert read_metadata(exported) == metadata
+
+
+@pytest.mark.parametrize("damage", ["flip-a-byte", "truncate"])
+def test_load_pipeline_refuses_a_damaged_artifact(exported: Path, damage: str) -> None:
+    artifact = exported / read_metadata(exported)["artifact_file"]
+    content = bytearray(artifact.read_bytes())
+    if damage == "flip-a-byte":
+        content[len(content) // 2] ^= 0xFF
+    else:
+        del content[len(content) // 2 :]
+    artifact.write_bytes(bytes(content))
+
+    with pytest.raises(ArtifactError, match="does not match its checksum.*refusing to load"):
+        load_pipeline(exported)
+
+
+def test_load_pipeline_without_an_artifact_says_to_run_modelling(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="run the modelling use case first"):
+        load_pipeline(tmp_path / "model_artifacts" / "champion")
+
+
+def test_load_pipeline_with_the_artifact_file_deleted_says_to_run_modelling(exported: Path) -> None:
+    (exported / read_metadata(exported)["artifact_file"]).unlink()
+
+    with pytest.raises(ArtifactError, match="is missing.*[Rr]e-run the modelling use case"):
+        load_pipeline(exported)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("{not json", "is not valid JSON"),
+        ('{"model_name": "x"}', "lacks 'artifact_file' or 'sha256'"),
+    ],
+)
+def test_read_metadata_rejects_broken_metadata(tmp_path: Path, content: str, match: str) -> None:
+    (tmp_path / METADATA_FILE).write_text(content)
+
+    with pytest.raises(ArtifactError, match=match):
+        read_metadata(tmp_path)
+
+
+def test_load_pipeline_refuses_an_artifact_that_is_not_a_pipeline(tmp_path: Path) -> None:
+    export_pipeline(LogisticRegression(), METADATA, tmp_path)
+
+    with pytest.raises(ArtifactError, match="does not hold a scikit-learn Pipeline"):
+        load_pipeline(tmp_path)
+
+
+def test_export_pipeline_replaces_the_previous_artifact_file(
+    exported: Path, config: Config, raw: pd.DataFrame
+) -> None:
+    old = read_metadata(exported)["artifact_file"]
+    newer = _fitted(config, raw, c=0.01)
+
+    artifact = export_pipeline(newer, {**METADATA, "model_version": "2"}, exported)
+
+    assert _artifacts(exported) == [artifact.name] and artifact.name != old
+    loaded, metadata = load_pipeline(exported)
+    assert metadata["model_version"] == "2" and loaded.named_steps["model"].C == 0.01
+
+
+def test_export_pipeline_of_the_same_pipeline_keeps_one_file(
+    pipeline: Pipeline, exported: Path
+) -> None:
+    before = _artifacts(exported)
+
+    export_pipeline(pipeline, METADATA, exported)
+
+    assert _artifacts(exported) == before
+    load_pipeline(exported)
+
+
+def test_export_pipeline_failing_dump_leaves_the_previous_artifact_loadable(
+    exported: Path, config: Config, raw: pd.DataFrame
+) -> None:
+    before = read_metadata(exported)
+    unpicklable = _fitted(config, raw)
+    lambda_step = FeatureStep(
+        "lambda", ("age",), (("age_again", "numerical"),), lambda cols: {"age_again": cols["age"]}
+    )
+    unpicklable.named_steps["engineer"].steps = [lambda_step]
+
+    with pytest.raises((pickle.PicklingError, AttributeError), match="pickle"):
+        export_pipeline(unpicklable, {**METADATA, "model_version": "2"}, exported)
+
+    assert _artifacts(exported) == [before["artifact_file"]]  # the temporary file is gone
+    _, metadata = load_pipeline(exported)
+    assert metadata == before
+
+
+def test_hash_frame_depends_on_values_and_column_names_only(raw: pd.DataFrame) -> None:
+    frame = raw.head(20)
+
+    assert hash_frame(frame) == hash_frame(frame.copy())
+    assert hash_frame(frame) == hash_frame(frame.set_axis(range(100, 120)))
+    assert hash_frame(frame) != hash_frame(frame.assign(age=frame["age"] + 1))
+    assert hash_frame(frame) != hash_frame(frame.rename(columns={"age": "age_years"}))
+    assert json.dumps(hash_frame(frame))  # a plain string for metadata.json

@@ -1,0 +1,232 @@
+"""Training: every task end to end on small generated data, the holdout split, the leaderboard."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from ml_project.config import CandidateConfig, Config, load_config
+from ml_project.ingest import load_historic_data
+from ml_project.train import (
+    CandidateResult,
+    build_estimator,
+    build_leaderboard,
+    build_pipeline,
+    evaluate_holdout,
+    select_best,
+    split_holdout,
+    train_candidates,
+    write_leaderboard,
+)
+from ml_project.validate import validate_production_data
+from tests.conftest import write_project
+
+LOGISTIC: dict[str, Any] = {
+    "name": "logistic_regression",
+    "estimator": "sklearn.linear_model.LogisticRegression",
+    "params": {"max_iter": 500},
+    "search": {"C": [0.1, 1.0]},
+}
+
+
+def _config(root: Path, **overrides: Any) -> Config:
+    return load_config(
+        "modelling", "historic", "local",
+        config_file=root / "project_config.yaml", root=root, overrides=overrides,
+    )
+
+
+def _raw(config: Config, **derived: Any) -> pd.DataFrame:
+    """Validated historic data, with extra target columns derived from its features."""
+    production = load_historic_data(config)
+    features = production.assign(
+        monthly_charges=pd.to_numeric(production["monthly_charges"]),
+        support_calls=pd.to_numeric(production["support_calls"]),
+    )
+    extra = {name: function(features) for name, function in derived.items()}
+    return validate_production_data(production.assign(**extra), config, with_target=True).valid
+
+
+def _charge_segment(features: pd.DataFrame) -> pd.Series:
+    """Three classes from monthly charges: a learnable multiclass target."""
+    return pd.cut(features["monthly_charges"], [0, 45, 75, np.inf], labels=["low", "mid", "high"])
+
+
+def _yearly_bill(features: pd.DataFrame) -> pd.Series:
+    """A numeric target from the features plus noise: a learnable regression target."""
+    noise = np.random.default_rng(0).normal(0, 30, len(features))
+    return 12 * features["monthly_charges"] + 25 * features["support_calls"] + noise
+
+
+@dataclass(frozen=True)
+class Run:
+    config: Config
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    results: list[CandidateResult]
+
+
+@pytest.fixture(scope="module")
+def binary_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """One binary training run on the example data, shared by the leaderboard tests."""
+    root = tmp_path_factory.mktemp("binary")
+    write_project(root)
+    config = _config(root)
+    train, holdout = split_holdout(_raw(config), config)
+    return Run(config, train, holdout, train_candidates(train, config))
+
+
+def test_train_candidates_binary_classification_end_to_end(binary_run: Run) -> None:
+    best = select_best(binary_run.results)
+
+    metrics = evaluate_holdout(best.pipeline, binary_run.holdout, binary_run.config)
+
+    assert set(metrics) == set(binary_run.config.metrics)
+    assert metrics["roc_auc"] > 0.7
+    probabilities = best.pipeline.predict_proba(binary_run.holdout.head(3))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+
+
+def test_train_candidates_multiclass_classification_end_to_end(project: Path) -> None:
+    config = _config(
+        project,
+        task="multiclass_classification",
+        columns={"target": "charge_segment", "target_classes": ["low", "mid", "high"]},
+        training={"metric": "f1_macro", "candidates": [LOGISTIC]},
+    )
+    raw = _raw(config, charge_segment=_charge_segment)
+    train, holdout = split_holdout(raw, config)
+
+    best = select_best(train_candidates(train, config))
+    metrics = evaluate_holdout(best.pipeline, holdout, config)
+
+    assert set(metrics) == {"f1_macro", "accuracy", "neg_log_loss"}
+    assert metrics["f1_macro"] > 0.7
+    assert set(best.pipeline.predict(holdout)) <= {"low", "mid", "high"}
+    assert best.pipeline.predict_proba(holdout.head(2)).shape == (2, 3)
+
+
+def test_train_candidates_regression_end_to_end(project: Path) -> None:
+    config = _config(
+        project,
+        task="regression",
+        columns={"target": "yearly_bill", "target_classes": []},
+        training={
+            "split": "random",
+            "metric": "neg_root_mean_squared_error",
+            "candidates": [
+                {"name": "ridge", "estimator": "sklearn.linear_model.Ridge",
+                 "search": {"alpha": [0.1, 10.0]}},
+                {"name": "boosting", "estimator": "sklearn.ensemble.HistGradientBoostingRegressor",
+                 "params": {"max_iter": 30}},
+            ],
+        },
+    )
+    raw = _raw(config, yearly_bill=_yearly_bill)
+    train, holdout = split_holdout(raw, config)
+
+    results = train_candidates(train, config)
+    best = select_best(results)
+    metrics = evaluate_holdout(best.pipeline, holdout, config)
+
+    assert [result.name for result in results] == ["ridge", "boosting"]
+    assert metrics["r2"] > 0.8
+    assert metrics["neg_root_mean_squared_error"] < 0
+    assert build_leaderboard(results, config)["candidate"].iloc[0] == best.name
+
+
+def test_split_holdout_by_time_holds_out_the_latest_rows(project: Path) -> None:
+    config = _config(project, training={"split": "time", "holdout_fraction": 0.25})
+    raw = _raw(config)
+
+    train, holdout = split_holdout(raw, config)
+
+    assert len(holdout) == round(len(raw) * 0.25) and len(train) + len(holdout) == len(raw)
+    assert holdout["event_time"].min() >= train["event_time"].max()
+    assert train["event_time"].is_monotonic_increasing
+
+
+def test_split_holdout_stratified_keeps_the_class_balance(binary_run: Run) -> None:
+    rates = [frame["churned"].mean() for frame in (binary_run.train, binary_run.holdout)]
+
+    assert abs(rates[0] - rates[1]) < 0.01
+    assert len(binary_run.holdout) / (len(binary_run.train) + len(binary_run.holdout)) == (
+        pytest.approx(0.2, abs=0.01)
+    )
+
+
+def test_build_leaderboard_has_every_candidate_setting_with_mean_and_std(binary_run: Run) -> None:
+    board = build_leaderboard(binary_run.results, binary_run.config)
+
+    assert sorted(zip(board["candidate"], board["params"])) == [
+        ("hist_gradient_boosting", "learning_rate=0.1"),
+        ("logistic_regression", "C=0.1"),
+        ("logistic_regression", "C=1.0"),
+    ]
+    for metric in binary_run.config.metrics:
+        assert board[f"mean_{metric}"].notna().all() and (board[f"std_{metric}"] >= 0).all()
+    primary = board[f"mean_{binary_run.config.training.metric}"]
+    assert primary.is_monotonic_decreasing
+    assert board["rank"].tolist() == [1, 2, 3]
+
+
+def test_select_best_takes_the_best_cv_score(binary_run: Run) -> None:
+    best = select_best(binary_run.results)
+
+    assert best.cv_score == max(result.cv_score for result in binary_run.results)
+    board = build_leaderboard(binary_run.results, binary_run.config)
+    assert board.loc[0, "mean_roc_auc"] == pytest.approx(best.cv_score)
+
+
+def test_select_best_rejects_an_empty_list() -> None:
+    with pytest.raises(ValueError, match="no trained candidates"):
+        select_best([])
+
+
+def test_write_leaderboard_writes_csv_markdown_and_chart(binary_run: Run) -> None:
+    board = build_leaderboard(binary_run.results, binary_run.config)
+
+    paths = write_leaderboard(board, binary_run.config)
+
+    assert set(paths) == {"csv", "md", "png"}
+    directory = binary_run.config.output_dir / "leaderboard"
+    assert all(path.parent == directory for path in paths.values())
+    pd.testing.assert_frame_equal(pd.read_csv(paths["csv"]), board, check_dtype=False)
+    lines = paths["md"].read_text().splitlines()
+    assert lines[0].startswith("| rank | candidate | params |") and len(lines) == 2 + len(board)
+    assert paths["png"].read_bytes().startswith(b"\x89PNG")
+
+
+def test_build_estimator_sets_params_and_the_seed(config: Config) -> None:
+    candidate = CandidateConfig.model_validate(LOGISTIC)
+
+    estimator = build_estimator(candidate, config)
+
+    assert isinstance(estimator, LogisticRegression)
+    assert estimator.max_iter == 500 and estimator.random_state == config.training.random_seed
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    ["sklearn.linear_model.NoSuchModel", "no_such_package.Model", "LogisticRegression"],
+)
+def test_build_estimator_names_the_candidate_that_cannot_be_imported(
+    config: Config, estimator: str
+) -> None:
+    candidate = CandidateConfig(name="typo", estimator=estimator)
+
+    expected = rf"training\.candidates\.typo: cannot import '{estimator}'"
+    with pytest.raises(ValueError, match=expected):
+        build_estimator(candidate, config)
+
+
+def test_build_pipeline_is_engineer_preprocess_model(config: Config) -> None:
+    pipeline = build_pipeline(config, LogisticRegression())
+
+    assert [name for name, _ in pipeline.steps] == ["engineer", "preprocess", "model"]
