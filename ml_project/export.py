@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
+import subprocess  # only git, with fixed arguments (git_commit)  # nosec B404
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -53,7 +53,7 @@ def hash_frame(frame: pd.DataFrame) -> str:
 def git_commit(root: Path) -> str | None:
     """The checked-out commit of the code that trained the model, if this is a git checkout."""
     try:
-        result = subprocess.run(
+        result = subprocess.run(  # fixed argv; git from PATH as the user runs it  # nosec B603 B607
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.SubprocessError):

@@ -57,9 +57,11 @@ def read_table(source: str, config: Config) -> pd.DataFrame:
         table, query = config.data.historic_table, config.data.historic_query
         if not (table or query):
             raise ValueError(f"{source} is a database URL: set data.historic_table or _query")
-        statement = query or f'SELECT * FROM "{table}"'
         with sqlalchemy.create_engine(source).connect() as connection:
-            frame = pd.read_sql(sqlalchemy.text(statement), connection)
+            if query:  # from the project's own config, never from request data
+                frame = pd.read_sql(sqlalchemy.text(query), connection)
+            else:
+                frame = pd.read_sql_table(str(table), connection)
         return _keep_known(_as_text(frame, config), config, source)
     path = Path(source)
     if not path.is_file():

@@ -15,7 +15,8 @@ Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray | None, Sequence[Any]], fl
 
 
 def _binary_proba(probabilities: np.ndarray | None) -> np.ndarray:
-    assert probabilities is not None, "roc_auc needs class probabilities"
+    if probabilities is None:
+        raise ValueError("roc_auc needs class probabilities")
     return probabilities[:, 1]
 
 

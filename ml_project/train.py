@@ -65,8 +65,10 @@ def split_holdout(raw: pd.DataFrame, config: Config) -> tuple[pd.DataFrame, pd.D
     """Hold out a share of rows: stratified by target, at random, or the latest by timestamp."""
     training = config.training
     if training.split == "time":
-        assert config.columns.timestamp  # guaranteed by Config validation
-        ordered = raw.sort_values(config.columns.timestamp, kind="stable", ignore_index=True)
+        timestamp = config.columns.timestamp
+        if not timestamp:
+            raise ValueError("training.split 'time' needs columns.timestamp")
+        ordered = raw.sort_values(timestamp, kind="stable", ignore_index=True)
         cut = int(round(len(ordered) * (1 - training.holdout_fraction)))
         return ordered.iloc[:cut].reset_index(drop=True), ordered.iloc[cut:].reset_index(drop=True)
     stratify = raw[config.columns.target] if training.split == "stratified" else None
