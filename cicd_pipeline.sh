@@ -11,6 +11,9 @@ pipenv sync --dev
 echo "== isort"
 pipenv run isort --check-only --diff ml_project use_cases tests deployment executables
 
+echo "== bandit (security lint of the package)"
+pipenv run bandit -q -r ml_project
+
 echo "== mypy"
 pipenv run mypy ml_project use_cases tests
 
