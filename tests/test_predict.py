@@ -32,7 +32,7 @@ def raw(trained_project: Path, service: PredictionService) -> pd.DataFrame:
 
 def _record(row: pd.Series) -> dict[str, object]:
     """A row as a JSON client sends it: None for missing values."""
-    return {k: (None if pd.isna(v) else v) for k, v in row.items()}
+    return {str(k): (None if pd.isna(v) else v) for k, v in row.items()}
 
 
 def test_predict_frame_equals_the_plain_pipeline_on_every_row(
