@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
+import requests
 from matplotlib.figure import Figure
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.exceptions import MlflowException
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+SERVER_CHECK_TIMEOUT_SECONDS = 10
 # skops refuses to load types it is not told to trust: numpy's dtype and the boosting
 # internals, plus our own transformer and every feature function (derived, so new steps work).
 SKOPS_TRUSTED_TYPES = [
@@ -73,8 +75,18 @@ def _experiment_id(config: Config) -> str:
     return str(mlflow.create_experiment(name, artifact_location=(config.root / "mlruns").as_uri()))
 
 
+def _check_server(uri: str) -> None:
+    """Fail in seconds: MLflow retries a refused connection with backoff for about 4 minutes."""
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_TIMEOUT_SECONDS)
+    except requests.RequestException as err:  # any HTTP answer, even an error, means it is up
+        raise TrackingError(f"MLflow tracking store {uri} is unreachable: {err}") from err
+
+
 def connect(config: Config) -> str:
     """Point MLflow at the configured store and check it answers; returns the experiment id."""
+    if config.tracking_uri.startswith(("http://", "https://")):
+        _check_server(config.tracking_uri)
     mlflow.set_tracking_uri(config.tracking_uri)
     try:
         return _experiment_id(config)

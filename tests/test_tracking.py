@@ -1,0 +1,195 @@
+"""MLflow tracking against a real sqlite store in tmp_path: runs, registry, champion/challenger,
+and an unreachable store failing fast so nothing is exported or promoted."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from ml_project.config import Config, load_config
+from ml_project.ingest import load_historic_data
+from ml_project.tracking import (
+    CHALLENGER,
+    CHAMPION,
+    TrackingError,
+    TrackingOutcome,
+    connect,
+    load_registered_pipeline,
+    track_modelling_run,
+)
+from ml_project.train import (
+    CandidateResult,
+    build_leaderboard,
+    evaluate_holdout,
+    features_and_target,
+    select_best,
+    split_holdout,
+    train_candidates,
+    write_leaderboard,
+)
+from ml_project.validate import validate_production_data
+from tests.conftest import write_project
+from use_cases import modelling_historic_data_local
+
+WEAK = {"name": "prior", "estimator": "sklearn.dummy.DummyClassifier",
+        "params": {"strategy": "prior"}}
+STRONG = {"name": "logistic_regression", "estimator": "sklearn.linear_model.LogisticRegression",
+          "params": {"max_iter": 500}}
+
+
+@dataclass(frozen=True)
+class Modelled:
+    """A trained modelling run, ready to be tracked."""
+
+    config: Config
+    results: list[CandidateResult]
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+
+    def track(self) -> TrackingOutcome:
+        best = select_best(self.results)
+        return track_modelling_run(
+            self.config,
+            results=self.results,
+            best=best,
+            leaderboard_files=write_leaderboard(
+                build_leaderboard(self.results, self.config), self.config
+            ),
+            holdout_metrics=evaluate_holdout(best.pipeline, self.holdout, self.config),
+            train=self.train,
+            holdout=self.holdout,
+            data_source=self.config.resolve(self.config.data.historic),
+            quarantined_rows=0,
+        )
+
+
+def _modelled(root: Path, candidate: dict[str, Any]) -> Modelled:
+    config = load_config(
+        "modelling", "historic", "local", config_file=root / "project_config.yaml", root=root,
+        overrides={"training": {"candidates": [candidate]}},
+    )
+    raw = validate_production_data(load_historic_data(config), config, with_target=True).valid
+    train, holdout = split_holdout(raw, config)
+    return Modelled(config, train_candidates(train, config), train, holdout)
+
+
+@dataclass(frozen=True)
+class History:
+    """One store in which a weak model, then a strong one, then the weak one again were tracked."""
+
+    weak: Modelled
+    strong: Modelled
+    outcomes: list[TrackingOutcome]
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> History:
+    root = tmp_path_factory.mktemp("tracked")
+    write_project(root, n_historic=600)
+    weak, strong = _modelled(root, WEAK), _modelled(root, STRONG)
+    return History(weak, strong, [weak.track(), strong.track(), weak.track()])
+
+
+def test_track_modelling_run_promotes_only_a_model_that_beats_the_champion(
+    history: History,
+) -> None:
+    first, second, third = history.outcomes
+
+    assert (first.alias, first.previous_champion_score) == (CHAMPION, None)
+    assert second.alias == CHAMPION
+    assert second.previous_champion_score == pytest.approx(0.5)  # the class prior's ROC AUC
+    assert third.alias == CHALLENGER
+    assert third.previous_champion_score is not None and third.previous_champion_score > 0.7
+    client = MlflowClient(history.weak.config.tracking_uri)
+    model = client.get_registered_model(history.weak.config.tracking.registered_model_name)
+    aliases = {alias: str(version) for alias, version in model.aliases.items()}
+    assert aliases == {CHAMPION: second.model_version, CHALLENGER: third.model_version}
+
+
+def test_track_modelling_run_logs_the_run_with_candidates_plots_and_model(
+    history: History,
+) -> None:
+    strong, outcome = history.strong, history.outcomes[1]
+    client = MlflowClient(strong.config.tracking_uri)
+
+    run = client.get_run(outcome.run_id)
+
+    assert run.data.tags["best_candidate"] == "logistic_regression"
+    assert run.data.tags["alias"] == CHAMPION
+    assert run.data.tags["registered_version"] == outcome.model_version
+    assert run.data.params["train_rows"] == str(len(strong.train))
+    assert run.data.metrics["holdout_roc_auc"] > 0.7
+    artifacts = {item.path for item in client.list_artifacts(outcome.run_id, "plots")}
+    assert {"plots/confusion_matrix.png", "plots/roc_curve.png"} <= artifacts
+    children = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{outcome.run_id}'"
+    )
+    assert [child.data.params["candidate"] for child in children] == ["logistic_regression"]
+
+
+def test_load_registered_pipeline_returns_the_champion(history: History) -> None:
+    strong = history.strong
+
+    pipeline, metadata = load_registered_pipeline(strong.config)
+
+    assert metadata["model_version"] == history.outcomes[1].model_version
+    assert metadata["alias"] == CHAMPION
+    features, _ = features_and_target(strong.holdout, strong.config)
+    expected = select_best(strong.results).pipeline.predict_proba(features)
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(pipeline.predict_proba(features)), pd.DataFrame(expected)
+    )
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A local port that is bound but not listening: every connection is refused."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
+
+
+def _unreachable_uri(kind: str, tmp_path: Path, port: int) -> str:
+    if kind == "http-closed-port":
+        return f"http://127.0.0.1:{port}"
+    if kind == "sqlite-under-a-file":
+        (tmp_path / "not_a_folder").write_text("a file where a folder should be")
+        return f"sqlite:///{tmp_path / 'not_a_folder' / 'mlflow.db'}"
+    (tmp_path / "mlflow.db").write_text("not a database")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.mark.parametrize("kind", ["http-closed-port", "sqlite-under-a-file", "sqlite-not-a-db"])
+def test_connect_raises_tracking_error_for_an_unreachable_store(
+    project: Path, closed_port: int, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    uri = _unreachable_uri(kind, project, closed_port)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    config = load_config(
+        "modelling", "historic", "local", config_file=project / "project_config.yaml", root=project
+    )
+
+    with pytest.raises(TrackingError, match=f"MLflow tracking store {uri} is unreachable"):
+        connect(config)
+
+
+def test_modelling_use_case_with_unreachable_store_exits_non_zero_and_exports_nothing(
+    tmp_path: Path, closed_port: int, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config_file = write_project(tmp_path, n_historic=600)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port}")
+
+    code = modelling_historic_data_local.main(
+        ["--config", str(config_file), "--root", str(tmp_path)]
+    )
+
+    assert code != 0
+    assert not (tmp_path / "data" / "model_artifacts").exists()
+    assert "unreachable" in caplog.text and "Nothing was exported or promoted" in caplog.text
