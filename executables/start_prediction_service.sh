@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Start the prediction service in the foreground; Ctrl-C stops it.
+#
+#   bash executables/start_prediction_service.sh [fastapi|flask] [PORT] [launcher options]
+#
+# Defaults: fastapi on port 8000, bound to 127.0.0.1 (set HOST=0.0.0.0 to accept connections
+# from other machines). Set ML_PROJECT_API_KEY to require a matching X-API-Key header.
+# Further options go to the launcher, e.g. --config FILE --root DIR -v (see ml_project/serve.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source executables/bootstrap_pipenv.sh
+
+framework=${1:-fastapi}
+port=${2:-8000}
+exec pipenv run python -m ml_project.serve "$framework" --port "$port" "${@:3}"

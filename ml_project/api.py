@@ -1,0 +1,138 @@
+"""The FastAPI app over the one prediction core: `create_app(service)`.
+
+Routes take the raw body rather than a Pydantic parameter, on purpose: the request is checked
+by the same compiled `InstanceValidator` as in Flask, the stream and every cloud handler, so
+an error names the field and its rule in the same words everywhere (FastAPI's own validation
+would answer in its own). The Pydantic request model from `build_request_model` (the same field
+rules) still documents the body in /docs, with a working example, through `openapi_extra`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request, Response, Security
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import APIKeyHeader
+
+from ml_project.endpoints import (
+    API_KEY_HEADER,
+    BATCH_FIELD,
+    BatchPredictionResponse,
+    ErrorResponse,
+    PredictionEndpoints,
+    PredictionResponse,
+    Reply,
+)
+from ml_project.predict import PredictionService
+from ml_project.prediction_log import PredictionLog
+from ml_project.schemas import build_request_model
+
+logger = logging.getLogger(__name__)
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "The body is not JSON",
+        401: f"Missing or wrong {API_KEY_HEADER} header",
+        413: "The body or the batch is too large",
+        422: "The input breaks the schema; `errors` names each field and its rule",
+        503: "No model loaded yet",
+    }.items()
+}
+
+
+def create_app(service: PredictionService | None, log: PredictionLog | None = None) -> FastAPI:
+    """An app serving `service` (None: alive but not ready until `app.state.endpoints.service`
+    is set). Requests are logged to `log`, by default the prediction log the config names."""
+    endpoints = PredictionEndpoints.create(service, log)
+    name = service.config.project_name if service else "ml_project"
+    app = FastAPI(
+        title=f"{name} prediction service",
+        description="Predictions from the champion model. Errors name the field and the rule.",
+    )
+    app.state.endpoints = endpoints
+    api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
+
+    @app.get("/health")
+    async def health() -> Response:
+        """Alive: the process answers (open even when an API key is set)."""
+        return _send(endpoints.health())
+
+    @app.get("/ready", responses=ERRORS)
+    async def ready(api_key: str | None = Security(api_key_header)) -> Response:
+        """Ready: the model is loaded and requests will be predicted."""
+        return _send(endpoints.ready(api_key))
+
+    @app.get("/model", responses=ERRORS)
+    async def model(api_key: str | None = Security(api_key_header)) -> Response:
+        """The served model: name, version, task, features and holdout metrics."""
+        return _send(endpoints.model(api_key))
+
+    @app.post(
+        "/predict",
+        responses={200: {"model": PredictionResponse}, **ERRORS},
+        openapi_extra=_request_body(service, batch=False),
+    )
+    async def predict(
+        request: Request, api_key: str | None = Security(api_key_header)
+    ) -> Response:
+        """One production instance as a JSON object; a JSON null is a missing value."""
+        body = await _read_body(request, endpoints.max_body_bytes)
+        return _send(await run_in_threadpool(endpoints.predict, body, api_key))
+
+    @app.post(
+        "/predict/batch",
+        responses={200: {"model": BatchPredictionResponse}, **ERRORS},
+        openapi_extra=_request_body(service, batch=True),
+    )
+    async def predict_batch(
+        request: Request, api_key: str | None = Security(api_key_header)
+    ) -> Response:
+        """Several instances, all or none (at most `prediction.max_batch_size`)."""
+        body = await _read_body(request, endpoints.max_body_bytes)
+        return _send(await run_in_threadpool(endpoints.predict_batch, body, api_key))
+
+    return app
+
+
+def _send(reply: Reply) -> Response:
+    return Response(reply.body, status_code=reply.status, media_type=reply.media_type)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it is known to exceed `limit` bytes (never buffered past)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def _request_body(service: PredictionService | None, *, batch: bool) -> dict[str, Any]:
+    """The OpenAPI request body, from the Pydantic model of the schema, with its example."""
+    if service is None:
+        return {}
+    schema = build_request_model(service.config).model_json_schema()
+    example = schema.pop("examples", [{}])[0]
+    if batch:
+        limit = service.config.prediction.max_batch_size
+        schema = {
+            "type": "object",
+            "properties": {BATCH_FIELD: {"type": "array", "items": schema, "minItems": 1,
+                                         "maxItems": limit}},
+            "required": [BATCH_FIELD],
+            "additionalProperties": False,
+        }
+        example = {BATCH_FIELD: [example]}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema, "example": example}},
+        }
+    }

@@ -1,0 +1,316 @@
+"""What the prediction endpoints do, whatever the web framework: request bytes in, a reply out.
+
+`api.py` (FastAPI) and `flask_api.py` (Flask) are thin adapters over `PredictionEndpoints`: they
+read the body (at most `prediction.max_body_bytes`) and the X-API-Key header, and send back the
+`Reply`. So both frameworks answer every request, good or bad, with the same status and the
+same bytes, and a request is checked by one thing only: the compiled `InstanceValidator` behind
+`PredictionService`.
+
+Statuses a client can act on: 400 the body is not JSON; 401 missing or wrong X-API-Key; 413 body
+or batch too large; 422 JSON that breaks the schema (`errors` names each field and its rule);
+503 no model loaded yet. A 500 means a fault of the server, never bad input. Every prediction
+request and its outcome, rejected ones included, goes to the prediction log (source "api").
+This module imports no web framework, mlflow, evidently or pandera.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from pydantic import BaseModel
+
+from ml_project.predict import Prediction, PredictionService
+from ml_project.prediction_log import LogRecord, PredictionLog, new_request_id
+from ml_project.schemas import InvalidInstance
+
+logger = logging.getLogger(__name__)
+
+API_KEY_ENV = "ML_PROJECT_API_KEY"
+API_KEY_HEADER = "X-API-Key"
+LOG_SOURCE = "api"
+BATCH_FIELD = "instances"
+
+
+class InstancePrediction(BaseModel):
+    """One prediction; `probabilities` (class -> probability) only for classification."""
+
+    prediction: int | float | str
+    probabilities: dict[str, float] | None = None
+    model_version: str
+
+
+class PredictionResponse(InstancePrediction):
+    request_id: str
+
+
+class BatchPredictionResponse(BaseModel):
+    predictions: list[InstancePrediction]
+    request_id: str
+
+
+class ErrorResponse(BaseModel):
+    """`errors` maps each bad field (`instances[i].field` in a batch) to the rule it broke."""
+
+    detail: str
+    errors: dict[str, str] | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What to send back: a status and a JSON body, already serialised."""
+
+    status: int
+    body: bytes
+    media_type: str = "application/json"
+
+
+def reply(status: int, content: BaseModel | Mapping[str, Any]) -> Reply:
+    data = content.model_dump(exclude_none=True) if isinstance(content, BaseModel) else content
+    return Reply(status, json.dumps(data, separators=(",", ":"), default=str).encode())
+
+
+def error_reply(status: int, detail: str, **extra: Any) -> Reply:
+    return reply(status, ErrorResponse(detail=detail, **extra))
+
+
+class Rejection(Exception):
+    """A request answered with a 4xx/503 before (or instead of) a prediction."""
+
+    def __init__(self, status: int, detail: str, errors: Mapping[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = dict(errors) if errors else None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def parse_json(body: bytes) -> Any:
+    """Strict JSON: Python's parser would otherwise accept NaN and Infinity as numbers."""
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as err:
+        raise Rejection(400, f"the body is not valid JSON: {err}") from err
+
+
+def parse_instance(value: Any) -> Mapping[str, Any]:
+    """The body of POST /predict: one JSON object of production fields."""
+    if not isinstance(value, dict):
+        raise Rejection(422, "the body must be a JSON object of production fields, got "
+                             f"{type(value).__name__}")
+    return value
+
+
+def parse_batch(value: Any, max_batch_size: int) -> list[Mapping[str, Any]]:
+    """The instances of a `{"instances": [...]}` body, or a Rejection naming what is wrong."""
+    if not isinstance(value, dict) or BATCH_FIELD not in value:
+        raise Rejection(422, f'the body must be a JSON object {{"{BATCH_FIELD}": [...]}}',
+                        {BATCH_FIELD: "is required"})
+    unknown = {str(key): "is not a known field" for key in value if key != BATCH_FIELD}
+    if unknown:
+        raise Rejection(422, f"unknown fields in the body: {sorted(unknown)}", unknown)
+    instances = value[BATCH_FIELD]
+    if not isinstance(instances, list) or not instances:
+        raise Rejection(422, f"{BATCH_FIELD} must be a non-empty list of JSON objects",
+                        {BATCH_FIELD: "must be a non-empty list"})
+    if len(instances) > max_batch_size:
+        raise Rejection(413, f"at most {max_batch_size} instances per request, got "
+                             f"{len(instances)}; split the batch",
+                        {BATCH_FIELD: f"must hold at most {max_batch_size} instances"})
+    not_objects = {
+        f"{BATCH_FIELD}[{i}]": f"must be a JSON object, got {type(item).__name__}"
+        for i, item in enumerate(instances)
+        if not isinstance(item, dict)
+    }
+    if not_objects:
+        raise Rejection(422, "every instance must be a JSON object of production fields",
+                        not_objects)
+    return instances
+
+
+def _instance_id(record: Mapping[str, Any], service: PredictionService | None) -> str | None:
+    value = record.get(service.config.columns.id) if service else None
+    return None if value is None else str(value)
+
+
+class PredictionEndpoints:
+    """The behaviour of every route; one per app, shared by the server's worker threads.
+
+    `service` is None until a model is loaded: the app is then alive (/health) but not ready
+    (503 elsewhere), as a replica is while its model is still on the way.
+    """
+
+    def __init__(
+        self, service: PredictionService | None, log: PredictionLog | None, api_key: str | None
+    ) -> None:
+        self.service = service
+        self.log = log
+        self._api_key = api_key.encode() if api_key else None
+
+    @classmethod
+    def create(
+        cls, service: PredictionService | None, log: PredictionLog | None = None
+    ) -> PredictionEndpoints:
+        """With the API key from ML_PROJECT_API_KEY and, by default, the log the config names."""
+        if log is None and service is not None:
+            log = PredictionLog.from_config(service.config)
+        return cls(service, log, os.environ.get(API_KEY_ENV) or None)
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The body size the adapters read at most (0 while no model: the answer is 503)."""
+        return self.service.config.prediction.max_body_bytes if self.service else 0
+
+    # GET routes -------------------------------------------------------------------------------
+
+    def health(self) -> Reply:
+        """Alive: the process answers. Never needs the API key (load balancers probe it)."""
+        return reply(200, {"status": "alive"})
+
+    def ready(self, api_key: str | None) -> Reply:
+        try:
+            service = self._admit(api_key)
+        except Rejection as rejection:
+            return error_reply(rejection.status, rejection.detail)
+        return reply(200, {"status": "ready", "model_version": service.model_version})
+
+    def model(self, api_key: str | None) -> Reply:
+        try:
+            service = self._admit(api_key)
+        except Rejection as rejection:
+            return error_reply(rejection.status, rejection.detail)
+        return reply(200, service.describe())
+
+    # POST routes ------------------------------------------------------------------------------
+
+    def predict(self, body: bytes | None, api_key: str | None) -> Reply:
+        """One instance. `body` is None when it was larger than `max_body_bytes`."""
+        request_id, started = new_request_id(), time.perf_counter()
+        try:
+            service = self._admit(api_key, body)
+            record = parse_instance(parse_json(body or b""))
+        except Rejection as rejection:
+            return self._rejected(rejection, request_id, started, [{}])
+        try:
+            prediction = service.predict_instance(record)
+        except InvalidInstance as err:
+            invalid = Rejection(422, f"invalid instance: {err}", err.errors)
+            return self._rejected(invalid, request_id, started, [record])
+        except Exception as err:  # a fault of the model or the server, not of the input
+            return self._failed(err, request_id, started, [record])
+        self._log(request_id, started, [record], [prediction])
+        return reply(200, PredictionResponse(**_fields(prediction), request_id=request_id))
+
+    def predict_batch(self, body: bytes | None, api_key: str | None) -> Reply:
+        """Several instances, all or none: one invalid instance rejects the batch (422)."""
+        request_id, started = new_request_id(), time.perf_counter()
+        try:
+            service = self._admit(api_key, body)
+            records = parse_batch(parse_json(body or b""), service.config.prediction.max_batch_size)
+        except Rejection as rejection:
+            return self._rejected(rejection, request_id, started, [{}])
+        try:
+            predictions = service.predict_records(records)
+        except InvalidInstance as err:
+            invalid = Rejection(422, f"invalid instances: {err}", err.errors)
+            reasons = [self._reason(service, record) for record in records]
+            return self._rejected(invalid, request_id, started, records, reasons)
+        except Exception as err:  # a fault of the model or the server, not of the input
+            return self._failed(err, request_id, started, records)
+        self._log(request_id, started, records, predictions)
+        items = [InstancePrediction(**_fields(prediction)) for prediction in predictions]
+        return reply(200, BatchPredictionResponse(predictions=items, request_id=request_id))
+
+    # Helpers ----------------------------------------------------------------------------------
+
+    def _admit(self, api_key: str | None, body: bytes | None = b"") -> PredictionService:
+        """The checks before the body is parsed, in this order: key, model, size."""
+        if self._api_key is not None and not (
+            api_key is not None and hmac.compare_digest(api_key.encode(), self._api_key)
+        ):
+            raise Rejection(401, f"missing or wrong {API_KEY_HEADER} header")
+        service = self.service
+        if service is None:
+            raise Rejection(503, "no model loaded yet; retry shortly")
+        if body is None:
+            raise Rejection(413, f"the body is larger than "
+                                 f"{service.config.prediction.max_body_bytes} bytes")
+        return service
+
+    @staticmethod
+    def _reason(service: PredictionService, record: Mapping[str, Any]) -> str:
+        """Why one instance of a rejected batch was not predicted, for its log record."""
+        try:
+            service.validator.validate(record)
+        except InvalidInstance as err:
+            return f"422: invalid instance: {err}"
+        return "422: not predicted: another instance in its batch is invalid"
+
+    def _rejected(
+        self,
+        rejection: Rejection,
+        request_id: str,
+        started: float,
+        records: Sequence[Mapping[str, Any]],
+        reasons: Sequence[str] | None = None,
+    ) -> Reply:
+        logger.info("Request %s rejected (%d): %s", request_id, rejection.status, rejection.detail)
+        errors = reasons or [f"{rejection.status}: {rejection.detail}"] * len(records)
+        self._log(request_id, started, records, errors=errors)
+        return error_reply(rejection.status, rejection.detail, errors=rejection.errors,
+                           request_id=request_id)
+
+    def _failed(
+        self, err: Exception, request_id: str, started: float, records: Sequence[Mapping[str, Any]]
+    ) -> Reply:
+        logger.exception("Request %s failed", request_id)
+        self._log(request_id, started, records,
+                  errors=[f"500: {type(err).__name__}: {err}"] * len(records))
+        return error_reply(500, f"the server failed on this request; its log has request_id "
+                                f"{request_id}", request_id=request_id)
+
+    def _log(
+        self,
+        request_id: str,
+        started: float,
+        records: Sequence[Mapping[str, Any]],
+        predictions: Sequence[Prediction] | None = None,
+        errors: Sequence[str] | None = None,
+    ) -> None:
+        """One log record per instance, all under the request's id (never the API key)."""
+        if self.log is None:
+            return
+        service = self.service
+        latency_ms = (time.perf_counter() - started) * 1000
+        entries = []
+        for i, record in enumerate(records):
+            prediction = predictions[i] if predictions else None
+            entries.append(LogRecord(
+                request_id=request_id,
+                source=LOG_SOURCE,
+                input=record,
+                model_version=service.model_version if service else None,
+                prediction=prediction.prediction if prediction else None,
+                probabilities=prediction.probabilities if prediction else None,
+                latency_ms=latency_ms,
+                error=errors[i] if errors else None,
+                instance_id=_instance_id(record, service),
+            ))
+        self.log.append(entries)
+
+
+def _fields(prediction: Prediction) -> dict[str, Any]:
+    return {
+        "prediction": prediction.prediction,
+        "probabilities": prediction.probabilities,
+        "model_version": prediction.model_version,
+    }

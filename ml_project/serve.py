@@ -1,0 +1,89 @@
+"""Start the prediction service in the foreground: FastAPI on uvicorn, or Flask on werkzeug.
+
+    bash executables/start_prediction_service.sh [fastapi|flask] [PORT]
+    pipenv run python -m ml_project.serve [fastapi|flask] [--port PORT] [--host HOST]
+
+The model is loaded here, once, before the port is bound: a missing or tampered artifact stops
+the start with a message saying what to do, rather than a server that cannot answer. Flask runs
+on werkzeug's threaded server, a development server (waitress is not installed): fine on
+localhost; put a production WSGI server in front of `create_flask_app` before exposing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+from ml_project.cli import base_parser, configure_logging
+from ml_project.config import ConfigError, load_config
+from ml_project.endpoints import API_KEY_ENV
+from ml_project.export import ArtifactError
+from ml_project.predict import PredictionService
+from ml_project.prediction_log import PredictionLog
+
+logger = logging.getLogger(__name__)
+
+FRAMEWORKS = ("fastapi", "flask")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser("Start the prediction service in the foreground (Ctrl-C stops it).")
+    parser.add_argument("framework", nargs="?", default="fastapi", choices=FRAMEWORKS)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="default: %(default)s")
+    parser.add_argument("--host", default=None,
+                        help=f"interface to bind (default: $HOST, else {DEFAULT_HOST})")
+    args = parser.parse_args(argv)
+    host = args.host or os.environ.get("HOST") or DEFAULT_HOST
+    try:
+        config = load_config("prediction", "production", "local", config_file=args.config,
+                             root=args.root)
+    except ConfigError as err:
+        parser.exit(2, f"error: {err}\n")
+    configure_logging(config, f"serving_{args.framework}", verbose=args.verbose)
+    try:
+        service = PredictionService.from_config(config)
+    except ArtifactError as err:
+        logger.error("Cannot start the prediction service: %s", err)
+        return 2
+    log = PredictionLog.from_config(config)
+    logger.info("Serving %s version %s with %s on http://%s:%d (API key %s); log: %s",
+                service.metadata.get("model_name"), service.model_version, args.framework, host,
+                args.port, "required" if os.environ.get(API_KEY_ENV) else "not required", log.url)
+    try:
+        if args.framework == "fastapi":
+            run_fastapi(service, log, host, args.port)
+        else:
+            run_flask(service, log, host, args.port)
+    finally:
+        log.close()
+    return 0
+
+
+def run_fastapi(service: PredictionService, log: PredictionLog, host: str, port: int) -> None:
+    """Until SIGINT/SIGTERM; uvicorn then finishes the requests in flight."""
+    import uvicorn  # imported here: a Flask server needs neither uvicorn nor FastAPI
+
+    from ml_project.api import create_app
+
+    # log_config=None: uvicorn's loggers go to the handlers configure_logging set up.
+    uvicorn.run(create_app(service, log), host=host, port=port, log_config=None)
+
+
+def run_flask(service: PredictionService, log: PredictionLog, host: str, port: int) -> None:
+    """Until SIGINT/SIGTERM, on werkzeug's threaded development server (a thread per request)."""
+    from werkzeug.serving import run_simple
+
+    from ml_project.flask_api import create_flask_app
+
+    # werkzeug stops cleanly on KeyboardInterrupt: make the SIGTERM of a container runtime (and a
+    # SIGINT that a background shell ignores) raise it, rather than kill the process mid-request.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
+    run_simple(host, port, create_flask_app(service, log), threaded=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

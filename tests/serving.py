@@ -1,0 +1,119 @@
+"""Helpers for the serving tests: a config that serves the session's champion, and real servers.
+
+`serve_in_thread` runs an app on 127.0.0.1 on a free port in a thread and stops it afterwards;
+the socket is bound before the server starts, so no other process can take the port.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import uvicorn
+import yaml
+from fastapi import FastAPI
+from flask import Flask
+from werkzeug.serving import make_server
+
+from ml_project.config import Config, _merge, load_config
+from ml_project.ingest import stream_production_instances
+from ml_project.schemas import InstanceValidator, InvalidInstance
+
+
+def write_serving_config(trained_project: Path, root: Path, overrides: dict[str, Any] | None = None
+                         ) -> Path:
+    """A config file in `root` serving `trained_project`'s champion and reading its data, while
+    everything written (logs, prediction log) goes under `root`. Returns the file."""
+    content = yaml.safe_load((trained_project / "project_config.yaml").read_text())
+    data = trained_project / "data"
+    content = _merge(content, {
+        "data": {name: str(data / Path(content["data"][name]).name)
+                 for name in ("historic", "production", "production_labels")},
+        "paths": {"model_artifacts": str(data / "model_artifacts")},
+    })
+    config_file = root / "project_config.yaml"
+    config_file.write_text(yaml.safe_dump(_merge(content, overrides or {})))
+    return config_file
+
+
+def load_serving_config(config_file: Path) -> Config:
+    return load_config("prediction", "production", "local", config_file=config_file,
+                       root=config_file.parent)
+
+
+def sample_size_and_rejections(config: Config) -> tuple[int, int]:
+    """How many production instances the sample holds, and how many the core rejects."""
+    validator = InstanceValidator(config)
+    source = Path(config.resolve(config.data.production))
+    rejected = total = 0
+    for record in stream_production_instances(source, config):
+        total += 1
+        try:
+            validator.validate(record)
+        except InvalidInstance:
+            rejected += 1
+    return total, rejected
+
+
+def free_port() -> int:
+    """A port nothing listens on (a stand-in for a server that is not running)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@contextmanager
+def serve_in_thread(app: FastAPI | Flask) -> Iterator[str]:
+    """Serve a FastAPI app with uvicorn or a Flask app with werkzeug; yield the base URL."""
+    if isinstance(app, Flask):
+        wsgi_server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=wsgi_server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{wsgi_server.port}"
+        finally:
+            wsgi_server.shutdown()
+            thread.join(timeout=10)
+        return
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+# A valid instance of the shipped example schema (project_config.yaml), as a client sends it.
+INSTANCE: dict[str, Any] = {
+    "customer_id": "C000001",
+    "event_time": "2026-01-01T00:16:17",
+    "tenure_months": 36,
+    "monthly_charges": 79.9,
+    "total_charges": 2760.56,
+    "support_calls": 5,
+    "data_usage_gb": 45.9,
+    "age": 42,
+    "contract": "month-to-month",
+    "payment_method": "bank-transfer",
+    "internet_service": "dsl",
+    "region": "west",
+}
+
+
+def instance(drop: tuple[str, ...] = (), **changes: Any) -> dict[str, Any]:
+    """INSTANCE with some fields changed or dropped."""
+    return {k: v for k, v in {**INSTANCE, **changes}.items() if k not in drop}
