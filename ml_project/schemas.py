@@ -41,7 +41,12 @@ class FieldRule:
         if self.kind == "numerical":
             if isinstance(value, bool) or not isinstance(value, (int, float, numbers.Real)):
                 return value, f"must be a number, got {type(value).__name__} {value!r}"
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # a JSON integer beyond float range
+                number = math.inf
+            if not math.isfinite(number):
+                return value, f"must be a finite number, got {value!r}"
             if self.min is not None and number < self.min:
                 return value, f"must be >= {self.min:g}, got {value!r}"
             if self.max is not None and number > self.max:

@@ -35,6 +35,7 @@ from sklearn.pipeline import Pipeline
 
 from ml_project.config import Config
 from ml_project.engineer import STEPS, FeatureEngineer, FeatureStep
+from ml_project.export import ArtifactError
 from ml_project.train import CandidateResult, features_and_target
 
 logger = logging.getLogger(__name__)
@@ -276,8 +277,13 @@ def load_registered_pipeline(config: Config, alias: str = CHAMPION) -> tuple[Pip
     """`models:/<name>@<alias>` from the registry, with metadata like the local artifact's."""
     mlflow.set_tracking_uri(config.tracking_uri)
     name = config.tracking.registered_model_name
-    version = MlflowClient(config.tracking_uri).get_model_version_by_alias(name, alias)
-    pipeline: Pipeline = mlflow.sklearn.load_model(f"models:/{name}@{alias}")
+    try:
+        version = MlflowClient(config.tracking_uri).get_model_version_by_alias(name, alias)
+        pipeline: Pipeline = mlflow.sklearn.load_model(f"models:/{name}@{alias}")
+    except Exception as err:  # unreachable store, unknown model or alias, unreadable files
+        raise ArtifactError(
+            f"cannot load models:/{name}@{alias} from {config.tracking_uri}: {err}"
+        ) from err
     metadata = {
         "model_name": name,
         "model_version": str(version.version),
