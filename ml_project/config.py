@@ -134,6 +134,8 @@ class MonitoringConfig(_Frozen):
     window_records: int = Field(5000, ge=1)
     drift_share_threshold: float = Field(0.3, ge=0, le=1)
     performance_drop_threshold: float = Field(0.05, ge=0)
+    # Fewer labelled predictions than this make a metric noise, not evidence: no verdict.
+    min_labelled_records: int = Field(100, ge=1)
 
 
 class PathsConfig(_Frozen):

@@ -1,17 +1,23 @@
 """Modelling run on historic data, locally: validate, train, select, track, register, export.
 
-    pipenv run python use_cases/modelling_historic_data_local.py
+    pipenv run python use_cases/modelling_historic_data_local.py [--extra-labelled-data PATH]
+
+`--extra-labelled-data` appends labelled production rows (the historic columns, target
+included; the monitoring use case writes such a file) to the historic data before validation.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
+
+import pandas as pd
 
 from ml_project.cli import base_parser, configure_logging
-from ml_project.config import ConfigError, load_config
+from ml_project.config import Config, ConfigError, load_config
 from ml_project.export import export_pipeline, git_commit, hash_frame, library_versions
-from ml_project.ingest import load_historic_data
+from ml_project.ingest import load_historic_data, read_table
 from ml_project.schemas import field_rules
 from ml_project.tracking import CHAMPION, TrackingError, track_modelling_run
 from ml_project.train import (
@@ -29,6 +35,10 @@ logger = logging.getLogger("modelling")
 
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--extra-labelled-data", type=Path, default=None,
+        help="CSV/Parquet of labelled production rows appended to the historic data",
+    )
     args = parser.parse_args(argv)
     try:
         config = load_config("modelling", "historic", "local", config_file=args.config, root=args.root)
@@ -38,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         production = load_historic_data(config)
+        if args.extra_labelled_data:
+            production = append_labelled_data(production, args.extra_labelled_data, config)
         validation = validate_production_data(production, config, with_target=True)
     except (FileNotFoundError, ValueError, DataValidationError) as err:
         logger.error("Cannot use the historic data: %s", err)
@@ -88,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "git_commit": git_commit(config.root),
         "libraries": library_versions(),
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "extra_labelled_data": str(args.extra_labelled_data) if args.extra_labelled_data else None,
     }
     artifact = export_pipeline(best.pipeline, metadata, config.model_artifacts_dir / outcome.alias)
     elapsed = time.perf_counter() - started
@@ -103,6 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  log:         {log_file}")
     print(f"  MLflow:      pipenv run mlflow ui --backend-store-uri {config.tracking_uri}")
     return 0
+
+
+def append_labelled_data(historic: pd.DataFrame, path: Path, config: Config) -> pd.DataFrame:
+    """Historic rows followed by the labelled rows of `path`, both still unvalidated."""
+    extra = read_table(str(path.resolve()), config)
+    if config.columns.target not in extra.columns:
+        raise DataValidationError(f"{path} has no target column {config.columns.target!r}")
+    logger.info("Appending %d labelled rows from %s to the historic data", len(extra), path)
+    return pd.concat([historic, extra], ignore_index=True)
 
 
 if __name__ == "__main__":

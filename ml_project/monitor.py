@@ -1,0 +1,542 @@
+"""Monitoring: data drift, prediction drift and model performance of the logged predictions.
+
+Current data is a window of the prediction log. Reference data is the served model's training
+data: the historic data, validated and split exactly as the modelling run did (the sha256 in the
+model's metadata confirms it), scored by the same PredictionService, so prediction drift compares
+like with like. Performance is measured where ground-truth labels have arrived (the labels file
+joined by id) and compared with the holdout's.
+
+Evidently's API changes between versions, so every call to it lives in this module, behind
+functions named for what they do (`detect_drift`, `evaluate_performance`, `write_report_html`):
+an upgrade touches this file only. The serving path never imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from evidently import (
+    BinaryClassification,
+    DataDefinition,
+    Dataset,
+    MulticlassClassification,
+    Regression,
+    Report,
+    Run,
+)
+from evidently.metrics import ValueDrift
+from evidently.presets import ClassificationPreset, DataDriftPreset, RegressionPreset
+
+from ml_project.config import Config
+from ml_project.export import hash_frame
+from ml_project.ingest import load_historic_data, read_table
+from ml_project.metrics import score_predictions
+from ml_project.predict import PREDICTION_COLUMN, PROBABILITY_PREFIX, PredictionService
+from ml_project.prediction_log import PredictionLog
+from ml_project.train import split_holdout
+from ml_project.validate import validate_production_data
+
+logger = logging.getLogger(__name__)
+
+
+class MonitoringInputError(ValueError):
+    """Input monitoring cannot use: an empty window, a labels file without id or target."""
+
+
+@dataclass(frozen=True)
+class PredictionWindow:
+    """The predicted requests of a window of the prediction log, one row each.
+
+    `predictions` holds the id, the features as sent, the prediction, one probability column per
+    class (classification), the model version and `logged_at`. Rejected requests carry no
+    prediction, so they are only counted.
+    """
+
+    predictions: pd.DataFrame
+    requests: int
+    rejected: int
+
+    @property
+    def model_versions(self) -> list[str]:
+        return sorted(self.predictions["model_version"].dropna().astype(str).unique())
+
+    @property
+    def period(self) -> tuple[str | None, str | None]:
+        """The first and last `logged_at` of the window (None when it is empty)."""
+        if self.predictions.empty:
+            return None, None
+        logged = self.predictions["logged_at"]
+        return str(logged.min()), str(logged.max())
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The served model's training rows (drift reference) and holdout rows (performance
+    reference), both with the model's predictions."""
+
+    training: pd.DataFrame
+    holdout: pd.DataFrame
+    matches_training_data: bool
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    column: str
+    method: str
+    score: float
+    threshold: float
+    drifted: bool
+
+
+@dataclass(frozen=True)
+class DriftSummary:
+    """Per-column drift of the inputs and of the predictions; the share counts inputs only."""
+
+    features: tuple[ColumnDrift, ...]
+    predictions: tuple[ColumnDrift, ...]
+    drifted_share: float
+    threshold: float
+    reference_rows: int
+    current_rows: int
+    report: Run = field(repr=False, compare=False)
+
+    @property
+    def detected(self) -> bool:
+        """Evidently's rule, so the verdict here and the report's headline always agree."""
+        return self.drifted_share >= self.threshold
+
+    @property
+    def drifted_features(self) -> list[str]:
+        return [drift.column for drift in self.features if drift.drifted]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_object(
+            {
+                "detected": self.detected,
+                "drifted_share": self.drifted_share,
+                "threshold": self.threshold,
+                "drifted_features": self.drifted_features,
+                "reference_rows": self.reference_rows,
+                "current_rows": self.current_rows,
+                "features": [asdict(drift) for drift in self.features],
+                "predictions": [asdict(drift) for drift in self.predictions],
+            }
+        )
+
+
+@dataclass(frozen=True)
+class PerformanceSummary:
+    """Every configured metric on labelled production predictions and on the holdout.
+
+    Metrics follow scikit-learn's sign convention (greater is better), so a drop is always
+    `baseline - production`, in the metric's own units.
+    """
+
+    metric: str
+    production: dict[str, float]
+    baseline: dict[str, float]
+    baseline_source: str
+    labelled_rows: int
+    threshold: float
+    report: Run = field(repr=False, compare=False)
+
+    @property
+    def drop(self) -> float:
+        return self.baseline[self.metric] - self.production[self.metric]
+
+    @property
+    def degraded(self) -> bool:
+        """False when the metric is undefined (NaN), e.g. labels of one class only."""
+        return bool(self.drop > self.threshold)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_object(
+            {
+                "metric": self.metric,
+                "degraded": self.degraded,
+                "drop": self.drop,
+                "threshold": self.threshold,
+                "labelled_rows": self.labelled_rows,
+                "production": self.production,
+                "baseline": self.baseline,
+                "baseline_source": self.baseline_source,
+            }
+        )
+
+
+def _json_object(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {str(key): _json_safe(value) for key, value in values.items()}
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN is not JSON: an undefined metric is written as null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, Mapping):
+        return _json_object(value)
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+# --- Current and reference data ---------------------------------------------------------------
+
+
+def read_prediction_window(
+    config: Config, *, last: int | None = None, since: str | None = None, until: str | None = None
+) -> PredictionWindow:
+    """The last `last` requests of the prediction log, optionally within [since, until).
+
+    Args:
+        since, until: ISO 8601 UTC timestamps, compared with each record's `logged_at`.
+    """
+    log = PredictionLog.from_config(config)
+    try:
+        records = log.read(last=last, since=since, until=until)
+    finally:
+        log.close()
+    predicted = [r for r in records if r["error"] is None and r["prediction"] is not None]
+    logger.info("Prediction log window: %d requests, %d predicted", len(records), len(predicted))
+    rejected = len(records) - len(predicted)
+    return PredictionWindow(_logged_frame(predicted, config), len(records), rejected)
+
+
+def _logged_frame(records: list[dict[str, Any]], config: Config) -> pd.DataFrame:
+    """Logged inputs as the raw frame they passed validation as (numbers float, NaN missing)."""
+    columns = config.columns
+    inputs = pd.DataFrame([record["input"] for record in records], dtype=object)
+    inputs = inputs.reindex(columns=list(columns.features))
+    numerical = {name: pd.to_numeric(inputs[name], errors="coerce").astype(float)
+                 for name in columns.numerical}
+    categorical = {name: inputs[name].where(inputs[name].notna(), np.nan)
+                   for name in columns.categorical}
+    probabilities = pd.DataFrame(
+        [record["probabilities"] or {} for record in records], dtype=float
+    ).add_prefix(PROBABILITY_PREFIX)
+    logged = pd.DataFrame(
+        {
+            columns.id: [record["instance_id"] for record in records],
+            PREDICTION_COLUMN: [record["prediction"] for record in records],
+            "model_version": [record["model_version"] for record in records],
+            "logged_at": [record["logged_at"] for record in records],
+        }
+    )
+    return pd.concat(
+        [logged[[columns.id]], inputs.assign(**numerical, **categorical),
+         logged.drop(columns=columns.id), probabilities],
+        axis=1,
+    )
+
+
+def load_reference_data(config: Config, service: PredictionService) -> Reference:
+    """Rebuild the served model's training and holdout rows and score both with `service`.
+
+    The same validation and split as the modelling run give the same rows; when the sha256 of
+    the training rows differs from the model's metadata (a model retrained on extra data, an
+    edited historic file), monitoring still runs against the historic data and says so.
+    """
+    validation = validate_production_data(load_historic_data(config), config, with_target=True)
+    training, holdout = split_holdout(validation.valid, config)
+    matches = hash_frame(training) == service.metadata.get("training_data_sha256")
+    if not matches:
+        logger.warning(
+            "The reference (historic data, validated and split) is not the exact training data "
+            "of model version %s: drift is measured against the historic data",
+            service.model_version,
+        )
+    return Reference(_scored(training, service), _scored(holdout, service), matches)
+
+
+def _scored(raw: pd.DataFrame, service: PredictionService) -> pd.DataFrame:
+    predictions = service.predict_frame(raw).drop(
+        columns=[service.config.columns.id, "model_version"]
+    )
+    return pd.concat([raw.reset_index(drop=True), predictions], axis=1)
+
+
+def read_production_labels(config: Config) -> pd.DataFrame | None:
+    """Ground truth that has arrived so far (id and target), or None if no labels file exists.
+
+    Rows with an invalid target are dropped with a warning; for an id labelled twice, the later
+    row (a correction) wins.
+    """
+    path = Path(config.resolve(config.data.production_labels))
+    if not path.is_file():
+        logger.info("No production labels at %s yet: performance is not evaluated", path)
+        return None
+    columns = config.columns
+    labels = read_table(str(path), config)
+    missing = [name for name in (columns.id, columns.target) if name not in labels.columns]
+    if missing:
+        raise MonitoringInputError(f"labels file {path} lacks the columns {missing}")
+    labels = labels[[columns.id, columns.target]]
+    if config.is_classification:
+        valid = labels[columns.target].isin(list(columns.target_classes))
+    else:
+        numbers = pd.to_numeric(labels[columns.target], errors="coerce")
+        labels = labels.assign(**{columns.target: numbers})
+        valid = labels[columns.target].notna()
+    if not valid.all():
+        logger.warning("Ignoring %d labels with an invalid %s in %s",
+                       int((~valid).sum()), columns.target, path)
+    return labels[valid].drop_duplicates(columns.id, keep="last").reset_index(drop=True)
+
+
+def attach_labels(predictions: pd.DataFrame, labels: pd.DataFrame, config: Config) -> pd.DataFrame:
+    """The predictions whose ground truth has arrived, with the target column added."""
+    return predictions.merge(labels, on=config.columns.id, how="inner")
+
+
+def labelled_production_data(config: Config) -> pd.DataFrame:
+    """The production file as received joined with its labels: extra rows for retraining.
+
+    Rows stay as received (invalid ones included), so the modelling run validates and
+    quarantines them exactly as it does historic rows.
+    """
+    labels = read_production_labels(config)
+    production = read_table(config.resolve(config.data.production), config)
+    if labels is None:
+        return production.iloc[0:0].assign(**{config.columns.target: []})
+    production = production.drop(columns=[config.columns.target], errors="ignore")
+    return production.merge(labels, on=config.columns.id, how="inner")
+
+
+# --- Drift and performance: Evidently's reports, our verdicts -----------------------------------
+
+
+def _prediction_columns(reference: pd.DataFrame, config: Config) -> tuple[list[str], list[str]]:
+    """Categorical and numerical prediction columns to watch for drift: the label and, for a
+    binary task, the positive class's probability (all classes' for multiclass)."""
+    if not config.is_classification:
+        return [], [PREDICTION_COLUMN]
+    probabilities = [c for c in reference.columns if c.startswith(PROBABILITY_PREFIX)]
+    if config.task == "binary_classification":
+        probabilities = probabilities[-1:]
+    return [PREDICTION_COLUMN], probabilities
+
+
+def _drift_dataset(frame: pd.DataFrame, columns: list[str], definition: DataDefinition,
+                   categorical: Sequence[str]) -> Dataset:
+    """Categorical columns as text, so an integer label logged as JSON matches a scored one."""
+    data = frame.reindex(columns=columns)
+    as_text = {name: data[name].where(data[name].isna(), data[name].astype(str))
+               for name in categorical}
+    return Dataset.from_pandas(data.assign(**as_text), data_definition=definition)
+
+
+def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, config: Config) -> DriftSummary:
+    """Drift of every input feature and of the predictions, with Evidently's default test per
+    column (distances above 1000 reference rows, p-values below) and its default thresholds.
+
+    Raises:
+        MonitoringInputError: the current window is empty.
+    """
+    if current.empty:
+        raise MonitoringInputError("no predictions in the window to compare with the reference")
+    features = list(config.columns.features)
+    categorical_predictions, numerical_predictions = _prediction_columns(reference, config)
+    watched = [*categorical_predictions, *numerical_predictions]
+    categorical = [*config.columns.categorical, *categorical_predictions]
+    definition = DataDefinition(
+        numerical_columns=[*config.columns.numerical, *numerical_predictions],
+        categorical_columns=categorical,
+    )
+    threshold = config.monitoring.drift_share_threshold
+    report = Report(
+        [
+            DataDriftPreset(columns=features, drift_share=threshold),
+            *(ValueDrift(column=column) for column in watched),
+        ],
+        include_tests=True,  # the per-column tests carry Evidently's drifted / not drifted verdict
+    )
+    columns = features + watched
+    snapshot = report.run(
+        _drift_dataset(current, columns, definition, categorical),
+        _drift_dataset(reference, columns, definition, categorical),
+    )
+    results = json.loads(snapshot.json())
+    share = next(
+        float(metric["value"]["share"]) for metric in results["metrics"]
+        if metric["config"]["type"].endswith("DriftedColumnsCount")
+    )
+    drifts = _column_drifts(results)
+    summary = DriftSummary(
+        features=tuple(drifts[column] for column in features),
+        predictions=tuple(drifts[column] for column in watched),
+        drifted_share=share,
+        threshold=threshold,
+        reference_rows=len(reference),
+        current_rows=len(current),
+        report=snapshot,
+    )
+    logger.info("Drift: %d of %d features drifted (share %.2f, threshold %.2f)",
+                len(summary.drifted_features), len(features), share, threshold)
+    return summary
+
+
+def _column_drifts(results: Mapping[str, Any]) -> dict[str, ColumnDrift]:
+    """Per-column score (the metric) and verdict (its test) from a report's JSON results."""
+    failed = {
+        test["metric_config"]["metric_id"]: test["status"] == "FAIL"
+        for test in results["tests"]
+        if test["metric_config"]["params"]["type"].endswith("ValueDrift")
+    }
+    drifts = {}
+    for metric in results["metrics"]:
+        params = metric["config"]
+        if params["type"].endswith("ValueDrift"):
+            drifts[params["column"]] = ColumnDrift(
+                column=params["column"],
+                method=str(params["method"]),
+                score=float(metric["value"]),
+                threshold=float(params["threshold"]),
+                drifted=failed[metric["id"]],
+            )
+    return drifts
+
+
+def _classes(frame: pd.DataFrame, config: Config) -> list[Any]:
+    """The model's classes in the order of its probability columns (`probability_<class>`)."""
+    by_name = {str(label): label for label in config.columns.target_classes}
+    return [by_name[c.removeprefix(PROBABILITY_PREFIX)]
+            for c in frame.columns if c.startswith(PROBABILITY_PREFIX)]
+
+
+def _score(frame: pd.DataFrame, config: Config) -> dict[str, float]:
+    """Every configured metric, computed exactly as the modelling run's holdout metrics."""
+    target = frame[config.columns.target]
+    predicted = frame[PREDICTION_COLUMN]
+    if not config.is_classification:
+        return score_predictions(config.metrics, target.to_numpy(float), predicted.to_numpy(float))
+    classes = _classes(frame, config)
+    probabilities = frame[[f"{PROBABILITY_PREFIX}{c}" for c in classes]].to_numpy(float)
+    return score_predictions(
+        config.metrics, target.to_numpy(), predicted.astype(target.dtype).to_numpy(),
+        probabilities, classes,
+    )
+
+
+def _performance_dataset(frame: pd.DataFrame, config: Config) -> Dataset:
+    """Target, prediction and probabilities mapped for Evidently's classification or
+    regression metrics; class labels as text, probability columns named by their class."""
+    target = config.columns.target
+    if not config.is_classification:
+        data = frame[[target, PREDICTION_COLUMN]].astype(float)
+        definition = DataDefinition(
+            numerical_columns=[target, PREDICTION_COLUMN],
+            regression=[Regression(target=target, prediction=PREDICTION_COLUMN)],
+        )
+        return Dataset.from_pandas(data, data_definition=definition)
+    labels = [str(label) for label in _classes(frame, config)]
+    renamed = {f"{PROBABILITY_PREFIX}{label}": label for label in labels}
+    data = frame[[target, PREDICTION_COLUMN, *renamed]].rename(columns=renamed)
+    data = data.astype({target: str, PREDICTION_COLUMN: str})
+    classification: BinaryClassification | MulticlassClassification
+    if config.task == "binary_classification":
+        classification = BinaryClassification(
+            target=target, prediction_labels=PREDICTION_COLUMN, prediction_probas=labels[-1],
+            pos_label=labels[-1],
+        )
+    else:
+        classification = MulticlassClassification(
+            target=target, prediction_labels=PREDICTION_COLUMN, prediction_probas=labels
+        )
+    definition = DataDefinition(
+        numerical_columns=labels,
+        categorical_columns=[target, PREDICTION_COLUMN],
+        classification=[classification],
+    )
+    return Dataset.from_pandas(data, data_definition=definition)
+
+
+def evaluate_performance(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    config: Config,
+    recorded_holdout_metrics: Mapping[str, float] | None = None,
+) -> PerformanceSummary:
+    """Quality of the labelled production predictions (`current`) next to the holdout's.
+
+    Args:
+        reference: the holdout rows with target and the served model's predictions.
+        recorded_holdout_metrics: the metrics recorded when the model was trained (its
+            metadata); they are the baseline when they hold the primary metric, otherwise the
+            reference is scored now.
+    Raises:
+        MonitoringInputError: no labelled predictions.
+    """
+    if current.empty:
+        raise MonitoringInputError("no labelled predictions to evaluate")
+    metric = config.training.metric
+    if recorded_holdout_metrics and metric in recorded_holdout_metrics:
+        baseline = {key: float(value) for key, value in recorded_holdout_metrics.items()}
+        source = "holdout metrics recorded at training"
+    else:
+        baseline, source = _score(reference, config), "holdout rebuilt from the historic data"
+    preset = ClassificationPreset() if config.is_classification else RegressionPreset()
+    snapshot = Report([preset]).run(
+        _performance_dataset(current, config), _performance_dataset(reference, config)
+    )
+    summary = PerformanceSummary(
+        metric=metric,
+        production=_score(current, config),
+        baseline=baseline,
+        baseline_source=source,
+        labelled_rows=len(current),
+        threshold=config.monitoring.performance_drop_threshold,
+        report=snapshot,
+    )
+    logger.info("Performance: %s %.4f on %d labelled predictions vs %.4f (%s)", metric,
+                summary.production[metric], len(current), baseline[metric], source)
+    return summary
+
+
+def write_report_html(report: Run, path: Path) -> Path:
+    """A self-contained HTML file (scripts and data inlined): it opens offline, anywhere."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report.save_html(str(path))
+    return path
+
+
+def monitoring_summary(
+    window: PredictionWindow,
+    drift: DriftSummary,
+    performance: PerformanceSummary | None,
+    reference: Reference,
+    service: PredictionService,
+) -> dict[str, Any]:
+    """What a scheduler, a dashboard or a person needs from one monitoring run, as JSON."""
+    first, last = window.period
+    return _json_object(
+        {
+            "generated_at": datetime.now(timezone.utc).isoformat(),
+            "model": {
+                "name": service.metadata.get("model_name"),
+                "version": service.model_version,
+                "mlflow_run_id": service.metadata.get("mlflow_run_id"),
+            },
+            "window": {
+                "requests": window.requests,
+                "predicted": len(window.predictions),
+                "rejected": window.rejected,
+                "first_logged_at": first,
+                "last_logged_at": last,
+                "model_versions": window.model_versions,
+            },
+            "reference": {
+                "training_rows": len(reference.training),
+                "holdout_rows": len(reference.holdout),
+                "matches_training_data": reference.matches_training_data,
+            },
+            "drift": drift.to_dict(),
+            "performance": performance.to_dict() if performance else None,
+        }
+    )

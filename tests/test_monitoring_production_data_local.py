@@ -1,0 +1,241 @@
+"""End-to-end: stream -> prediction log -> monitoring use case (-> retraining) on small projects.
+
+Most tests monitor the session's trained project read-only: their config points the prediction
+log, the production sample, its labels and the output under tmp_path, and the tracking store at
+an unreachable location (monitoring must carry on). The retraining test trains its own project,
+since it registers and exports a new model version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from ml_project.config import Config, _merge
+from ml_project.example_data import generate_production_data
+from ml_project.ingest import stream_production_instances
+from ml_project.predict import PredictionService
+from ml_project.prediction_log import LogRecord, PredictionLog, new_request_id
+from ml_project.schemas import InvalidInstance
+from tests.conftest import prediction_config, write_project
+from use_cases import modelling_historic_data_local
+from use_cases.monitoring_production_data_local import (
+    DRIFT_REPORT,
+    EXIT_BAD_INPUT,
+    EXIT_DRIFT,
+    EXIT_DRIFT_AND_PERFORMANCE_DROP,
+    EXIT_OK,
+    EXIT_PERFORMANCE_DROP,
+    EXIT_RETRAINING_FAILED,
+    PERFORMANCE_REPORT,
+    SUMMARY_FILE,
+    main,
+)
+
+
+def log_production_stream(config: Config) -> int:
+    """What the production stream does: each instance predicted (or rejected) and logged."""
+    service = PredictionService.from_config(config)
+    log = PredictionLog.from_config(config)
+    records = []
+    for instance in stream_production_instances(Path(config.resolve(config.data.production)),
+                                                config):
+        outcome: dict[str, Any] = {}
+        try:
+            prediction = service.predict_instance(instance)
+            outcome = {"prediction": prediction.prediction,
+                       "probabilities": prediction.probabilities}
+        except InvalidInstance as err:
+            outcome = {"error": str(err)}
+        records.append(LogRecord(new_request_id(), "stream", instance, service.model_version,
+                                 instance_id=str(instance["customer_id"]), latency_ms=0.3,
+                                 **outcome))
+    log.append(records)
+    log.close()
+    return len(records)
+
+
+def write_production(directory: Path, *, drift: float, labels: str = "all") -> None:
+    """The production sample and its labels: all correct, all wrong, a few, or none yet."""
+    production, truth = generate_production_data(300, seed=43, drift=drift)
+    directory.mkdir(parents=True, exist_ok=True)
+    production.to_csv(directory / "production_data.csv", index=False)
+    if labels == "wrong":
+        truth = truth.assign(churned=1 - truth["churned"])
+    if labels == "few":
+        truth = truth.head(20)
+    if labels == "none":
+        (directory / "production_labels.csv").unlink(missing_ok=True)
+    else:
+        truth.to_csv(directory / "production_labels.csv", index=False)
+
+
+@pytest.fixture
+def monitored(trained_project: Path, tmp_path: Path) -> Path:
+    """A config file in tmp_path serving the trained project's model; returns tmp_path."""
+    blocked = tmp_path / "not_a_directory"
+    blocked.write_text("")
+    overrides = {
+        "data": {"historic": str(trained_project / "data" / "historic_data.csv"),
+                 "production": str(tmp_path / "data" / "production_data.csv"),
+                 "production_labels": str(tmp_path / "data" / "production_labels.csv")},
+        "paths": {"model_artifacts": str(trained_project / "data" / "model_artifacts")},
+        "tracking": {"tracking_uri": f"sqlite:///{blocked / 'mlflow.db'}"},  # unreachable
+    }
+    content = yaml.safe_load((trained_project / "project_config.yaml").read_text())
+    (tmp_path / "project_config.yaml").write_text(yaml.safe_dump(_merge(content, overrides)))
+    return tmp_path
+
+
+def run_monitoring(root: Path, *args: str) -> int:
+    return main(["--config", str(root / "project_config.yaml"), "--root", str(root), *args])
+
+
+def read_summary(root: Path) -> dict[str, Any]:
+    summary: dict[str, Any] = json.loads((root / "output/monitoring" / SUMMARY_FILE).read_text())
+    return summary
+
+
+@pytest.mark.parametrize(
+    "drift, labels, expected",
+    [
+        (0.0, "all", EXIT_OK),
+        (0.6, "all", EXIT_DRIFT),
+        (0.0, "wrong", EXIT_PERFORMANCE_DROP),
+        (0.6, "wrong", EXIT_DRIFT_AND_PERFORMANCE_DROP),
+    ],
+)
+def test_exit_code_says_what_crossed_its_threshold(
+    monitored: Path, drift: float, labels: str, expected: int,
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+) -> None:
+    write_production(monitored / "data", drift=drift, labels=labels)
+    log_production_stream(prediction_config(monitored))
+
+    with caplog.at_level(logging.WARNING):
+        code = run_monitoring(monitored)
+
+    assert code == expected
+    summary = read_summary(monitored)
+    assert summary["exit_code"] == expected
+    assert summary["window"]["requests"] == 300 and summary["window"]["rejected"] >= 1
+    assert summary["reference"]["matches_training_data"]
+    assert summary["drift"]["detected"] is (drift > 0)
+    assert summary["performance"]["degraded"] is (labels == "wrong")
+    assert summary["performance"]["labelled_rows"] == summary["window"]["predicted"]
+    reports = monitored / "output/monitoring"
+    assert "Dataset Drift" in (reports / DRIFT_REPORT).read_text()
+    assert "Classification Model Performance" in (reports / PERFORMANCE_REPORT).read_text()
+    out = capsys.readouterr().out
+    assert ("ALERT: data drift" in out) is (drift > 0)
+    assert ("ALERT: the model performs worse" in out) is (labels == "wrong")
+    assert "Reports not logged to MLflow" in caplog.text  # tracking unreachable: carried on
+
+
+@pytest.mark.parametrize("labels", ["none", "few"])
+def test_performance_report_appears_only_with_enough_labels(
+    monitored: Path, labels: str
+) -> None:
+    write_production(monitored / "data", drift=0.6, labels="all")
+    log_production_stream(prediction_config(monitored))
+    assert run_monitoring(monitored) == EXIT_DRIFT
+    assert (monitored / "output/monitoring" / PERFORMANCE_REPORT).is_file()
+    write_production(monitored / "data", drift=0.6, labels=labels)  # labels gone, or only 20
+
+    code = run_monitoring(monitored)
+
+    assert code == EXIT_DRIFT
+    assert read_summary(monitored)["performance"] is None
+    assert not (monitored / "output/monitoring" / PERFORMANCE_REPORT).exists()  # no stale verdict
+    assert (monitored / "output/monitoring" / DRIFT_REPORT).is_file()
+
+
+def test_window_follows_last_and_time_range(monitored: Path) -> None:
+    write_production(monitored / "data", drift=0.6, labels="none")  # drift decides the code
+    log_production_stream(prediction_config(monitored))
+
+    assert run_monitoring(monitored, "--last", "150") == EXIT_DRIFT
+    assert read_summary(monitored)["window"]["requests"] == 150
+    assert run_monitoring(monitored, "--since", "2000-01-01T00:00:00+01:00") == EXIT_DRIFT
+    assert read_summary(monitored)["window"]["requests"] == 300  # a range lifts the default cap
+    assert run_monitoring(monitored, "--until", "2000-01-01") == EXIT_BAD_INPUT  # nothing then
+
+
+def test_empty_prediction_log_is_bad_input(
+    monitored: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_production(monitored / "data", drift=0.6)
+
+    assert run_monitoring(monitored) == EXIT_BAD_INPUT
+    assert "no predictions in the window" in caplog.text
+
+
+def test_missing_model_is_bad_input(monitored: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config_file = monitored / "project_config.yaml"
+    content = yaml.safe_load(config_file.read_text())
+    content["paths"]["model_artifacts"] = str(monitored / "no_models")
+    config_file.write_text(yaml.safe_dump(content))
+
+    assert run_monitoring(monitored) == EXIT_BAD_INPUT
+    assert "run the modelling use case first" in caplog.text
+
+
+@pytest.mark.parametrize("args", [["--last", "0"], ["--since", "yesterday"]])
+def test_bad_arguments_exit_with_bad_input(monitored: Path, args: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_monitoring(monitored, *args)
+
+    assert exit_info.value.code == EXIT_BAD_INPUT
+
+
+def test_retraining_without_labels_fails_plainly(
+    monitored: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_production(monitored / "data", drift=0.6, labels="none")
+    log_production_stream(prediction_config(monitored))
+
+    assert run_monitoring(monitored, "--retrain-on-drift") == EXIT_RETRAINING_FAILED
+    assert "Cannot retrain: no production rows have labels" in caplog.text
+    assert read_summary(monitored)["exit_code"] == EXIT_RETRAINING_FAILED
+
+
+def test_stream_log_monitor_retrain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The whole loop on a project of its own: train, stream drifted data into the log, monitor,
+    retrain on historic plus labelled production data, and let the promotion rule decide."""
+    config_file = write_project(tmp_path)
+    root_args = ["--config", str(config_file), "--root", str(tmp_path)]
+    assert modelling_historic_data_local.main(root_args) == 0
+    config = prediction_config(tmp_path)
+    first_run = json.loads((tmp_path / "data/model_artifacts/champion/metadata.json").read_text())
+    assert log_production_stream(config) == 300
+
+    code = main([*root_args, "--retrain-on-drift"])
+
+    assert code == EXIT_DRIFT  # the alert stands after a successful retraining
+    retraining = read_summary(tmp_path)["retraining"]
+    assert retraining["model_version"] == "2"
+    assert retraining["extra_labelled_rows"] == 300
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    version = client.get_model_version("churn_model", "2")
+    assert retraining["alias"] in version.aliases
+    new_metadata = json.loads(
+        (tmp_path / "data/model_artifacts" / retraining["alias"] / "metadata.json").read_text())
+    assert new_metadata["model_version"] == "2"
+    assert new_metadata["extra_labelled_data"].endswith("labelled_production_data.csv")
+    assert new_metadata["training_rows"] > first_run["training_rows"]  # production rows joined
+    out = capsys.readouterr().out
+    assert "RETRAINED: version 2" in out
+    logged = [item.path for item in client.list_artifacts(first_run["mlflow_run_id"], "monitoring")]
+    assert len(logged) == 1  # one folder per monitoring run, on the served model's run
+    files = {Path(item.path).name for item in client.list_artifacts(first_run["mlflow_run_id"],
+                                                                     logged[0])}
+    assert files == {DRIFT_REPORT, PERFORMANCE_REPORT, SUMMARY_FILE}
+    extra = pd.read_csv(tmp_path / "output/monitoring/labelled_production_data.csv")
+    assert "churned" in extra.columns

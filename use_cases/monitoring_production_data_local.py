@@ -1,0 +1,295 @@
+"""Monitoring of production predictions, locally: data drift, prediction drift and performance.
+
+    pipenv run python use_cases/monitoring_production_data_local.py [--last N]
+        [--since ISO] [--until ISO] [--retrain-on-drift]
+
+Compares a window of the prediction log (current) with the served model's training data
+(reference), and, where labels have arrived, production quality with the holdout's. Writes
+Evidently HTML reports and a JSON summary to output/monitoring/, attaches them to the model's
+MLflow run and prints a summary table.
+
+Exit codes, for schedulers and CI:
+    0   every check passed
+    2   bad input: arguments, config, no model, no predictions in the window, unreadable data
+    10  data drift: the share of drifted features reached monitoring.drift_share_threshold
+    11  performance drop: the primary metric fell by more than monitoring.performance_drop_threshold
+    12  data drift and a performance drop
+    13  --retrain-on-drift was given and retraining failed
+An alert code stays the exit code after a successful retraining: the alert was real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+from ml_project.cli import base_parser, configure_logging
+from ml_project.config import Config, ConfigError, load_config
+from ml_project.export import ArtifactError, read_metadata
+from ml_project.monitor import (
+    DriftSummary,
+    MonitoringInputError,
+    PerformanceSummary,
+    PredictionWindow,
+    Reference,
+    attach_labels,
+    detect_drift,
+    evaluate_performance,
+    labelled_production_data,
+    load_reference_data,
+    monitoring_summary,
+    read_prediction_window,
+    read_production_labels,
+    write_report_html,
+)
+from ml_project.predict import PredictionService
+from ml_project.tracking import CHALLENGER, CHAMPION, TrackingError, connect, log_artifacts_to_run
+
+logger = logging.getLogger("monitoring")
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_DRIFT = 10
+EXIT_PERFORMANCE_DROP = 11
+EXIT_DRIFT_AND_PERFORMANCE_DROP = 12
+EXIT_RETRAINING_FAILED = 13
+
+DRIFT_REPORT = "drift_report.html"
+PERFORMANCE_REPORT = "performance_report.html"
+SUMMARY_FILE = "monitoring_summary.json"
+LABELLED_PRODUCTION_FILE = "labelled_production_data.csv"
+MODELLING_USE_CASE = "modelling_historic_data_local.py"
+
+
+def utc_timestamp(value: str) -> str:
+    """An ISO 8601 time as the log stores it (UTC); a time without offset is taken as UTC."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from err
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat()
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def exit_code(drift: DriftSummary, performance: PerformanceSummary | None) -> int:
+    degraded = performance is not None and performance.degraded
+    if drift.detected and degraded:
+        return EXIT_DRIFT_AND_PERFORMANCE_DROP
+    if drift.detected:
+        return EXIT_DRIFT
+    return EXIT_PERFORMANCE_DROP if degraded else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--last", type=positive_int, default=None,
+                        help="the last N requests (default: monitoring.window_records, or all "
+                             "requests in --since/--until when a time range is given)")
+    parser.add_argument("--since", type=utc_timestamp, default=None,
+                        help="only requests logged at or after this ISO time (UTC if no offset)")
+    parser.add_argument("--until", type=utc_timestamp, default=None,
+                        help="only requests logged before this ISO time (UTC if no offset)")
+    parser.add_argument("--retrain-on-drift", action="store_true",
+                        help="on drift or a performance drop, retrain on historic plus labelled "
+                             "production data; the promotion rule decides the champion")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config("prediction", "production", "local", config_file=args.config,
+                             root=args.root)
+    except ConfigError as err:
+        parser.exit(EXIT_BAD_INPUT, f"error: {err}\n")
+    configure_logging(config, "monitoring", verbose=args.verbose)
+    started = time.perf_counter()
+    time_range = args.since is not None or args.until is not None
+    last = args.last or (None if time_range else config.monitoring.window_records)
+
+    try:
+        service = PredictionService.from_config(config)
+        window = read_prediction_window(config, last=last, since=args.since, until=args.until)
+        if window.predictions.empty:
+            raise MonitoringInputError(
+                f"no predictions in the window ({window.requests} requests logged there): run "
+                "the prediction use case first, or widen --last/--since/--until"
+            )
+        if window.model_versions != [service.model_version]:
+            logger.warning("The window holds predictions of model versions %s; the served model "
+                           "is version %s", window.model_versions, service.model_version)
+        reference = load_reference_data(config, service)
+        labels = read_production_labels(config)
+    except (ArtifactError, FileNotFoundError, ValueError) as err:  # MonitoringInputError too
+        logger.error("Cannot monitor: %s", err)
+        return EXIT_BAD_INPUT
+
+    drift = detect_drift(reference.training, window.predictions, config)
+    performance = check_performance(config, service, reference, window, labels)
+    directory = config.output_dir / "monitoring"
+    reports = write_reports(directory, drift, performance)
+    code = exit_code(drift, performance)
+    summary = monitoring_summary(window, drift, performance, reference, service)
+    print_summary(summary, drift, performance, code, config)
+
+    retraining = None
+    if args.retrain_on_drift and code != EXIT_OK:
+        retraining = retrain(config, args, directory)
+        code = code if retraining else EXIT_RETRAINING_FAILED
+    summary_file = directory / SUMMARY_FILE
+    summary_file.write_text(
+        json.dumps({**summary, "exit_code": code, "retraining": retraining}, indent=2) + "\n"
+    )
+    attach_to_model_run(config, service.metadata.get("mlflow_run_id"), [*reports, summary_file])
+
+    print(f"  reports: {', '.join(str(path) for path in reports)}")
+    print(f"  summary: {summary_file}")
+    print(f"  exit code {code} after {time.perf_counter() - started:.1f} s")
+    return code
+
+
+def check_performance(config: Config, service: PredictionService, reference: Reference,
+                      window: PredictionWindow, labels: pd.DataFrame | None
+                      ) -> PerformanceSummary | None:
+    """Production quality where enough labels have arrived; None (no verdict) otherwise."""
+    if labels is None:
+        return None
+    labelled = attach_labels(window.predictions, labels, config)
+    needed = config.monitoring.min_labelled_records
+    if len(labelled) < needed:
+        logger.warning("Only %d of %d predictions have labels (monitoring.min_labelled_records "
+                       "is %d): no performance verdict", len(labelled), len(window.predictions),
+                       needed)
+        return None
+    return evaluate_performance(reference.holdout, labelled, config,
+                                service.metadata.get("holdout_metrics"))
+
+
+def write_reports(directory: Path, drift: DriftSummary,
+                  performance: PerformanceSummary | None) -> list[Path]:
+    reports = [write_report_html(drift.report, directory / DRIFT_REPORT)]
+    if performance:
+        reports.append(write_report_html(performance.report, directory / PERFORMANCE_REPORT))
+    else:
+        (directory / PERFORMANCE_REPORT).unlink(missing_ok=True)  # never show a stale verdict
+    return reports
+
+
+def print_summary(summary: dict[str, Any], drift: DriftSummary,
+                  performance: PerformanceSummary | None, code: int, config: Config) -> None:
+    """The short table a person reads in the terminal; the JSON summary has everything."""
+    model, window = summary["model"], summary["window"]
+    print(f"\nMonitoring {model['name']} version {model['version']}: {window['requests']} "
+          f"requests logged {window['first_logged_at']} .. {window['last_logged_at']} "
+          f"({window['predicted']} predicted, {window['rejected']} rejected)")
+    print(f"  {'column':<22} {'method':<32} {'score':>7} {'threshold':>9}  drift")
+    for column in (*drift.features, *drift.predictions):
+        print(f"  {column.column:<22} {column.method:<32} {column.score:>7.3f} "
+              f"{column.threshold:>9.3f}  {'DRIFT' if column.drifted else 'ok'}")
+    verdict = "DATA DRIFT" if drift.detected else "ok"
+    print(f"  drifted features: {len(drift.drifted_features)} of {len(drift.features)} "
+          f"(share {drift.drifted_share:.2f}, threshold {drift.threshold:.2f}): {verdict}")
+    if performance is None:
+        print(f"  performance: no verdict (fewer than {config.monitoring.min_labelled_records} "
+              "labelled predictions in the window)")
+    else:
+        metric = performance.metric
+        verdict = "PERFORMANCE DROP" if performance.degraded else "ok"
+        print(f"  performance ({metric}, {performance.labelled_rows} labelled): production "
+              f"{performance.production[metric]:.4f} vs holdout {performance.baseline[metric]:.4f},"
+              f" drop {performance.drop:.4f} (threshold {performance.threshold:.4f}): {verdict}")
+    if code in (EXIT_DRIFT, EXIT_DRIFT_AND_PERFORMANCE_DROP):
+        print(f"ALERT: data drift in {', '.join(drift.drifted_features)}: the production data no "
+              "longer looks like the training data.")
+    if code in (EXIT_PERFORMANCE_DROP, EXIT_DRIFT_AND_PERFORMANCE_DROP):
+        print("ALERT: the model performs worse in production than on its holdout.")
+
+
+def retrain(config: Config, args: argparse.Namespace, directory: Path) -> dict[str, Any] | None:
+    """Run the modelling use case on historic plus labelled production data; the promotion rule
+    decides whether the new version becomes champion. Returns the outcome, None on failure."""
+    extra = labelled_production_data(config)
+    if extra.empty:
+        logger.error("Cannot retrain: no production rows have labels in %s",
+                     config.resolve(config.data.production_labels))
+        return None
+    extra_file = directory / LABELLED_PRODUCTION_FILE
+    extra.to_csv(extra_file, index=False)
+    before = exported_models(config)
+    command = [sys.executable, str(Path(__file__).with_name(MODELLING_USE_CASE)),
+               "--extra-labelled-data", str(extra_file), "--root", str(config.root)]
+    command += ["--config", str(args.config)] if args.config else []
+    command += ["--verbose"] if args.verbose else []
+    logger.info("Retraining on historic data plus %d labelled production rows", len(extra))
+    # A process of its own: the modelling run owns its logging, and a crash cannot take this one.
+    if subprocess.run(command, check=False).returncode != 0:
+        logger.error("Retraining failed: see the modelling output above")
+        return None
+    after = exported_models(config)
+    alias = next(alias for alias in (CHAMPION, CHALLENGER)
+                 if alias in after and after[alias] != before.get(alias))
+    new, previous = after[alias], before.get(CHAMPION)
+    metric = str(new["metric"])
+    outcome = {
+        "extra_labelled_rows": len(extra),
+        "model_version": new["model_version"],
+        "alias": alias,
+        "metric": metric,
+        "holdout_score": new["holdout_metrics"][metric],
+        "previous_champion_version": previous["model_version"] if previous else None,
+        "previous_champion_score": previous["holdout_metrics"][metric] if previous else None,
+    }
+    beaten = (f"version {previous['model_version']} (holdout {metric} "
+              f"{outcome['previous_champion_score']:.4f})" if previous else "no champion")
+    if alias == CHAMPION:
+        verdict = f"beats {beaten}: it is the new champion; restart the prediction service"
+    else:
+        verdict = f"does not beat the champion, {beaten}: it is the challenger"
+    print(f"RETRAINED: version {new['model_version']} (holdout {metric} "
+          f"{outcome['holdout_score']:.4f}) {verdict}.")
+    return outcome
+
+
+def exported_models(config: Config) -> dict[str, dict[str, Any]]:
+    """The metadata of each exported alias, to tell which one a retraining replaced."""
+    models = {}
+    for alias in (CHAMPION, CHALLENGER):
+        try:
+            models[alias] = read_metadata(config.model_artifacts_dir / alias)
+        except ArtifactError:
+            continue
+    return models
+
+
+def attach_to_model_run(config: Config, run_id: str | None, paths: list[Path]) -> None:
+    """Log the reports to the served model's MLflow run; monitoring never fails for tracking."""
+    if not run_id:
+        logger.warning("The model's metadata names no MLflow run: reports are only in %s",
+                       paths[0].parent)
+        return
+    artifact_path = f"monitoring/{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        connect(config)
+        log_artifacts_to_run(run_id, paths, artifact_path, config)
+    except (TrackingError, MlflowException, OSError) as err:
+        logger.warning("Reports not logged to MLflow (%s); they are in %s", err, paths[0].parent)
+        return
+    logger.info("Reports logged to MLflow run %s under %s", run_id, artifact_path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
