@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 SERVER_CHECK_TIMEOUT_SECONDS = 10
+TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
 # skops refuses to load types it is not told to trust: numpy's dtype and the boosting
 # internals, plus our own transformer and every feature function (derived, so new steps work).
 SKOPS_TRUSTED_TYPES = [
@@ -76,6 +78,17 @@ def _experiment_id(config: Config) -> str:
     return str(mlflow.create_experiment(name, artifact_location=(config.root / "mlruns").as_uri()))
 
 
+def _use_store(uri: str) -> None:
+    """Point this process's MLflow at `uri` without exporting it: mlflow.set_tracking_uri also
+    writes MLFLOW_TRACKING_URI, which would then override every Config loaded later."""
+    exported = os.environ.get(TRACKING_URI_VARIABLE)
+    mlflow.set_tracking_uri(uri)
+    if exported is None:
+        os.environ.pop(TRACKING_URI_VARIABLE, None)
+    else:
+        os.environ[TRACKING_URI_VARIABLE] = exported
+
+
 def _check_server(uri: str) -> None:
     """Fail in seconds: MLflow retries a refused connection with backoff for about 4 minutes."""
     try:
@@ -88,7 +101,7 @@ def connect(config: Config) -> str:
     """Point MLflow at the configured store and check it answers; returns the experiment id."""
     if config.tracking_uri.startswith(("http://", "https://")):
         _check_server(config.tracking_uri)
-    mlflow.set_tracking_uri(config.tracking_uri)
+    _use_store(config.tracking_uri)
     try:
         return _experiment_id(config)
     except Exception as err:  # mlflow raises many types for an unreachable store
@@ -275,7 +288,7 @@ def log_artifacts_to_run(run_id: str, paths: list[Path], artifact_path: str, con
 
 def load_registered_pipeline(config: Config, alias: str = CHAMPION) -> tuple[Pipeline, dict[str, Any]]:
     """`models:/<name>@<alias>` from the registry, with metadata like the local artifact's."""
-    mlflow.set_tracking_uri(config.tracking_uri)
+    _use_store(config.tracking_uri)
     name = config.tracking.registered_model_name
     try:
         version = MlflowClient(config.tracking_uri).get_model_version_by_alias(name, alias)

@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
@@ -34,6 +35,14 @@ class ValidationResult:
     quarantined: pd.DataFrame  # the rows as received, plus REASON_COLUMN
 
 
+def _is_finite(values: pd.Series) -> pd.Series:
+    """Infinity parses as a number but measures nothing (the per-instance check agrees)."""
+    return values.abs() != np.inf  # NaN passes: nullability is its own rule
+
+
+FINITE = pa.Check(_is_finite, name="finite")
+
+
 def build_production_schema(config: Config) -> pa.DataFrameSchema:
     """Production data as received: identifiers plus every feature, each with its rule."""
     columns: dict[str, pa.Column] = {config.columns.id: pa.Column(nullable=False)}
@@ -41,7 +50,7 @@ def build_production_schema(config: Config) -> pa.DataFrameSchema:
         columns[config.columns.timestamp] = pa.Column("datetime64[ns]", nullable=False)
     for rule in field_rules(config):
         if rule.kind == "numerical":
-            checks = []
+            checks = [FINITE]
             if rule.min is not None:
                 checks.append(pa.Check.ge(rule.min))
             if rule.max is not None:
@@ -59,7 +68,7 @@ def build_raw_schema(config: Config) -> pa.DataFrameSchema:
     if config.is_classification:
         column = pa.Column(checks=pa.Check.isin(list(config.columns.target_classes)), nullable=False)
     else:
-        column = pa.Column(float, nullable=False)
+        column = pa.Column(float, FINITE, nullable=False)
     return build_production_schema(config).add_columns({target: column}).set_name("RawSchema")
 
 

@@ -69,7 +69,7 @@ def test_instance_validator_turns_none_and_absent_nullable_fields_into_nan(
         ("support_calls", True, "must be a number, got bool True"),
         ("tenure_months", -3, "must be >= 0, got -3"),
         ("monthly_charges", 9999.0, "must be <= 500, got 9999.0"),
-        ("monthly_charges", math.inf, "must be <= 500, got inf"),
+        ("monthly_charges", math.inf, "must be a finite number, got inf"),
         ("contract", "weekly", "must be one of ['month-to-month', 'one-year', 'two-year']"),
         ("contract", "One-Year", "got 'One-Year'"),
         ("region", 3, "must be a string, got int 3"),
@@ -84,7 +84,7 @@ def test_instance_validator_rejects_each_bad_field_class(
     with pytest.raises(InvalidInstance, match=field) as caught:
         InstanceValidator(config).validate({**VALID_RECORD, field: value})
 
-    assert caught.value.errors[field].startswith(expected) or expected in caught.value.errors[field]
+    assert expected in caught.value.errors[field]
     assert list(caught.value.errors) == [field]
 
 

@@ -92,8 +92,10 @@ class History:
 def history(tmp_path_factory: pytest.TempPathFactory) -> History:
     root = tmp_path_factory.mktemp("tracked")
     write_project(root, n_historic=600)
-    weak, strong = _modelled(root, WEAK), _modelled(root, STRONG)
-    return History(weak, strong, [weak.track(), strong.track(), weak.track()])
+    with pytest.MonkeyPatch.context() as patch:  # module scope: before the autouse clean-up
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        weak, strong = _modelled(root, WEAK), _modelled(root, STRONG)
+        return History(weak, strong, [weak.track(), strong.track(), weak.track()])
 
 
 def test_track_modelling_run_promotes_only_a_model_that_beats_the_champion(
@@ -145,6 +147,23 @@ def test_load_registered_pipeline_returns_the_champion(history: History) -> None
     pd.testing.assert_frame_equal(
         pd.DataFrame(pipeline.predict_proba(features)), pd.DataFrame(expected)
     )
+
+
+def test_connect_leaves_later_configs_pointing_at_their_own_store(tmp_path: Path) -> None:
+    """MLflow exports the URI it is given to the environment, where Config would read it back."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    configs = []
+    for root in (first, second):
+        write_project(root, n_historic=100, n_production=20)
+        configs.append(load_config(
+            "modelling", "historic", "local", config_file=root / "project_config.yaml", root=root
+        ))
+
+    connect(configs[0])
+
+    assert configs[1].tracking_uri == f"sqlite:///{second / 'mlflow.db'}"
+    connect(configs[1])
+    assert (second / "mlflow.db").is_file()
 
 
 @pytest.fixture

@@ -70,6 +70,8 @@ def test_validate_production_data_keeps_valid_rows_and_parses_types(config: Conf
         ("monthly_charges", "12,50", "monthly_charges: must be a number, got '12,50'"),
         ("tenure_months", -3, "tenure_months: failed greater_than_or_equal_to(0.0), got -3.0"),
         ("monthly_charges", 9999.0, "monthly_charges: failed less_than_or_equal_to(500.0)"),
+        ("total_charges", np.inf, "total_charges: failed finite, got inf"),
+        ("total_charges", "-inf", "total_charges: failed finite, got -inf"),
         ("contract", "weekly", "contract: failed isin(['month-to-month', 'one-year', 'two-year'])"),
         ("region", 7, "region: failed isin"),
         ("region", np.nan, "region: failed not_nullable"),
@@ -104,6 +106,38 @@ def test_validate_production_data_missing_column_is_fatal_and_named(
 
     with pytest.raises(DataValidationError, match=rf"missing required columns: \['{column}'\]"):
         validate_production_data(production, config, with_target=with_target)
+
+
+def test_validate_production_data_rejects_infinity_where_no_bounds_are_set(project: Path) -> None:
+    """The per-instance check refuses infinity everywhere; frames must agree."""
+    config = load_config(
+        "modelling", "historic", "local", config_file=project / "project_config.yaml",
+        root=project, overrides={"columns": {"numerical": {"data_usage_gb": {"max": None}}}},
+    )
+    production = _with(_production(), 2, "data_usage_gb", np.inf)
+
+    result = validate_production_data(production, config, with_target=True)
+
+    assert result.quarantined.index.tolist() == [2]
+    assert result.quarantined[REASON_COLUMN].iloc[0] == "data_usage_gb: failed finite, got inf"
+    row = production.drop(columns=["churned"]).iloc[2]
+    record = {str(key): value for key, value in row.items()}
+    with pytest.raises(InvalidInstance, match="data_usage_gb: must be a finite number"):
+        InstanceValidator(config).validate(record)
+
+
+def test_validate_production_data_rejects_an_infinite_regression_target(project: Path) -> None:
+    config = load_config(
+        "modelling", "historic", "local", config_file=project / "project_config.yaml",
+        root=project, overrides={"task": "regression", "columns": {"target_classes": []},
+                                 "training": {"split": "random", "metric": "r2"}},
+    )
+    production = _with(_production().astype({"churned": float}), 4, "churned", np.inf)
+
+    result = validate_production_data(production, config, with_target=True)
+
+    assert result.quarantined.index.tolist() == [4]
+    assert result.quarantined[REASON_COLUMN].iloc[0] == "churned: failed finite, got inf"
 
 
 def test_validate_production_data_needs_no_target_for_production(config: Config) -> None:
