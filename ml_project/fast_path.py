@@ -73,16 +73,16 @@ def _one_hot(encoder: OneHotEncoder) -> BlockStep:
         raise UnsupportedPipeline("OneHotEncoder with infrequent categories")
     if encoder.sparse_output:
         raise UnsupportedPipeline("OneHotEncoder with sparse output")
-    lookups = [{category: i for i, category in enumerate(c)} for c in encoder.categories_]
+    # Hash lookups over whole columns (pandas' Index), one vectorised pass per column.
+    lookups = [pd.Index(categories, dtype=object) for categories in encoder.categories_]
     offsets = np.cumsum([0] + [len(c) for c in encoder.categories_])
 
     def encode(block: np.ndarray) -> np.ndarray:
         encoded = np.zeros((block.shape[0], offsets[-1]), dtype=np.float64)
         for j, lookup in enumerate(lookups):
-            for row, value in enumerate(block[:, j]):
-                index = lookup.get(value)
-                if index is not None:  # unknown categories encode as all zeros, as in sklearn
-                    encoded[row, offsets[j] + index] = 1.0
+            index = lookup.get_indexer(block[:, j])
+            known = index >= 0  # unknown categories (-1) encode as all zeros, as in sklearn
+            encoded[np.flatnonzero(known), offsets[j] + index[known]] = 1.0
         return encoded
 
     return encode
