@@ -45,7 +45,9 @@ def write_project(root: Path, overrides: dict[str, Any] | None = None, *,
     write_example_data(root / "data", n_historic=n_historic, n_production=n_production, drift=drift)
     content = yaml.safe_load((PROJECT_ROOT / "project_config.yaml").read_text())
     config_file = root / "project_config.yaml"
-    config_file.write_text(yaml.safe_dump(_merge(_merge(content, FAST_TRAINING), overrides or {})))
+    config_file.write_text(
+        yaml.safe_dump(_merge(_merge(content, FAST_TRAINING), overrides or {}), sort_keys=False)
+    )
     return config_file
 
 
