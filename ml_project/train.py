@@ -238,7 +238,8 @@ def _plot_leaderboard(leaderboard: pd.DataFrame, metric: str, path: Path) -> Non
     )
     low = (board[f"mean_{metric}"] - 2 * board[f"std_{metric}"]).min()
     high = (board[f"mean_{metric}"] + 2 * board[f"std_{metric}"]).max()
-    axis.set_xlim(low - 0.05 * abs(high - low), high + 0.05 * abs(high - low))
+    margin = 0.05 * (high - low) or 0.01  # one setting with zero spread still gets a visible axis
+    axis.set_xlim(low - margin, high + margin)
     axis.set_xlabel(f"CV {metric} (mean +/- std)")
     axis.set_title("Leaderboard: every candidate and setting")
     figure.tight_layout()
