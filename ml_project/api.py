@@ -21,8 +21,10 @@ from ml_project.endpoints import (
     BATCH_FIELD,
     BatchPredictionResponse,
     ErrorResponse,
+    HealthResponse,
     PredictionEndpoints,
     PredictionResponse,
+    ReadyResponse,
     Reply,
 )
 from ml_project.predict import PredictionService
@@ -41,6 +43,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         503: "No model loaded yet",
     }.items()
 }
+# What the GET routes can answer besides 200: they read no body.
+GET_ERRORS: dict[int | str, dict[str, Any]] = {status: ERRORS[status] for status in (401, 503)}
+MODEL_DESCRIPTION: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Name, version, task, features, classes, metric and holdout metrics",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
 
 
 def create_app(service: PredictionService | None, log: PredictionLog | None = None) -> FastAPI:
@@ -55,17 +65,17 @@ def create_app(service: PredictionService | None, log: PredictionLog | None = No
     app.state.endpoints = endpoints
     api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
 
-    @app.get("/health")
+    @app.get("/health", responses={200: {"model": HealthResponse}})
     async def health() -> Response:
         """Alive: the process answers (open even when an API key is set)."""
         return _send(endpoints.health())
 
-    @app.get("/ready", responses=ERRORS)
+    @app.get("/ready", responses={200: {"model": ReadyResponse}, **GET_ERRORS})
     async def ready(api_key: str | None = Security(api_key_header)) -> Response:
         """Ready: the model is loaded and requests will be predicted."""
         return _send(endpoints.ready(api_key))
 
-    @app.get("/model", responses=ERRORS)
+    @app.get("/model", responses={**MODEL_DESCRIPTION, **GET_ERRORS})
     async def model(api_key: str | None = Security(api_key_header)) -> Response:
         """The served model: name, version, task, features and holdout metrics."""
         return _send(endpoints.model(api_key))

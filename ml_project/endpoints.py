@@ -37,6 +37,14 @@ LOG_SOURCE = "api"
 BATCH_FIELD = "instances"
 
 
+class HealthResponse(BaseModel):
+    status: str
+
+
+class ReadyResponse(HealthResponse):
+    model_version: str
+
+
 class InstancePrediction(BaseModel):
     """One prediction; `probabilities` (class -> probability) only for classification."""
 
@@ -174,14 +182,14 @@ class PredictionEndpoints:
 
     def health(self) -> Reply:
         """Alive: the process answers. Never needs the API key (load balancers probe it)."""
-        return reply(200, {"status": "alive"})
+        return reply(200, HealthResponse(status="alive"))
 
     def ready(self, api_key: str | None) -> Reply:
         try:
             service = self._admit(api_key)
         except Rejection as rejection:
             return error_reply(rejection.status, rejection.detail)
-        return reply(200, {"status": "ready", "model_version": service.model_version})
+        return reply(200, ReadyResponse(status="ready", model_version=service.model_version))
 
     def model(self, api_key: str | None) -> Reply:
         try:

@@ -4,9 +4,9 @@ Layout of an artifact folder (e.g. data/model_artifacts/champion/):
     pipeline-<sha12>.joblib   the whole fitted Pipeline (engineering + preprocessing + model)
     metadata.json             name, version, task, features, schema, metrics, lineage, sha256
 
-Export is atomic: the artifact is written under a name of its own, then metadata.json is
-replaced in one rename. A run killed at any moment leaves metadata.json pointing at a complete
-artifact, the previous one or the new one. Loading verifies the checksum before unpickling, so
+Export is atomic: the artifact is written under a name of its own and synced to disk, then
+metadata.json is replaced in one rename. A run killed at any moment (or a power cut) leaves
+metadata.json pointing at a complete artifact, the previous one or the new one. Loading verifies the checksum before unpickling, so
 a tampered or truncated file is refused, never executed. Serving imports this module: it must
 not import mlflow, pandera or plotting.
 """
@@ -85,13 +85,28 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
+def _fsync_directory(directory: Path) -> None:
+    """Make the renames in `directory` survive a power cut (POSIX; skipped where a folder
+    cannot be opened, as on Windows)."""
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
 def export_pipeline(pipeline: Pipeline, metadata: dict[str, Any], directory: Path) -> Path:
     """Write the Pipeline and its metadata (plus sha256) atomically; return the artifact path."""
     directory.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".pipeline.", suffix=".tmp")
-    os.close(handle)
     try:
-        joblib.dump(pipeline, temporary)
+        with os.fdopen(handle, "wb") as file:
+            joblib.dump(pipeline, file)
+            file.flush()
+            os.fsync(file.fileno())  # on disk before metadata.json can name it
         checksum = sha256_of(Path(temporary))
         artifact = directory / f"pipeline-{checksum[:12]}.joblib"
         os.replace(temporary, artifact)
@@ -101,6 +116,7 @@ def export_pipeline(pipeline: Pipeline, metadata: dict[str, Any], directory: Pat
     previous = _artifact_file(directory) if (directory / METADATA_FILE).is_file() else None
     record = {**metadata, "artifact_file": artifact.name, "sha256": checksum}
     _write_atomically(directory / METADATA_FILE, json.dumps(record, indent=2, default=str).encode())
+    _fsync_directory(directory)  # the renames are on disk before the previous artifact goes
     if previous and previous != artifact:
         previous.unlink(missing_ok=True)
     return artifact

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -84,14 +85,21 @@ class InvalidInstance(ValueError):
 class InstanceValidator:
     """The compiled per-record check: the same rules as the pandera schema, without a DataFrame.
 
-    Identifier fields (id, timestamp) are optional and passed through; any other unknown field
-    is an error, so a misspelt feature name never silently becomes a missing value.
+    Identifier fields (id, timestamp) are optional and passed through to the log, if of the type
+    the request model declares; any other unknown field is an error, so a misspelt feature name
+    never silently becomes a missing value.
     """
 
     def __init__(self, config: Config) -> None:
         self.rules = field_rules(config)
         self.features = tuple(rule.name for rule in self.rules)
-        self.passthrough = frozenset(c for c in (config.columns.id, config.columns.timestamp) if c)
+        # Types as the request model declares them (a Parquet stream gives datetimes).
+        self._identifiers: dict[str, tuple[tuple[type, ...], str]] = {
+            config.columns.id: ((str, numbers.Integral), "a string or an integer")
+        }
+        if config.columns.timestamp:
+            self._identifiers[config.columns.timestamp] = ((str, datetime), "a string")
+        self.passthrough = frozenset(self._identifiers)
         self._known = frozenset(self.features) | self.passthrough
 
     def validate(self, record: Mapping[str, Any]) -> list[Any]:
@@ -109,6 +117,10 @@ class InstanceValidator:
             values.append(value)
             if error:
                 errors[rule.name] = error
+        for field, (types, expected) in self._identifiers.items():
+            value = record.get(field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+                errors[field] = f"must be {expected}, got {type(value).__name__} {value!r}"
         for field in record.keys() - self._known:
             errors[str(field)] = "is not a known field"
         if errors:

@@ -15,6 +15,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import matplotlib
 
@@ -89,12 +90,22 @@ def _use_store(uri: str) -> None:
         os.environ[TRACKING_URI_VARIABLE] = exported
 
 
+def redact_password(uri: str) -> str:
+    """`uri` fit for messages: MLFLOW_TRACKING_URI may carry a password (user:password@host)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
 def _check_server(uri: str) -> None:
     """Fail in seconds: MLflow retries a refused connection with backoff for about 4 minutes."""
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_TIMEOUT_SECONDS)
     except requests.RequestException as err:  # any HTTP answer, even an error, means it is up
-        raise TrackingError(f"MLflow tracking store {uri} is unreachable: {err}") from err
+        raise TrackingError(
+            f"MLflow tracking store {redact_password(uri)} is unreachable: {err}"
+        ) from err
 
 
 def connect(config: Config) -> str:
@@ -106,7 +117,7 @@ def connect(config: Config) -> str:
         return _experiment_id(config)
     except Exception as err:  # mlflow raises many types for an unreachable store
         raise TrackingError(
-            f"MLflow tracking store {config.tracking_uri} is unreachable: {err}"
+            f"MLflow tracking store {redact_password(config.tracking_uri)} is unreachable: {err}"
         ) from err
 
 
@@ -295,7 +306,7 @@ def load_registered_pipeline(config: Config, alias: str = CHAMPION) -> tuple[Pip
         pipeline: Pipeline = mlflow.sklearn.load_model(f"models:/{name}@{alias}")
     except Exception as err:  # unreachable store, unknown model or alias, unreadable files
         raise ArtifactError(
-            f"cannot load models:/{name}@{alias} from {config.tracking_uri}: {err}"
+            f"cannot load models:/{name}@{alias} from {redact_password(config.tracking_uri)}: {err}"
         ) from err
     metadata = {
         "model_name": name,

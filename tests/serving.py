@@ -2,24 +2,32 @@
 
 `serve_in_thread` runs an app on 127.0.0.1 on a free port in a thread and stops it afterwards;
 the socket is bound before the server starts, so no other process can take the port.
+`launch_server` runs the launcher (`python -m ml_project.serve`) as a process, as in production.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import psutil
 import uvicorn
 import yaml
 from fastapi import FastAPI
 from flask import Flask
 from werkzeug.serving import make_server
 
-from ml_project.config import Config, _merge, load_config
+from ml_project.client import PredictionClient
+from ml_project.config import PROJECT_ROOT, Config, _merge, load_config
+from ml_project.endpoints import API_KEY_ENV
 from ml_project.ingest import stream_production_instances
 from ml_project.schemas import InstanceValidator, InvalidInstance
 
@@ -36,7 +44,7 @@ def write_serving_config(trained_project: Path, root: Path, overrides: dict[str,
         "paths": {"model_artifacts": str(data / "model_artifacts")},
     })
     config_file = root / "project_config.yaml"
-    config_file.write_text(yaml.safe_dump(_merge(content, overrides or {})))
+    config_file.write_text(yaml.safe_dump(_merge(content, overrides or {}), sort_keys=False))
     return config_file
 
 
@@ -95,6 +103,37 @@ def serve_in_thread(app: FastAPI | Flask) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@contextmanager
+def launch_server(config_file: Path, output: Path, framework: str = "fastapi",
+                  environment: dict[str, str] | None = None
+                  ) -> Iterator[tuple[str, psutil.Process]]:
+    """The launcher on 127.0.0.1 and a free port, its output in `output`, rooted at the config
+    file's folder; yields the base URL once /ready answers, and the server process. Stopped
+    with SIGTERM, as a container runtime would."""
+    port = free_port()
+    with output.open("w") as output_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ml_project.serve", framework, "--host", "127.0.0.1",
+             "--port", str(port), "--config", str(config_file), "--root", str(config_file.parent)],
+            cwd=PROJECT_ROOT, stdout=output_file, stderr=subprocess.STDOUT,
+            env={**os.environ, **(environment or {})}, start_new_session=True,
+        )
+        try:
+            client = PredictionClient(f"http://127.0.0.1:{port}", max_retries=0,
+                                      api_key=(environment or {}).get(API_KEY_ENV))
+            ready = client.wait_until_ready(120, give_up=lambda: process.poll() is not None)
+            client.close()
+            assert ready.ok, output.read_text()
+            yield f"http://127.0.0.1:{port}", psutil.Process(process.pid)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
 
 
 # A valid instance of the shipped example schema (project_config.yaml), as a client sends it.

@@ -19,7 +19,7 @@ from ml_project.config import Config, ConfigError, load_config
 from ml_project.export import export_pipeline, git_commit, hash_frame, library_versions
 from ml_project.ingest import load_historic_data, read_table
 from ml_project.schemas import field_rules
-from ml_project.tracking import CHAMPION, TrackingError, track_modelling_run
+from ml_project.tracking import CHAMPION, TrackingError, redact_password, track_modelling_run
 from ml_project.train import (
     build_leaderboard,
     evaluate_holdout,
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  leaderboard: {leaderboard_files['md']} (.csv, .png)")
     print(f"  quarantine:  {quarantine_file} ({len(validation.quarantined)} rows)")
     print(f"  log:         {log_file}")
-    print(f"  MLflow:      pipenv run mlflow ui --backend-store-uri {config.tracking_uri}")
+    print(f"  MLflow:      pipenv run mlflow ui --backend-store-uri "
+          f"{redact_password(config.tracking_uri)}")
     return 0
 
 
