@@ -113,7 +113,10 @@ def export_pipeline(pipeline: Pipeline, metadata: dict[str, Any], directory: Pat
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    previous = _artifact_file(directory) if (directory / METADATA_FILE).is_file() else None
+    try:
+        previous = _artifact_file(directory) if (directory / METADATA_FILE).is_file() else None
+    except ArtifactError:  # unreadable metadata: it is about to be replaced anyway
+        previous = None
     record = {**metadata, "artifact_file": artifact.name, "sha256": checksum}
     _write_atomically(directory / METADATA_FILE, json.dumps(record, indent=2, default=str).encode())
     _fsync_directory(directory)  # the renames are on disk before the previous artifact goes

@@ -19,7 +19,13 @@ from ml_project.config import Config, ConfigError, load_config
 from ml_project.export import export_pipeline, git_commit, hash_frame, library_versions
 from ml_project.ingest import load_historic_data, read_table
 from ml_project.schemas import field_rules
-from ml_project.tracking import CHAMPION, TrackingError, redact_password, track_modelling_run
+from ml_project.tracking import (
+    CHAMPION,
+    TrackingError,
+    connect,
+    redact_password,
+    track_modelling_run,
+)
 from ml_project.train import (
     build_leaderboard,
     evaluate_holdout,
@@ -46,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: {err}\n")
     log_file = configure_logging(config, "modelling", verbose=args.verbose)
     started = time.perf_counter()
+    try:
+        connect(config)  # an unreachable store fails now, not after minutes of training
+    except TrackingError as err:
+        logger.error("%s. Nothing was trained, exported or promoted.", err)
+        return 3
     try:
         production = load_historic_data(config)
         if args.extra_labelled_data:
