@@ -31,6 +31,15 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def add_stream_options(parser: argparse.ArgumentParser) -> None:
+    """--input, --limit and --rate: the options of every use case that streams production data."""
+    parser.add_argument("--input", type=Path, default=None,
+                        help="production instances to stream (default: data.production)")
+    parser.add_argument("--limit", type=int, default=None, help="stop after N instances")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="instances per second (default: as fast as possible)")
+
+
 def configure_logging(config: Config, run_name: str, *, verbose: bool = False) -> Path:
     """Log to the console and to output/logs/<run_name>-<time>.log; returns the log file."""
     directory = config.output_dir / "logs"

@@ -15,7 +15,7 @@ import logging
 from contextlib import closing
 from pathlib import Path
 
-from ml_project.cli import base_parser, configure_logging
+from ml_project.cli import add_stream_options, base_parser, configure_logging
 from ml_project.client import PredictionClient, format_latencies
 from ml_project.config import ConfigError, load_config
 from ml_project.ingest import stream_production_instances
@@ -25,11 +25,7 @@ logger = logging.getLogger("predicting_production_deployed")
 
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--input", type=Path, default=None,
-                        help="production instances to stream (default: data.production)")
-    parser.add_argument("--limit", type=int, default=None, help="stop after N instances")
-    parser.add_argument("--rate", type=float, default=None,
-                        help="instances per second (default: as fast as possible)")
+    add_stream_options(parser)
     parser.add_argument("--backoff", type=float, default=0.5,
                         help="seconds before the first retry, doubled for each next one "
                              "(default: %(default)s)")

@@ -13,7 +13,7 @@ import logging
 import statistics
 from pathlib import Path
 
-from ml_project.cli import base_parser, configure_logging
+from ml_project.cli import add_stream_options, base_parser, configure_logging
 from ml_project.config import ConfigError, load_config
 from ml_project.export import ArtifactError
 from ml_project.ingest import stream_production_instances
@@ -25,10 +25,7 @@ logger = logging.getLogger("predicting_production")
 
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--input", type=Path, default=None,
-                        help="production instances to stream (default: data.production)")
-    parser.add_argument("--limit", type=int, default=None, help="stop after N instances")
-    parser.add_argument("--rate", type=float, default=None, help="instances per second (default: as fast as possible)")
+    add_stream_options(parser)
     args = parser.parse_args(argv)
     try:
         config = load_config("prediction", "production", "local", config_file=args.config,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit
 
-from ml_project.cli import base_parser, configure_logging
+from ml_project.cli import add_stream_options, base_parser, configure_logging
 from ml_project.client import Answer, PredictionClient, format_latencies
 from ml_project.config import Config, ConfigError, load_config
 from ml_project.export import ArtifactError
@@ -42,11 +42,7 @@ class ServiceError(RuntimeError):
 
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--input", type=Path, default=None,
-                        help="production instances to stream (default: data.production)")
-    parser.add_argument("--limit", type=int, default=None, help="stop after N instances")
-    parser.add_argument("--rate", type=float, default=None,
-                        help="instances per second (default: as fast as possible)")
+    add_stream_options(parser)
     parser.add_argument("--startup-timeout", type=float, default=60.0,
                         help="seconds to wait for the service's /ready (default: %(default)s)")
     args = parser.parse_args(argv)
