@@ -1,0 +1,107 @@
+"""The benchmark harness: its arithmetic, and a quick run end to end.
+
+No test asserts a time: the machine is shared. The smoke test leaves out `mlflow models serve`
+(its cold start alone is ~5 s a round); every other measurement runs, on real servers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ml_project import benchmark
+from ml_project.benchmark import evaluate_targets, paired_ratios, summarise
+
+
+def _round(ours_p50: float, mlflow_p50: float) -> dict[str, dict[str, float]]:
+    measures = {"p99_ms": 1.0, "throughput_rps": 100.0, "cold_start_s": 1.0, "memory_mb": 100.0,
+                "requests": 10, "errors": 0, "wrong": 0}
+    return {"fastapi": {"p50_ms": ours_p50, **measures},
+            "mlflow": {"p50_ms": mlflow_p50, **measures, "wrong": 2}}
+
+
+def test_paired_ratios_are_medians_of_per_round_ratios_not_ratios_of_medians() -> None:
+    # The machine slowed down in the last two rounds, for both servers alike.
+    rounds = [_round(1.0, 4.0), _round(3.0, 12.0), _round(3.0, 12.0)]
+
+    ratios = paired_ratios(rounds, "fastapi", "mlflow")
+
+    assert ratios["p50"] == pytest.approx(0.25)
+    assert ratios["throughput"] == pytest.approx(1.0)
+
+
+def test_summarise_takes_medians_and_sums_counts() -> None:
+    summary = summarise([_round(1.0, 4.0), _round(2.0, 5.0), _round(9.0, 6.0)])
+
+    assert summary["fastapi"]["p50_ms"] == 2.0
+    assert summary["mlflow"]["wrong"] == 6 and summary["fastapi"]["requests"] == 30
+
+
+def test_evaluate_targets_reports_unmeasured_ratios_as_none() -> None:
+    results = {
+        "served": {"summary": summarise([_round(1.0, 4.0)])},  # mlflow left out: no ratios
+        "in_process": {"single_row": {"wrong": 0, "core_vs_bare": 1.2},
+                       "batch": {"path_vs_bare": 0.5}},
+        "use_cases": {"peak_10x_vs_1x": 1.01},
+    }
+
+    met = {t["name"]: t["met"] for t in evaluate_targets(results)}
+
+    assert met["FastAPI: served p50 latency vs mlflow models serve"] is None
+    assert met["FastAPI: wrong answers"] is True
+    assert met["single row through the prediction core vs bare model"] is True
+    assert met["batch with validation vs bare predict_proba (throughput)"] is False
+    assert met["flat memory: peak on 10x chunk file vs 1x chunk file"] is True
+
+
+def _tables(markdown: str) -> list[list[list[str]]]:
+    """Markdown tables as lists of rows of cells."""
+    tables: list[list[list[str]]] = []
+    previous = ""
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            if not previous.startswith("|"):
+                tables.append([])
+            tables[-1].append([cell.strip() for cell in line.strip("|").split("|")])
+        previous = line
+    return tables
+
+
+@pytest.mark.slow
+def test_quick_run_writes_results_and_tables(tmp_path: Path) -> None:
+    """Quick mode without mlflow: modelling, our two servers, in-process and use-case memory."""
+    output = tmp_path / "benchmarks"
+
+    code = benchmark.main(["--quick", "--skip-mlflow", "--root", str(tmp_path / "root"),
+                           "--output", str(output)])
+
+    assert code == 0
+    results = json.loads((output / "results.json").read_text())
+    assert results["quick"] is True and results["settings"]["servers"] == ["fastapi", "flask"]
+    for name in ("fastapi", "flask"):
+        served = results["served"]["summary"][name]
+        assert served["requests"] > 0 and served["errors"] == 0 and served["wrong"] == 0
+        assert all(served[key] > 0 for key in
+                   ("p50_ms", "p99_ms", "throughput_rps", "cold_start_s", "memory_mb"))
+    assert "ratios_vs_mlflow" not in results["served"]
+    single, batch = results["in_process"]["single_row"], results["in_process"]["batch"]
+    assert single["wrong"] == 0 and single["core_ms"] > 0 and single["bare_ms"] > 0
+    assert batch["rows"] == benchmark.QUICK.batch_rows and batch["path_rows_per_s"] > 0
+    use_cases = results["use_cases"]
+    assert use_cases["modelling_s"] > 0 and use_cases["rows_10x"] == 10 * use_cases["rows_1x"]
+    assert math.isfinite(use_cases["peak_10x_vs_1x"])
+    met = {t["name"]: t["met"] for t in results["targets"]}
+    assert met["FastAPI: wrong answers"] and met["Flask: wrong answers"]
+    assert met["FastAPI: served p50 latency vs mlflow models serve"] is None  # not measured
+
+    markdown = (output / "results.md").read_text()
+    tables = _tables(markdown)
+    assert [table[0][0] for table in tables] == [
+        "served, single instance", "in process", "use cases", "target"]
+    for table in tables:
+        assert {len(row) for row in table} == {len(table[0])}, table[0][0]
+    assert tables[0][0][1:] == ["FastAPI", "Flask"]
+    assert len(tables[3]) == 2 + len(results["targets"])
