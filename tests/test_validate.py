@@ -240,3 +240,31 @@ def test_write_quarantine_writes_rows_with_reasons_even_when_empty(config: Confi
     assert written["customer_id"].tolist() == ["C000"]
     assert written[REASON_COLUMN].str.startswith("age:").all()
     assert pd.read_csv(empty).columns.tolist() == written.columns.tolist()
+
+
+@pytest.mark.parametrize("with_target", [True, False])
+def test_compiled_checks_report_exactly_what_pandera_reports(
+    config: Config, with_target: bool
+) -> None:
+    """The numpy-compiled schema is an optimisation of pandera, never a second opinion."""
+    from ml_project.validate import _coerce, _pandera_failures, _schema
+
+    rng = np.random.default_rng(11)
+    frame = pd.read_csv(config.resolve(config.data.historic), dtype={"customer_id": object})
+    frame = frame.head(600).astype({"age": object, "tenure_months": object}).copy()
+    faults: list[tuple[str, Any]] = [
+        ("tenure_months", -5), ("tenure_months", 500), ("age", "old"), ("age", None),
+        ("monthly_charges", math.inf), ("monthly_charges", -1.0), ("contract", "weekly"),
+        ("contract", None), ("payment_method", "cash"), ("region", 7), ("churned", 3),
+        ("churned", None), ("total_charges", None), ("data_usage_gb", -0.1),
+    ]
+    for row in rng.choice(len(frame), size=300, replace=False):
+        for column, value in [faults[i] for i in rng.choice(len(faults), size=2, replace=False)]:
+            frame.loc[row, column] = value
+    schema, compiled = _schema(config, with_target=with_target)
+    assert compiled is not None, "the shipped schema must compile"
+    coerced, _ = _coerce(frame, config, with_target=with_target)
+    compiled_failures = compiled.failures(coerced)
+    assert compiled_failures is not None
+    assert sorted(compiled_failures) == sorted(_pandera_failures(schema, coerced))
+    assert len(compiled_failures) > 300
