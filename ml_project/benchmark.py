@@ -31,7 +31,7 @@ import shlex
 import shutil
 import signal
 import socket
-import subprocess
+import subprocess  # starts the servers it measures, and lscpu  # nosec B404
 import sys
 import tempfile
 import time
@@ -153,8 +153,9 @@ def run_use_case(script: str, args: list[str], env: dict[str, str], log_file: Pa
     command = [sys.executable, str(PROJECT_ROOT / "use_cases" / script), *args]
     with log_file.open("ab") as log:
         started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(  # our own launcher command, no shell  # nosec B603
+            command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -361,8 +362,10 @@ def serving(spec: ServerSpec, probe_row: int, log_file: Path
     (launch to the first right answer), and always stops it."""
     with log_file.open("ab") as log:
         started = time.perf_counter()
-        process = subprocess.Popen(spec.command, cwd=PROJECT_ROOT, env=spec.env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(  # a server command built here, no shell  # nosec B603
+            spec.command, cwd=PROJECT_ROOT, env=spec.env, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
     try:
         asyncio.run(_first_right_answer(spec, probe_row, process, log_file))
         yield process, time.perf_counter() - started
@@ -780,7 +783,9 @@ def markdown(results: dict[str, Any]) -> str:
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        lscpu = subprocess.run(  # fixed argv, for the report header  # nosec B603 B607
+            ["lscpu"], capture_output=True, text=True, check=True
+        ).stdout
         cpu = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
                     if line.startswith("Model name:")), cpu)
     except (OSError, subprocess.CalledProcessError):
