@@ -90,7 +90,8 @@ def monitored(trained_project: Path, tmp_path: Path) -> Path:
         "tracking": {"tracking_uri": f"sqlite:///{blocked / 'mlflow.db'}"},  # unreachable
     }
     content = yaml.safe_load((trained_project / "project_config.yaml").read_text())
-    (tmp_path / "project_config.yaml").write_text(yaml.safe_dump(_merge(content, overrides)))
+    config_text = yaml.safe_dump(_merge(content, overrides), sort_keys=False)
+    (tmp_path / "project_config.yaml").write_text(config_text)
     return tmp_path
 
 
@@ -181,7 +182,7 @@ def test_missing_model_is_bad_input(monitored: Path, caplog: pytest.LogCaptureFi
     config_file = monitored / "project_config.yaml"
     content = yaml.safe_load(config_file.read_text())
     content["paths"]["model_artifacts"] = str(monitored / "no_models")
-    config_file.write_text(yaml.safe_dump(content))
+    config_file.write_text(yaml.safe_dump(content, sort_keys=False))
 
     assert run_monitoring(monitored) == EXIT_BAD_INPUT
     assert "run the modelling use case first" in caplog.text
