@@ -24,6 +24,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from ml_project.engineer import FeatureEngineer, FeatureStep
 
 BlockStep = Callable[[np.ndarray], np.ndarray]
+SMALL_BATCH = 32  # rows up to which per-value lookups beat vectorised ones
 
 
 class UnsupportedPipeline(ValueError):
@@ -73,12 +74,21 @@ def _one_hot(encoder: OneHotEncoder) -> BlockStep:
         raise UnsupportedPipeline("OneHotEncoder with infrequent categories")
     if encoder.sparse_output:
         raise UnsupportedPipeline("OneHotEncoder with sparse output")
-    # Hash lookups over whole columns (pandas' Index), one vectorised pass per column.
+    # Batches: one vectorised hash lookup per column (pandas' Index). A few rows: plain dicts,
+    # since get_indexer's fixed cost (~50 us a column) would be most of a request.
     lookups = [pd.Index(categories, dtype=object) for categories in encoder.categories_]
+    positions = [{value: i for i, value in enumerate(c)} for c in encoder.categories_]
     offsets = np.cumsum([0] + [len(c) for c in encoder.categories_])
 
     def encode(block: np.ndarray) -> np.ndarray:
         encoded = np.zeros((block.shape[0], offsets[-1]), dtype=np.float64)
+        if block.shape[0] <= SMALL_BATCH:
+            for j, position in enumerate(positions):
+                for row, value in enumerate(block[:, j]):
+                    i = position.get(value)  # unknown categories encode as all zeros, as in sklearn
+                    if i is not None:
+                        encoded[row, offsets[j] + i] = 1.0
+            return encoded
         for j, lookup in enumerate(lookups):
             index = lookup.get_indexer(block[:, j])
             known = index >= 0  # unknown categories (-1) encode as all zeros, as in sklearn

@@ -227,3 +227,17 @@ def test_regression_predictions_have_no_probabilities(tmp_path: Path) -> None:
     result = service.predict_instance(_record(raw[service.features].iloc[0]))
     assert result.probabilities is None and result.model_version == "7"
     assert math.isclose(result.prediction, float(pipeline.predict(raw[service.features].iloc[[0]])[0]))
+
+
+@pytest.mark.parametrize("rows", [1, 5, 200])  # per-value lookups for a few rows, vectorised beyond
+def test_fast_path_preprocessing_equals_the_pipeline_including_unknown_categories(
+    service: PredictionService, raw: pd.DataFrame, rows: int
+) -> None:
+    assert service.fast_path is not None
+    features = raw[service.features].head(rows).copy()
+    features.iloc[0, features.columns.get_loc("contract")] = "never-seen"
+    columns = {name: features[name].to_numpy(dtype=dtype)
+               for name, dtype in zip(service.features, service._dtypes)}
+    np.testing.assert_array_equal(
+        service.fast_path.preprocess(columns), service.pipeline[:-1].transform(features)
+    )
