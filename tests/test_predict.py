@@ -234,8 +234,8 @@ def test_fast_path_preprocessing_equals_the_pipeline_including_unknown_categorie
     service: PredictionService, raw: pd.DataFrame, rows: int
 ) -> None:
     assert service.fast_path is not None
-    features = raw[service.features].head(rows).copy()
-    features.iloc[0, features.columns.get_loc("contract")] = "never-seen"
+    features = raw[service.features].head(rows).reset_index(drop=True)
+    features.loc[0, "contract"] = "never-seen"
     columns = {name: features[name].to_numpy(dtype=dtype)
                for name, dtype in zip(service.features, service._dtypes)}
     np.testing.assert_array_equal(
