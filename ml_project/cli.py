@@ -11,8 +11,9 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any, Mapping
 
-from ml_project.config import Config
+from ml_project.config import Config, ConfigError, DataMode, Location, RunMode, load_config
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -29,6 +30,24 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return parser
+
+
+def start_run(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    run_mode: RunMode,
+    data_mode: DataMode,
+    location: Location,
+    run_name: str,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[Config, Path]:
+    """The Config for this run (exit 2 naming the bad key if it is invalid) and its log file."""
+    try:
+        config = load_config(run_mode, data_mode, location, config_file=args.config,
+                             root=args.root, overrides=overrides)
+    except ConfigError as err:
+        parser.exit(2, f"error: {err}\n")
+    return config, configure_logging(config, run_name, verbose=args.verbose)
 
 
 def add_stream_options(parser: argparse.ArgumentParser) -> None:

@@ -15,8 +15,7 @@ import logging
 import os
 import signal
 
-from ml_project.cli import base_parser, configure_logging
-from ml_project.config import ConfigError, load_config
+from ml_project.cli import base_parser, start_run
 from ml_project.endpoints import API_KEY_ENV
 from ml_project.export import ArtifactError
 from ml_project.predict import PredictionService
@@ -37,12 +36,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"interface to bind (default: $HOST, else {DEFAULT_HOST})")
     args = parser.parse_args(argv)
     host = args.host or os.environ.get("HOST") or DEFAULT_HOST
-    try:
-        config = load_config("prediction", "production", "local", config_file=args.config,
-                             root=args.root)
-    except ConfigError as err:
-        parser.exit(2, f"error: {err}\n")
-    configure_logging(config, f"serving_{args.framework}", verbose=args.verbose)
+    config, _ = start_run(
+        parser, args, "prediction", "production", "local", f"serving_{args.framework}"
+    )
     try:
         service = PredictionService.from_config(config)
     except ArtifactError as err:

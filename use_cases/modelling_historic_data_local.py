@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ml_project.cli import base_parser, configure_logging
-from ml_project.config import Config, ConfigError, load_config
+from ml_project.cli import base_parser, start_run
+from ml_project.config import Config
 from ml_project.export import export_pipeline, git_commit, hash_frame, library_versions
 from ml_project.ingest import load_historic_data, read_table
 from ml_project.schemas import field_rules
@@ -46,11 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         help="CSV/Parquet of labelled production rows appended to the historic data",
     )
     args = parser.parse_args(argv)
-    try:
-        config = load_config("modelling", "historic", "local", config_file=args.config, root=args.root)
-    except ConfigError as err:
-        parser.exit(2, f"error: {err}\n")
-    log_file = configure_logging(config, "modelling", verbose=args.verbose)
+    config, log_file = start_run(parser, args, "modelling", "historic", "local", "modelling")
     started = time.perf_counter()
     try:
         connect(config)  # an unreachable store fails now, not after minutes of training

@@ -33,8 +33,8 @@ from typing import Any
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from ml_project.cli import base_parser, configure_logging
-from ml_project.config import Config, ConfigError, load_config
+from ml_project.cli import base_parser, start_run
+from ml_project.config import Config
 from ml_project.export import ArtifactError, read_metadata
 from ml_project.monitor import (
     DriftSummary,
@@ -111,12 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="on drift or a performance drop, retrain on historic plus labelled "
                              "production data; the promotion rule decides the champion")
     args = parser.parse_args(argv)
-    try:
-        config = load_config("prediction", "production", "local", config_file=args.config,
-                             root=args.root)
-    except ConfigError as err:
-        parser.exit(EXIT_BAD_INPUT, f"error: {err}\n")
-    configure_logging(config, "monitoring", verbose=args.verbose)
+    config, _ = start_run(parser, args, "prediction", "production", "local", "monitoring")
     started = time.perf_counter()
     time_range = args.since is not None or args.until is not None
     last = args.last or (None if time_range else config.monitoring.window_records)

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ml_project.cli import base_parser, configure_logging
-from ml_project.config import ConfigError, load_config
+from ml_project.cli import base_parser, start_run
 from ml_project.export import ArtifactError
 from ml_project.ingest import count_rows, read_in_chunks
 from ml_project.metrics import score_predictions
@@ -36,12 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="rows per chunk (default: prediction.chunk_size)")
     args = parser.parse_args(argv)
     overrides = {"prediction": {"chunk_size": args.chunk_size}} if args.chunk_size else {}
-    try:
-        config = load_config("prediction", "historic", "local", config_file=args.config,
-                             root=args.root, overrides=overrides)
-    except ConfigError as err:
-        parser.exit(2, f"error: {err}\n")
-    configure_logging(config, "predicting_historic", verbose=args.verbose)
+    config, _ = start_run(parser, args, "prediction", "historic", "local", "predicting_historic",
+                          overrides=overrides)
     source = args.input.resolve() if args.input else Path(config.resolve(config.data.historic))
     try:
         service = PredictionService.from_config(config)

@@ -15,9 +15,8 @@ import logging
 from contextlib import closing
 from pathlib import Path
 
-from ml_project.cli import add_stream_options, base_parser, configure_logging
+from ml_project.cli import add_stream_options, base_parser, start_run
 from ml_project.client import PredictionClient, format_latencies
-from ml_project.config import ConfigError, load_config
 from ml_project.ingest import stream_production_instances
 
 logger = logging.getLogger("predicting_production_deployed")
@@ -32,12 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-timeout", type=float, default=60.0,
                         help="seconds to wait for the server's /ready (default: %(default)s)")
     args = parser.parse_args(argv)
-    try:
-        config = load_config("prediction", "production", "deployed", config_file=args.config,
-                             root=args.root)
-    except ConfigError as err:
-        parser.exit(2, f"error: {err}\n")
-    configure_logging(config, "predicting_production_deployed", verbose=args.verbose)
+    config, _ = start_run(
+        parser, args, "prediction", "production", "deployed", "predicting_production_deployed"
+    )
     source = args.input.resolve() if args.input else Path(config.resolve(config.data.production))
 
     with closing(PredictionClient.from_config(config, backoff_seconds=args.backoff)) as client:

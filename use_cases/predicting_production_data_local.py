@@ -13,8 +13,7 @@ import logging
 import statistics
 from pathlib import Path
 
-from ml_project.cli import add_stream_options, base_parser, configure_logging
-from ml_project.config import ConfigError, load_config
+from ml_project.cli import add_stream_options, base_parser, start_run
 from ml_project.export import ArtifactError
 from ml_project.ingest import stream_production_instances
 from ml_project.predict import PredictionService
@@ -27,12 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     add_stream_options(parser)
     args = parser.parse_args(argv)
-    try:
-        config = load_config("prediction", "production", "local", config_file=args.config,
-                             root=args.root)
-    except ConfigError as err:
-        parser.exit(2, f"error: {err}\n")
-    configure_logging(config, "predicting_production", verbose=args.verbose)
+    config, _ = start_run(
+        parser, args, "prediction", "production", "local", "predicting_production"
+    )
     source = args.input.resolve() if args.input else Path(config.resolve(config.data.production))
     try:
         service = PredictionService.from_config(config)

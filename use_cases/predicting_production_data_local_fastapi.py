@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit
 
-from ml_project.cli import add_stream_options, base_parser, configure_logging
+from ml_project.cli import add_stream_options, base_parser, start_run
 from ml_project.client import Answer, PredictionClient, format_latencies
-from ml_project.config import Config, ConfigError, load_config
+from ml_project.config import Config
 from ml_project.export import ArtifactError
 from ml_project.ingest import stream_production_instances
 from ml_project.predict import PredictionService
@@ -46,12 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--startup-timeout", type=float, default=60.0,
                         help="seconds to wait for the service's /ready (default: %(default)s)")
     args = parser.parse_args(argv)
-    try:
-        config = load_config("prediction", "production", "local", config_file=args.config,
-                             root=args.root)
-    except ConfigError as err:
-        parser.exit(2, f"error: {err}\n")
-    configure_logging(config, "predicting_production_fastapi", verbose=args.verbose)
+    config, _ = start_run(
+        parser, args, "prediction", "production", "local", "predicting_production_fastapi"
+    )
     source = args.input.resolve() if args.input else Path(config.resolve(config.data.production))
     try:
         reference = PredictionService.from_config(config)  # what every answer must equal
