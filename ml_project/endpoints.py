@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 from pydantic import BaseModel
 
 from ml_project.predict import Prediction, PredictionService
-from ml_project.prediction_log import LogRecord, PredictionLog, new_request_id
+from ml_project.prediction_log import PredictionLog, log_record, new_request_id
 from ml_project.schemas import InvalidInstance
 
 logger = logging.getLogger(__name__)
@@ -143,11 +143,6 @@ def parse_batch(value: Any, max_batch_size: int) -> list[Mapping[str, Any]]:
         raise Rejection(422, "every instance must be a JSON object of production fields",
                         not_objects)
     return instances
-
-
-def _instance_id(record: Mapping[str, Any], service: PredictionService | None) -> str | None:
-    value = record.get(service.config.columns.id) if service else None
-    return None if value is None else str(value)
 
 
 class PredictionEndpoints:
@@ -297,23 +292,15 @@ class PredictionEndpoints:
         """One log record per instance, all under the request's id (never the API key)."""
         if self.log is None:
             return
-        service = self.service
         latency_ms = (time.perf_counter() - started) * 1000
-        entries = []
-        for i, record in enumerate(records):
-            prediction = predictions[i] if predictions else None
-            entries.append(LogRecord(
-                request_id=request_id,
-                source=LOG_SOURCE,
-                input=record,
-                model_version=service.model_version if service else None,
-                prediction=prediction.prediction if prediction else None,
-                probabilities=prediction.probabilities if prediction else None,
-                latency_ms=latency_ms,
+        self.log.append([
+            log_record(
+                self.service, record, request_id=request_id, source=LOG_SOURCE,
+                latency_ms=latency_ms, prediction=predictions[i] if predictions else None,
                 error=errors[i] if errors else None,
-                instance_id=_instance_id(record, service),
-            ))
-        self.log.append(entries)
+            )
+            for i, record in enumerate(records)
+        ])
 
 
 def _fields(prediction: Prediction) -> dict[str, Any]:

@@ -184,6 +184,31 @@ class PredictionLog:
         self.engine.dispose()
 
 
+def log_record(
+    service: PredictionService | None,
+    record: Mapping[str, Any],
+    *,
+    request_id: str,
+    source: str,
+    latency_ms: float,
+    prediction: Prediction | None = None,
+    error: str | None = None,
+) -> LogRecord:
+    """The log entry of one instance and its outcome: every entry point builds it here."""
+    instance_id = record.get(service.config.columns.id) if service else None
+    return LogRecord(
+        request_id=request_id,
+        source=source,
+        input=record,
+        model_version=service.model_version if service else None,
+        prediction=prediction.prediction if prediction else None,
+        probabilities=prediction.probabilities if prediction else None,
+        latency_ms=latency_ms,
+        error=error,
+        instance_id=None if instance_id is None else str(instance_id),
+    )
+
+
 def predict_and_log(
     service: PredictionService, log: PredictionLog, record: Mapping[str, Any], *, source: str
 ) -> tuple[Prediction | None, LogRecord]:
@@ -199,21 +224,9 @@ def predict_and_log(
         prediction = service.predict_instance(record)
     except InvalidInstance as err:
         error = str(err)
-    entry = LogRecord(
-        request_id=new_request_id(),
-        source=source,
-        input=record,
-        model_version=service.model_version,
-        prediction=prediction.prediction if prediction else None,
-        probabilities=prediction.probabilities if prediction else None,
-        latency_ms=(time.perf_counter() - started) * 1000,
-        error=error,
-        instance_id=_instance_id(record, service),
+    entry = log_record(
+        service, record, request_id=new_request_id(), source=source,
+        latency_ms=(time.perf_counter() - started) * 1000, prediction=prediction, error=error,
     )
     log.append([entry])
     return prediction, entry
-
-
-def _instance_id(record: Mapping[str, Any], service: PredictionService) -> str | None:
-    value = record.get(service.config.columns.id)
-    return None if value is None else str(value)
