@@ -1,4 +1,4 @@
-"""A fast path for requests, compiled from the fitted Pipeline's own parameters.
+"""A fast path for requests and batches, compiled from the fitted Pipeline's own parameters.
 
 scikit-learn's ColumnTransformer re-checks its input on every call: for one row that costs
 several times the model itself. `FastPipeline` reads the fitted statistics of the same
@@ -12,7 +12,7 @@ the very same `FeatureStep` functions. The result is identical to `Pipeline.pred
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,10 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from ml_project.engineer import FeatureEngineer, FeatureStep
 
+Column = Union[np.ndarray, pd.Categorical]  # a categorical feature may come as a Categorical
+# A step of a block may change the array it is given: each block's array is made for it.
 BlockStep = Callable[[np.ndarray], np.ndarray]
+BlockTransform = Callable[[Sequence[Column]], np.ndarray]  # a block's columns -> its output
 SMALL_BATCH = 32  # rows up to which per-value lookups beat vectorised ones
 
 
@@ -40,7 +43,8 @@ def _impute(imputer: SimpleImputer) -> BlockStep:
             raise UnsupportedPipeline("SimpleImputer that dropped an all-missing column")
 
         def impute_numbers(block: np.ndarray) -> np.ndarray:
-            return np.where(np.isnan(block), fill, block)
+            np.copyto(block, fill, where=np.isnan(block))  # in place: see BlockStep
+            return block
 
         return impute_numbers
 
@@ -55,7 +59,7 @@ def _scale(scaler: StandardScaler) -> BlockStep:
     scale = scaler.scale_ if scaler.with_std else None
 
     def standardise(block: np.ndarray) -> np.ndarray:
-        block = block.astype(np.float64, copy=True)
+        block = block.astype(np.float64, copy=False)  # in place: see BlockStep
         if mean is not None:
             block -= mean
         if scale is not None:
@@ -65,7 +69,7 @@ def _scale(scaler: StandardScaler) -> BlockStep:
     return standardise
 
 
-def _one_hot(encoder: OneHotEncoder) -> BlockStep:
+def _check_encoder(encoder: OneHotEncoder) -> None:
     if encoder.drop_idx_ is not None or encoder.handle_unknown != "ignore":
         raise UnsupportedPipeline("OneHotEncoder with drop or handle_unknown other than 'ignore'")
     if getattr(encoder, "infrequent_categories_", None) is not None and any(
@@ -74,28 +78,63 @@ def _one_hot(encoder: OneHotEncoder) -> BlockStep:
         raise UnsupportedPipeline("OneHotEncoder with infrequent categories")
     if encoder.sparse_output:
         raise UnsupportedPipeline("OneHotEncoder with sparse output")
-    # Batches: one vectorised hash lookup per column (pandas' Index). A few rows: plain dicts,
-    # since get_indexer's fixed cost (~50 us a column) would be most of a request.
-    lookups = [pd.Index(categories, dtype=object) for categories in encoder.categories_]
-    positions = [{value: i for i, value in enumerate(c)} for c in encoder.categories_]
-    offsets = np.cumsum([0] + [len(c) for c in encoder.categories_])
 
-    def encode(block: np.ndarray) -> np.ndarray:
-        encoded = np.zeros((block.shape[0], offsets[-1]), dtype=np.float64)
-        if block.shape[0] <= SMALL_BATCH:
-            for j, position in enumerate(positions):
-                for row, value in enumerate(block[:, j]):
-                    i = position.get(value)  # unknown categories encode as all zeros, as in sklearn
-                    if i is not None:
-                        encoded[row, offsets[j] + i] = 1.0
-            return encoded
-        for j, lookup in enumerate(lookups):
-            index = lookup.get_indexer(block[:, j])
-            known = index >= 0  # unknown categories (-1) encode as all zeros, as in sklearn
-            encoded[np.flatnonzero(known), offsets[j] + index[known]] = 1.0
+
+class _OneHotColumns:
+    """Impute (when an imputer precedes the encoder) and one-hot encode, column by column.
+
+    Each value's category is looked up once. A pandas Categorical (a validated frame's column)
+    needs no lookup per row: its few categories are looked up and its codes index the result.
+    Plain values take one vectorised hash lookup per column, or plain dicts for a few rows,
+    where get_indexer's fixed cost (~50 us a column) would be most of a request. A value found
+    nowhere is imputed if missing, else unknown: all zeros, as handle_unknown='ignore' does.
+    """
+
+    def __init__(self, imputer: SimpleImputer | None, encoder: OneHotEncoder) -> None:
+        _check_encoder(encoder)
+        self.lookups = [pd.Index(categories, dtype=object) for categories in encoder.categories_]
+        self.positions = [{value: i for i, value in enumerate(c)} for c in encoder.categories_]
+        self.offsets = np.cumsum([0] + [len(c) for c in encoder.categories_])
+        fills = [np.nan] * len(self.lookups) if imputer is None else list(imputer.statistics_)
+        # Where a missing value lands: its imputed value's category or, with no imputer, the
+        # category the encoder learnt for NaN, if any; -1 is nowhere (all zeros).
+        self.missing = [int(lookup.get_indexer([fill])[0]) for lookup, fill in
+                        zip(self.lookups, fills)]
+
+    def _found(self, j: int, column: Column) -> np.ndarray:
+        """Each row's category position in column j (-1: none)."""
+        if isinstance(column, pd.Categorical):
+            table = np.append(self.lookups[j].get_indexer(column.categories), self.missing[j])
+            found: np.ndarray = table[column.codes]  # code -1 (missing) takes the last entry
+            return found
+        values = np.asarray(column, dtype=object)
+        found = self.lookups[j].get_indexer(values)
+        unmatched = np.flatnonzero(found < 0)
+        found[unmatched[pd.isna(values[unmatched])]] = self.missing[j]
+        return found
+
+    def __call__(self, columns: Sequence[Column]) -> np.ndarray:
+        rows = len(columns[0])
+        encoded = np.zeros((rows, self.offsets[-1]), dtype=np.float64)
+        for j, column in enumerate(columns):
+            if rows <= SMALL_BATCH and not isinstance(column, pd.Categorical):
+                for row, value in enumerate(column):
+                    i = self.positions[j].get(value)
+                    if i is None:
+                        i = self.missing[j] if pd.isna(value) else -1
+                    if i >= 0:
+                        encoded[row, self.offsets[j] + i] = 1.0
+                continue
+            found = self._found(j, column)
+            known = np.flatnonzero(found >= 0)
+            encoded[known, self.offsets[j] + found[known]] = 1.0
         return encoded
 
-    return encode
+
+def _one_hot(encoder: OneHotEncoder) -> BlockStep:
+    """The encoder as a step of a block (after numeric steps, say)."""
+    encode = _OneHotColumns(None, encoder)
+    return lambda block: encode([block[:, j] for j in range(block.shape[1])])
 
 
 def _compile_transformer(transformer: Any) -> list[BlockStep]:
@@ -113,11 +152,41 @@ def _compile_transformer(transformer: Any) -> list[BlockStep]:
     return compiled
 
 
+def _chain(steps: list[BlockStep], numeric: bool) -> BlockTransform:
+    """A block's steps applied in turn to its columns stacked as one array."""
+
+    def transform(columns: Sequence[Column]) -> np.ndarray:
+        values = np.column_stack([np.asarray(column) for column in columns])  # a new array
+        values = values.astype(np.float64 if numeric else object, copy=False)
+        for step in steps:
+            values = step(values)
+        return values
+
+    return transform
+
+
+def _compile_block(transformer: Any) -> BlockTransform:
+    """One ColumnTransformer entry; [imputer of text,] one-hot encoder: fused, column by column."""
+    steps = [step for _, step in transformer.steps] if isinstance(transformer, Pipeline) else [
+        transformer]
+    if isinstance(steps[-1], OneHotEncoder) and len(steps) <= 2:
+        imputer = steps[0] if len(steps) == 2 else None
+        if imputer is None or (
+            isinstance(imputer, SimpleImputer) and imputer.statistics_.dtype.kind == "O"
+            and not imputer.add_indicator and pd.isna(imputer.missing_values)
+        ):
+            return _OneHotColumns(imputer, steps[-1])
+    first = steps[0]
+    numeric = not isinstance(first, OneHotEncoder) and not (
+        isinstance(first, SimpleImputer) and first.statistics_.dtype.kind == "O"
+    )
+    return _chain(_compile_transformer(transformer), numeric)
+
+
 @dataclass(frozen=True)
 class _Block:
     columns: list[str]
-    numeric: bool
-    steps: list[BlockStep]
+    transform: BlockTransform
 
 
 class FastPipeline:
@@ -136,32 +205,27 @@ class FastPipeline:
                 continue
             if transformer == "passthrough" or isinstance(transformer, str):
                 raise UnsupportedPipeline(f"ColumnTransformer entry {name!r} = {transformer!r}")
-            first = transformer.steps[0][1] if isinstance(transformer, Pipeline) else transformer
-            numeric = not isinstance(first, OneHotEncoder) and not (
-                isinstance(first, SimpleImputer) and first.statistics_.dtype.kind == "O"
-            )
-            self.blocks.append(_Block(list(columns), numeric, _compile_transformer(transformer)))
+            self.blocks.append(_Block(list(columns), _compile_block(transformer)))
         self.model = pipeline[-1]
 
-    def preprocess(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Engineered and preprocessed features: the array the model was trained on."""
+    def preprocess(self, columns: Mapping[str, Column]) -> np.ndarray:
+        """Engineered and preprocessed features: the array the model was trained on.
+
+        `columns` holds numpy arrays or, for categorical features, pandas Categoricals.
+        """
         engineered = dict(columns)
-        for feature_step in self.feature_steps:
-            engineered.update(feature_step(engineered))
-        parts = []
-        for block in self.blocks:
-            values = np.column_stack([engineered[c] for c in block.columns])
-            values = values.astype(np.float64) if block.numeric else values.astype(object)
-            for block_step in block.steps:
-                values = block_step(values)
-            parts.append(values)
+        for feature_step in self.feature_steps:  # steps work on numpy arrays
+            inputs = {name: np.asarray(values) for name, values in engineered.items()
+                      if name in feature_step.inputs}
+            engineered.update(feature_step(inputs))
+        parts = [block.transform([engineered[c] for c in block.columns]) for block in self.blocks]
         return np.hstack(parts) if len(parts) > 1 else parts[0]
 
-    def predict_proba(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    def predict_proba(self, columns: Mapping[str, Column]) -> np.ndarray:
         probabilities: np.ndarray = self.model.predict_proba(self.preprocess(columns))
         return probabilities
 
-    def predict(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    def predict(self, columns: Mapping[str, Column]) -> np.ndarray:
         predictions: np.ndarray = self.model.predict(self.preprocess(columns))
         return predictions
 

@@ -325,10 +325,12 @@ def _prediction_columns(reference: pd.DataFrame, config: Config) -> tuple[list[s
 
 def _drift_dataset(frame: pd.DataFrame, columns: list[str], definition: DataDefinition,
                    categorical: Sequence[str]) -> Dataset:
-    """Categorical columns as text, so an integer label logged as JSON matches a scored one."""
+    """Categorical columns as text, so an integer label logged as JSON matches a scored one
+    (and a validated frame's Categorical matches the log's plain text)."""
     data = frame.reindex(columns=columns)
-    as_text = {name: data[name].where(data[name].isna(), data[name].astype(str))
-               for name in categorical}
+    values = {name: data[name].astype(object) for name in categorical}
+    as_text = {name: column.where(column.isna(), column.astype(str))
+               for name, column in values.items()}
     return Dataset.from_pandas(data.assign(**as_text), data_definition=definition)
 
 

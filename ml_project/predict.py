@@ -41,6 +41,15 @@ def _native(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _typed(column: pd.Series, dtype: type) -> np.ndarray | pd.Categorical:
+    """A frame's column for the model: a validated categorical stays a Categorical (the fast
+    path encodes its codes), anything else becomes a numpy array of `dtype`."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        categorical: pd.Categorical = column.array
+        return categorical
+    return column.to_numpy(dtype=dtype)
+
+
 class PredictionService:
     """A fitted Pipeline plus the rules its input must satisfy; create once, call many times."""
 
@@ -91,7 +100,7 @@ class PredictionService:
             for name, dtype, values in zip(self.features, self._dtypes, zip(*rows))
         }
 
-    def _score(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    def _score(self, columns: Mapping[str, np.ndarray | pd.Categorical]) -> tuple[np.ndarray, np.ndarray | None]:
         """Predictions and class probabilities (None for regression) for typed columns."""
         if self.fast_path is not None:
             if not self.is_classification:
@@ -141,9 +150,7 @@ class PredictionService:
         Returns the id column, the prediction, one probability column per class
         (classification) and the model version, in the input's row order.
         """
-        columns = {
-            name: raw[name].to_numpy(dtype=dtype) for name, dtype in zip(self.features, self._dtypes)
-        }
+        columns = {name: _typed(raw[name], dtype) for name, dtype in zip(self.features, self._dtypes)}
         predicted, probabilities = self._score(columns)
         result = pd.DataFrame({self.config.columns.id: raw[self.config.columns.id].to_numpy()})
         result[PREDICTION_COLUMN] = predicted

@@ -9,6 +9,11 @@ categories, finiteness) run as numpy operations over whole columns, giving the s
 `schema.validate` at a tenth of the cost per chunk (pandera runs every check through its backend
 and assembles a report even for valid data). A schema holding anything the compiler does not
 know, or a frame whose dtypes differ from the schema's, is validated by pandera itself.
+
+Valid rows come back typed: numbers as float64, the timestamp as datetime64, and each
+categorical feature as a pandas Categorical of exactly its allowed categories, so a validated
+frame cannot hold an unknown category, takes a byte per value, and hands the prediction core
+ready-made category codes (the lookup that checked a value is the one that encodes it).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
 from ml_project.config import Config
+from ml_project.ingest import parse_numbers
 from ml_project.schemas import field_rules
 
 logger = logging.getLogger(__name__)
@@ -91,22 +97,17 @@ def _at_most(max_value: float) -> ColumnTest:
     return lambda values: values <= max_value
 
 
-def _one_of(allowed_values: list[Any]) -> ColumnTest:
-    allowed = pd.Index(allowed_values)  # its hash table is built once, on first use
-    return lambda values: allowed.get_indexer(values) >= 0
-
-
 def _finite() -> ColumnTest:
     return _is_finite
 
 
 # The checks our schemas use, by pandera's name, built from the check's statistics as numpy
 # operations over a whole column. What a test says about a missing value is ignored: that is
-# the nullable rule's business (pandera's ignore_na).
+# the nullable rule's business (pandera's ignore_na). `isin` is compiled apart (`_allowed`):
+# its lookup also gives each value's category code.
 VECTORISED_CHECKS: dict[str, Callable[..., ColumnTest]] = {
     "greater_than_or_equal_to": _at_least,
     "less_than_or_equal_to": _at_most,
-    "isin": _one_of,
     "finite": _finite,
 }
 
@@ -121,6 +122,7 @@ class _CompiledColumn:
     dtype: str | None
     nullable: bool
     checks: tuple[tuple[str, ColumnTest], ...]  # (pandera's name for the check, its test)
+    allowed: tuple[str, pd.Index] | None  # an isin check: (its name, the allowed values)
 
 
 def _compile_check(check: pa.Check) -> tuple[str, ColumnTest]:
@@ -129,6 +131,29 @@ def _compile_check(check: pa.Check) -> tuple[str, ColumnTest]:
     ):
         raise UnsupportedSchema(f"check {check.name!r}")
     return check.error or check.name, VECTORISED_CHECKS[check.name](**(check.statistics or {}))
+
+
+def _allowed(check: pa.Check) -> tuple[str, pd.Index]:
+    """An isin check as the sorted index of its values: position in it = category code."""
+    if check.element_wise or not check.ignore_na or check.groupby is not None:
+        raise UnsupportedSchema(f"check {check.name!r}")
+    values = list(dict.fromkeys((check.statistics or {})["allowed_values"]))
+    if any(pd.isna(value) for value in values):
+        raise UnsupportedSchema("isin allowing a missing value")  # would hide a null
+    try:
+        values = sorted(values)
+    except TypeError:  # values of mixed types keep their given order
+        pass
+    return str(check.error or check.name), pd.Index(values)
+
+
+@dataclass(frozen=True)
+class CheckedFrame:
+    """What a compiled schema found: the failures and, per isin column, each value's position
+    among the allowed values (-1 for a missing or failing value)."""
+
+    failures: list[Failure]
+    codes: dict[str, np.ndarray]
 
 
 class CompiledSchema:
@@ -143,29 +168,42 @@ class CompiledSchema:
             if column.regex or column.unique or column.coerce:
                 raise UnsupportedSchema(f"column {name!r} with regex, unique or coerce")
             dtype = None if column.dtype is None else str(column.dtype)
-            checks = tuple(_compile_check(check) for check in column.checks)
-            self.columns.append(_CompiledColumn(name, dtype, column.nullable, checks))
+            isin = [check for check in column.checks if check.name == "isin"]
+            if len(isin) > 1 or (isin and column.checks[-1] is not isin[0]):
+                raise UnsupportedSchema(f"column {name!r}: isin must be its last check")
+            checks = tuple(_compile_check(check) for check in column.checks if check.name != "isin")
+            allowed = _allowed(isin[0]) if isin else None
+            self.columns.append(_CompiledColumn(name, dtype, column.nullable, checks, allowed))
 
-    def failures(self, frame: pd.DataFrame) -> list[Failure] | None:
+    def check(self, frame: pd.DataFrame) -> CheckedFrame | None:
         """Every failing value with its reason; None if a dtype differs (pandera reports it)."""
         found: list[Failure] = []
+        codes: dict[str, np.ndarray] = {}
         for column in self.columns:
             series = frame[column.name]
             if column.dtype is not None and str(series.dtype) != column.dtype:
                 return None
             values = series.to_numpy()
-            missing = pd.isna(values)
+            if column.allowed is None:
+                missing = pd.isna(values)
+            else:  # a value found among the allowed ones is not missing: test only the others
+                code = codes[column.name] = column.allowed[1].get_indexer(pd.Index(values))
+                unmatched = np.flatnonzero(code < 0)
+                missing = np.zeros(len(values), dtype=bool)
+                missing[unmatched] = pd.isna(values[unmatched])
             if not column.nullable and missing.any():
                 # pandera shows a missing number or timestamp as nan, a missing object as is
                 shown = values[missing].tolist() if values.dtype == object else (
                     [float("nan")] * int(missing.sum()))
                 found += _reasons(column.name, "not_nullable", frame.index[missing], shown)
-            for error, passes in column.checks:
-                failed = ~passes(values) & ~missing
+            failing = [(error, ~passes(values) & ~missing) for error, passes in column.checks]
+            if column.allowed is not None:
+                failing.append((column.allowed[0], (codes[column.name] < 0) & ~missing))
+            for error, failed in failing:
                 if failed.any():
                     found += _reasons(column.name, error, frame.index[failed],
                                       values[failed].tolist())
-        return found
+        return CheckedFrame(found, codes)
 
 
 def _reasons(column: str, check: str, index: pd.Index, values: list[Any]) -> list[Failure]:
@@ -214,38 +252,57 @@ def _pandera_failures(schema: pa.DataFrameSchema, coerced: pd.DataFrame) -> list
     return []
 
 
+def _unparsed(received: pd.Series, parsed: np.ndarray, message: str,
+              reasons: dict[int, list[str]]) -> None:
+    """Add `message` for each value present in `received` but missing after parsing."""
+    values = received.to_numpy()
+    empty = np.flatnonzero(pd.isna(parsed))  # few, usually: look only at those
+    for position in empty[pd.notna(values[empty])]:
+        reasons.setdefault(int(position), []).append(message.format(values[position]))
+
+
+def _shallow(frame: pd.DataFrame) -> pd.DataFrame:
+    """A new frame over the same column data with the index 0..n-1: no data copied, and the
+    caller's frame is never changed (columns are replaced in the new frame only)."""
+    result = frame.copy(deep=False)
+    result.index = pd.RangeIndex(len(result))
+    return result
+
+
 def _coerce(production: pd.DataFrame, config: Config, *, with_target: bool) -> tuple[
     pd.DataFrame, dict[int, list[str]]
 ]:
-    """Parse numbers and timestamps; a value that does not parse is a reason, not a crash."""
+    """Parse numbers and timestamps; a value that does not parse is a reason, not a crash.
+
+    Rows are keyed by position: `production` must have the index 0..n-1.
+    """
     numerical = list(config.columns.numerical)
     if with_target and not config.is_classification:
         numerical.append(config.columns.target)
     reasons: dict[int, list[str]] = {}
-    converted: dict[str, pd.Series] = {}
+    coerced = _shallow(production)
     for column in numerical:
         received = production[column]
         if pd.api.types.is_numeric_dtype(received):  # nothing to parse, nothing can fail
-            converted[column] = received.astype(float)
+            coerced[column] = received.to_numpy(dtype=float, na_value=np.nan)
             continue
-        parsed = pd.to_numeric(received, errors="coerce").astype(float)
-        converted[column] = parsed
-        for index in production.index[received.notna() & parsed.isna()]:
-            value = production.at[index, column]
-            reasons.setdefault(index, []).append(f"{column}: must be a number, got {value!r}")
+        coerced[column] = parsed = parse_numbers(received.to_numpy(dtype=object))
+        _unparsed(received, parsed, f"{column}: must be a number, got {{!r}}", reasons)
     timestamp = config.columns.timestamp
     if timestamp:
         # utc=True: offsets that differ between rows (daylight saving) become one naive UTC scale
         moments = pd.to_datetime(production[timestamp], errors="coerce", format="ISO8601", utc=True)
-        converted[timestamp] = moments.dt.tz_localize(None)
-        for index in production.index[production[timestamp].notna() & moments.isna()]:
-            value = production.at[index, timestamp]
-            reasons.setdefault(index, []).append(f"{timestamp}: not a timestamp: {value!r}")
-    for column in config.columns.categorical:
-        text = production[column].to_numpy(dtype=object, copy=True)
-        text[pd.isna(text)] = float("nan")  # None (JSON, SQL, Parquet) and NaN alike
-        converted[column] = pd.Series(text, index=production.index)
-    return production.assign(**converted), reasons
+        coerced[timestamp] = moments.dt.tz_localize(None).to_numpy()
+        _unparsed(production[timestamp], coerced[timestamp].to_numpy(),
+                  f"{timestamp}: not a timestamp: {{!r}}", reasons)
+    return coerced, reasons
+
+
+def _categorical(values: Any, codes: np.ndarray | None, categories: list[str]) -> Any:
+    """Valid values of a categorical feature as a Categorical of exactly its categories."""
+    if codes is not None:  # positions among the sorted allowed values, -1 for missing
+        return pd.Categorical.from_codes(codes, categories=pd.Index(categories))
+    return pd.Categorical(values, categories=categories)
 
 
 def validate_production_data(
@@ -255,6 +312,9 @@ def validate_production_data(
 
     Args:
         with_target: validate as raw modelling data (the target must be present and valid).
+    Returns:
+        The valid rows, typed (categorical features as Categoricals of their categories), and
+        the invalid rows as received, with their reasons; both with the index 0..n-1.
     Raises:
         DataValidationError: a required column is missing, or any row is invalid while
             `validation.fail_on_invalid` is set.
@@ -263,18 +323,25 @@ def validate_production_data(
     missing = [column for column in schema.columns if column not in production.columns]
     if missing:
         raise DataValidationError(f"missing required columns: {missing}")
-    production = production.reset_index(drop=True)
+    production = _shallow(production)
     coerced, reasons = _coerce(production, config, with_target=with_target)
-    failures = compiled.failures(coerced) if compiled else None
-    for index, reason in _pandera_failures(schema, coerced) if failures is None else failures:
+    checked = compiled.check(coerced) if compiled else None
+    failures = _pandera_failures(schema, coerced) if checked is None else checked.failures
+    for index, reason in failures:
         reasons.setdefault(index, []).append(reason)
     bad = sorted(reasons)
-    quarantined = production.loc[bad].assign(
+    quarantined = production.iloc[bad].assign(
         **{REASON_COLUMN: ["; ".join(dict.fromkeys(reasons[i])) for i in bad]}
     )
     keep = np.ones(len(coerced), dtype=bool)
-    keep[bad] = False  # the index is 0..n-1 (reset above)
-    valid = coerced[keep].reset_index(drop=True) if bad else coerced
+    keep[bad] = False
+    valid = _shallow(coerced[keep]) if bad else coerced
+    for rule in field_rules(config):
+        if rule.kind == "categorical":
+            codes = checked.codes.get(rule.name) if checked else None
+            valid[rule.name] = _categorical(valid[rule.name].to_numpy(),
+                                            None if codes is None else codes[keep],
+                                            sorted(rule.categories))
     logger.info("Validation: %d valid rows, %d quarantined", len(valid), len(quarantined))
     if bad and config.validation.fail_on_invalid:
         raise DataValidationError(

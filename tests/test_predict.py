@@ -6,11 +6,13 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from ml_project.engineer import FeatureStep
 from ml_project.export import ArtifactError
 from ml_project.ingest import load_historic_data, stream_production_instances
 from ml_project.predict import PredictionService
@@ -234,10 +236,50 @@ def test_fast_path_preprocessing_equals_the_pipeline_including_unknown_categorie
     service: PredictionService, raw: pd.DataFrame, rows: int
 ) -> None:
     assert service.fast_path is not None
-    features = raw[service.features].head(rows).reset_index(drop=True)
+    categorical = list(service.config.columns.categorical)
+    # as requests give them: object arrays, which (unlike a validated Categorical) can hold
+    # a category the model never saw
+    features = raw[service.features].head(rows).astype(dict.fromkeys(categorical, object))
     features.loc[0, "contract"] = "never-seen"
     columns = {name: features[name].to_numpy(dtype=dtype)
                for name, dtype in zip(service.features, service._dtypes)}
     np.testing.assert_array_equal(
         service.fast_path.preprocess(columns), service.pipeline[:-1].transform(features)
     )
+
+
+@pytest.mark.parametrize("rows", [1, 5, 200])
+def test_fast_path_encodes_validated_categoricals_from_their_codes(
+    service: PredictionService, raw: pd.DataFrame, rows: int
+) -> None:
+    """A validated frame's categorical features arrive as Categoricals, missing values included;
+    their codes give the same encoding as the Pipeline's imputer and encoder on the values."""
+    assert service.fast_path is not None
+    categorical = list(service.config.columns.categorical)
+    features = raw[service.features].head(rows).reset_index(drop=True)
+    features.loc[0, categorical] = np.nan
+    assert all(isinstance(features[name].dtype, pd.CategoricalDtype) for name in categorical)
+    columns = {name: features[name].array if name in categorical else features[name].to_numpy()
+               for name in service.features}
+    as_objects = features.astype(dict.fromkeys(categorical, object))
+    expected = service.pipeline[:-1].transform(as_objects)
+    np.testing.assert_array_equal(service.fast_path.preprocess(columns), expected)
+    np.testing.assert_array_equal(service.pipeline[:-1].transform(features), expected)
+
+
+def test_fast_path_feature_steps_get_numpy_arrays_for_validated_categoricals(
+    service: PredictionService, raw: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps work on numpy arrays: a Categorical input reaches them as an object array."""
+    seen: dict[str, Any] = {}
+
+    def spy(columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        seen.update({name: values for name, values in columns.items()})
+        return {"contract_seen": np.zeros(len(columns["contract"]))}
+
+    assert service.fast_path is not None and isinstance(raw["contract"].dtype, pd.CategoricalDtype)
+    step = FeatureStep("spy", ("contract",), (("contract_seen", "numerical"),), spy)
+    monkeypatch.setattr(service.fast_path, "feature_steps", [*service.fast_path.feature_steps, step])
+    service.predict_frame(raw.head(50))
+    assert isinstance(seen["contract"], np.ndarray) and seen["contract"].dtype == object
+    assert seen["contract"].tolist() == raw["contract"].head(50).astype(object).tolist()

@@ -61,6 +61,28 @@ def test_validate_production_data_keeps_valid_rows_and_parses_types(config: Conf
     assert len(result.valid) == N_ROWS and result.quarantined.empty
     assert result.valid["event_time"].dtype == "datetime64[ns]"
     assert all(result.valid[column].dtype == float for column in config.columns.numerical)
+    for column, spec in config.columns.categorical.items():
+        assert result.valid[column].dtype == pd.CategoricalDtype(sorted(spec.categories))
+        assert result.valid[column].astype(object).tolist() == _production()[column].tolist()
+
+
+def test_validated_categoricals_are_the_same_from_pandera_and_the_compiled_check(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Codes from the compiled check, or the values after pandera: one valid frame."""
+    from ml_project import validate
+
+    production = _with(_with(_production(), 2, "payment_method", None), 3, "region", "mars")
+    production = _with(production, 4, "internet_service", math.nan)
+    compiled = validate_production_data(production, config, with_target=True)
+    monkeypatch.setattr(validate.CompiledSchema, "check", lambda self, frame: None)
+    by_pandera = validate_production_data(production, config, with_target=True)
+
+    pd.testing.assert_frame_equal(compiled.valid, by_pandera.valid)
+    pd.testing.assert_frame_equal(compiled.quarantined, by_pandera.quarantined)
+    assert compiled.quarantined["customer_id"].tolist() == ["C003"]
+    assert compiled.valid["payment_method"].isna().tolist() == [i == 2 for i in range(7)]
+    assert compiled.valid["internet_service"].isna().sum() == 1
 
 
 @pytest.mark.parametrize(
@@ -196,6 +218,7 @@ def test_validate_production_data_turns_none_in_categorical_into_nan(config: Con
 
     value = result.valid.loc[2, "payment_method"]
     assert value is not None and isinstance(value, float) and math.isnan(value)
+    assert result.valid["payment_method"].astype(object).loc[2] is not None
 
 
 def test_validate_production_data_converts_mixed_utc_offsets(config: Config) -> None:
@@ -264,7 +287,9 @@ def test_compiled_checks_report_exactly_what_pandera_reports(
     schema, compiled = _schema(config, with_target=with_target)
     assert compiled is not None, "the shipped schema must compile"
     coerced, _ = _coerce(frame, config, with_target=with_target)
-    compiled_failures = compiled.failures(coerced)
+    checked = compiled.check(coerced)
+    assert checked is not None
+    compiled_failures = checked.failures
     assert compiled_failures is not None
     assert sorted(compiled_failures) == sorted(_pandera_failures(schema, coerced))
     assert len(compiled_failures) > 300
