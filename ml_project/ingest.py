@@ -28,10 +28,10 @@ PLAIN_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 def parse_numbers(values: np.ndarray) -> np.ndarray:
     """Text to float64, NaN where a value is missing or not a number.
 
-    Plain decimals are parsed by Arrow, about 7x faster than `pandas.to_numeric` and correctly
-    rounded: the same double as Python's `float()`, so a number read from a file equals the same
-    number sent to the API as JSON (to_numeric can be 1 ULP off). Whatever else (`inf`, `" 12"`,
-    non-text values) goes through `pandas.to_numeric`, as it always did.
+    Plain decimals are parsed by Arrow: correctly rounded, the same double as Python's `float()`,
+    so a number read from a file equals the same number sent to the API as JSON
+    (`pandas.to_numeric` can be 1 ULP off), and faster (50k values: 6x for integers, 1.4x for
+    decimals). Whatever else (`inf`, `" 12"`, non-text values) goes through `to_numeric`.
     """
     try:
         text = pa.array(values, from_pandas=True)
@@ -39,13 +39,20 @@ def parse_numbers(values: np.ndarray) -> np.ndarray:
         text = None
     if text is None or not pa.types.is_string(text.type):
         return np.asarray(pd.to_numeric(values, errors="coerce"), dtype=float)
-    plain = pc.match_substring_regex(text, PLAIN_NUMBER)  # null where missing
-    only_plain = pc.if_else(plain, text, pa.scalar(None, pa.string()))
+    present = pc.is_valid(text).to_numpy(zero_copy_only=False)
+    # Digits only (most integer columns) is a cheap test; the full pattern (signs, decimals,
+    # exponents) runs on the other values only.
+    plain = np.array(pc.ascii_is_decimal(text).fill_null(False).to_numpy(zero_copy_only=False))
+    others = np.flatnonzero(present & ~plain)
+    if others.size:
+        plain[others] = pc.match_substring_regex(text.take(pa.array(others)), PLAIN_NUMBER
+                                                 ).to_numpy(zero_copy_only=False)
+    only_plain = pc.if_else(pa.array(plain), text, pa.scalar(None, pa.string()))
     parsed = np.array(pc.cast(only_plain, pa.float64()).to_numpy(zero_copy_only=False),
                       dtype=float)  # nulls become NaN; a writable copy
-    others = np.flatnonzero(~plain.fill_null(True).to_numpy(zero_copy_only=False))
-    if others.size:
-        parsed[others] = pd.to_numeric(values[others], errors="coerce")
+    unparsed = np.flatnonzero(present & ~plain)
+    if unparsed.size:
+        parsed[unparsed] = pd.to_numeric(values[unparsed], errors="coerce")
     return parsed
 
 
@@ -57,18 +64,23 @@ def known_columns(config: Config, *, with_target: bool = True) -> list[str]:
     return names + [columns.target] if with_target else names
 
 
-def _string_dtypes(config: Config) -> dict[str, Any]:
-    """Identifiers and categories are text even when they look like numbers."""
-    return {name: object for name in (config.columns.id, *config.columns.categorical)}
+def _reader_dtypes(config: Config) -> dict[str, Any]:
+    """Identifiers as text and categorical features as pandas categoricals of their text, even
+    when they look like numbers. The CSV parser builds a categorical from its bytes: faster than
+    a Python string per value, half the memory, and validation checks each distinct value once."""
+    return {config.columns.id: object} | dict.fromkeys(config.columns.categorical, "category")
 
 
-def _as_text(frame: pd.DataFrame, config: Config) -> pd.DataFrame:
-    """Text columns as object with NaN for missing, as the CSV reader gives them: Parquet and
-    SQL give None. Absent columns are left to validation, which names them."""
-    present = [name for name in _string_dtypes(config) if name in frame.columns]
-    return frame.assign(
-        **{name: frame[name].astype(object).where(frame[name].notna(), np.nan) for name in present}
-    )
+def _as_read(frame: pd.DataFrame, config: Config) -> pd.DataFrame:
+    """Parquet and SQL columns typed as the CSV reader types them: identifiers as text with
+    NaN for missing (these give None), categorical features as categoricals. Absent columns
+    are left to validation, which names them."""
+    typed: dict[str, Any] = {}
+    for name, dtype in _reader_dtypes(config).items():
+        if name in frame.columns:
+            text = frame[name].astype(object)
+            typed[name] = text.where(text.notna(), np.nan).astype(dtype)
+    return frame.assign(**typed)
 
 
 def _keep_known(frame: pd.DataFrame, config: Config, source: str) -> pd.DataFrame:
@@ -92,14 +104,14 @@ def read_table(source: str, config: Config) -> pd.DataFrame:
                 frame = pd.read_sql(sqlalchemy.text(query), connection)
             else:
                 frame = pd.read_sql_table(str(table), connection)
-        return _keep_known(_as_text(frame, config), config, source)
+        return _keep_known(_as_read(frame, config), config, source)
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     if path.suffix == ".parquet":
-        return _keep_known(_as_text(pd.read_parquet(path), config), config, str(path))
+        return _keep_known(_as_read(pd.read_parquet(path), config), config, str(path))
     if path.suffix == ".csv":
-        return _keep_known(pd.read_csv(path, dtype=_string_dtypes(config)), config, str(path))
+        return _keep_known(pd.read_csv(path, dtype=_reader_dtypes(config)), config, str(path))
     raise ValueError(f"unsupported data file {path}: expected .csv or .parquet")
 
 
@@ -119,9 +131,9 @@ def read_in_chunks(path: Path, config: Config) -> Iterator[pd.DataFrame]:
         import pyarrow.parquet as pq
 
         for batch in pq.ParquetFile(path).iter_batches(batch_size=size):
-            yield _keep_known(_as_text(batch.to_pandas(), config), config, str(path))
+            yield _keep_known(_as_read(batch.to_pandas(), config), config, str(path))
     elif path.suffix == ".csv":
-        with pd.read_csv(path, dtype=_string_dtypes(config), chunksize=size) as reader:
+        with pd.read_csv(path, dtype=_reader_dtypes(config), chunksize=size) as reader:
             for chunk in reader:
                 yield _keep_known(chunk, config, str(path))
     else:

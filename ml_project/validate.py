@@ -176,15 +176,27 @@ class CompiledSchema:
             self.columns.append(_CompiledColumn(name, dtype, column.nullable, checks, allowed))
 
     def check(self, frame: pd.DataFrame) -> CheckedFrame | None:
-        """Every failing value with its reason; None if a dtype differs (pandera reports it)."""
+        """Every failing value with its reason; None if a dtype differs (pandera reports it).
+
+        A text column may come as a pandas Categorical (as the readers give categorical
+        features): its distinct values are checked once each, not once per row.
+        """
         found: list[Failure] = []
         codes: dict[str, np.ndarray] = {}
         for column in self.columns:
             series = frame[column.name]
-            if column.dtype is not None and str(series.dtype) != column.dtype:
+            as_categories = isinstance(series.dtype, pd.CategoricalDtype)
+            if column.dtype is not None and str(series.dtype) != column.dtype and not (
+                as_categories and column.dtype == "object"
+            ):
                 return None
-            values = series.to_numpy()
-            if column.allowed is None:
+            values: Any = series.array if as_categories else series.to_numpy()
+            if as_categories:
+                missing = values.codes < 0
+                if column.allowed is not None:  # -1 (missing) takes the appended -1
+                    table = column.allowed[1].get_indexer(values.categories)
+                    codes[column.name] = np.append(table, -1)[values.codes]
+            elif column.allowed is None:
                 missing = pd.isna(values)
             else:  # a value found among the allowed ones is not missing: test only the others
                 code = codes[column.name] = column.allowed[1].get_indexer(pd.Index(values))
@@ -196,13 +208,14 @@ class CompiledSchema:
                 shown = values[missing].tolist() if values.dtype == object else (
                     [float("nan")] * int(missing.sum()))
                 found += _reasons(column.name, "not_nullable", frame.index[missing], shown)
-            failing = [(error, ~passes(values) & ~missing) for error, passes in column.checks]
+            failing = [(error, ~passes(np.asarray(values)) & ~missing)
+                       for error, passes in column.checks]
             if column.allowed is not None:
                 failing.append((column.allowed[0], (codes[column.name] < 0) & ~missing))
             for error, failed in failing:
                 if failed.any():
                     found += _reasons(column.name, error, frame.index[failed],
-                                      values[failed].tolist())
+                                      np.asarray(values[failed]).tolist())
         return CheckedFrame(found, codes)
 
 
@@ -231,7 +244,13 @@ def _schema(
 
 
 def _pandera_failures(schema: pa.DataFrameSchema, coerced: pd.DataFrame) -> list[Failure]:
-    """What `schema.validate` reports per row; a failure of the frame as a whole is fatal."""
+    """What `schema.validate` reports per row; a failure of the frame as a whole is fatal.
+
+    Text read as a Categorical is checked as the text it holds.
+    """
+    as_text = [name for name, dtype in coerced.dtypes.items()
+               if isinstance(dtype, pd.CategoricalDtype) and str(schema.dtypes.get(name)) == "object"]
+    coerced = coerced.astype(dict.fromkeys(as_text, object))
     try:
         with warnings.catch_warnings():  # pandera's own concat of failure cases warns in pandas 2
             warnings.simplefilter("ignore", FutureWarning)
@@ -298,11 +317,11 @@ def _coerce(production: pd.DataFrame, config: Config, *, with_target: bool) -> t
     return coerced, reasons
 
 
-def _categorical(values: Any, codes: np.ndarray | None, categories: list[str]) -> Any:
+def _categorical(column: pd.Series, codes: np.ndarray | None, categories: list[str]) -> Any:
     """Valid values of a categorical feature as a Categorical of exactly its categories."""
     if codes is not None:  # positions among the sorted allowed values, -1 for missing
         return pd.Categorical.from_codes(codes, categories=pd.Index(categories))
-    return pd.Categorical(values, categories=categories)
+    return pd.Categorical(column.astype(object), categories=categories)
 
 
 def validate_production_data(
@@ -339,7 +358,7 @@ def validate_production_data(
     for rule in field_rules(config):
         if rule.kind == "categorical":
             codes = checked.codes.get(rule.name) if checked else None
-            valid[rule.name] = _categorical(valid[rule.name].to_numpy(),
+            valid[rule.name] = _categorical(valid[rule.name],
                                             None if codes is None else codes[keep],
                                             sorted(rule.categories))
     logger.info("Validation: %d valid rows, %d quarantined", len(valid), len(quarantined))

@@ -116,6 +116,8 @@ def test_read_table_keeps_identifiers_and_categories_as_text(
     frame = read_table(str(path), config)
 
     assert frame.loc[0, "customer_id"] == "007" and frame.loc[0, "region"] == "1"
+    assert frame["customer_id"].dtype == object
+    assert frame["region"].dtype == pd.CategoricalDtype(["1"])  # the parser's own categories
 
 
 @pytest.mark.parametrize(

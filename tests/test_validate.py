@@ -293,3 +293,17 @@ def test_compiled_checks_report_exactly_what_pandera_reports(
     assert compiled_failures is not None
     assert sorted(compiled_failures) == sorted(_pandera_failures(schema, coerced))
     assert len(compiled_failures) > 300
+    # the same text as categoricals, as the readers give it (a missing value is NaN there,
+    # never None): the same failures and codes
+    categorical = list(config.columns.categorical)
+    text = coerced.assign(**{name: coerced[name].where(coerced[name].notna(), np.nan)
+                             for name in categorical})
+    as_read = text.astype(dict.fromkeys(categorical, "category"))
+    from_categories = compiled.check(as_read)
+    assert from_categories is not None
+    expected = sorted(_pandera_failures(schema, text))
+    assert sorted(from_categories.failures) == expected
+    assert sorted(_pandera_failures(schema, as_read)) == expected
+    assert from_categories.codes.keys() == checked.codes.keys()
+    for name, codes in checked.codes.items():
+        np.testing.assert_array_equal(from_categories.codes[name], codes)
