@@ -248,8 +248,8 @@ def _pandera_failures(schema: pa.DataFrameSchema, coerced: pd.DataFrame) -> list
 
     Text read as a Categorical is checked as the text it holds.
     """
-    as_text = [name for name, dtype in coerced.dtypes.items()
-               if isinstance(dtype, pd.CategoricalDtype) and str(schema.dtypes.get(name)) == "object"]
+    as_text = [name for name, dtype in schema.dtypes.items() if str(dtype) == "object"
+               and isinstance(coerced.dtypes.get(name), pd.CategoricalDtype)]
     coerced = coerced.astype(dict.fromkeys(as_text, object))
     try:
         with warnings.catch_warnings():  # pandera's own concat of failure cases warns in pandas 2
