@@ -180,6 +180,14 @@ class PredictionLog:
                 row[key] = None if row[key] is None else json.loads(row[key])
         return rows[::-1]
 
+    def after_fork(self) -> None:
+        """Call in a forked child (a gunicorn worker) before it writes. Connections are opened
+        lazily, but any the parent already had are in the inherited pool, and a SQLite
+        connection must never be used on both sides of a fork: the child gets a pool of its own
+        (the parent's connections are left open, for the parent) and a lock of its own."""
+        self.engine.dispose(close=False)
+        self._lock = threading.Lock()
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -1,11 +1,13 @@
-"""A bounded load test of the FastAPI service, started by the launcher as in production.
+"""A bounded load test of the service (FastAPI on uvicorn, Flask on gunicorn), started by the
+launcher as in production.
 
 8 clients send valid production instances to POST /predict over keep-alive connections on
 127.0.0.1 for ML_PROJECT_LOAD_SECONDS (default 20) after a warm-up. Promised: no request fails,
 the prediction log holds exactly one record per request sent (the write is synchronous, so
-nothing is lost or counted twice), and the server's resident memory after the run is within a
-small margin of its memory after the warm-up (no leak per request). Throughput and latency are
-printed for the record, never asserted: the machine is shared.
+nothing is lost or counted twice), and the server's resident memory (its process and its
+children: gunicorn's worker is one) after the run is within a small margin of its memory after
+the warm-up (no leak per request). Throughput and latency are printed for the record, never
+asserted: the machine is shared.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from ml_project.client import Answer, PredictionClient, format_latencies
@@ -70,24 +73,30 @@ def send(base_url: str, instances: list[dict[str, Any]], deadline: float) -> lis
     return [answer for per_client in answers for answer in per_client]
 
 
+def resident_memory(server: psutil.Process) -> int:
+    """RSS of the server and its children (gunicorn's master forks the worker that serves)."""
+    return sum(process.memory_info().rss for process in [server, *server.children()])
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("framework", ["fastapi", "flask"])
 def test_service_under_load_answers_everything_logs_everything_and_keeps_its_memory(
-    trained_project: Path, tmp_path: Path
+    trained_project: Path, tmp_path: Path, framework: str
 ) -> None:
     config_file = write_serving_config(trained_project, tmp_path)
     instances = valid_instances(config_file)
     log = PredictionLog.from_config(load_serving_config(config_file))
 
-    with launch_server(config_file, tmp_path / "server.out") as (base_url, server):
+    with launch_server(config_file, tmp_path / "server.out", framework) as (base_url, server):
         warm_up = send(base_url, instances, time.monotonic() + WARM_UP_SECONDS)
-        memory_before = server.memory_info().rss
+        memory_before = resident_memory(server)
         started = time.monotonic()
         load = send(base_url, instances, started + LOAD_SECONDS)
         elapsed = time.monotonic() - started
-        memory_after = server.memory_info().rss
+        memory_after = resident_memory(server)
     server_output = (tmp_path / "server.out").read_text()
 
-    print(f"\nload: {CLIENTS} clients, {len(load)} requests in {elapsed:.1f} s = "
+    print(f"\n{framework} load: {CLIENTS} clients, {len(load)} requests in {elapsed:.1f} s = "
           f"{len(load) / elapsed:.0f} requests/s; latency "
           f"{format_latencies([answer.latency_ms for answer in load])}; server RSS "
           f"{memory_before / 2**20:.1f} MB after the warm-up, {memory_after / 2**20:.1f} MB after "

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 from pathlib import Path
+
+from sqlalchemy.pool import QueuePool
 
 from ml_project.prediction_log import LogRecord, PredictionLog, new_request_id
 
@@ -57,3 +60,39 @@ def test_unwritable_database_location_falls_back_to_the_file(tmp_path: Path) -> 
     log = PredictionLog("sqlite:////proc/no-such-dir/log.db", tmp_path / "fallback.jsonl")
     log.append([_record(0)])
     assert "C0" in (tmp_path / "fallback.jsonl").read_text()
+
+
+def test_a_forked_child_writes_through_connections_of_its_own_and_the_parent_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    """As in the Flask server: gunicorn forks its worker from the process that created the log."""
+
+    def idle_connections(log: PredictionLog) -> int:
+        pool = log.engine.pool
+        assert isinstance(pool, QueuePool)
+        return pool.checkedin()
+
+    log = PredictionLog(f"sqlite:///{tmp_path / 'log.db'}", tmp_path / "fallback.jsonl")
+    log.append([_record(0)])  # the parent now holds an open SQLite connection in its pool
+    assert idle_connections(log) == 1
+    child = os.fork()
+    if child == 0:  # the worker: never returns into pytest
+        code = 1
+        try:
+            log.after_fork()
+            inherited = idle_connections(log)  # the parent's connection must not be reused
+            log.append([_record(1), _record(2)])
+            log.close()
+            code = 3 if inherited else 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    log.append([_record(3)])  # through the parent's own connection, still open and still good
+    pooled = idle_connections(log)
+    rows = log.read()
+    log.close()
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert pooled == 1
+    assert [row["instance_id"] for row in rows] == ["C0", "C1", "C2", "C3"]
+    assert not (tmp_path / "fallback.jsonl").exists()

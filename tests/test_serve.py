@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any, Callable
 
+import psutil
 import pytest
 import requests
 
 from ml_project.client import PredictionClient
 from ml_project.config import PROJECT_ROOT
-from tests.serving import INSTANCE, free_port, write_serving_config
+from ml_project.predict import PredictionService
+from ml_project.prediction_log import PredictionLog
+from ml_project.serve import FLASK_THREADS
+from tests.serving import (
+    INSTANCE,
+    free_port,
+    instance,
+    launch_server,
+    load_serving_config,
+    write_serving_config,
+)
 
 HEAVY_MODULES = ("mlflow", "evidently", "pandera", "matplotlib")
 
@@ -96,3 +113,195 @@ def test_start_command_serves_in_the_foreground_until_interrupted(
     assert code == 0, server_output
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/health", timeout=5)
+
+
+# Flask on gunicorn -------------------------------------------------------------------------------
+
+KEEP_ALIVE_CLIENTS = 4
+REQUESTS_PER_CLIENT = 10
+STOP_SECONDS = 5  # from the signal to the exit, the request in flight included
+
+
+Answers = list[tuple[dict[str, Any], int, dict[str, Any], bool]]
+
+
+def _keep_alive_client(base_url: str, instances: list[dict[str, Any]], answers: Answers) -> None:
+    """POST each instance over ONE connection; record the instance, the status, the body, and
+    whether the connection was still the first one (the server kept it alive)."""
+    connection = http.client.HTTPConnection(base_url.removeprefix("http://"), timeout=30)
+    connection.connect()
+    first_socket = connection.sock
+    for item in instances:
+        connection.request("POST", "/predict", json.dumps(item),
+                           {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        answers.append((item, response.status, json.loads(response.read()),
+                        connection.sock is first_socket))
+    connection.close()
+
+
+def test_flask_on_gunicorn_answers_right_concurrently_over_keep_alive_and_logs_every_request(
+    trained_project: Path, tmp_path: Path
+) -> None:
+    config_file = write_serving_config(trained_project, tmp_path)
+    config = load_serving_config(config_file)
+    service = PredictionService.from_config(config)
+    instances = [instance(customer_id=f"K{i:03d}", age=20 + i, tenure_months=i % 60)
+                 for i in range(KEEP_ALIVE_CLIENTS * REQUESTS_PER_CLIENT)]
+    answers: Answers = []
+
+    with launch_server(config_file, tmp_path / "server.out", "flask") as (base_url, server):
+        workers = server.children()
+        health = requests.get(f"{base_url}/health", timeout=30)
+        ready = requests.get(f"{base_url}/ready", timeout=30)
+        single = requests.post(f"{base_url}/predict", json=INSTANCE, timeout=30)
+        batch = requests.post(f"{base_url}/predict/batch", json={"instances": instances[:3]},
+                              timeout=30)
+        clients = [
+            threading.Thread(target=_keep_alive_client, args=(
+                base_url, instances[n::KEEP_ALIVE_CLIENTS], answers))
+            for n in range(KEEP_ALIVE_CLIENTS)
+        ]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join(timeout=60)
+    server_output = (tmp_path / "server.out").read_text()
+    log = PredictionLog.from_config(config)
+    records = log.read()
+    log.close()
+
+    # One gthread worker, forked from the launcher (gunicorn's master), which loaded the model.
+    assert len(workers) == 1, workers
+    assert "Using worker: _GthreadWorker" in server_output and "Traceback" not in server_output
+    assert (health.status_code, health.json()) == (200, {"status": "alive"})
+    assert ready.json() == {"status": "ready", "model_version": service.model_version}
+    expected = service.predict_instance(INSTANCE)
+    assert single.status_code == 200
+    assert (single.json()["prediction"], single.json()["probabilities"]) == (
+        expected.prediction, expected.probabilities)
+    assert batch.status_code == 200 and len(batch.json()["predictions"]) == 3
+    # Concurrent keep-alive clients: every answer right, every connection kept alive throughout.
+    assert len(answers) == len(instances)
+    for item, status, body, kept_alive in answers:
+        assert status == 200 and kept_alive
+        assert body["probabilities"] == service.predict_instance(item).probabilities
+    # The worker's writes landed in the log database: one record per instance, none lost.
+    sent = [single.json()["request_id"]] + [batch.json()["request_id"]] * 3 + [
+        body["request_id"] for _, _, body, _ in answers]
+    assert sorted(record["request_id"] for record in records) == sorted(sent)
+    assert all(record["source"] == "api" and record["error"] is None for record in records)
+    assert not log.fallback_file.exists()
+
+
+def _send_slowly_and_signal(base_url: str, server: psutil.Process, stop: Callable[[], None]
+                            ) -> tuple[bytes, float]:
+    """Start a /predict request, `stop()` the server while its body is still on the way, then
+    finish it. Returns the raw answer and the time `stop()` was called."""
+    host, port = base_url.removeprefix("http://").split(":")
+    body = json.dumps(INSTANCE).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:20])
+        time.sleep(0.5)  # the worker is now reading the body
+        stopped_at = time.monotonic()
+        stop()
+        time.sleep(0.5)
+        assert server.is_running(), "the server did not wait for the request in flight"
+        sock.sendall(body[20:])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer, stopped_at
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_flask_on_gunicorn_finishes_the_request_in_flight_then_stops_cleanly(
+    trained_project: Path, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """SIGTERM to the launcher, as a container runtime sends; SIGINT to its process group, as
+    Ctrl-C in a terminal does. An idle keep-alive connection is open too."""
+    config_file = write_serving_config(trained_project, tmp_path)
+    with launch_server(config_file, tmp_path / "server.out", "flask") as (base_url, server):
+        worker = server.children()[0]
+        idle = requests.Session()
+        assert idle.get(f"{base_url}/health", timeout=30).ok  # then left open, idle
+
+        def stop() -> None:
+            if signum == signal.SIGTERM:
+                server.send_signal(signal.SIGTERM)
+            else:
+                os.killpg(server.pid, signal.SIGINT)
+
+        answer, stopped_at = _send_slowly_and_signal(base_url, server, stop)
+        code = server.wait(timeout=30)
+        stop_seconds = time.monotonic() - stopped_at
+        idle.close()
+    server_output = (tmp_path / "server.out").read_text()
+    log = PredictionLog.from_config(load_serving_config(config_file))
+    records = log.read()
+    log.close()
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), answer
+    request_id = json.loads(body)["request_id"]
+    assert [record["request_id"] for record in records] == [request_id]
+    assert code == 0, server_output
+    # The idle keep-alive connection did not hold the stop up (gunicorn alone: 30 s).
+    assert stop_seconds < STOP_SECONDS, stop_seconds
+    assert not worker.is_running()
+    assert "Traceback" not in server_output, server_output
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{base_url}/health", timeout=5)
+
+
+def test_flask_worker_threads_serve_requests_concurrently(
+    trained_project: Path, tmp_path: Path
+) -> None:
+    """With FLASK_THREADS - 1 requests in flight (their bodies arrive slowly), one more is
+    answered at once: the one worker process serves requests on its threads concurrently."""
+    config_file = write_serving_config(trained_project, tmp_path)
+    body = json.dumps(INSTANCE).encode()
+    with launch_server(config_file, tmp_path / "server.out", "flask") as (base_url, _):
+        host, port = base_url.removeprefix("http://").split(":")
+        slow = [socket.create_connection((host, int(port)), timeout=30)
+                for _ in range(FLASK_THREADS - 1)]
+        for sock in slow:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                         % len(body) + body[:20])
+        time.sleep(0.5)  # FLASK_THREADS - 1 threads now wait for the rest of their bodies
+        fast = requests.post(f"{base_url}/predict", json=INSTANCE, timeout=10)
+        for sock in slow:
+            sock.sendall(body[20:])
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            sock.close()
+
+    assert fast.status_code == 200
+
+
+def test_flask_worker_killed_is_replaced_by_a_fork_of_the_launcher_without_reloading_the_model(
+    trained_project: Path, tmp_path: Path
+) -> None:
+    """SIGKILL the worker, as the OOM killer would: gunicorn's master forks a new one from the
+    launcher, which still holds the model and the log, and the service answers again."""
+    config_file = write_serving_config(trained_project, tmp_path)
+    with launch_server(config_file, tmp_path / "server.out", "flask") as (base_url, server):
+        killed = server.children()[0]
+        killed.kill()
+        deadline = time.monotonic() + 30
+        while [p.pid for p in server.children()] in ([], [killed.pid]):
+            assert time.monotonic() < deadline, "no new worker"
+            time.sleep(0.05)
+        client = PredictionClient(base_url, max_retries=0)
+        ready = client.wait_until_ready(30)
+        answer = client.predict(INSTANCE)
+        client.close()
+    server_output = (tmp_path / "server.out").read_text()
+    log = PredictionLog.from_config(load_serving_config(config_file))
+    records = log.read()
+    log.close()
+
+    assert ready.ok and answer.ok, server_output
+    assert server_output.count("ml_project.predict: Loaded ") == 1  # by the launcher, once
+    assert [record["request_id"] for record in records] == [answer.body["request_id"]]
