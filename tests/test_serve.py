@@ -23,7 +23,7 @@ from ml_project.client import PredictionClient
 from ml_project.config import PROJECT_ROOT
 from ml_project.predict import PredictionService
 from ml_project.prediction_log import PredictionLog
-from ml_project.serve import FLASK_THREADS
+from ml_project.wsgi_server import THREADS as FLASK_THREADS
 from tests.serving import (
     INSTANCE,
     free_port,
@@ -54,6 +54,24 @@ flask_api.create_flask_app(service)
 reply = app.state.endpoints.predict(json.dumps({INSTANCE!r}).encode(), None)
 assert reply.status == 200, reply
 print(sorted({{name.split(".")[0] for name in sys.modules}} & set({HEAVY_MODULES!r})))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=PROJECT_ROOT, timeout=120)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(("modules", "absent"), [
+    ("serve, api", ["flask", "gunicorn"]),  # FastAPI on uvicorn
+    ("serve, flask_api, wsgi_server", ["fastapi", "uvicorn"]),  # Flask on gunicorn
+])
+def test_each_server_imports_only_its_own_framework(modules: str, absent: list[str]) -> None:
+    """Cold start: one framework's server never pays for the other's imports."""
+    code = f"""
+import sys
+from ml_project import {modules}
+print(sorted({{name.split(".")[0] for name in sys.modules}} & set({absent!r})))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=PROJECT_ROOT, timeout=120)

@@ -1,0 +1,114 @@
+"""gunicorn serving a WSGI app created in this process: the Flask service's production server.
+
+`serve_wsgi(app, host, port)` makes the calling process gunicorn's master; it forks one gthread
+worker, which serves the app created before the fork with a pool of threads, so the model the
+caller loaded is shared with it, never loaded twice. Imported only when Flask is served.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Any, Callable
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from gunicorn.glogging import Logger as GunicornLogger
+from gunicorn.workers.gthread import ThreadWorker
+
+# Threads of the one gunicorn worker, so requests are served concurrently: a connection holds a
+# thread only while its request runs (idle keep-alive connections wait in the worker's poller),
+# and the model's compiled code and the SQLite write release the GIL. 8 covers the benchmark's
+# 8 keep-alive clients.
+THREADS = 8
+# How long an idle keep-alive connection stays open (uvicorn's default too).
+KEEPALIVE_SECONDS = 5
+
+
+def serve_wsgi(app: Any, host: str, port: int, post_fork: Callable[[], None]) -> None:
+    """Until SIGINT/SIGTERM; the requests in flight then finish.
+
+    One worker process, as uvicorn serves FastAPI, since the model is in memory and the
+    prediction log is one SQLite file; concurrency comes from the worker's threads.
+    `post_fork` runs in the worker first (to open its own database connections).
+    """
+    server = _EmbeddedGunicorn(app, {
+        "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
+        "workers": 1,
+        "worker_class": _GthreadWorker,
+        "threads": THREADS,
+        "keepalive": KEEPALIVE_SECONDS,
+        "accesslog": None,  # every prediction request is in the prediction log already
+        "logger_class": _GunicornLogging,
+        "control_socket_disable": True,  # else a socket in $XDG_RUNTIME_DIR or ~/.gunicorn
+        "post_fork": lambda arbiter, worker: post_fork(),
+    })
+    master = os.getpid()
+    try:
+        server.run()
+    except SystemExit as stop:
+        # gunicorn ends its processes with sys.exit: the master once it has stopped, and the
+        # worker, a fork of this process unwinding this same stack. Only the master's clean stop
+        # returns; the worker, or a master that failed, exits with its own status.
+        if os.getpid() != master or stop.code not in (0, None):
+            raise
+
+
+class _EmbeddedGunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn has no type hints
+    """gunicorn serving an app already created in this process: `load()` returns it, so the
+    worker imports and loads nothing (no app module path, no preload)."""
+
+    def __init__(self, app: Any, settings: dict[str, Any]) -> None:
+        self._app = app
+        self._settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        for name, value in self._settings.items():
+            self.cfg.set(name, value)
+
+    def load(self) -> Any:
+        return self._app
+
+    def run(self) -> None:
+        _GracefulArbiter(self).run()
+
+
+class _GracefulArbiter(Arbiter):  # type: ignore[misc]
+    """gunicorn's master, but SIGINT (Ctrl-C) stops as gracefully as SIGTERM, as uvicorn does:
+    the requests in flight finish. A second SIGINT during the stop still forces it."""
+
+    def handle_int(self) -> None:
+        self.handle_term()
+
+
+class _GthreadWorker(ThreadWorker):  # type: ignore[misc]
+    """gunicorn's gthread worker, stopping as uvicorn does: the requests in flight finish, and
+
+    - SIGINT stops it as gracefully as SIGTERM (Ctrl-C reaches the whole process group, the
+      worker too), rather than with gunicorn's quick exit;
+    - idle keep-alive connections are closed at once. gunicorn 26 leaves them open and then
+      waits in select() for the rest of graceful_timeout (30 s) before it notices they expired.
+    """
+
+    def init_signals(self) -> None:
+        super().init_signals()
+        signal.signal(signal.SIGINT, self.handle_exit)
+        signal.siginterrupt(signal.SIGINT, False)
+
+    def murder_keepalived(self) -> None:
+        if not self.alive:  # stopping: no connection waiting here has a request in flight
+            for connection in (*self.keepalived_conns, *self.pending_conns):
+                connection.timeout = 0.0
+        super().murder_keepalived()
+
+
+class _GunicornLogging(GunicornLogger):  # type: ignore[misc]
+    """gunicorn's messages go to the handlers configure_logging set up, at the root logger's
+    level (as uvicorn's with log_config=None), instead of gunicorn's own stderr handler."""
+
+    def setup(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.error_log.propagate = True
+        self.error_log.setLevel(logging.NOTSET)
