@@ -71,7 +71,7 @@ TARGETS = (
     ("p99", "served p99 latency vs mlflow models serve", "<=", 0.35),
     ("throughput", "throughput, 8 clients, vs mlflow models serve", ">=", 4.0),
     ("cold_start", "cold start vs mlflow models serve", "<=", 0.35),
-    ("memory", "resident memory vs mlflow models serve", "<=", 0.5),
+    ("memory", "resident memory (PSS) vs mlflow models serve", "<=", 0.5),
 )
 
 
@@ -329,16 +329,21 @@ def server_specs(names: Sequence[str], config: Config, config_file: Path, held_o
     return specs
 
 
-def process_tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (mlflow serves from a child)."""
+def process_tree_memory(pid: int) -> tuple[int, int]:
+    """Resident bytes of a process and all its descendants (mlflow serves from a child, gunicorn
+    from a forked worker): (PSS, RSS). PSS counts a page shared by n processes as 1/n in each,
+    so a forked worker sharing the master's model is not counted twice, as summed RSS does;
+    where PSS is unknown (not Linux), RSS stands in."""
     process = psutil.Process(pid)
-    total = 0
+    pss = rss = 0
     for member in [process, *process.children(recursive=True)]:
         try:
-            total += member.memory_info().rss
+            memory = member.memory_full_info()
         except psutil.NoSuchProcess:
-            pass
-    return total
+            continue
+        pss += getattr(memory, "pss", memory.rss)
+        rss += memory.rss
+    return pss, rss
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -523,7 +528,8 @@ def served_round(specs: dict[str, ServerSpec], settings: Settings, round_number:
                 wrong=results[name]["wrong"] + wrong,
             )
         for name in names:
-            results[name]["memory_mb"] = process_tree_rss(processes[name].pid) / MB
+            pss, rss = process_tree_memory(processes[name].pid)
+            results[name].update(memory_mb=pss / MB, rss_mb=rss / MB)
     logger.debug("Served round %d: %s", round_number + 1, results)
     return results
 
@@ -654,7 +660,7 @@ def paired_ratios(rounds: list[dict[str, dict[str, float]]], ours: str, theirs: 
                   ) -> dict[str, float]:
     """Median over rounds of ours / theirs, each ratio taken within one round."""
     keys = {"p50": "p50_ms", "p99": "p99_ms", "throughput": "throughput_rps",
-            "cold_start": "cold_start_s", "memory": "memory_mb"}
+            "cold_start": "cold_start_s", "memory": "memory_mb", "rss": "rss_mb"}
     return {short: _median([r[ours][key] / r[theirs][key] for r in rounds])
             for short, key in keys.items()}
 
@@ -722,7 +728,8 @@ def markdown(results: dict[str, Any]) -> str:
                 (f"throughput, {results['settings']['clients']} clients (req/s)",
                  "throughput_rps", "throughput", 0),
                 ("cold start (s)", "cold_start_s", "cold_start", 2),
-                ("resident memory (MB)", "memory_mb", "memory", 0))
+                ("resident memory, PSS (MB)", "memory_mb", "memory", 0),
+                ("resident memory, RSS summed over processes (MB, context)", "rss_mb", "rss", 0))
         for label, key, short, digits in rows:
             cells = [_fmt(served["summary"][n][key], digits) for n in names]
             cells += [_ratio(served["ratios_vs_mlflow"][n][short]) for n in ratio_names]

@@ -18,7 +18,7 @@ from ml_project.benchmark import evaluate_targets, paired_ratios, summarise
 
 def _round(ours_p50: float, mlflow_p50: float) -> dict[str, dict[str, float]]:
     measures = {"p99_ms": 1.0, "throughput_rps": 100.0, "cold_start_s": 1.0, "memory_mb": 100.0,
-                "requests": 10, "errors": 0, "wrong": 0}
+                "rss_mb": 150.0, "requests": 10, "errors": 0, "wrong": 0}
     return {"fastapi": {"p50_ms": ours_p50, **measures},
             "mlflow": {"p50_ms": mlflow_p50, **measures, "wrong": 2}}
 
@@ -85,7 +85,8 @@ def test_quick_run_writes_results_and_tables(tmp_path: Path) -> None:
         served = results["served"]["summary"][name]
         assert served["requests"] > 0 and served["errors"] == 0 and served["wrong"] == 0
         assert all(served[key] > 0 for key in
-                   ("p50_ms", "p99_ms", "throughput_rps", "cold_start_s", "memory_mb"))
+                   ("p50_ms", "p99_ms", "throughput_rps", "cold_start_s", "memory_mb", "rss_mb"))
+        assert served["rss_mb"] >= served["memory_mb"]  # PSS never exceeds RSS
     assert "ratios_vs_mlflow" not in results["served"]
     single, batch = results["in_process"]["single_row"], results["in_process"]["batch"]
     assert single["wrong"] == 0 and single["core_ms"] > 0 and single["bare_ms"] > 0
