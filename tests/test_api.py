@@ -6,6 +6,9 @@ Behaviour tests run against both apps; tests/test_flask_api.py checks they answe
 from __future__ import annotations
 
 import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -309,3 +312,32 @@ def test_docs_show_the_request_model_with_an_example_that_is_accepted(
     assert example_answer.status_code == 200
     assert batch_answer.status_code == 200
     assert batch["schema"]["properties"]["instances"]["maxItems"] == 5
+
+
+@pytest.mark.parametrize("framework", list(FACTORIES))
+def test_concurrent_requests_are_predicted_one_at_a_time_and_all_answered(
+    framework: str, config: Config, log: PredictionLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads read and answer requests concurrently, but the core's CPU work runs one
+    request at a time (GIL contention cost a third of the throughput)."""
+    service = PredictionService.from_config(config)
+    active, most = [0], [0]
+    guard = threading.Lock()
+    predict_instance = service.predict_instance
+
+    def counting(record: Any) -> Any:
+        with guard:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.005)  # long enough for other threads to arrive
+        with guard:
+            active[0] -= 1
+        return predict_instance(record)
+
+    monkeypatch.setattr(service, "predict_instance", counting)
+    with start(framework, service, log) as base_url, ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: post(f"{base_url}/predict", INSTANCE).status_code,
+                                 range(40)))
+
+    assert statuses == [200] * 40
+    assert most[0] == 1
