@@ -150,10 +150,11 @@ def _allowed(check: pa.Check) -> tuple[str, pd.Index]:
 @dataclass(frozen=True)
 class CheckedFrame:
     """What a compiled schema found: the failures and, per isin column, each value's position
-    among the allowed values (-1 for a missing or failing value)."""
+    among the allowed values (-1 for a missing or failing value) and those allowed values."""
 
     failures: list[Failure]
     codes: dict[str, np.ndarray]
+    categories: dict[str, pd.Index]
 
 
 class CompiledSchema:
@@ -216,7 +217,9 @@ class CompiledSchema:
                 if failed.any():
                     found += _reasons(column.name, error, frame.index[failed],
                                       np.asarray(values[failed]).tolist())
-        return CheckedFrame(found, codes)
+        categories = {column.name: column.allowed[1] for column in self.columns
+                      if column.allowed is not None}
+        return CheckedFrame(found, codes, categories)
 
 
 def _reasons(column: str, check: str, index: pd.Index, values: list[Any]) -> list[Failure]:
@@ -317,10 +320,13 @@ def _coerce(production: pd.DataFrame, config: Config, *, with_target: bool) -> t
     return coerced, reasons
 
 
-def _categorical(column: pd.Series, codes: np.ndarray | None, categories: list[str]) -> Any:
-    """Valid values of a categorical feature as a Categorical of exactly its categories."""
-    if codes is not None:  # positions among the sorted allowed values, -1 for missing
-        return pd.Categorical.from_codes(codes, categories=pd.Index(categories))
+def _categorical(column: pd.Series, categories: list[str], checked: CheckedFrame | None,
+                 keep: np.ndarray) -> Any:
+    """A categorical feature's valid values as a Categorical of exactly its (sorted) categories:
+    from the codes the compiled check found, else from the values."""
+    if checked is not None and column.name in checked.codes:
+        allowed = checked.categories[str(column.name)]  # the same sorted values as `categories`
+        return pd.Categorical.from_codes(checked.codes[str(column.name)][keep], categories=allowed)
     return pd.Categorical(column.astype(object), categories=categories)
 
 
@@ -332,8 +338,9 @@ def validate_production_data(
     Args:
         with_target: validate as raw modelling data (the target must be present and valid).
     Returns:
-        The valid rows, typed (categorical features as Categoricals of their categories), and
-        the invalid rows as received, with their reasons; both with the index 0..n-1.
+        The valid rows, typed (categorical features as Categoricals of their categories), with
+        the index 0..n-1, and the invalid rows as received with their reasons, indexed by their
+        position in `production`.
     Raises:
         DataValidationError: a required column is missing, or any row is invalid while
             `validation.fail_on_invalid` is set.
@@ -357,10 +364,7 @@ def validate_production_data(
     valid = _shallow(coerced[keep]) if bad else coerced
     for rule in field_rules(config):
         if rule.kind == "categorical":
-            codes = checked.codes.get(rule.name) if checked else None
-            valid[rule.name] = _categorical(valid[rule.name],
-                                            None if codes is None else codes[keep],
-                                            sorted(rule.categories))
+            valid[rule.name] = _categorical(valid[rule.name], sorted(rule.categories), checked, keep)
     logger.info("Validation: %d valid rows, %d quarantined", len(valid), len(quarantined))
     if bad and config.validation.fail_on_invalid:
         raise DataValidationError(
