@@ -1,7 +1,9 @@
 """Read production data as received: historic files or SQL, in chunks, or as an instance stream.
 
 Readers keep the columns the schema knows and log the ones they drop; they never validate
-(that is `validate.py`'s job) and never mutate what they read.
+(that is `validate.py`'s job) and never mutate what they read. Identifiers come as text and
+categorical features as pandas categoricals, from every source. `parse_numbers` is the one way
+text becomes numbers, for validation and the stream alike.
 """
 
 from __future__ import annotations

@@ -100,7 +100,8 @@ class PredictionService:
             for name, dtype, values in zip(self.features, self._dtypes, zip(*rows))
         }
 
-    def _score(self, columns: Mapping[str, np.ndarray | pd.Categorical]) -> tuple[np.ndarray, np.ndarray | None]:
+    def _score(self, columns: Mapping[str, np.ndarray | pd.Categorical]
+               ) -> tuple[np.ndarray, np.ndarray | None]:
         """Predictions and class probabilities (None for regression) for typed columns."""
         if self.fast_path is not None:
             if not self.is_classification:
@@ -150,7 +151,8 @@ class PredictionService:
         Returns the id column, the prediction, one probability column per class
         (classification) and the model version, in the input's row order.
         """
-        columns = {name: _typed(raw[name], dtype) for name, dtype in zip(self.features, self._dtypes)}
+        columns = {name: _typed(raw[name], dtype)
+                   for name, dtype in zip(self.features, self._dtypes)}
         predicted, probabilities = self._score(columns)
         result = pd.DataFrame({self.config.columns.id: raw[self.config.columns.id].to_numpy()})
         result[PREDICTION_COLUMN] = predicted
