@@ -20,7 +20,7 @@ from threadpoolctl import ThreadpoolController
 
 from ml_project.config import Config
 from ml_project.export import load_pipeline
-from ml_project.fast_path import compile_pipeline
+from ml_project.fast_path import Column, compile_pipeline
 from ml_project.schemas import InstanceValidator, InvalidInstance
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def _native(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _typed(column: pd.Series, dtype: type) -> np.ndarray | pd.Categorical:
+def _typed(column: pd.Series, dtype: type) -> Column:
     """A frame's column for the model: a validated categorical stays a Categorical (the fast
     path encodes its codes), anything else becomes a numpy array of `dtype`."""
     if isinstance(column.dtype, pd.CategoricalDtype):
@@ -100,8 +100,7 @@ class PredictionService:
             for name, dtype, values in zip(self.features, self._dtypes, zip(*rows))
         }
 
-    def _score(self, columns: Mapping[str, np.ndarray | pd.Categorical]
-               ) -> tuple[np.ndarray, np.ndarray | None]:
+    def _score(self, columns: Mapping[str, Column]) -> tuple[np.ndarray, np.ndarray | None]:
         """Predictions and class probabilities (None for regression) for typed columns."""
         if self.fast_path is not None:
             if not self.is_classification:
