@@ -12,7 +12,7 @@ and list its name under `engineering.steps` in project_config.yaml.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Callable, Literal, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,9 @@ Kind = Literal["numerical", "categorical"]
 
 
 Columns = Mapping[str, np.ndarray]
+# What a step returns per column: a numpy array or, for a categorical output, optionally a
+# pandas Categorical (its codes spare the encoder a text lookup per row).
+Output = Union[np.ndarray, pd.Categorical]
 
 
 @dataclass(frozen=True)
@@ -38,18 +41,19 @@ class FeatureStep:
     name: str
     inputs: tuple[str, ...]
     outputs: tuple[tuple[str, Kind], ...]
-    function: Callable[[Columns], dict[str, np.ndarray]]
+    function: Callable[[Columns], Mapping[str, Output]]
 
     @property
     def output_names(self) -> list[str]:
         return [name for name, _ in self.outputs]
 
-    def __call__(self, columns: Columns) -> dict[str, np.ndarray]:
+    def __call__(self, columns: Mapping[str, Output]) -> Mapping[str, Output]:
         """The output columns, checked against what the step declares."""
         missing = [column for column in self.inputs if column not in columns]
         if missing:
             raise KeyError(f"feature step {self.name!r} needs columns {missing}")
-        result = self.function({column: columns[column] for column in self.inputs})
+        # numpy arrays in, whatever the caller holds (a Categorical arrives as its values)
+        result = self.function({column: np.asarray(columns[column]) for column in self.inputs})
         if list(result) != self.output_names:
             raise ValueError(
                 f"feature step {self.name!r} returned {list(result)}, declared {self.output_names}"
@@ -77,14 +81,19 @@ def support_calls_per_year(columns: Columns) -> dict[str, np.ndarray]:
 
 
 TENURE_EDGES = np.array([12.0, 24.0, 48.0])
-TENURE_LABELS = np.array(["0-12", "12-24", "24-48", "48+"], dtype=object)
+TENURE_LABELS = pd.Index(["0-12", "12-24", "24-48", "48+"], dtype=object)
 
 
-def tenure_band(columns: Columns) -> dict[str, np.ndarray]:
-    """Tenure as a categorical band: churn risk falls in steps, not linearly."""
+def tenure_band(columns: Columns) -> dict[str, pd.Categorical]:
+    """Tenure as a categorical band: churn risk falls in steps, not linearly.
+
+    A Categorical (missing tenure: a missing band), so encoding it is a lookup per band, not
+    a text hash per row.
+    """
     tenure = columns["tenure_months"].astype(float)
-    bands = TENURE_LABELS[np.searchsorted(TENURE_EDGES, tenure, side="right")]
-    return {"tenure_band": np.where(np.isnan(tenure), np.nan, bands)}
+    codes = np.searchsorted(TENURE_EDGES, tenure, side="right")
+    codes[np.isnan(tenure)] = -1
+    return {"tenure_band": pd.Categorical.from_codes(codes, categories=TENURE_LABELS)}
 
 
 STEPS: dict[str, FeatureStep] = {
@@ -148,7 +157,7 @@ class FeatureEngineer(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         return self
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
-        columns = {str(name): X[name].to_numpy() for name in X.columns}
+        columns: dict[str, Output] = {str(name): X[name].to_numpy() for name in X.columns}
         for step in self.steps:
             columns.update(step(columns))
         added = {name: columns[name] for step in self.steps for name in step.output_names}
