@@ -144,15 +144,24 @@ class PredictionService:
             raise InvalidInstance(errors)
         return self._results(rows) if rows else []
 
+    def _frame_columns(self, raw: pd.DataFrame) -> dict[str, Column]:
+        return {name: _typed(raw[name], dtype) for name, dtype in zip(self.features, self._dtypes)}
+
+    def model_input(self, raw: pd.DataFrame) -> np.ndarray:
+        """The array the model is given for a validated frame: engineered and preprocessed
+        features, by the fast path if there is one (in the layout it gives), else the Pipeline."""
+        if self.fast_path is not None:
+            return self.fast_path.preprocess(self._frame_columns(raw))
+        model_input: np.ndarray = self.pipeline[:-1].transform(raw[self.features])
+        return model_input
+
     def predict_frame(self, raw: pd.DataFrame) -> pd.DataFrame:
         """Predictions for a validated (raw) frame, e.g. from `validate_production_data`.
 
         Returns the id column, the prediction, one probability column per class
         (classification) and the model version, in the input's row order.
         """
-        columns = {name: _typed(raw[name], dtype)
-                   for name, dtype in zip(self.features, self._dtypes)}
-        predicted, probabilities = self._score(columns)
+        predicted, probabilities = self._score(self._frame_columns(raw))
         result = pd.DataFrame({self.config.columns.id: raw[self.config.columns.id].to_numpy()})
         result[PREDICTION_COLUMN] = predicted
         if probabilities is not None:

@@ -99,6 +99,16 @@ def test_plain_pipeline_fallback_gives_the_same_answers(
     pd.testing.assert_frame_equal(plain.predict_frame(raw.head(500)), service.predict_frame(raw.head(500)))
 
 
+def test_model_input_is_the_pipelines_preprocessing_by_either_path(
+    service: PredictionService, raw: pd.DataFrame, trained_project: Path
+) -> None:
+    expected = service.pipeline[:-1].transform(raw[service.features])
+    np.testing.assert_array_equal(service.model_input(raw), expected)
+    plain = PredictionService.from_config(prediction_config(trained_project))
+    plain.fast_path = None
+    np.testing.assert_array_equal(plain.model_input(raw), expected)
+
+
 def test_null_in_a_string_column_is_a_missing_value_not_an_unknown_category(
     service: PredictionService, raw: pd.DataFrame
 ) -> None:
