@@ -21,6 +21,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from ml_project.compiled_trees import compile_trees
 from ml_project.engineer import FeatureEngineer, FeatureStep
 
 Column = Union[np.ndarray, pd.Categorical]  # a categorical feature may come as a Categorical
@@ -240,6 +241,10 @@ class FastPipeline:
         # they read the column-major array ~5% faster. Other models get the row-major array the
         # ColumnTransformer gives: a linear model's BLAS kernel rounds differently by layout.
         self.column_major = type(self.model).__module__.startswith(COLUMN_MAJOR_MODELS)
+        self.trees, self.model_path = compile_trees(self.model)
+        if self.trees is not None and self.trees.n_features != self.width:
+            raise UnsupportedPipeline(f"the model takes {self.trees.n_features} features, "
+                                      f"the preprocessing gives {self.width}")
 
     def preprocess(self, columns: Mapping[str, Column]) -> np.ndarray:
         """Engineered and preprocessed features: the array the model was trained on, its
@@ -257,17 +262,20 @@ class FastPipeline:
         return features if self.column_major else np.ascontiguousarray(features)
 
     def predict_proba(self, columns: Mapping[str, Column]) -> np.ndarray:
-        probabilities: np.ndarray = self.model.predict_proba(self.preprocess(columns))
+        scorer = self.model if self.trees is None else self.trees
+        probabilities: np.ndarray = scorer.predict_proba(self.preprocess(columns))
         return probabilities
 
     def predict(self, columns: Mapping[str, Column]) -> np.ndarray:
-        predictions: np.ndarray = self.model.predict(self.preprocess(columns))
+        scorer = self.model if self.trees is None else self.trees
+        predictions: np.ndarray = scorer.predict(self.preprocess(columns))
         return predictions
 
 
 def compile_pipeline(pipeline: Pipeline) -> tuple[FastPipeline | None, str]:
     """The fast path, or None and the reason the plain Pipeline must be used instead."""
     try:
-        return FastPipeline(pipeline), "fast path compiled from the fitted Pipeline"
+        fast = FastPipeline(pipeline)
     except UnsupportedPipeline as err:
         return None, f"fast path unavailable ({err}); using the plain Pipeline"
+    return fast, f"fast path compiled from the fitted Pipeline; model: {fast.model_path}"

@@ -241,33 +241,38 @@ def test_regression_predictions_have_no_probabilities(tmp_path: Path) -> None:
     assert math.isclose(result.prediction, float(pipeline.predict(raw[service.features].iloc[[0]])[0]))
 
 
-@pytest.mark.parametrize(("estimator", "column_major"), [
-    ("sklearn.ensemble.HistGradientBoostingClassifier", True),
-    ("sklearn.linear_model.LogisticRegression", False),
-    ("sklearn.ensemble.RandomForestClassifier", False),
+@pytest.mark.parametrize(("estimator", "params", "column_major", "compiled"), [
+    ("sklearn.ensemble.HistGradientBoostingClassifier", {"max_leaf_nodes": 7}, True, True),
+    ("sklearn.ensemble.HistGradientBoostingClassifier", {}, True, False),  # 31 leaves
+    ("sklearn.linear_model.LogisticRegression", {}, False, False),
+    ("sklearn.ensemble.RandomForestClassifier", {}, False, False),
 ])
 def test_fast_path_equals_the_pipeline_bit_for_bit_in_each_models_layout(
-    service: PredictionService, raw: pd.DataFrame, estimator: str, column_major: bool
+    service: PredictionService, raw: pd.DataFrame, estimator: str, params: dict[str, Any],
+    column_major: bool, compiled: bool
 ) -> None:
     """Trees read the model input column-major (faster, and layout cannot change a comparison);
     other models get it row-major, as from the ColumnTransformer: a linear model's BLAS kernel
-    rounds the last bit differently by layout, which this comparison would catch."""
+    rounds the last bit differently by layout, which this comparison would catch. Small
+    boosted trees are evaluated compiled, the others by scikit-learn."""
     from importlib import import_module
 
     from ml_project.fast_path import FastPipeline
     from ml_project.train import build_pipeline
 
     module, name = estimator.rsplit(".", 1)
-    model = getattr(import_module(module), name)(random_state=0)
+    model = getattr(import_module(module), name)(random_state=0, **params)
     features = raw[service.features]
-    target = (raw["tenure_months"] < 24).astype(int)
-    pipeline = build_pipeline(service.config, model).fit(features, target)
+    # hard to learn, so the trees grow to the leaves they are allowed
+    target = (raw["tenure_months"] < 24) ^ ((raw["monthly_charges"] * 100).round() % 2 == 1)
+    pipeline = build_pipeline(service.config, model).fit(features, target.astype(int))
     fast = FastPipeline(pipeline)
     columns = {name: features[name].array if isinstance(features[name].dtype, pd.CategoricalDtype)
                else features[name].to_numpy(dtype=dtype)
                for name, dtype in zip(service.features, service._dtypes)}
     preprocessed = fast.preprocess(columns)
     assert fast.column_major == column_major
+    assert (fast.trees is not None) == compiled
     assert preprocessed.flags["F_CONTIGUOUS" if column_major else "C_CONTIGUOUS"]
     np.testing.assert_array_equal(preprocessed, pipeline[:-1].transform(features))
     np.testing.assert_array_equal(fast.predict_proba(columns), pipeline.predict_proba(features))
