@@ -1,9 +1,11 @@
 """Feature engineering: one small interface for a step, composed into a scikit-learn transformer.
 
 A `FeatureStep` declares the columns it reads and the columns it writes (with their kind) and
-holds a pure function from the input columns to the output columns (numpy arrays keyed by name).
-Each step can be unit-tested on a few hand-written values; `FeatureEngineer` runs the configured steps inside the model Pipeline, so
-training, batch scoring, the APIs and every cloud handler compute features with the same code.
+holds a pure function from the input columns to the output columns (numpy arrays keyed by name;
+a categorical output may be a pandas Categorical, which spares encoding a text lookup per row).
+Each step can be unit-tested on a few hand-written values; `FeatureEngineer` runs the configured
+steps inside the model Pipeline, so training, batch scoring, the APIs and every cloud handler
+compute features with the same code.
 
 To add a feature: write a module-level function, wrap it in a `FeatureStep`, add it to `STEPS`,
 and list its name under `engineering.steps` in project_config.yaml.
