@@ -21,7 +21,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from ml_project.compiled_trees import compile_trees
+from ml_project.compiled_trees import BOOSTING_MODULE, compile_trees
 from ml_project.engineer import FeatureEngineer, FeatureStep
 
 Column = Union[np.ndarray, pd.Categorical]  # a categorical feature may come as a Categorical
@@ -31,7 +31,7 @@ BlockStep = Callable[[np.ndarray], np.ndarray]
 BlockTransform = Callable[[Sequence[Column], np.ndarray], None]
 SMALL_BATCH = 32  # rows up to which per-value lookups beat vectorised ones
 # Modules of the models given the model input column-major (by name: no import needed).
-COLUMN_MAJOR_MODELS = ("sklearn.ensemble._hist_gradient_boosting.",)
+COLUMN_MAJOR_MODELS = (BOOSTING_MODULE,)
 
 
 class UnsupportedPipeline(ValueError):
@@ -140,7 +140,7 @@ class _OneHotColumns:
 
 def _new_output(rows: int, width: int) -> np.ndarray:
     """An uninitialised float64 array, column-major: each output column is contiguous, so
-    blocks fill it column by column, and the model reads it as fast as a row-major one."""
+    blocks fill it column by column (`FastPipeline.column_major`: which models get it so)."""
     return np.empty((width, rows), dtype=np.float64).T
 
 
