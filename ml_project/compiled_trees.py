@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -33,8 +33,16 @@ ROWS_PER_THREAD = 25_000  # a thread for fewer rows costs more than it saves
 # Modules of the models this compiles (by name: nothing to import on the serving path).
 BOOSTING_MODULE = "sklearn.ensemble._hist_gradient_boosting."
 
-Node = tuple[bool, float, int, float, bool, int, int]  # leaf?, value, feature, threshold,
-#                                                        missing goes left?, left, right
+class _Node(NamedTuple):
+    """A fitted node, as scikit-learn's predictor reads it."""
+
+    is_leaf: bool
+    value: float
+    feature: int
+    threshold: float  # a value goes left when <= it
+    missing_left: bool  # where NaN goes
+    left: int
+    right: int
 
 
 class UnsupportedModel(ValueError):
@@ -47,18 +55,18 @@ class _Tree:
     thresholds: Sequence[float]  # a value goes left when <= its threshold
     missing_left: Sequence[bool]  # where NaN goes
     leaves: np.ndarray  # the leaf value each outcome code reaches
-    nodes: Sequence[Node]  # the tree as fitted, for walking a few rows
+    nodes: Sequence[_Node]  # the tree as fitted, for walking a few rows
 
     def walk(self, row: Sequence[float]) -> float:
         """One row's leaf value, as scikit-learn's predictor finds it."""
         node = self.nodes[0]
-        while not node[0]:
-            value = row[node[2]]
+        while not node.is_leaf:
+            value = row[node.feature]
             if value != value:  # NaN
-                node = self.nodes[node[5] if node[4] else node[6]]
+                node = self.nodes[node.left if node.missing_left else node.right]
             else:
-                node = self.nodes[node[5] if value <= node[3] else node[6]]
-        return node[1]
+                node = self.nodes[node.left if value <= node.threshold else node.right]
+        return node.value
 
 
 def _compile_tree(nodes: np.ndarray) -> _Tree:
@@ -82,9 +90,9 @@ def _compile_tree(nodes: np.ndarray) -> _Tree:
         thresholds=nodes["num_threshold"][splits].tolist(),
         missing_left=(nodes["missing_go_to_left"][splits] == 1).tolist(),
         leaves=nodes["value"][node].astype(np.float64),
-        nodes=[(bool(n["is_leaf"]), float(n["value"]), int(n["feature_idx"]),
-                float(n["num_threshold"]), bool(n["missing_go_to_left"]), int(n["left"]),
-                int(n["right"])) for n in nodes],
+        nodes=[_Node(bool(n["is_leaf"]), float(n["value"]), int(n["feature_idx"]),
+                     float(n["num_threshold"]), bool(n["missing_go_to_left"]), int(n["left"]),
+                     int(n["right"])) for n in nodes],
     )
 
 
