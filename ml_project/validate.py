@@ -194,8 +194,7 @@ class CompiledSchema:
                 as_categories and column.dtype == "object"
             ):
                 return None
-            if not as_categories:
-                values = np.asarray(values)
+            values = values if as_categories else np.asarray(values)
             if as_categories:
                 missing = values.codes < 0
                 if column.allowed is not None:  # -1 (missing) takes the appended -1
@@ -389,11 +388,13 @@ def validate_production_data(
         keep[bad] = False
     categorical = {rule.name: sorted(rule.categories) for rule in field_rules(config)
                    if rule.kind == "categorical"}
-    valid = pd.DataFrame({
-        name: _categorical(name, values, categorical[name], checked, keep)
-        if name in categorical else values if keep is None else values[keep]
-        for name, values in coerced.items()
-    }, copy=False)
+    valid_columns: dict[Any, Values] = {}
+    for name, values in coerced.items():
+        if name in categorical:
+            valid_columns[name] = _categorical(name, values, categorical[name], checked, keep)
+        else:
+            valid_columns[name] = values if keep is None else values[keep]
+    valid = pd.DataFrame(valid_columns, copy=False)  # built once, from the kept values
     logger.info("Validation: %d valid rows, %d quarantined", len(valid), len(quarantined))
     if bad and config.validation.fail_on_invalid:
         raise DataValidationError(
