@@ -133,6 +133,7 @@ class PredictionConfig(_Frozen):
 class MonitoringConfig(_Frozen):
     window_records: int = Field(5000, ge=1)
     drift_share_threshold: float = Field(0.3, ge=0, le=1)
+    # Relative: 0.05 alerts when the primary metric is 5% worse than on the holdout.
     performance_drop_threshold: float = Field(0.05, ge=0)
     # Fewer labelled predictions than this make a metric noise, not evidence: no verdict.
     min_labelled_records: int = Field(100, ge=1)
@@ -181,11 +182,33 @@ class Config(_Frozen):
                 f"training.metric {self.training.metric!r} is not one of {list(metrics)} "
                 f"for task {self.task}"
             )
+        names = [candidate.name for candidate in self.training.candidates]
+        if len(set(names)) != len(names):
+            raise ValueError(f"training.candidates: names used twice: {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_modelling(self) -> Config:
+        """A modelling run imports what it will train with now, not minutes into training:
+        every feature step and candidate, each checked against the columns and the task."""
+        if self.run_mode == "modelling":
+            from ml_project.engineer import configured_steps  # imports the user's modules
+            from ml_project.train import check_candidates
+
+            configured_steps(self)
+            check_candidates(self)
         return self
 
     @property
     def is_classification(self) -> bool:
         return self.task != "regression"
+
+    @property
+    def positive_class(self) -> int | str | None:
+        """The class f1 and ROC AUC score in a binary task: the last of target_classes."""
+        if self.task != "binary_classification":
+            return None
+        return self.columns.target_classes[-1]
 
     @property
     def metrics(self) -> tuple[str, ...]:

@@ -1,20 +1,23 @@
 """Feature engineering: one small interface for a step, composed into a scikit-learn transformer.
 
-A `FeatureStep` declares the columns it reads and the columns it writes (with their kind) and
-holds a pure function from the input columns to the output columns (numpy arrays keyed by name;
-a categorical output may be a pandas Categorical, which spares encoding a text lookup per row).
+A feature step is a module-level function from input columns to output columns (numpy arrays
+keyed by name; a categorical output may be a pandas Categorical, which spares encoding a text
+lookup per row), decorated with `@feature_step(inputs=..., outputs=...)` to declare what it
+reads and writes. The config names steps by dotted import path, like candidates
+(`engineering.steps: [ml_project.engineer.tenure_band]`): Python's imports are the one registry.
 Each step can be unit-tested on a few hand-written values; `FeatureEngineer` runs the configured
 steps inside the model Pipeline, so training, batch scoring, the APIs and every cloud handler
 compute features with the same code.
 
-To add a feature: write a module-level function, wrap it in a `FeatureStep`, add it to `STEPS`,
-and list its name under `engineering.steps` in project_config.yaml.
+To add a feature: write a decorated function in a module of this package (here, or a module of
+your own such as `ml_project/features.py`) and list its dotted path under `engineering.steps`.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Callable, Literal, Mapping, Sequence, Union
+from typing import Any, Callable, Literal, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -23,6 +26,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from ml_project.config import Config
 
 Kind = Literal["numerical", "categorical"]
+STEP_ATTRIBUTE = "feature_step"  # where @feature_step keeps a function's declaration
 
 
 Columns = Mapping[str, np.ndarray]
@@ -70,12 +74,53 @@ class FeatureStep:
         return result
 
 
+StepFunction = Callable[[Columns], Mapping[str, Output]]
+
+
+def feature_step(
+    inputs: Sequence[str], outputs: Mapping[str, Kind]
+) -> Callable[[StepFunction], StepFunction]:
+    """Declare a function a feature step: the columns it reads and those it writes, by kind.
+
+    The function itself is returned unchanged (so it pickles by reference, as any function);
+    its `FeatureStep` is attached to it and found again from its dotted path.
+    """
+
+    def declare(function: StepFunction) -> StepFunction:
+        name = f"{function.__module__}.{function.__qualname__}"
+        step = FeatureStep(name, tuple(inputs), tuple(outputs.items()), function)
+        setattr(function, STEP_ATTRIBUTE, step)
+        return function
+
+    return declare
+
+
+def import_step(path: str) -> FeatureStep:
+    """The feature step a dotted import path names; ValueError saying what is wrong if none."""
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        target: Any = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"engineering.steps: cannot import {path!r} ({err})") from err
+    step = getattr(target, STEP_ATTRIBUTE, None)
+    if not isinstance(step, FeatureStep):
+        raise ValueError(f"engineering.steps: {path!r} is not a feature step; decorate the "
+                         "function with @feature_step(inputs=..., outputs=...)")
+    return step
+
+
+@feature_step(
+    inputs=("total_charges", "tenure_months"), outputs={"charges_per_tenure_month": "numerical"}
+)
 def charges_per_tenure_month(columns: Columns) -> dict[str, np.ndarray]:
     """Average monthly spend so far; new customers count as one month."""
     months = np.maximum(columns["tenure_months"].astype(float), 1.0)
     return {"charges_per_tenure_month": columns["total_charges"].astype(float) / months}
 
 
+@feature_step(
+    inputs=("support_calls", "tenure_months"), outputs={"support_calls_per_year": "numerical"}
+)
 def support_calls_per_year(columns: Columns) -> dict[str, np.ndarray]:
     """Support calls normalised by tenure, so long-standing customers are comparable."""
     years = columns["tenure_months"].astype(float) / 12 + 1
@@ -86,6 +131,7 @@ TENURE_EDGES = np.array([12.0, 24.0, 48.0])
 TENURE_LABELS = pd.Index(["0-12", "12-24", "24-48", "48+"], dtype=object)
 
 
+@feature_step(inputs=("tenure_months",), outputs={"tenure_band": "categorical"})
 def tenure_band(columns: Columns) -> dict[str, pd.Categorical]:
     """Tenure as a categorical band: churn risk falls in steps, not linearly.
 
@@ -98,42 +144,19 @@ def tenure_band(columns: Columns) -> dict[str, pd.Categorical]:
     return {"tenure_band": pd.Categorical.from_codes(codes, categories=TENURE_LABELS)}
 
 
-STEPS: dict[str, FeatureStep] = {
-    step.name: step
-    for step in (
-        FeatureStep(
-            "charges_per_tenure_month",
-            ("total_charges", "tenure_months"),
-            (("charges_per_tenure_month", "numerical"),),
-            charges_per_tenure_month,
-        ),
-        FeatureStep(
-            "support_calls_per_year",
-            ("support_calls", "tenure_months"),
-            (("support_calls_per_year", "numerical"),),
-            support_calls_per_year,
-        ),
-        FeatureStep(
-            "tenure_band",
-            ("tenure_months",),
-            (("tenure_band", "categorical"),),
-            tenure_band,
-        ),
-    )
-}
-
-
 def configured_steps(config: Config) -> list[FeatureStep]:
-    """The steps named in `engineering.steps`, checked against the known steps and columns."""
-    unknown = [name for name in config.engineering.steps if name not in STEPS]
-    if unknown:
-        raise KeyError(f"engineering.steps: unknown steps {unknown}; known: {sorted(STEPS)}")
-    steps = [STEPS[name] for name in config.engineering.steps]
+    """The steps `engineering.steps` names, in order, each reading only columns that exist."""
+    steps = [import_step(path) for path in config.engineering.steps]
     available = set(config.columns.features)
     for step in steps:
         missing = [column for column in step.inputs if column not in available]
         if missing:
-            raise KeyError(f"feature step {step.name!r} needs columns {missing}")
+            raise ValueError(f"engineering.steps: {step.name} needs columns {missing}, which are "
+                             "neither features nor outputs of an earlier step")
+        clashes = [column for column in step.output_names if column in available]
+        if clashes:
+            raise ValueError(f"engineering.steps: {step.name} writes columns {clashes}, which "
+                             "already exist")
         available.update(step.output_names)
     return steps
 

@@ -12,11 +12,11 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, is_classifier, is_regressor
 from sklearn.model_selection import (
     GridSearchCV,
     KFold,
@@ -28,10 +28,15 @@ from sklearn.pipeline import Pipeline
 
 from ml_project.config import CandidateConfig, Config
 from ml_project.engineer import FeatureEngineer, configured_steps
-from ml_project.metrics import score_predictions
+from ml_project.metrics import cv_scorers, score_predictions
+from ml_project.predict import PREDICTION_COLUMN, PROBABILITY_PREFIX
 from ml_project.preprocess import build_preprocessor
 
 logger = logging.getLogger(__name__)
+
+# Enough rows for a drift test to see a shift and a proof to cover the data's variety, few
+# enough to load in a blink with the model.
+REFERENCE_ROWS = 5000
 
 
 @dataclass(frozen=True)
@@ -83,20 +88,64 @@ def split_holdout(raw: pd.DataFrame, config: Config) -> tuple[pd.DataFrame, pd.D
     return train.reset_index(drop=True), holdout.reset_index(drop=True)
 
 
-def build_estimator(candidate: CandidateConfig, config: Config) -> BaseEstimator:
-    """Instantiate `candidate.estimator` (a dotted import path) with its fixed params."""
-    module_name, _, class_name = candidate.estimator.rpartition(".")
+def _import_estimator_class(path: str, where: str) -> type:
+    module_name, _, class_name = path.rpartition(".")
     try:
         estimator_class = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(
-            f"training.candidates.{candidate.name}: cannot import {candidate.estimator!r}"
-        ) from err
-    params = dict(candidate.params)
+        raise ValueError(f"{where}: cannot import {path!r} ({err})") from err
+    if not isinstance(estimator_class, type):
+        raise ValueError(f"{where}: {path!r} is not a class")
+    return estimator_class
+
+
+def _is_estimator_spec(value: Any) -> bool:
+    """A nested estimator in `params`: {estimator: dotted.Path, params: {...}}."""
+    return isinstance(value, Mapping) and "estimator" in value and set(value) <= {
+        "estimator", "params"}
+
+
+def _instantiate(path: str, params: Mapping[str, Any], config: Config, where: str) -> BaseEstimator:
+    estimator_class = _import_estimator_class(path, where)
+    built = {
+        key: _instantiate(value["estimator"], value.get("params") or {}, config, f"{where}.{key}")
+        if _is_estimator_spec(value) else value
+        for key, value in params.items()
+    }
     if "random_state" in inspect.signature(estimator_class).parameters:
-        params.setdefault("random_state", config.training.random_seed)
-    estimator: BaseEstimator = estimator_class(**params)
+        built.setdefault("random_state", config.training.random_seed)
+    try:
+        estimator: BaseEstimator = estimator_class(**built)
+    except TypeError as err:
+        raise ValueError(f"{where}: {path} does not take these params: {err}") from err
     return estimator
+
+
+def build_estimator(candidate: CandidateConfig, config: Config) -> BaseEstimator:
+    """Instantiate `candidate.estimator` (a dotted import path) with its fixed params.
+
+    A param may itself be an estimator, written `{estimator: dotted.Path, params: {...}}`
+    (the base model of a `TunedThresholdClassifierCV`, say); `random_state` is seeded from
+    `training.random_seed` wherever an estimator takes one and the config does not set it.
+    """
+    return _instantiate(candidate.estimator, candidate.params, config,
+                        f"training.candidates.{candidate.name}")
+
+
+def check_candidates(config: Config) -> None:
+    """Every candidate builds and suits the task: a classifier for classification, a regressor
+    for regression. Raises ValueError naming the candidate otherwise."""
+    for candidate in config.training.candidates:
+        estimator = build_estimator(candidate, config)
+        if config.is_classification and not is_classifier(estimator):
+            raise ValueError(f"training.candidates.{candidate.name}: {candidate.estimator} is not a"
+                             f" classifier, and the task is {config.task}")
+        if not config.is_classification and not is_regressor(estimator):
+            raise ValueError(f"training.candidates.{candidate.name}: {candidate.estimator} is not a"
+                             " regressor, and the task is regression")
+        if config.is_classification and not hasattr(estimator, "predict_proba"):
+            raise ValueError(f"training.candidates.{candidate.name}: {candidate.estimator} has no "
+                             "predict_proba; the served answers include class probabilities")
 
 
 def build_pipeline(config: Config, estimator: BaseEstimator) -> Pipeline:
@@ -134,7 +183,7 @@ def train_candidates(train: pd.DataFrame, config: Config) -> list[CandidateResul
         search = GridSearchCV(
             build_pipeline(config, build_estimator(candidate, config)),
             grid,
-            scoring=list(config.metrics),
+            scoring=cv_scorers(config.metrics, config.positive_class),
             refit=config.training.metric,
             cv=_cv_splitter(config),
             n_jobs=config.training.n_jobs,
@@ -188,11 +237,31 @@ def evaluate_holdout(pipeline: Pipeline, holdout: pd.DataFrame, config: Config) 
     features, target = features_and_target(holdout, config)
     probabilities = pipeline.predict_proba(features) if config.is_classification else None
     classes = list(pipeline.classes_) if config.is_classification else []
-    metrics = score_predictions(
-        config.metrics, target.to_numpy(), pipeline.predict(features), probabilities, classes
-    )
+    metrics = score_predictions(config.metrics, target.to_numpy(), pipeline.predict(features),
+                                probabilities, classes, config.positive_class)
     logger.info("Holdout: %s", ", ".join(f"{k} = {v:.4f}" for k, v in metrics.items()))
     return metrics
+
+
+def build_reference_sample(pipeline: Pipeline, holdout: pd.DataFrame, config: Config
+                           ) -> pd.DataFrame:
+    """The artifact's reference sample: up to REFERENCE_ROWS validated holdout rows (identifiers,
+    features, target) with the Pipeline's own predictions and probabilities.
+
+    Monitoring compares production with it, and every load of the model proves the serving
+    fast path against it: both need rows the model has not been trained on, as served.
+    """
+    if len(holdout) > REFERENCE_ROWS:
+        holdout = holdout.sample(REFERENCE_ROWS, random_state=config.training.random_seed
+                                 ).sort_index()
+    sample = holdout.reset_index(drop=True)
+    features, _ = features_and_target(sample, config)
+    predictions = {PREDICTION_COLUMN: pipeline.predict(features)}
+    if config.is_classification and hasattr(pipeline, "predict_proba"):
+        probabilities = pipeline.predict_proba(features)
+        predictions |= {f"{PROBABILITY_PREFIX}{label}": probabilities[:, i]
+                        for i, label in enumerate(pipeline.classes_)}
+    return sample.assign(**predictions)
 
 
 def write_leaderboard(leaderboard: pd.DataFrame, config: Config) -> dict[str, Path]:

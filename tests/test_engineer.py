@@ -4,23 +4,25 @@ FeatureEngineer that composes them inside the Pipeline."""
 from __future__ import annotations
 
 import math
+import pickle
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from sklearn.base import clone
 
-from ml_project.config import Config, load_config
+from ml_project.config import Config, ConfigError, load_config
 from ml_project.engineer import (
-    STEPS,
     Columns,
     FeatureEngineer,
     FeatureStep,
     charges_per_tenure_month,
     configured_steps,
     engineered_columns,
+    import_step,
     support_calls_per_year,
     tenure_band,
 )
@@ -107,24 +109,55 @@ def test_feature_step_rejects_output_that_breaks_its_declaration(
         _step(lambda columns: returned)(_columns(a=[1.0, 2.0]))
 
 
-def test_configured_steps_rejects_unknown_steps(project: Path) -> None:
+@pytest.mark.parametrize(("step", "match"), [
+    ("ml_project.engineer.magic", r"cannot import 'ml_project.engineer.magic'"),
+    ("tenure_band", r"cannot import 'tenure_band'"),
+    ("ml_project.engineer.engineered_columns", r"is not a feature step; decorate the function"),
+])
+def test_load_config_rejects_a_step_that_is_not_an_importable_feature_step(
+    project: Path, step: str, match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(
+            "modelling", "historic", "local", config_file=project / "project_config.yaml",
+            root=project, overrides={"engineering": {"steps": [step]}},
+        )
+
+
+def test_load_config_checks_step_inputs_against_the_features(project: Path) -> None:
+    content = yaml.safe_load((project / "project_config.yaml").read_text())
+    del content["columns"]["numerical"]["support_calls"]
+    (project / "reduced.yaml").write_text(yaml.safe_dump(content))
+
+    expected = r"support_calls_per_year needs columns \['support_calls'\]"
+    with pytest.raises(ConfigError, match=expected):
+        load_config("modelling", "historic", "local", config_file=project / "reduced.yaml",
+                    root=project)
+
+
+def test_a_feature_step_of_the_users_own_module_is_found_by_its_dotted_path(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (project / "my_features.py").write_text(
+        "import numpy as np\n"
+        "from ml_project.engineer import feature_step\n\n"
+        "@feature_step(inputs=('age',), outputs={'age_squared': 'numerical'})\n"
+        "def age_squared(columns):\n"
+        "    return {'age_squared': columns['age'].astype(float) ** 2}\n"
+    )
+    monkeypatch.syspath_prepend(str(project))
     config = load_config(
         "modelling", "historic", "local", config_file=project / "project_config.yaml",
-        root=project, overrides={"engineering": {"steps": ["tenure_band", "magic"]}},
+        root=project, overrides={"engineering": {"steps": ["my_features.age_squared"]}},
     )
 
-    with pytest.raises(KeyError, match=r"unknown steps \['magic'\]; known: \["):
-        configured_steps(config)
+    steps = configured_steps(config)
+    engineer = FeatureEngineer(steps).fit(pd.DataFrame({"age": [20.0, 30.0]}))
 
-
-def test_configured_steps_checks_inputs_against_the_features(config: Config) -> None:
-    data = config.model_dump()
-    del data["columns"]["numerical"]["support_calls"]
-    reduced = Config.model_validate(data)
-
-    expected = r"'support_calls_per_year' needs columns \['support_calls'\]"
-    with pytest.raises(KeyError, match=expected):
-        configured_steps(reduced)
+    assert [step.name for step in steps] == ["my_features.age_squared"]
+    assert engineer.transform(pd.DataFrame({"age": [3.0]}))["age_squared"].tolist() == [9.0]
+    restored = pickle.loads(pickle.dumps(engineer))  # functions travel by reference
+    assert restored.steps[0].function is steps[0].function
 
 
 def test_engineered_columns_lists_outputs_by_kind(config: Config) -> None:
@@ -171,7 +204,8 @@ def test_feature_engineer_steps_see_earlier_outputs(production_features: pd.Data
         "band_length", ("tenure_band",), (("band_length", "numerical"),),
         lambda columns: {"band_length": np.array([len(b) for b in columns["tenure_band"]], float)},
     )
-    engineer = FeatureEngineer([STEPS["tenure_band"], band_length]).fit(production_features)
+    engineer = FeatureEngineer([import_step("ml_project.engineer.tenure_band"), band_length]
+                               ).fit(production_features)
 
     assert engineer.transform(production_features)["band_length"].tolist() == [4.0, 5.0, 3.0]
 
