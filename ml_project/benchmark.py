@@ -600,9 +600,7 @@ def batch_round(service: PredictionService, config: Config, production: pd.DataF
     if it has them) on that same array. Reading and writing files is left out."""
     model = service.pipeline[-1]
     score = model.predict_proba if service.is_classification else model.predict
-    evaluator = service.fast_path.trees if service.fast_path is not None else None
-    evaluated = model if evaluator is None else evaluator
-    served = evaluated.predict_proba if service.is_classification else evaluated.predict
+    served = score  # the path calls the fitted model itself
     size = config.prediction.chunk_size
     validating = [0.0]  # seconds of the path spent in validation
 
@@ -881,8 +879,7 @@ def run(root: Path, config_file: Path, settings: Settings, servers: Sequence[str
                                             for r in batch_rounds]),
             "served_model_vs_bare": _median([r["served_model_rows_per_s"] / r["bare_rows_per_s"]
                                              for r in batch_rounds]),
-            "model_evaluation": service.fast_path.model_path if service.fast_path is not None
-            else "the plain Pipeline",
+            "model_evaluation": service.core,
             "rows": settings.batch_rows,
             "chunk_size": config.prediction.chunk_size,
             "rounds": batch_rounds,

@@ -2,7 +2,11 @@
 
 Layout of an artifact folder (e.g. data/model_artifacts/champion/):
     pipeline-<sha12>.joblib   the whole fitted Pipeline (engineering + preprocessing + model)
-    metadata.json             name, version, task, features, schema, metrics, lineage, sha256
+    reference-<sha12>.parquet the reference sample: validated holdout rows (features, target)
+                              with the Pipeline's predictions at training time; monitoring's
+                              reference and the load-time proof of the serving fast path
+    metadata.json             name, version, task, features, schema, metrics, lineage, the
+                              sha256 of both files, the types the MLflow copy trusts
 
 Export is atomic: the artifact is written under a name of its own and synced to disk, then
 metadata.json is replaced in one rename. A run killed at any moment (or a power cut) leaves
@@ -21,7 +25,7 @@ import subprocess  # only git, with fixed arguments (git_commit)  # nosec B404
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import joblib
 import pandas as pd
@@ -98,30 +102,48 @@ def _fsync_directory(directory: Path) -> None:
         os.close(handle)
 
 
-def export_pipeline(pipeline: Pipeline, metadata: dict[str, Any], directory: Path) -> Path:
-    """Write the Pipeline and its metadata (plus sha256) atomically; return the artifact path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".pipeline.", suffix=".tmp")
+def _write_file(directory: Path, prefix: str, suffix: str, write: Callable[[BinaryIO], None]
+                ) -> tuple[Path, str]:
+    """Write through `write` to a temporary file, fsync, and rename it to
+    `<prefix>-<sha12><suffix>`: a name that says what it holds. Returns the path and sha256."""
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{prefix}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
-            joblib.dump(pipeline, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())  # on disk before metadata.json can name it
         checksum = sha256_of(Path(temporary))
-        artifact = directory / f"pipeline-{checksum[:12]}.joblib"
-        os.replace(temporary, artifact)
+        path = directory / f"{prefix}-{checksum[:12]}{suffix}"
+        os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    try:
-        previous = _artifact_file(directory) if (directory / METADATA_FILE).is_file() else None
-    except ArtifactError:  # unreadable metadata: it is about to be replaced anyway
-        previous = None
+    return path, checksum
+
+
+def export_pipeline(pipeline: Pipeline, metadata: dict[str, Any], directory: Path,
+                    reference: pd.DataFrame | None = None) -> Path:
+    """Write the Pipeline, its reference sample and metadata (with sha256s) atomically; return
+    the artifact path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    artifact, checksum = _write_file(directory, "pipeline", ".joblib",
+                                     lambda file: joblib.dump(pipeline, file))
     record = {**metadata, "artifact_file": artifact.name, "sha256": checksum}
+    if reference is not None:
+        sample, sample_checksum = _write_file(directory, "reference", ".parquet",
+                                              lambda file: reference.to_parquet(file, index=False))
+        record |= {"reference_file": sample.name, "reference_sha256": sample_checksum,
+                   "reference_rows": len(reference)}
+    try:
+        previous = read_metadata(directory) if (directory / METADATA_FILE).is_file() else {}
+    except ArtifactError:  # unreadable metadata: it is about to be replaced anyway
+        previous = {}
     _write_atomically(directory / METADATA_FILE, json.dumps(record, indent=2, default=str).encode())
-    _fsync_directory(directory)  # the renames are on disk before the previous artifact goes
-    if previous and previous != artifact:
-        previous.unlink(missing_ok=True)
+    _fsync_directory(directory)  # the renames are on disk before the previous files go
+    for key in ("artifact_file", "reference_file"):
+        old = previous.get(key)
+        if old and old != record.get(key):
+            (directory / str(old)).unlink(missing_ok=True)
     return artifact
 
 
@@ -139,10 +161,6 @@ def read_metadata(directory: Path) -> dict[str, Any]:
     if "artifact_file" not in metadata or "sha256" not in metadata:
         raise ArtifactError(f"{path} lacks 'artifact_file' or 'sha256'")
     return metadata
-
-
-def _artifact_file(directory: Path) -> Path:
-    return directory / str(read_metadata(directory)["artifact_file"])
 
 
 def load_pipeline(directory: Path) -> tuple[Pipeline, dict[str, Any]]:
@@ -165,3 +183,15 @@ def load_pipeline(directory: Path) -> tuple[Pipeline, dict[str, Any]]:
     if not isinstance(pipeline, Pipeline):
         raise ArtifactError(f"{artifact} does not hold a scikit-learn Pipeline")
     return pipeline, metadata
+
+
+def load_reference(directory: Path, metadata: dict[str, Any]) -> pd.DataFrame | None:
+    """The artifact's reference sample after its sha256 matches; None for an artifact exported
+    without one (then nothing can be proven against it, and callers say so)."""
+    if "reference_file" not in metadata:
+        return None
+    path = directory / str(metadata["reference_file"])
+    if not path.is_file() or sha256_of(path) != metadata.get("reference_sha256"):
+        raise ArtifactError(f"reference sample {path} is missing or does not match its checksum; "
+                            "re-run the modelling use case")
+    return pd.read_parquet(path)

@@ -1,12 +1,20 @@
-"""A fast path for requests and batches, compiled from the fitted Pipeline's own parameters.
+"""A fast path for requests and batches: the fitted Pipeline's preprocessing, read from its public
+fitted attributes, without the per-call input checks of a ColumnTransformer.
 
-scikit-learn's ColumnTransformer re-checks its input on every call: for one row that costs
-several times the model itself. `FastPipeline` reads the fitted statistics of the same
-Pipeline (imputer fill values, scaler means and scales, one-hot categories) and applies them
-with a few numpy operations, then calls the very same fitted model. Feature engineering runs
-the very same `FeatureStep` functions. The result is identical to `Pipeline.predict_proba`
-(tests prove it on every row of the test data); where a step is of a kind it does not know,
-`compile_pipeline` says which and the service falls back to the plain Pipeline.
+scikit-learn's ColumnTransformer re-checks and re-slices its input on every call: for one row
+that costs several times the model itself. `FastPipeline` applies the same fitted statistics
+(imputer fill values, scaler means and scales, one-hot categories) with a few numpy operations,
+runs the very same feature-step functions, and then calls the very same fitted model through
+its public `predict` and `predict_proba`.
+
+It is a shortcut, so it is held to three rules:
+- it accepts only the exact types it knows (`type(step) is StandardScaler`, not a subclass that
+  may transform differently) with the settings it reproduces, and says why otherwise;
+- it reads public fitted attributes only (`statistics_`, `mean_`, `scale_`, `categories_`,
+  `transformers_`, `output_indices_`);
+- it proves itself each time a model is loaded: `prove` scores the artifact's reference sample
+  both ways, and on any difference the service logs why and uses the plain Pipeline
+  (`PredictionService`).
 """
 
 from __future__ import annotations
@@ -21,33 +29,40 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from ml_project.compiled_trees import BOOSTING_MODULE, compile_trees
 from ml_project.engineer import FeatureEngineer, FeatureStep
 
 Column = Union[np.ndarray, pd.Categorical]  # a categorical feature may come as a Categorical
-# A step of a block may change the array it is given: each block's array is made for it.
+# A step of a block, applied to the block's values (rows x its columns); may work in place.
 BlockStep = Callable[[np.ndarray], np.ndarray]
 # A block's columns and the part of the model input it fills (rows x its output columns).
 BlockTransform = Callable[[Sequence[Column], np.ndarray], None]
-SMALL_BATCH = 32  # rows up to which per-value lookups beat vectorised ones
-# Modules of the models given the model input column-major (by name: no import needed).
-COLUMN_MAJOR_MODELS = (BOOSTING_MODULE,)
+SMALL_BATCH = 32  # rows up to which per-value dict lookups beat vectorised ones
 
 
 class UnsupportedPipeline(ValueError):
     """The Pipeline holds a step the fast path cannot reproduce exactly; the message says which."""
 
 
+def _require(condition: bool, reason: str) -> None:
+    if not condition:
+        raise UnsupportedPipeline(reason)
+
+
+def _check_imputer(imputer: Any) -> SimpleImputer:
+    _require(type(imputer) is SimpleImputer, f"step of type {type(imputer).__name__}")
+    _require(not imputer.add_indicator and bool(pd.isna(imputer.missing_values)),
+             "SimpleImputer with add_indicator or non-NaN missing_values")
+    checked: SimpleImputer = imputer
+    return checked
+
+
 def _impute(imputer: SimpleImputer) -> BlockStep:
-    if imputer.add_indicator or not pd.isna(imputer.missing_values):
-        raise UnsupportedPipeline("SimpleImputer with add_indicator or non-NaN missing_values")
     fill = imputer.statistics_
     if fill.dtype.kind == "f":
-        if np.isnan(fill).any():
-            raise UnsupportedPipeline("SimpleImputer that dropped an all-missing column")
+        _require(not np.isnan(fill).any(), "SimpleImputer that dropped an all-missing column")
 
         def impute_numbers(block: np.ndarray) -> np.ndarray:
-            np.copyto(block, fill, where=np.isnan(block))  # in place: see BlockStep
+            np.copyto(block, fill, where=np.isnan(block))
             return block
 
         return impute_numbers
@@ -58,12 +73,13 @@ def _impute(imputer: SimpleImputer) -> BlockStep:
     return impute_objects
 
 
-def _scale(scaler: StandardScaler) -> BlockStep:
+def _scale(scaler: Any) -> BlockStep:
+    _require(type(scaler) is StandardScaler, f"step of type {type(scaler).__name__}")
     mean = scaler.mean_ if scaler.with_mean else None
     scale = scaler.scale_ if scaler.with_std else None
 
     def standardise(block: np.ndarray) -> np.ndarray:
-        block = block.astype(np.float64, copy=False)  # in place: see BlockStep
+        block = block.astype(np.float64, copy=False)
         if mean is not None:
             block -= mean
         if scale is not None:
@@ -73,15 +89,16 @@ def _scale(scaler: StandardScaler) -> BlockStep:
     return standardise
 
 
-def _check_encoder(encoder: OneHotEncoder) -> None:
-    if encoder.drop_idx_ is not None or encoder.handle_unknown != "ignore":
-        raise UnsupportedPipeline("OneHotEncoder with drop or handle_unknown other than 'ignore'")
-    if getattr(encoder, "infrequent_categories_", None) is not None and any(
-        c is not None for c in encoder.infrequent_categories_
-    ):
-        raise UnsupportedPipeline("OneHotEncoder with infrequent categories")
-    if encoder.sparse_output:
-        raise UnsupportedPipeline("OneHotEncoder with sparse output")
+def _check_encoder(encoder: Any) -> OneHotEncoder:
+    _require(type(encoder) is OneHotEncoder, f"step of type {type(encoder).__name__}")
+    _require(encoder.drop is None and encoder.handle_unknown == "ignore",
+             "OneHotEncoder with drop or handle_unknown other than 'ignore'")
+    _require(encoder.min_frequency is None and encoder.max_categories is None,
+             "OneHotEncoder with infrequent categories")
+    _require(not encoder.sparse_output and np.dtype(encoder.dtype) == np.float64,
+             "OneHotEncoder with sparse or non-float64 output")
+    checked: OneHotEncoder = encoder
+    return checked
 
 
 class _OneHotColumns:
@@ -89,13 +106,12 @@ class _OneHotColumns:
 
     Each value's category is looked up once. A pandas Categorical (a validated frame's column)
     needs no lookup per row: its few categories are looked up and its codes index the result.
-    Plain values take one vectorised hash lookup per column, or plain dicts for a few rows,
-    where get_indexer's fixed cost (~50 us a column) would be most of a request. A value found
-    nowhere is imputed if missing, else unknown: all zeros, as handle_unknown='ignore' does.
+    Plain values take one vectorised hash lookup per column, or plain dicts for a few rows.
+    A value found nowhere is imputed if missing, else unknown: all zeros, as
+    handle_unknown='ignore' does.
     """
 
     def __init__(self, imputer: SimpleImputer | None, encoder: OneHotEncoder) -> None:
-        _check_encoder(encoder)
         self.lookups = [pd.Index(categories, dtype=object) for categories in encoder.categories_]
         self.positions = [{value: i for i, value in enumerate(c)} for c in encoder.categories_]
         self.offsets = np.cumsum([0] + [len(c) for c in encoder.categories_])
@@ -118,14 +134,12 @@ class _OneHotColumns:
         return found
 
     def __call__(self, columns: Sequence[Column], out: np.ndarray) -> None:
-        """Write the encoding into `out` (rows x all categories), one indicator at a time: in a
-        column-major `out` each is a contiguous run of comparisons, several times faster than
-        scattering ones across rows."""
+        """Write the encoding into `out` (rows x all categories of these columns)."""
         rows = len(columns[0])
+        out[...] = 0.0
         for j, column in enumerate(columns):
             first = self.offsets[j]
             if rows <= SMALL_BATCH and not isinstance(column, pd.Categorical):
-                out[:, first:self.offsets[j + 1]] = 0.0
                 for row, value in enumerate(column):
                     i = self.positions[j].get(value)
                     if i is None:
@@ -133,81 +147,69 @@ class _OneHotColumns:
                     if i >= 0:
                         out[row, first + i] = 1.0
                 continue
-            found = self._found(j, column)  # -1 (unknown) equals no category: all zeros
-            for i in range(self.offsets[j + 1] - first):
-                np.equal(found, i, out=out[:, first + i])
-
-
-def _new_output(rows: int, width: int) -> np.ndarray:
-    """An uninitialised float64 array, column-major: each output column is contiguous, so
-    blocks fill it column by column (`FastPipeline.column_major`: which models get it so)."""
-    return np.empty((width, rows), dtype=np.float64).T
+            found = self._found(j, column)
+            present = np.flatnonzero(found >= 0)
+            out[present, first + found[present]] = 1.0
 
 
 def _one_hot(encoder: OneHotEncoder) -> BlockStep:
-    """The encoder as a step of a block (after numeric steps, say)."""
+    """The encoder as a later step of a block (after an imputer of numbers, say)."""
     encode = _OneHotColumns(None, encoder)
 
     def one_hot(block: np.ndarray) -> np.ndarray:
-        encoded = _new_output(block.shape[0], int(encode.offsets[-1]))
+        encoded = np.empty((block.shape[0], int(encode.offsets[-1])), dtype=np.float64)
         encode([block[:, j] for j in range(block.shape[1])], encoded)
         return encoded
 
     return one_hot
 
 
-def _compile_transformer(transformer: Any) -> list[BlockStep]:
-    steps = transformer.steps if isinstance(transformer, Pipeline) else [("", transformer)]
+def _steps_of(transformer: Any) -> list[Any]:
+    if type(transformer) is Pipeline:
+        return [step for _, step in transformer.steps]
+    return [transformer]
+
+
+def _compile_steps(steps: list[Any]) -> list[BlockStep]:
     compiled = []
-    for _, step in steps:
-        if isinstance(step, SimpleImputer):
-            compiled.append(_impute(step))
-        elif isinstance(step, StandardScaler):
+    for step in steps:
+        if type(step) is SimpleImputer:
+            compiled.append(_impute(_check_imputer(step)))
+        elif type(step) is StandardScaler:
             compiled.append(_scale(step))
-        elif isinstance(step, OneHotEncoder):
-            compiled.append(_one_hot(step))
+        elif type(step) is OneHotEncoder:
+            compiled.append(_one_hot(_check_encoder(step)))
         else:
-            raise UnsupportedPipeline(f"preprocessing step {type(step).__name__}")
+            raise UnsupportedPipeline(f"preprocessing step of type {type(step).__name__}")
     return compiled
 
 
 def _chain(steps: list[BlockStep], numeric: bool) -> BlockTransform:
-    """A block's steps applied in turn to its columns stacked as one array: numbers are
-    stacked straight into `out` when the block keeps its width (impute, scale), so the
-    in-place steps leave the result where the model reads it."""
+    """A block's steps applied in turn to its columns stacked as one array."""
 
     def transform(columns: Sequence[Column], out: np.ndarray) -> None:
-        if numeric and out.shape[1] == len(columns):
-            values = out
-        else:
-            values = _new_output(len(columns[0]), len(columns))
-            values = values if numeric else values.astype(object)
+        values = np.empty((len(columns[0]), len(columns)), dtype=np.float64 if numeric else object)
         for j, column in enumerate(columns):
             values[:, j] = column
         for step in steps:
             values = step(values)
-        if values is not out:
-            out[...] = values
+        out[...] = values
 
     return transform
 
 
 def _compile_block(transformer: Any) -> BlockTransform:
     """One ColumnTransformer entry; [imputer of text,] one-hot encoder: fused, column by column."""
-    steps = [step for _, step in transformer.steps] if isinstance(transformer, Pipeline) else [
-        transformer]
-    if isinstance(steps[-1], OneHotEncoder) and len(steps) <= 2:
-        imputer = steps[0] if len(steps) == 2 else None
-        if imputer is None or (
-            isinstance(imputer, SimpleImputer) and imputer.statistics_.dtype.kind == "O"
-            and not imputer.add_indicator and pd.isna(imputer.missing_values)
-        ):
-            return _OneHotColumns(imputer, steps[-1])
+    steps = _steps_of(transformer)
+    if type(steps[-1]) is OneHotEncoder and len(steps) <= 2:
+        encoder = _check_encoder(steps[-1])
+        imputer = _check_imputer(steps[0]) if len(steps) == 2 else None
+        if imputer is None or imputer.statistics_.dtype.kind == "O":
+            return _OneHotColumns(imputer, encoder)
     first = steps[0]
-    numeric = not isinstance(first, OneHotEncoder) and not (
-        isinstance(first, SimpleImputer) and first.statistics_.dtype.kind == "O"
-    )
-    return _chain(_compile_transformer(transformer), numeric)
+    text = type(first) is OneHotEncoder or (
+        type(first) is SimpleImputer and first.statistics_.dtype.kind == "O")
+    return _chain(_compile_steps(steps), numeric=not text)
 
 
 @dataclass(frozen=True)
@@ -218,64 +220,52 @@ class _Block:
 
 
 class FastPipeline:
-    """The fitted Pipeline's arithmetic without its per-call input checks."""
+    """The fitted Pipeline's arithmetic without its per-call input checks (see the module)."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         names = [name for name, _ in pipeline.steps]
-        if len(pipeline.steps) != 3 or not isinstance(pipeline[0], FeatureEngineer) or not (
-            isinstance(pipeline[1], ColumnTransformer)
-        ):
-            raise UnsupportedPipeline(f"Pipeline steps {names}; expected engineer, preprocess, model")
+        _require(type(pipeline) is Pipeline and len(pipeline.steps) == 3
+                 and type(pipeline[0]) is FeatureEngineer and type(pipeline[1]) is ColumnTransformer,
+                 f"Pipeline steps {names}; expected engineer, preprocess (ColumnTransformer), model")
+        preprocess: ColumnTransformer = pipeline[1]
+        _require(preprocess.transformer_weights is None, "ColumnTransformer with transformer_weights")
         self.feature_steps: Sequence[FeatureStep] = pipeline[0].steps
         self.blocks: list[_Block] = []
-        outputs = pipeline[1].output_indices_
-        for name, transformer, columns in pipeline[1].transformers_:
-            if transformer == "drop" or len(columns) == 0:
+        outputs = preprocess.output_indices_
+        for name, transformer, columns in preprocess.transformers_:
+            if isinstance(transformer, str) and transformer == "drop" or len(columns) == 0:
                 continue
-            if transformer == "passthrough" or isinstance(transformer, str):
-                raise UnsupportedPipeline(f"ColumnTransformer entry {name!r} = {transformer!r}")
+            _require(not isinstance(transformer, str),
+                     f"ColumnTransformer entry {name!r} = {transformer!r}")
             self.blocks.append(_Block(list(columns), _compile_block(transformer), outputs[name]))
         self.width = max((block.output.stop for block in self.blocks), default=0)
         self.model = pipeline[-1]
-        # Trees compare one value at a time, so a row's answer cannot depend on the layout and
-        # they read the column-major array ~5% faster. Other models get the row-major array the
-        # ColumnTransformer gives: a linear model's BLAS kernel rounds differently by layout.
-        self.column_major = type(self.model).__module__.startswith(COLUMN_MAJOR_MODELS)
-        self.trees, self.model_path = compile_trees(self.model)
-        if self.trees is not None and self.trees.n_features != self.width:
-            raise UnsupportedPipeline(f"the model takes {self.trees.n_features} features, "
-                                      f"the preprocessing gives {self.width}")
 
     def preprocess(self, columns: Mapping[str, Column]) -> np.ndarray:
-        """Engineered and preprocessed features: the array the model was trained on, its
-        values identical to the ColumnTransformer's, column-major if the model is a
-        histogram gradient boosting (see `column_major`), else row-major.
+        """Engineered and preprocessed features: the array the model is given by the Pipeline.
 
         `columns` holds numpy arrays or, for categorical features, pandas Categoricals.
         """
         engineered = dict(columns)
         for feature_step in self.feature_steps:
             engineered.update(feature_step(engineered))
-        features = _new_output(len(next(iter(columns.values()))), self.width)
+        features = np.empty((len(next(iter(columns.values()))), self.width), dtype=np.float64)
         for block in self.blocks:  # each fills its own columns: no stacking of parts
             block.transform([engineered[c] for c in block.columns], features[:, block.output])
-        return features if self.column_major else np.ascontiguousarray(features)
-
-    def predict_proba(self, columns: Mapping[str, Column]) -> np.ndarray:
-        scorer = self.model if self.trees is None else self.trees
-        probabilities: np.ndarray = scorer.predict_proba(self.preprocess(columns))
-        return probabilities
+        return features
 
     def predict(self, columns: Mapping[str, Column]) -> np.ndarray:
-        scorer = self.model if self.trees is None else self.trees
-        predictions: np.ndarray = scorer.predict(self.preprocess(columns))
-        return predictions
+        predicted: np.ndarray = self.model.predict(self.preprocess(columns))
+        return predicted
+
+    def predict_proba(self, columns: Mapping[str, Column]) -> np.ndarray:
+        probabilities: np.ndarray = self.model.predict_proba(self.preprocess(columns))
+        return probabilities
 
 
 def compile_pipeline(pipeline: Pipeline) -> tuple[FastPipeline | None, str]:
     """The fast path, or None and the reason the plain Pipeline must be used instead."""
     try:
-        fast = FastPipeline(pipeline)
+        return FastPipeline(pipeline), "fast path compiled from the fitted Pipeline"
     except UnsupportedPipeline as err:
         return None, f"fast path unavailable ({err}); using the plain Pipeline"
-    return fast, f"fast path compiled from the fitted Pipeline; model: {fast.model_path}"

@@ -1,10 +1,12 @@
 """Monitoring: data drift, prediction drift and model performance of the logged predictions.
 
-Current data is a window of the prediction log. Reference data is the served model's training
-data: the historic data, validated and split exactly as the modelling run did (the sha256 in the
-model's metadata confirms it), scored by the same PredictionService, so prediction drift compares
-like with like. Performance is measured where ground-truth labels have arrived (the labels file
-joined by id) and compared with the holdout's.
+Current data is a window of the prediction log: the records of the served model only (its
+artifact's sha256), so another model's predictions, the demo's say, never mix in. Reference
+data is the reference sample stored with the artifact: validated holdout rows with their labels
+and the model's predictions at training time, so prediction drift compares like with like and
+nothing of the historic data, its validation or its split is re-run. Performance is measured
+where ground-truth labels have arrived (the labels file joined by id) and compared with the
+holdout's.
 
 Evidently's API changes between versions, so every call to it lives in this module, behind
 functions named for what they do (`detect_drift`, `evaluate_performance`, `write_report_html`):
@@ -36,13 +38,10 @@ from evidently.metrics import ValueDrift
 from evidently.presets import ClassificationPreset, DataDriftPreset, RegressionPreset
 
 from ml_project.config import Config
-from ml_project.export import hash_frame
-from ml_project.ingest import load_historic_data, read_table
+from ml_project.ingest import read_table
 from ml_project.metrics import score_predictions
 from ml_project.predict import PREDICTION_COLUMN, PROBABILITY_PREFIX, PredictionService
 from ml_project.prediction_log import PredictionLog
-from ml_project.train import split_holdout
-from ml_project.validate import validate_production_data
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +78,11 @@ class PredictionWindow:
 
 @dataclass(frozen=True)
 class Reference:
-    """The served model's training rows (drift reference) and holdout rows (performance
-    reference), both with the model's predictions."""
+    """The served model's reference sample: holdout rows (features, target) with the model's
+    predictions, the baseline of drift and of performance."""
 
-    training: pd.DataFrame
-    holdout: pd.DataFrame
-    matches_training_data: bool
+    sample: pd.DataFrame
+    source: str
 
 
 @dataclass(frozen=True)
@@ -137,7 +135,8 @@ class PerformanceSummary:
     """Every configured metric on labelled production predictions and on the holdout.
 
     Metrics follow scikit-learn's sign convention (greater is better), so a drop is always
-    `baseline - production`, in the metric's own units.
+    `baseline - production`; it is judged relative to the baseline's size (`relative_drop`), so
+    one threshold means the same for ROC AUC, accuracy and an RMSE in any unit.
     """
 
     metric: str
@@ -153,9 +152,15 @@ class PerformanceSummary:
         return self.baseline[self.metric] - self.production[self.metric]
 
     @property
+    def relative_drop(self) -> float:
+        """The drop as a share of the baseline's magnitude (0.05: 5% worse than the holdout)."""
+        scale = abs(self.baseline[self.metric])
+        return self.drop / scale if scale > 0 else self.drop
+
+    @property
     def degraded(self) -> bool:
         """False when the metric is undefined (NaN), e.g. labels of one class only."""
-        return bool(self.drop > self.threshold)
+        return bool(self.relative_drop > self.threshold)
 
     def to_dict(self) -> dict[str, Any]:
         return _json_object(
@@ -163,6 +168,7 @@ class PerformanceSummary:
                 "metric": self.metric,
                 "degraded": self.degraded,
                 "drop": self.drop,
+                "relative_drop": self.relative_drop,
                 "threshold": self.threshold,
                 "labelled_rows": self.labelled_rows,
                 "production": self.production,
@@ -236,30 +242,14 @@ def _logged_frame(records: list[dict[str, Any]], config: Config) -> pd.DataFrame
     )
 
 
-def load_reference_data(config: Config, service: PredictionService) -> Reference:
-    """Rebuild the served model's training and holdout rows and score both with `service`.
-
-    The same validation and split as the modelling run give the same rows; when the sha256 of
-    the training rows differs from the model's metadata (a model retrained on extra data, an
-    edited historic file), monitoring still runs against the historic data and says so.
-    """
-    validation = validate_production_data(load_historic_data(config), config, with_target=True)
-    training, holdout = split_holdout(validation.valid, config)
-    matches = hash_frame(training) == service.metadata.get("training_data_sha256")
-    if not matches:
-        logger.warning(
-            "The reference (historic data, validated and split) is not the exact training data "
-            "of model version %s: drift is measured against the historic data",
-            service.model_version,
+def load_reference_data(service: PredictionService) -> Reference:
+    """The reference sample stored with the served model's artifact (and proven at its load)."""
+    if service.reference is None:
+        raise MonitoringInputError(
+            f"model version {service.model_version} has no reference sample (exported by an "
+            "older release): re-run the modelling use case"
         )
-    return Reference(_scored(training, service), _scored(holdout, service), matches)
-
-
-def _scored(raw: pd.DataFrame, service: PredictionService) -> pd.DataFrame:
-    predictions = service.predict_frame(raw).drop(
-        columns=[service.config.columns.id, "model_version"]
-    )
-    return pd.concat([raw.reset_index(drop=True), predictions], axis=1)
+    return Reference(service.reference, "the artifact's reference sample (holdout rows)")
 
 
 def read_production_labels(config: Config) -> pd.DataFrame | None:
@@ -319,7 +309,7 @@ def _prediction_columns(reference: pd.DataFrame, config: Config) -> tuple[list[s
         return [], [PREDICTION_COLUMN]
     probabilities = [c for c in reference.columns if c.startswith(PROBABILITY_PREFIX)]
     if config.task == "binary_classification":
-        probabilities = probabilities[-1:]
+        probabilities = [f"{PROBABILITY_PREFIX}{config.positive_class}"]
     return [PREDICTION_COLUMN], probabilities
 
 
@@ -422,7 +412,7 @@ def _score(frame: pd.DataFrame, config: Config) -> dict[str, float]:
     probabilities = frame[[f"{PROBABILITY_PREFIX}{c}" for c in classes]].to_numpy(float)
     return score_predictions(
         config.metrics, target.to_numpy(), predicted.astype(target.dtype).to_numpy(),
-        probabilities, classes,
+        probabilities, classes, config.positive_class,
     )
 
 
@@ -443,9 +433,10 @@ def _performance_dataset(frame: pd.DataFrame, config: Config) -> Dataset:
     data = data.astype({target: str, PREDICTION_COLUMN: str})
     classification: BinaryClassification | MulticlassClassification
     if config.task == "binary_classification":
+        positive = str(config.positive_class)
         classification = BinaryClassification(
-            target=target, prediction_labels=PREDICTION_COLUMN, prediction_probas=labels[-1],
-            pos_label=labels[-1],
+            target=target, prediction_labels=PREDICTION_COLUMN, prediction_probas=positive,
+            pos_label=positive,
         )
     else:
         classification = MulticlassClassification(
@@ -482,7 +473,7 @@ def evaluate_performance(
         baseline = {key: float(value) for key, value in recorded_holdout_metrics.items()}
         source = "holdout metrics recorded at training"
     else:
-        baseline, source = _score(reference, config), "holdout rebuilt from the historic data"
+        baseline, source = _score(reference, config), "the reference sample, scored now"
     preset = ClassificationPreset() if config.is_classification else RegressionPreset()
     snapshot = Report([preset]).run(
         _performance_dataset(current, config), _performance_dataset(reference, config)
@@ -533,11 +524,7 @@ def monitoring_summary(
                 "last_logged_at": last,
                 "model_versions": window.model_versions,
             },
-            "reference": {
-                "training_rows": len(reference.training),
-                "holdout_rows": len(reference.holdout),
-                "matches_training_data": reference.matches_training_data,
-            },
+            "reference": {"rows": len(reference.sample), "source": reference.source},
             "drift": drift.to_dict(),
             "performance": performance.to_dict() if performance else None,
         }

@@ -1,9 +1,14 @@
 """PredictionService: the one prediction core behind batch, stream, APIs and cloud handlers.
 
 It loads the exported artifact once (checksum verified), validates single instances with the
-compiled check derived from the schema, runs the one Pipeline, and returns predictions with
-class probabilities and the model version. Nothing else in the project re-implements
-validation or feature logic. The default path imports no mlflow, pandera or plotting.
+per-instance check derived from the schema, runs the one Pipeline, and returns labels (or
+values) from its `predict` and class probabilities from its `predict_proba`, with the model's
+identity. Nothing else in the project re-implements validation or feature logic.
+
+The fast path (`fast_path.py`) is used only after it has proven itself on the artifact's
+reference sample: the same labels and the same probabilities as the plain Pipeline, by the
+frame route and the record route; otherwise the service logs why and runs the Pipeline.
+The default path imports no mlflow, pandera or plotting.
 """
 
 from __future__ import annotations
@@ -19,14 +24,16 @@ from sklearn.pipeline import Pipeline
 from threadpoolctl import ThreadpoolController
 
 from ml_project.config import Config
-from ml_project.export import load_pipeline
-from ml_project.fast_path import Column, compile_pipeline
+from ml_project.export import library_versions, load_pipeline, load_reference
+from ml_project.fast_path import Column, FastPipeline, compile_pipeline
 from ml_project.schemas import InstanceValidator, InvalidInstance
 
 logger = logging.getLogger(__name__)
 
 PREDICTION_COLUMN = "prediction"
 PROBABILITY_PREFIX = "probability_"
+PROOF_ROWS = 2000  # reference rows the fast path must score exactly as the Pipeline does
+PROOF_SINGLE_ROWS = 16  # of those, scored one request at a time too
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,7 @@ class Prediction:
     model_version: str
 
 
-def _native(value: Any) -> Any:
+def native(value: Any) -> Any:
     """numpy scalars to plain Python, so results serialise to JSON unchanged."""
     return value.item() if isinstance(value, np.generic) else value
 
@@ -50,10 +57,43 @@ def _typed(column: pd.Series, dtype: type) -> Column:
     return column.to_numpy(dtype=dtype)
 
 
-class PredictionService:
-    """A fitted Pipeline plus the rules its input must satisfy; create once, call many times."""
+def _compare(got: tuple[np.ndarray, np.ndarray | None],
+             expected: tuple[np.ndarray, np.ndarray | None], route: str) -> str | None:
+    """What differs between two (labels, probabilities) answers, or None if they are identical."""
+    if not np.array_equal(got[0], expected[0]):
+        differing = int(np.sum(np.asarray(got[0]) != np.asarray(expected[0])))
+        return f"{differing} labels or values differ by {route}"
+    if (got[1] is None) != (expected[1] is None):
+        return f"probabilities present by one route only ({route})"
+    if got[1] is not None and expected[1] is not None and not np.array_equal(got[1], expected[1]):
+        largest = float(np.max(np.abs(got[1] - expected[1])))
+        return f"probabilities differ by up to {largest:.3g} by {route}"
+    return None
 
-    def __init__(self, pipeline: Pipeline, metadata: Mapping[str, Any], config: Config) -> None:
+
+def _warn_on_library_changes(metadata: Mapping[str, Any]) -> None:
+    """A model trained with other library versions may answer differently: say so at load."""
+    recorded = metadata.get("libraries") or {}
+    current = library_versions()
+    changed = {name: (version, current.get(name)) for name, version in recorded.items()
+               if current.get(name) != version}
+    if changed:
+        logger.warning("Model trained with other library versions (trained -> now): %s; "
+                       "retrain if its answers matter to the last digit",
+                       ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changed.items()))
+
+
+class PredictionService:
+    """A fitted Pipeline plus the rules its input must satisfy; create once, call many times.
+
+    Args:
+        reference: the artifact's reference sample (validated holdout rows with the Pipeline's
+            predictions at training time); the fast path is used only if it answers exactly as
+            the Pipeline does on it. None: no proof is possible, so the plain Pipeline runs.
+    """
+
+    def __init__(self, pipeline: Pipeline, metadata: Mapping[str, Any], config: Config,
+                 reference: pd.DataFrame | None = None) -> None:
         self.pipeline = pipeline
         self.metadata = dict(metadata)
         self.config = config
@@ -64,15 +104,66 @@ class PredictionService:
             raise ValueError(
                 f"the model was trained on features {expected}, the config lists {self.features}"
             )
+        self.model_name = str(self.metadata.get("model_name", "unknown"))
         self.model_version = str(self.metadata.get("model_version", "unknown"))
+        self.model_sha256 = str(self.metadata.get("sha256", "unknown"))
         self.is_classification = config.is_classification
-        model = pipeline[-1]
-        self.classes = [_native(c) for c in getattr(model, "classes_", [])]
+        self.has_probabilities = self.is_classification and hasattr(pipeline, "predict_proba")
+        self.classes = [native(c) for c in getattr(pipeline, "classes_", [])]
         self._class_keys = [str(c) for c in self.classes]
         self._dtypes = [float if rule.kind == "numerical" else object for rule in self.validator.rules]
-        self.fast_path, reason = compile_pipeline(pipeline)
-        logger.info("Prediction core: %s", reason)
         self._threadpools = ThreadpoolController()
+        _warn_on_library_changes(self.metadata)
+        self.reference = reference
+        self.fast_path: FastPipeline | None = None
+        self.core = self._choose_core(reference)
+
+    def _choose_core(self, reference: pd.DataFrame | None) -> str:
+        """Use the fast path only if it compiles and proves itself; log and return why."""
+        fast_path, reason = compile_pipeline(self.pipeline)
+        if fast_path is None:
+            logger.info("Prediction core: %s", reason)
+            return reason
+        if reference is None:
+            reason = "no reference sample to prove the fast path on; using the plain Pipeline"
+            logger.info("Prediction core: %s", reason)
+            return reason
+        difference = self._disagreement(fast_path, reference)
+        if difference:
+            reason = f"fast path differs from the Pipeline ({difference}); using the Pipeline"
+            logger.warning("Prediction core: %s", reason)
+            return reason
+        self.fast_path = fast_path
+        reason += f", proven identical on {min(len(reference), PROOF_ROWS)} reference rows"
+        logger.info("Prediction core: %s", reason)
+        return reason
+
+    def _disagreement(self, fast_path: FastPipeline, reference: pd.DataFrame) -> str | None:
+        """How the fast path's answers differ from the Pipeline's on the reference sample, by
+        every route requests and batches take (None: identical), or the error it raised."""
+        frame = reference[self.features].head(PROOF_ROWS)
+        if frame.empty:
+            return "the reference sample is empty"
+        try:
+            expected = self._score_with(None, self._frame_columns(frame))
+            rows = frame.astype(object).where(frame.notna(), np.nan).to_numpy().tolist()
+            routes: dict[str, Mapping[str, Column]] = {
+                "the validated frame": self._frame_columns(frame),
+                "records": self._columns_from_rows(rows),
+            }
+            for route, columns in routes.items():
+                difference = _compare(self._score_with(fast_path, columns), expected, route)
+                if difference:
+                    return difference
+            for i, row in enumerate(rows[:PROOF_SINGLE_ROWS]):  # a model may round one row
+                columns = self._columns_from_rows([row])         # apart from many: compare alike
+                difference = _compare(self._score_with(fast_path, columns),
+                                      self._score_with(None, columns), f"reference row {i} alone")
+                if difference:
+                    return difference
+        except Exception as err:  # any failure of the shortcut means: do not use it
+            return f"{type(err).__name__}: {err}"
+        return None
 
     @classmethod
     def from_config(cls, config: Config, alias: str = "champion") -> PredictionService:
@@ -80,18 +171,18 @@ class PredictionService:
         if config.prediction.model_source == "registry":
             from ml_project.tracking import load_registered_pipeline  # only this path needs mlflow
 
-            pipeline, metadata = load_registered_pipeline(config, alias)
+            pipeline, metadata, reference = load_registered_pipeline(config, alias)
+            service = cls(pipeline, metadata, config, reference)
         else:
-            pipeline, metadata = load_pipeline(config.model_artifacts_dir / alias)
-        service = cls(pipeline, metadata, config)
-        logger.info("Loaded %s version %s (%s)", metadata.get("model_name"), service.model_version,
+            service = cls.from_directory(config.model_artifacts_dir / alias, config)
+        logger.info("Loaded %s version %s (%s)", service.model_name, service.model_version,
                     config.prediction.model_source)
         return service
 
     @classmethod
     def from_directory(cls, directory: Path, config: Config) -> PredictionService:
         pipeline, metadata = load_pipeline(directory)
-        return cls(pipeline, metadata, config)
+        return cls(pipeline, metadata, config, load_reference(directory, metadata))
 
     def _columns_from_rows(self, rows: list[list[Any]]) -> dict[str, np.ndarray]:
         """Validated rows as typed column arrays (float for numbers, object for text)."""
@@ -100,18 +191,19 @@ class PredictionService:
             for name, dtype, values in zip(self.features, self._dtypes, zip(*rows))
         }
 
+    def _score_with(self, fast_path: FastPipeline | None, columns: Mapping[str, Column]
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Labels (or values) from `predict` and, for classification, probabilities from
+        `predict_proba`, by the fast path or (None) the plain Pipeline."""
+        if fast_path is not None:
+            return (fast_path.predict(columns),
+                    fast_path.predict_proba(columns) if self.has_probabilities else None)
+        frame = pd.DataFrame(columns, columns=self.features)
+        return (self.pipeline.predict(frame),
+                self.pipeline.predict_proba(frame) if self.has_probabilities else None)
+
     def _score(self, columns: Mapping[str, Column]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Predictions and class probabilities (None for regression) for typed columns."""
-        if self.fast_path is not None:
-            if not self.is_classification:
-                return self.fast_path.predict(columns), None
-            probabilities = self.fast_path.predict_proba(columns)
-        else:
-            frame = pd.DataFrame(columns, columns=self.features)
-            if not self.is_classification:
-                return self.pipeline.predict(frame), None
-            probabilities = self.pipeline.predict_proba(frame)
-        return self.pipeline.classes_[probabilities.argmax(axis=1)], probabilities
+        return self._score_with(self.fast_path, columns)
 
     def _results(self, rows: list[list[Any]]) -> list[Prediction]:
         # Requests run the model on the calling thread only: OpenMP cannot split one row, and
@@ -121,10 +213,12 @@ class PredictionService:
         # own), so batches elsewhere in the process keep every core.
         with self._threadpools.limit(limits=1, user_api="openmp"):
             predicted, probabilities = self._score(self._columns_from_rows(rows))
-        if probabilities is None:
+        if not self.is_classification:
             return [Prediction(float(value), None, self.model_version) for value in predicted]
+        if probabilities is None:
+            return [Prediction(native(label), None, self.model_version) for label in predicted]
         return [
-            Prediction(_native(label), dict(zip(self._class_keys, row.tolist())), self.model_version)
+            Prediction(native(label), dict(zip(self._class_keys, row.tolist())), self.model_version)
             for label, row in zip(predicted, probabilities)
         ]
 
@@ -172,6 +266,7 @@ class PredictionService:
 
     def describe(self) -> dict[str, Any]:
         """What a client may want to know about the served model (the API's GET /model)."""
-        keys = ("model_name", "model_version", "task", "features", "classes", "metric",
+        keys = ("model_name", "model_version", "sha256", "task", "features", "classes", "metric",
                 "holdout_metrics", "candidate", "trained_at")
-        return {key: self.metadata.get(key) for key in keys}
+        return {key: self.metadata.get(key) for key in keys} | {
+            "fast_path": self.fast_path is not None}

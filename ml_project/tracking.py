@@ -9,8 +9,10 @@ to `mlruns/` beside it. Browse it with:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import requests
+import skops.io
+import yaml
 from matplotlib.figure import Figure
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.exceptions import MlflowException
@@ -36,8 +40,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 from sklearn.pipeline import Pipeline
 
 from ml_project.config import Config
-from ml_project.engineer import STEPS, FeatureEngineer, FeatureStep
-from ml_project.export import ArtifactError
+from ml_project.export import ArtifactError, sha256_of
 from ml_project.train import CandidateResult, features_and_target
 
 logger = logging.getLogger(__name__)
@@ -46,16 +49,18 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 SERVER_CHECK_TIMEOUT_SECONDS = 10
 TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
-# skops refuses to load types it is not told to trust: numpy's dtype and the boosting
-# internals, plus our own transformer and every feature function (derived, so new steps work).
-SKOPS_TRUSTED_TYPES = [
-    "numpy.dtype",
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
-    f"{FeatureEngineer.__module__}.{FeatureEngineer.__qualname__}",
-    f"{FeatureStep.__module__}.{FeatureStep.__qualname__}",
-    *(f"{step.function.__module__}.{step.function.__qualname__}" for step in STEPS.values()),
-]
+REFERENCE_ARTIFACT = "reference"  # the run's folder holding the reference sample
+# Registered-version tags that let a loader trust exactly what this project logged.
+MODEL_FILE_SHA256_TAG = "model_file_sha256"
+REFERENCE_SHA256_TAG = "reference_sha256"
+TRUSTED_TYPES_TAG = "skops_trusted_types"
+
+
+def trusted_types(pipeline: Pipeline) -> list[str]:
+    """The types skops would refuse in this very Pipeline: derived from the fitted object when
+    it is logged (estimators, feature-step functions, whatever the user configured), never a
+    list kept by hand, and trusted at load only for the file whose sha256 was recorded."""
+    return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)))
 
 
 class TrackingError(RuntimeError):
@@ -68,6 +73,7 @@ class TrackingOutcome:
     model_version: str
     alias: str  # CHAMPION or CHALLENGER
     previous_champion_score: float | None
+    trusted_types: list[str]
 
 
 def _experiment_id(config: Config) -> str:
@@ -205,8 +211,14 @@ def track_modelling_run(
     holdout: pd.DataFrame,
     data_source: str,
     quarantined_rows: int,
+    reference: pd.DataFrame,
 ) -> TrackingOutcome:
-    """Log the whole modelling run, register the model and move the aliases."""
+    """Log the whole modelling run, register the model and move the aliases.
+
+    The registered version is tagged with the sha256 of its model file and of the reference
+    sample, and with the skops types it holds, so `load_registered_pipeline` trusts exactly
+    what was logged here.
+    """
     experiment_id = connect(config)
     client = MlflowClient(config.tracking_uri)
     pipeline = best.pipeline
@@ -263,6 +275,7 @@ def track_modelling_run(
             plt.close(figure)
         # Numerical inputs as float: an integer schema would reject missing values at serving.
         example = features.head(5).astype({name: float for name in config.columns.numerical})
+        types = trusted_types(pipeline)
         with warnings.catch_warnings():  # integer labels in the output schema are intended
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
             info = mlflow.sklearn.log_model(
@@ -273,14 +286,38 @@ def track_modelling_run(
                 registered_model_name=config.tracking.registered_model_name,
                 pip_requirements=_pip_requirements(),
                 code_paths=[str(Path(__file__).parent)],
-                skops_trusted_types=SKOPS_TRUSTED_TYPES,
+                skops_trusted_types=types,
             )
         version = str(info.registered_model_version)
+        reference_sha256 = _log_reference(reference)
+        name = config.tracking.registered_model_name
+        for key, value in {
+            MODEL_FILE_SHA256_TAG: sha256_of(_model_file(mlflow.artifacts.download_artifacts(
+                artifact_uri=info.model_uri))),
+            REFERENCE_SHA256_TAG: reference_sha256,
+            TRUSTED_TYPES_TAG: json.dumps(types),
+        }.items():
+            client.set_model_version_tag(name, version, key, value)
         score = holdout_metrics[config.training.metric]
         alias, previous = promote(client, config, version, score)
         mlflow.set_tag("registered_version", version)
         mlflow.set_tag("alias", alias)
-    return TrackingOutcome(run.info.run_id, version, alias, previous)
+    return TrackingOutcome(run.info.run_id, version, alias, previous, types)
+
+
+def _log_reference(reference: pd.DataFrame) -> str:
+    """Log the reference sample with the run; returns its sha256."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "reference.parquet"
+        reference.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=REFERENCE_ARTIFACT)
+        return sha256_of(path)
+
+
+def _model_file(model_directory: str) -> Path:
+    """The serialised model inside a downloaded MLflow sklearn model folder."""
+    flavor = yaml.safe_load((Path(model_directory) / "MLmodel").read_text())["flavors"]["sklearn"]
+    return Path(model_directory) / str(flavor["pickled_model"])
 
 
 def _pip_requirements() -> list[str]:
@@ -297,17 +334,36 @@ def log_artifacts_to_run(run_id: str, paths: list[Path], artifact_path: str, con
         client.log_artifact(run_id, str(path), artifact_path=artifact_path)
 
 
-def load_registered_pipeline(config: Config, alias: str = CHAMPION) -> tuple[Pipeline, dict[str, Any]]:
-    """`models:/<name>@<alias>` from the registry, with metadata like the local artifact's."""
+def load_registered_pipeline(
+    config: Config, alias: str = CHAMPION
+) -> tuple[Pipeline, dict[str, Any], pd.DataFrame | None]:
+    """`models:/<name>@<alias>` from the registry, with metadata like the local artifact's and
+    its reference sample.
+
+    The model file is loaded only after its sha256 matches the one recorded on the version when
+    it was logged, and skops trusts exactly the types recorded then: MLflow's own loader would
+    trust whatever list the (possibly altered) model folder declares.
+    """
     _use_store(config.tracking_uri)
     name = config.tracking.registered_model_name
     try:
         version = MlflowClient(config.tracking_uri).get_model_version_by_alias(name, alias)
-        pipeline: Pipeline = mlflow.sklearn.load_model(f"models:/{name}@{alias}")
+        model_file = _model_file(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version.version}"))
     except Exception as err:  # unreachable store, unknown model or alias, unreadable files
         raise ArtifactError(
             f"cannot load models:/{name}@{alias} from {redact_password(config.tracking_uri)}: {err}"
         ) from err
+    tags = version.tags
+    if MODEL_FILE_SHA256_TAG not in tags or TRUSTED_TYPES_TAG not in tags:
+        raise ArtifactError(f"models:/{name}/{version.version} was not registered by this "
+                            "project's modelling run (no checksum recorded): refusing to load it")
+    if sha256_of(model_file) != tags[MODEL_FILE_SHA256_TAG]:
+        raise ArtifactError(f"models:/{name}/{version.version}: the model file does not match "
+                            "the checksum recorded at registration; refusing to load it")
+    loaded = skops.io.load(model_file, trusted=json.loads(tags[TRUSTED_TYPES_TAG]))
+    if not isinstance(loaded, Pipeline):
+        raise ArtifactError(f"models:/{name}/{version.version} does not hold a Pipeline")
     metadata = {
         "model_name": name,
         "model_version": str(version.version),
@@ -315,5 +371,18 @@ def load_registered_pipeline(config: Config, alias: str = CHAMPION) -> tuple[Pip
         "mlflow_run_id": version.run_id,
         "task": config.task,
         "features": list(config.columns.features),
+        "sha256": tags[MODEL_FILE_SHA256_TAG],
     }
-    return pipeline, metadata
+    return loaded, metadata, _registered_reference(str(version.run_id),
+                                                  tags.get(REFERENCE_SHA256_TAG))
+
+
+def _registered_reference(run_id: str, expected_sha256: str | None) -> pd.DataFrame | None:
+    """The reference sample logged with a run, after its sha256 matches; None if absent."""
+    if expected_sha256 is None:
+        return None
+    directory = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT)
+    path = Path(directory) / "reference.parquet"
+    if sha256_of(path) != expected_sha256:
+        raise ArtifactError(f"the reference sample of run {run_id} does not match its checksum")
+    return pd.read_parquet(path)

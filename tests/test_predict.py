@@ -5,17 +5,29 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+)
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import FixedThresholdClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 from ml_project.engineer import FeatureStep
 from ml_project.export import ArtifactError
 from ml_project.ingest import load_historic_data, stream_production_instances
 from ml_project.predict import PredictionService
+from ml_project.preprocess import build_preprocessor
 from ml_project.schemas import InvalidInstance
 from ml_project.validate import validate_production_data
 from tests.conftest import prediction_config
@@ -241,41 +253,135 @@ def test_regression_predictions_have_no_probabilities(tmp_path: Path) -> None:
     assert math.isclose(result.prediction, float(pipeline.predict(raw[service.features].iloc[[0]])[0]))
 
 
-@pytest.mark.parametrize(("estimator", "params", "column_major", "compiled"), [
-    ("sklearn.ensemble.HistGradientBoostingClassifier", {"max_leaf_nodes": 7}, True, True),
-    ("sklearn.ensemble.HistGradientBoostingClassifier", {}, True, False),  # 31 leaves
-    ("sklearn.linear_model.LogisticRegression", {}, False, False),
-    ("sklearn.ensemble.RandomForestClassifier", {}, False, False),
-])
-def test_fast_path_equals_the_pipeline_bit_for_bit_in_each_models_layout(
-    service: PredictionService, raw: pd.DataFrame, estimator: str, params: dict[str, Any],
-    column_major: bool, compiled: bool
-) -> None:
-    """Trees read the model input column-major (faster, and layout cannot change a comparison);
-    other models get it row-major, as from the ColumnTransformer: a linear model's BLAS kernel
-    rounds the last bit differently by layout, which this comparison would catch. Small
-    boosted trees are evaluated compiled, the others by scikit-learn."""
-    from importlib import import_module
-
-    from ml_project.fast_path import FastPipeline
+def _fit(service: PredictionService, raw: pd.DataFrame, model: Any,
+         preprocessor: Any = None) -> Pipeline:
+    """The service's Pipeline shape around `model` (and, optionally, another preprocessor),
+    fitted on a target that needs the features."""
     from ml_project.train import build_pipeline
 
-    module, name = estimator.rsplit(".", 1)
-    model = getattr(import_module(module), name)(random_state=0, **params)
-    features = raw[service.features]
-    # hard to learn, so the trees grow to the leaves they are allowed
+    pipeline = build_pipeline(service.config, model)
+    if preprocessor is not None:
+        pipeline.steps[1] = ("preprocess", preprocessor)
     target = (raw["tenure_months"] < 24) ^ ((raw["monthly_charges"] * 100).round() % 2 == 1)
-    pipeline = build_pipeline(service.config, model).fit(features, target.astype(int))
-    fast = FastPipeline(pipeline)
-    columns = {name: features[name].array if isinstance(features[name].dtype, pd.CategoricalDtype)
-               else features[name].to_numpy(dtype=dtype)
-               for name, dtype in zip(service.features, service._dtypes)}
-    preprocessed = fast.preprocess(columns)
-    assert fast.column_major == column_major
-    assert (fast.trees is not None) == compiled
-    assert preprocessed.flags["F_CONTIGUOUS" if column_major else "C_CONTIGUOUS"]
-    np.testing.assert_array_equal(preprocessed, pipeline[:-1].transform(features))
-    np.testing.assert_array_equal(fast.predict_proba(columns), pipeline.predict_proba(features))
+    return pipeline.fit(raw[service.features], target.astype(int))
+
+
+def _service_for(pipeline: Pipeline, service: PredictionService, raw: pd.DataFrame
+                 ) -> PredictionService:
+    """A service over `pipeline` with a reference sample of `raw`, as an export gives it."""
+    reference = raw.head(300).assign(prediction=pipeline.predict(raw[service.features].head(300)))
+    return PredictionService(pipeline, service.metadata, service.config, reference)
+
+
+ESTIMATORS = {
+    "hist_gradient_boosting": lambda: HistGradientBoostingClassifier(random_state=0),
+    "logistic_regression": lambda: LogisticRegression(max_iter=500),
+    "random_forest": lambda: RandomForestClassifier(n_estimators=20, random_state=0),
+    "extra_trees": lambda: ExtraTreesClassifier(n_estimators=20, random_state=0),
+    "fixed_threshold": lambda: FixedThresholdClassifier(LogisticRegression(), threshold=0.2),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ESTIMATORS))
+def test_fast_path_proves_itself_and_answers_as_the_pipeline_for_each_estimator(
+    service: PredictionService, raw: pd.DataFrame, kind: str
+) -> None:
+    pipeline = _fit(service, raw, ESTIMATORS[kind]())
+    served = _service_for(pipeline, service, raw)
+
+    assert served.fast_path is not None, served.core
+    scored = served.predict_frame(raw)
+    features = raw[service.features]
+    np.testing.assert_array_equal(scored["prediction"], pipeline.predict(features))
+    np.testing.assert_array_equal(scored[["probability_0", "probability_1"]],
+                                  pipeline.predict_proba(features))
+    row = _record(features.iloc[3])
+    assert served.predict_instance(row).prediction == pipeline.predict(features.iloc[[3]])[0]
+
+
+def test_labels_come_from_predict_not_from_the_largest_probability(
+    service: PredictionService, raw: pd.DataFrame
+) -> None:
+    """A threshold-tuned classifier labels 1 from probability 0.2 on: the served label is its
+    `predict`, which an argmax of `predict_proba` would contradict on many rows."""
+    pipeline = _fit(service, raw, ESTIMATORS["fixed_threshold"]())
+    served = _service_for(pipeline, service, raw)
+    features = raw[service.features]
+
+    labels = served.predict_frame(raw)["prediction"].to_numpy()
+    argmax = pipeline.classes_[pipeline.predict_proba(features).argmax(axis=1)]
+
+    assert (labels != argmax).sum() > 0
+    np.testing.assert_array_equal(labels, pipeline.predict(features))
+
+
+class _ShiftedScaler(StandardScaler):  # type: ignore[misc]
+    """A subclass that transforms differently: an isinstance test would take it for its base."""
+
+    def transform(self, X: Any, copy: Any = None) -> Any:
+        return super().transform(X, copy=copy) + 1.0
+
+
+def _preprocessor_with(service: PredictionService, **changes: Any) -> ColumnTransformer:
+    preprocessor = build_preprocessor(service.config)
+    return preprocessor.set_params(**changes)
+
+
+@pytest.mark.parametrize(("changes", "reason"), [
+    ({"numerical__scale": _ShiftedScaler()}, "step of type _ShiftedScaler"),
+    ({"transformer_weights": {"numerical": 2.0, "categorical": 1.0}}, "transformer_weights"),
+])
+def test_fast_path_refuses_types_and_settings_it_cannot_reproduce(
+    service: PredictionService, raw: pd.DataFrame, changes: dict[str, Any], reason: str
+) -> None:
+    pipeline = _fit(service, raw, LogisticRegression(max_iter=500),
+                    _preprocessor_with(service, **changes))
+    served = _service_for(pipeline, service, raw)
+
+    assert served.fast_path is None and reason in served.core
+    features = raw[service.features]
+    np.testing.assert_array_equal(served.predict_frame(raw)[["probability_0", "probability_1"]],
+                                  pipeline.predict_proba(features))
+
+
+def test_a_fast_path_that_answers_differently_is_not_used_and_the_reason_is_logged(
+    service: PredictionService, raw: pd.DataFrame, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """The load-time proof is the safety net for whatever the type checks miss: a shortcut
+    whose arithmetic is off by a hair (as a library upgrade could make it) is caught."""
+    from ml_project import fast_path, predict
+
+    def off_by_a_hair(pipeline: Pipeline) -> tuple[fast_path.FastPipeline | None, str]:
+        compiled, reason = fast_path.compile_pipeline(pipeline)
+        assert compiled is not None
+        block = compiled.blocks[0]
+        original = block.transform
+
+        def shifted(columns: Any, out: np.ndarray) -> None:
+            original(columns, out)
+            out += 1e-9
+
+        compiled.blocks[0] = replace(block, transform=shifted)
+        return compiled, reason
+
+    monkeypatch.setattr(predict, "compile_pipeline", off_by_a_hair)
+    with caplog.at_level("WARNING", logger="ml_project.predict"):
+        served = _service_for(service.pipeline, service, raw)
+
+    assert served.fast_path is None
+    assert "fast path differs from the Pipeline (probabilities differ by up to" in caplog.text
+    np.testing.assert_array_equal(
+        served.predict_frame(raw.head(50))[["probability_0", "probability_1"]],
+        service.pipeline.predict_proba(raw[service.features].head(50)))
+
+
+def test_without_a_reference_sample_the_plain_pipeline_runs(
+    service: PredictionService
+) -> None:
+    served = PredictionService(service.pipeline, service.metadata, service.config, None)
+
+    assert served.fast_path is None and "no reference sample" in served.core
 
 
 @pytest.mark.parametrize("rows", [1, 5, 200])  # per-value lookups for a few rows, vectorised beyond

@@ -3,6 +3,7 @@ and an unreachable store failing fast so nothing is exported or promoted."""
 
 from __future__ import annotations
 
+import json
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +14,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ml_project.config import Config, load_config
+from ml_project.export import ArtifactError
 from ml_project.ingest import load_historic_data
 from ml_project.tracking import (
     CHALLENGER,
     CHAMPION,
+    MODEL_FILE_SHA256_TAG,
+    TRUSTED_TYPES_TAG,
     TrackingError,
     TrackingOutcome,
     connect,
@@ -26,6 +30,7 @@ from ml_project.tracking import (
 from ml_project.train import (
     CandidateResult,
     build_leaderboard,
+    build_reference_sample,
     evaluate_holdout,
     features_and_target,
     select_best,
@@ -66,6 +71,7 @@ class Modelled:
             holdout=self.holdout,
             data_source=self.config.resolve(self.config.data.historic),
             quarantined_rows=0,
+            reference=build_reference_sample(best.pipeline, self.holdout, self.config),
         )
 
 
@@ -138,15 +144,49 @@ def test_track_modelling_run_logs_the_run_with_candidates_plots_and_model(
 def test_load_registered_pipeline_returns_the_champion(history: History) -> None:
     strong = history.strong
 
-    pipeline, metadata = load_registered_pipeline(strong.config)
+    pipeline, metadata, reference = load_registered_pipeline(strong.config)
 
     assert metadata["model_version"] == history.outcomes[1].model_version
     assert metadata["alias"] == CHAMPION
     features, _ = features_and_target(strong.holdout, strong.config)
-    expected = select_best(strong.results).pipeline.predict_proba(features)
+    best = select_best(strong.results).pipeline
+    expected = best.predict_proba(features)
     pd.testing.assert_frame_equal(
         pd.DataFrame(pipeline.predict_proba(features)), pd.DataFrame(expected)
     )
+    assert reference is not None
+    pd.testing.assert_frame_equal(reference, build_reference_sample(best, strong.holdout,
+                                                                     strong.config))
+
+
+def test_registered_version_records_its_checksum_and_the_types_it_trusts(
+    history: History
+) -> None:
+    client = MlflowClient(history.strong.config.tracking_uri)
+    version = client.get_model_version_by_alias(
+        history.strong.config.tracking.registered_model_name, CHAMPION)
+
+    assert len(version.tags[MODEL_FILE_SHA256_TAG]) == 64
+    assert json.loads(version.tags[TRUSTED_TYPES_TAG]) == history.outcomes[1].trusted_types
+
+
+def test_load_registered_pipeline_refuses_a_model_file_that_does_not_match_its_checksum(
+    history: History
+) -> None:
+    """The file is compared with the checksum recorded at registration before anything of it
+    is deserialised (here the record is changed, which is the same mismatch as a file replaced
+    in the artifact store)."""
+    config = history.strong.config
+    client = MlflowClient(config.tracking_uri)
+    name = config.tracking.registered_model_name
+    version = client.get_model_version_by_alias(name, CHAMPION)
+    original = version.tags[MODEL_FILE_SHA256_TAG]
+    client.set_model_version_tag(name, version.version, MODEL_FILE_SHA256_TAG, "0" * 64)
+    try:
+        with pytest.raises(ArtifactError, match="does not match the checksum recorded"):
+            load_registered_pipeline(config)
+    finally:
+        client.set_model_version_tag(name, version.version, MODEL_FILE_SHA256_TAG, original)
 
 
 def test_connect_leaves_later_configs_pointing_at_their_own_store(tmp_path: Path) -> None:

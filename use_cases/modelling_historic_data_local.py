@@ -18,6 +18,7 @@ from ml_project.cli import base_parser, start_run
 from ml_project.config import Config
 from ml_project.export import export_pipeline, git_commit, hash_frame, library_versions
 from ml_project.ingest import load_historic_data, read_table
+from ml_project.predict import native
 from ml_project.schemas import field_rules
 from ml_project.tracking import (
     CHAMPION,
@@ -28,6 +29,7 @@ from ml_project.tracking import (
 )
 from ml_project.train import (
     build_leaderboard,
+    build_reference_sample,
     evaluate_holdout,
     select_best,
     split_holdout,
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     leaderboard_files = write_leaderboard(leaderboard, config)
     best = select_best(results)
     holdout_metrics = evaluate_holdout(best.pipeline, holdout, config)
+    reference = build_reference_sample(best.pipeline, holdout, config)
 
     try:
         outcome = track_modelling_run(
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             holdout=holdout,
             data_source=config.resolve(config.data.historic),
             quarantined_rows=len(validation.quarantined),
+            reference=reference,
         )
     except TrackingError as err:
         logger.error("%s. Nothing was exported or promoted.", err)
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "params": best.params,
         "task": config.task,
         "target": config.columns.target,
-        "classes": list(config.columns.target_classes),
+        "classes": [native(c) for c in getattr(best.pipeline, "classes_", [])],
         "features": list(config.columns.features),
         "schema": [rule.__dict__ | {"categories": sorted(rule.categories)} for rule in field_rules(config)],
         "metric": config.training.metric,
@@ -108,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         "libraries": library_versions(),
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "extra_labelled_data": str(args.extra_labelled_data) if args.extra_labelled_data else None,
+        "skops_trusted_types": outcome.trusted_types,
     }
-    artifact = export_pipeline(best.pipeline, metadata, config.model_artifacts_dir / outcome.alias)
+    artifact = export_pipeline(best.pipeline, metadata, config.model_artifacts_dir / outcome.alias,
+                               reference)
     elapsed = time.perf_counter() - started
 
     print(f"\nModelling finished in {elapsed:.0f} s. Best: {best.name} {best.params}")

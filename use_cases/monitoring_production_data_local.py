@@ -12,7 +12,8 @@ Exit codes, for schedulers and CI:
     0   every check passed
     2   bad input: arguments, config, no model, no predictions in the window, unreadable data
     10  data drift: the share of drifted features reached monitoring.drift_share_threshold
-    11  performance drop: the primary metric fell by more than monitoring.performance_drop_threshold
+    11  performance drop: the primary metric is worse than the holdout's by more than
+        monitoring.performance_drop_threshold (relative: 0.05 = 5% worse)
     12  data drift and a performance drop
     13  --retrain-on-drift was given and retraining failed
 An alert code stays the exit code after a successful retraining: the alert was real.
@@ -127,13 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         if window.model_versions != [service.model_version]:
             logger.warning("The window holds predictions of model versions %s; the served model "
                            "is version %s", window.model_versions, service.model_version)
-        reference = load_reference_data(config, service)
+        reference = load_reference_data(service)
         labels = read_production_labels(config)
     except (ArtifactError, FileNotFoundError, ValueError) as err:  # MonitoringInputError too
         logger.error("Cannot monitor: %s", err)
         return EXIT_BAD_INPUT
 
-    drift = detect_drift(reference.training, window.predictions, config)
+    drift = detect_drift(reference.sample, window.predictions, config)
     performance = check_performance(config, service, reference, window, labels)
     directory = config.output_dir / "monitoring"
     reports = write_reports(directory, drift, performance)
@@ -170,7 +171,7 @@ def check_performance(config: Config, service: PredictionService, reference: Ref
                        "is %d): no performance verdict", len(labelled), len(window.predictions),
                        needed)
         return None
-    return evaluate_performance(reference.holdout, labelled, config,
+    return evaluate_performance(reference.sample, labelled, config,
                                 service.metadata.get("holdout_metrics"))
 
 
@@ -206,7 +207,8 @@ def print_summary(summary: dict[str, Any], drift: DriftSummary,
         verdict = "PERFORMANCE DROP" if performance.degraded else "ok"
         print(f"  performance ({metric}, {performance.labelled_rows} labelled): production "
               f"{performance.production[metric]:.4f} vs holdout {performance.baseline[metric]:.4f},"
-              f" drop {performance.drop:.4f} (threshold {performance.threshold:.4f}): {verdict}")
+              f" drop {performance.drop:.4f} = {performance.relative_drop:.1%} of the holdout's"
+              f" (threshold {performance.threshold:.1%}): {verdict}")
     if code in (EXIT_DRIFT, EXIT_DRIFT_AND_PERFORMANCE_DROP):
         print(f"ALERT: data drift in {', '.join(drift.drifted_features)}: the production data no "
               "longer looks like the training data.")

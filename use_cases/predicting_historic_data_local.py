@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             np.concatenate(predicted),
             np.concatenate(probabilities) if service.is_classification else None,
             service.classes,
+            config.positive_class,
         )
         for name, value in metrics.items():
             print(f"    {name}: {value:.4f}")
