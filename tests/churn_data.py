@@ -1,4 +1,4 @@
-"""The generator of the shipped example data: customer churn. Replace it with your own data.
+"""The generator of the churn example: the shipped demo data and the tests' fixture table.
 
 One seeded generator writes all three files, so the data the quickstart uses is reproducible:
 - historic data: features, event timestamp and the churn label;
@@ -6,7 +6,8 @@ One seeded generator writes all three files, so the data the quickstart uses is 
   optional drift knob (`drift` from 0 = same distribution to 1 = strongly shifted);
 - the production labels that "arrive later", joined by id for performance monitoring.
 
-Run `python -m ml_project.example_data` to rewrite the files in data/.
+Run `pipenv run python -m tests.churn_data` to rewrite the demo files in data/. The tests use
+it with `tests/fixture_config.yaml`, never the project's own config or data.
 """
 
 from __future__ import annotations

@@ -13,8 +13,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from ml_project.config import PROJECT_ROOT, Config, _merge, load_config
-from ml_project.example_data import write_example_data
+from ml_project.config import Config, _merge, load_config
+from tests.churn_data import write_example_data
+
+FIXTURE_CONFIG = Path(__file__).with_name("fixture_config.yaml")
 
 # Small and quick, but the same code paths as the shipped configuration.
 FAST_TRAINING: dict[str, Any] = {
@@ -41,9 +43,10 @@ FAST_TRAINING: dict[str, Any] = {
 
 def write_project(root: Path, overrides: dict[str, Any] | None = None, *,
                   n_historic: int = 1500, n_production: int = 300, drift: float = 0.6) -> Path:
-    """Lay out a miniature project in `root`: example data plus a config file; returns it."""
+    """Lay out a miniature project in `root`: the churn fixture table plus a config file from
+    tests/fixture_config.yaml (never the project's own); returns the config file."""
     write_example_data(root / "data", n_historic=n_historic, n_production=n_production, drift=drift)
-    content = yaml.safe_load((PROJECT_ROOT / "project_config.yaml").read_text())
+    content = yaml.safe_load(FIXTURE_CONFIG.read_text())
     config_file = root / "project_config.yaml"
     config_file.write_text(
         yaml.safe_dump(_merge(_merge(content, FAST_TRAINING), overrides or {}), sort_keys=False)

@@ -9,15 +9,15 @@ import pandas as pd
 import pytest
 
 from ml_project.config import Config
-from ml_project.example_data import (
+from ml_project.ingest import known_columns, read_table
+from ml_project.validate import validate_production_data
+from tests.churn_data import (
     TARGET,
     generate_historic_data,
     generate_production_data,
     main,
     write_example_data,
 )
-from ml_project.ingest import known_columns, read_table
-from ml_project.validate import validate_production_data
 
 
 def test_generate_historic_data_is_reproducible_from_its_seed() -> None:

@@ -31,10 +31,10 @@ import requests
 
 from ml_project.api import create_app
 from ml_project.config import PROJECT_ROOT
-from ml_project.example_data import write_example_data
 from ml_project.export import METADATA_FILE, ArtifactError, load_pipeline, read_metadata
 from ml_project.predict import PredictionService
 from ml_project.prediction_log import PredictionLog
+from tests.churn_data import write_example_data
 from tests.conftest import prediction_config
 from tests.serving import INSTANCE, free_port, instance, serve_in_thread
 from use_cases import (

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from ml_project.config import PROJECT_ROOT
-from ml_project.example_data import generate_historic_data
 from ml_project.predict import PredictionService
+from tests.churn_data import generate_historic_data
 from tests.conftest import prediction_config
 from use_cases import predicting_historic_data_local
 

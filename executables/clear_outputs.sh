@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Remove what runs leave behind, before adapting the template to your own table: outputs (logs,
+# predictions, quarantine, the prediction log, reports), the local MLflow store and its
+# artifacts, and the exported models. Your config, data and code are untouched.
+#
+#   bash executables/clear_outputs.sh [--yes]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+targets=(output/* mlflow.db mlruns data/model_artifacts)
+present=()
+for target in "${targets[@]}"; do
+  [ "$target" = "output/.gitkeep" ] && continue
+  [ -e "$target" ] && present+=("$target")
+done
+if [ ${#present[@]} -eq 0 ]; then
+  echo "Nothing to clear."
+  exit 0
+fi
+echo "Will remove: ${present[*]}"
+if [ "${1:-}" != "--yes" ]; then
+  read -r -p "Proceed? [y/N] " answer
+  [[ "$answer" =~ ^[Yy]$ ]] || { echo "Nothing removed."; exit 1; }
+fi
+rm -rf -- "${present[@]}"
+echo "Cleared. Your MLflow store and prediction log start empty at the next run."
