@@ -20,13 +20,13 @@ import numbers
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ml_project.config import Config
 
@@ -43,14 +43,18 @@ REQUIRED = "is required"
 BLANKS = " \t\n\r\f\v"
 NUMBER_TEXT = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?i:inf(?:inity)?)"
 _NUMBER = re.compile(NUMBER_TEXT)
-DOCUMENTED_NUMBER_TEXT = rf"^[ \t\n\r\f\v]*(?:{NUMBER_TEXT})[ \t\n\r\f\v]*$"  # for the docs
+NUMBER_NOTE = ('A number. A number as text ("42", " 4.2e1 ") is read as that number, the same '
+               'range applies')
 
 
 def parse_number(value: Any) -> float | None:
     """A number, or a number as text, as a float; None if it is not one (a bool is not)."""
-    if isinstance(value, bool):
+    kind = type(value)
+    if kind is float:
+        return float(value)
+    if kind is bool:
         return None
-    if isinstance(value, numbers.Real):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
         try:
             return float(value)
         except OverflowError:  # an integer beyond float range
@@ -120,12 +124,21 @@ def parse_timestamp(value: Any) -> datetime | None:
     return moment
 
 
+_NA, _NAT = pd.NA, pd.NaT
+_INT_RANGE = 2**1000  # an int within converts to float without overflow
+
+
 def is_missing(value: Any) -> bool:
     """None, NaN, pandas' NA or a not-a-time: what a JSON null means."""
-    if value is None or value is pd.NA or value is pd.NaT:
+    kind = type(value)
+    if kind is float:  # the common cases first: this runs for every field of every request
+        return bool(value != value)
+    if kind is str or kind is int or kind is bool:
+        return False
+    if value is None or value is _NA or value is _NAT:
         return True
     if isinstance(value, (float, np.floating)):
-        return bool(np.isnan(value))
+        return bool(value != value)
     return isinstance(value, np.datetime64) and bool(np.isnat(value))
 
 
@@ -170,13 +183,26 @@ class FieldRule:
     def check(self, value: Any) -> tuple[Any, str | None]:
         """The value as the Pipeline expects it (a number as float, None -> NaN) and the reason
         it is bad, or None."""
-        if is_missing(value):
+        kind = type(value)
+        if kind is int or kind is float:  # what JSON gives most: straight to the range checks
+            if kind is float:
+                number = value
+            else:  # beyond float range, an int is an infinity
+                number = float(value) if -_INT_RANGE < value < _INT_RANGE else math.copysign(
+                    math.inf, value)
+            if number != number:
+                return math.nan, None if self.nullable else "must not be null"
+        elif is_missing(value):
             return math.nan, None if self.nullable else "must not be null"
+        elif kind is str and self.kind == "categorical" and value in self.categories:
+            return value, None
         if self.kind == "numerical":
-            number = parse_number(value)
-            if number is None:
-                return value, f"must be a number, got {shown(value)}"
-            if not math.isfinite(number):
+            if not (kind is int or kind is float):
+                parsed = parse_number(value)
+                if parsed is None:
+                    return value, f"must be a number, got {shown(value)}"
+                number = parsed
+            if number - number != 0.0:  # infinite (NaN was missing)
                 return value, f"must be a finite number, got {shown_number(number)}"
             if self.min is not None and number < self.min:
                 return value, f"must be >= {shown_number(self.min)}, got {shown_number(number)}"
@@ -200,6 +226,8 @@ class FieldRule:
 
     def allows(self, value: Any) -> bool:
         """A categorical value among the allowed ones (a bool never is, whatever it equals)."""
+        if type(value) is str:
+            return value in self.categories
         if isinstance(value, (bool, np.bool_)):
             return False
         try:
@@ -271,12 +299,14 @@ class InstanceValidator:
         self.identifiers = identifier_rules(config)
         self.passthrough = frozenset(rule.name for rule in self.identifiers)
         self._known = frozenset(known_fields(config))
+        self.target = config.columns.target
         self.reject_unknown = config.validation.unknown_fields == "reject"
 
     def validate(self, record: Mapping[str, Any]) -> list[Any]:
         """The feature values in Pipeline order; raises InvalidInstance naming every bad field."""
         errors: dict[str, str] = {}
         values: list[Any] = []
+        known = 0  # fields of the record that the schema knows
         for rule in self.rules:
             if rule.name not in record:
                 if rule.nullable:
@@ -284,20 +314,23 @@ class InstanceValidator:
                 else:
                     errors[rule.name] = REQUIRED
                 continue
+            known += 1
             value, error = rule.check(record[rule.name])
             values.append(value)
             if error:
                 errors[rule.name] = error
         for rule in self.identifiers:
             if rule.name in record:
+                known += 1
                 error = rule.check(record[rule.name])[1]
                 if error:
                     errors[rule.name] = error
-        unknown = [str(field) for field in record if field not in self._known]
-        if unknown and self.reject_unknown:
-            errors.update(dict.fromkeys(unknown, UNKNOWN_FIELD))
-        elif unknown:
-            logger.debug("Ignoring fields not in the schema: %r", unknown[:20])
+        if len(record) > known + (self.target in record):
+            unknown = [str(field) for field in record if field not in self._known]
+            if self.reject_unknown:
+                errors.update(dict.fromkeys(unknown, UNKNOWN_FIELD))
+            else:
+                logger.debug("Ignoring fields not in the schema: %r", unknown[:20])
         if errors:
             raise InvalidInstance(errors)
         return values
@@ -305,15 +338,14 @@ class InstanceValidator:
 
 def build_request_model(config: Config) -> type[BaseModel]:
     """The Pydantic model of one production instance, for the API docs: the fields, types,
-    ranges and categories the validator checks (a number may come as text)."""
+    ranges and categories the validator checks. A number may come as text ("42"), as the
+    description of each numerical field says: JSON Schema cannot bound the number a text holds."""
     fields: dict[str, Any] = {}
     example: dict[str, Any] = {}
-    number_text = Annotated[str, StringConstraints(pattern=DOCUMENTED_NUMBER_TEXT)]
     for rule in field_rules(config):
         if rule.kind == "numerical":
-            number = Annotated[float, Field(ge=rule.min, le=rule.max)]
-            annotation: Any = number | number_text
-            description = "A number, or a number as text (the same range applies)"
+            annotation: Any = float
+            description = NUMBER_NOTE
             example[rule.name] = rule.min if rule.min is not None else 0.0
         else:
             categories = tuple(_listed(rule.categories))
@@ -322,12 +354,13 @@ def build_request_model(config: Config) -> type[BaseModel]:
             example[rule.name] = categories[0]
         annotation = annotation | None if rule.nullable else annotation
         default = None if rule.nullable else ...
-        fields[rule.name] = (annotation, Field(default, description=description))
-    fields[config.columns.id] = (str | int | None, Field(None, description="Echoed in the log"))
+        fields[rule.name] = (annotation, Field(default, ge=rule.min, le=rule.max,
+                                               description=description))
+    # Optional, but never null when given (a frame refuses a row without them).
+    fields[config.columns.id] = (str | int, Field(None, description="Echoed in the log"))
     if config.columns.timestamp:
-        fields[config.columns.timestamp] = (
-            str | None, Field(None, description="Event time, ISO 8601")
-        )
+        fields[config.columns.timestamp] = (str, Field(
+            None, description="Event time, ISO 8601", json_schema_extra={"format": "date-time"}))
     fields[config.columns.target] = (Any, Field(None, description="A label: accepted, not used"))
     extra: Literal["forbid", "ignore"] = (
         "forbid" if config.validation.unknown_fields == "reject" else "ignore"
