@@ -90,6 +90,8 @@ class DataConfig(_Frozen):
 
 class ValidationConfig(_Frozen):
     fail_on_invalid: bool = False
+    # A field none of the columns names: ignored (dropped, logged) or refused, on every path.
+    unknown_fields: Literal["ignore", "reject"] = "ignore"
 
 
 class EngineeringConfig(_Frozen):

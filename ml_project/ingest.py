@@ -2,8 +2,9 @@
 
 Readers keep the columns the schema knows and log the ones they drop; they never validate
 (that is `validate.py`'s job) and never mutate what they read. Identifiers come as text and
-categorical features as pandas categoricals, from every source. `parse_numbers` is the one way
-text becomes numbers, for validation and the stream alike.
+categorical features as pandas categoricals, from every source. Columns the schema does not know
+are dropped and logged (`validation.unknown_fields: ignore`) or kept, for validation to refuse
+the file (`reject`). Text becomes numbers only through `schemas.parse_numbers`.
 """
 
 from __future__ import annotations
@@ -15,55 +16,17 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from ml_project.config import Config
+from ml_project.schemas import known_fields, parse_numbers
 
 logger = logging.getLogger(__name__)
 
 
-# A plain decimal number: Arrow parses these (vectorised); anything else goes to pandas.
-PLAIN_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
-
-
-def parse_numbers(values: np.ndarray) -> np.ndarray:
-    """Text to float64, NaN where a value is missing or not a number.
-
-    Plain decimals are parsed by Arrow: correctly rounded, the same double as Python's `float()`,
-    so a number read from a file equals the same number sent to the API as JSON
-    (`pandas.to_numeric` can be 1 ULP off), and faster (50k values: 6x for integers, 1.4x for
-    decimals). Whatever else (`inf`, `" 12"`, non-text values) goes through `to_numeric`.
-    """
-    try:
-        text = pa.array(values, from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # not all text: ints, bools...
-        text = None
-    if text is None or not pa.types.is_string(text.type):
-        return np.asarray(pd.to_numeric(values, errors="coerce"), dtype=float)
-    present = pc.is_valid(text).to_numpy(zero_copy_only=False)
-    # Digits only (most integer columns) is a cheap test; the full pattern (signs, decimals,
-    # exponents) runs on the other values only.
-    plain = np.array(pc.ascii_is_decimal(text).fill_null(False).to_numpy(zero_copy_only=False))
-    others = np.flatnonzero(present & ~plain)
-    if others.size:
-        plain[others] = pc.match_substring_regex(text.take(pa.array(others)), PLAIN_NUMBER
-                                                 ).to_numpy(zero_copy_only=False)
-    only_plain = pc.if_else(pa.array(plain), text, pa.scalar(None, pa.string()))
-    parsed = np.array(pc.cast(only_plain, pa.float64()).to_numpy(zero_copy_only=False),
-                      dtype=float)  # nulls become NaN; a writable copy
-    unparsed = np.flatnonzero(present & ~plain)
-    if unparsed.size:
-        parsed[unparsed] = pd.to_numeric(values[unparsed], errors="coerce")
-    return parsed
-
-
 def known_columns(config: Config, *, with_target: bool = True) -> list[str]:
     """Identifier, timestamp, features and (optionally) target, in schema order."""
-    columns = config.columns
-    names = [columns.id] + ([columns.timestamp] if columns.timestamp else [])
-    names += list(columns.features)
-    return names + [columns.target] if with_target else names
+    names = list(known_fields(config))
+    return names if with_target else names[:-1]
 
 
 def _reader_dtypes(config: Config) -> dict[str, Any]:
@@ -86,10 +49,14 @@ def _as_read(frame: pd.DataFrame, config: Config) -> pd.DataFrame:
 
 
 def _keep_known(frame: pd.DataFrame, config: Config, source: str) -> pd.DataFrame:
+    """Without the columns the schema does not know (`validation.unknown_fields: ignore`), or
+    with them, for validation to refuse the file (`reject`)."""
+    if config.validation.unknown_fields == "reject":
+        return frame
     keep = known_columns(config)
     dropped = [column for column in frame.columns if column not in keep]
     if dropped:
-        logger.info("Dropping columns not in the schema from %s: %s", source, dropped)
+        logger.info("Dropping columns not in the schema from %s: %r", source, dropped)
     return frame[[column for column in frame.columns if column in keep]]
 
 
@@ -178,12 +145,19 @@ def stream_production_instances(
 
 def _as_json_records(frame: pd.DataFrame, config: Config) -> list[dict[str, Any]]:
     """Rows as a JSON client would send them: numbers as numbers where they parse, text kept
-    as text where it does not (so validation, not the reader, rejects it), None for missing."""
-    converted = {}
+    as text where it does not (so validation, not the reader, rejects it), timestamps as ISO
+    8601 text, None for missing."""
+    converted: dict[str, pd.Series] = {}
     for column in config.columns.numerical:
         if column in frame.columns and frame[column].dtype == object:
             parsed = pd.Series(parse_numbers(frame[column].to_numpy()), index=frame.index)
             converted[column] = parsed.astype(object).where(parsed.notna(), frame[column])
+    timestamp = config.columns.timestamp
+    if timestamp and timestamp in frame.columns and pd.api.types.is_datetime64_any_dtype(
+        frame[timestamp]
+    ):
+        moments = frame[timestamp]
+        converted[timestamp] = moments.map(pd.Timestamp.isoformat, na_action="ignore")
     typed = frame.assign(**converted).astype(object)
     records = typed.where(typed.notna(), None).to_dict("records")
     return [{str(key): value for key, value in record.items()} for record in records]

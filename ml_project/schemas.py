@@ -1,63 +1,239 @@
-"""The data contract, derived once from the Config's column specs.
+"""The data contract, derived once from the Config's column specs: one rule per column, holding
+both its check and its wording.
 
-Three views of the same rules, so they can never disagree:
-- `field_rules(config)`: the rules themselves (type, range, categories, nullability);
-- `InstanceValidator`: a compiled per-instance check for single records (microseconds, no
-  DataFrame), used by the stream, the APIs and every cloud handler;
-- `build_request_model(config)`: the Pydantic request model the FastAPI docs show.
-The pandera DataFrame schemas for whole frames live in `validate.py`, built from the same rules.
-This module imports neither pandera nor mlflow: it is on the serving path.
+- `FieldRule.check(value)`: the verdict on one value and, if it is bad, the reason, in the words
+  every path reports (the stream, both APIs, every cloud handler, and the batch quarantine);
+- `field_rules(config)`, `identifier_rules(config)`, `target_rule(config)`: the rules;
+- `parse_number` / `parse_numbers`: the one way text becomes a number (one value or a column);
+- `InstanceValidator`: the per-record check (microseconds, no DataFrame);
+- `build_request_model(config)`: the Pydantic model the FastAPI docs show.
+`validate.py` builds the pandera schema for whole frames from the same rules, and takes the
+reason for every failing cell from `FieldRule.check`. This module imports neither pandera nor
+mlflow: it is on the serving path.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal, Mapping
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ml_project.config import Config
 
-Kind = Literal["numerical", "categorical"]
+logger = logging.getLogger(__name__)
+
+Kind = Literal["numerical", "categorical", "identifier", "timestamp"]
+
+UNKNOWN_FIELD = "is not a known field"
+REQUIRED = "is required"
+
+# A number as text, as the CSV reader reads one: a plain decimal (sign, point and exponent
+# optional) or an infinity, with blanks around it allowed. Not "nan" (JSON has null for that),
+# not "1_000", "0x10" or "1,5". Python's float() gives the value, the same double Arrow gives.
+BLANKS = " \t\n\r\f\v"
+NUMBER_TEXT = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?i:inf(?:inity)?)"
+_NUMBER = re.compile(NUMBER_TEXT)
+NUMBER_NOTE = ('A number. A number as text ("42", " 4.2e1 ") is read as that number, the same '
+               'range applies')
+
+
+def parse_number(value: Any) -> float | None:
+    """A number, or a number as text, as a float; None if it is not one (a bool is not)."""
+    kind = type(value)
+    if kind is float:
+        return float(value)
+    if kind is bool:
+        return None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond float range
+            return -math.inf if str(value).startswith("-") else math.inf
+    if isinstance(value, str):
+        text = value.strip(BLANKS)
+        return float(text) if _NUMBER.fullmatch(text) else None
+    return None
+
+
+def parse_numbers(values: np.ndarray) -> np.ndarray:
+    """`parse_number` over a column: float64, NaN where a value is missing or not a number.
+
+    Text goes through Arrow (vectorised, correctly rounded: the same double as Python's
+    `float()`, so a number read from a file equals the same number sent to the API as JSON);
+    a column of anything else goes value by value.
+    """
+    if values.dtype.kind in "iuf":
+        return np.asarray(values, dtype=float)
+    if values.dtype.kind == "b":
+        return np.full(len(values), math.nan)
+    objects = np.asarray(values, dtype=object)
+    kind = pd.api.types.infer_dtype(objects, skipna=True)
+    if kind in ("floating", "integer", "mixed-integer-float"):
+        return np.array([math.nan if is_missing(v) else parse_number(v) for v in objects],
+                        dtype=float)
+    if kind not in ("string", "empty"):
+        return np.array([_number_or_nan(v) for v in objects], dtype=float)
+    text = pc.utf8_trim(pa.array(objects, type=pa.string(), from_pandas=True), characters=BLANKS)
+    numeric = pc.match_substring_regex(text, f"^(?:{NUMBER_TEXT})$").fill_null(False)
+    only_numbers = pc.if_else(numeric, text, pa.scalar(None, pa.string()))
+    try:
+        parsed = pc.cast(only_numbers, pa.float64())
+    except pa.ArrowInvalid:  # a text Arrow reads otherwise than Python: Python decides
+        return np.array([_number_or_nan(v) for v in objects], dtype=float)
+    return np.array(parsed.to_numpy(zero_copy_only=False), dtype=float)  # nulls become NaN
+
+
+def _number_or_nan(value: Any) -> float:
+    number = None if is_missing(value) else parse_number(value)
+    return math.nan if number is None else number
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """An ISO 8601 date or date-time (text or a datetime) as a naive UTC datetime; else None.
+
+    Text is read by Python's `datetime.fromisoformat` or, failing that, by pandas' ISO 8601
+    parser (frames are parsed by the latter, a whole column at once): a text either accepts is
+    a timestamp on every path.
+    """
+    if isinstance(value, np.datetime64):
+        value = pd.Timestamp(value)
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            parsed = pd.to_datetime(value, errors="coerce", format="ISO8601", utc=True)
+            if pd.isna(parsed):
+                return None
+            moment = parsed.tz_localize(None).to_pydatetime()
+    elif isinstance(value, datetime):
+        moment = value
+    else:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment
+
+
+_NA, _NAT = pd.NA, pd.NaT
+_INT_RANGE = 2**1000  # an int within converts to float without overflow
+
+
+def is_missing(value: Any) -> bool:
+    """None, NaN, pandas' NA or a not-a-time: what a JSON null means."""
+    kind = type(value)
+    if kind is float:  # the common cases first: this runs for every field of every request
+        return bool(value != value)
+    if kind is str or kind is int or kind is bool:
+        return False
+    if value is None or value is _NA or value is _NAT:
+        return True
+    if isinstance(value, (float, np.floating)):
+        return bool(value != value)
+    return isinstance(value, np.datetime64) and bool(np.isnat(value))
+
+
+def shown(value: Any) -> str:
+    """A value as received, for a message: one spelling whatever the path (numpy's scalars read
+    as Python's, long values cut)."""
+    if isinstance(value, (bool, np.bool_)):
+        text = repr(bool(value))
+    elif isinstance(value, numbers.Integral):
+        text = str(int(value))
+    elif isinstance(value, numbers.Real):
+        text = repr(float(value))
+    elif isinstance(value, str):
+        text = repr(str(value))
+    else:
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def shown_number(number: float) -> str:
+    """A parsed number for a message: 600, 600.0 and "600" all read 600."""
+    if math.isfinite(number) and number == int(number) and abs(number) < 1e16:
+        return str(int(number))
+    return repr(number)
+
+
+def _listed(categories: frozenset[int | str]) -> list[int | str]:
+    return sorted(categories, key=lambda value: (isinstance(value, str), value))
 
 
 @dataclass(frozen=True)
 class FieldRule:
-    """One production feature: what a valid value looks like."""
+    """One column: what a valid value looks like, and what to say about one that is not."""
 
     name: str
     kind: Kind
     nullable: bool
     min: float | None = None
     max: float | None = None
-    categories: frozenset[str] = frozenset()
+    categories: frozenset[int | str] = frozenset()
 
     def check(self, value: Any) -> tuple[Any, str | None]:
-        """Return the value as the Pipeline expects it (None -> NaN) and an error, if any."""
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        """The value as the Pipeline expects it (a number as float, None -> NaN) and the reason
+        it is bad, or None."""
+        kind = type(value)
+        if kind is int or kind is float:  # what JSON gives most: straight to the range checks
+            if kind is float:
+                number = value
+            else:  # beyond float range, an int is an infinity
+                number = float(value) if -_INT_RANGE < value < _INT_RANGE else math.copysign(
+                    math.inf, value)
+            if number != number:
+                return math.nan, None if self.nullable else "must not be null"
+        elif is_missing(value):
             return math.nan, None if self.nullable else "must not be null"
+        elif kind is str and self.kind == "categorical" and value in self.categories:
+            return value, None
         if self.kind == "numerical":
-            if isinstance(value, bool) or not isinstance(value, (int, float, numbers.Real)):
-                return value, f"must be a number, got {type(value).__name__} {value!r}"
-            try:
-                number = float(value)
-            except OverflowError:  # a JSON integer beyond float range
-                number = math.inf
-            if not math.isfinite(number):
-                return value, f"must be a finite number, got {value!r}"
+            if not (kind is int or kind is float):
+                parsed = parse_number(value)
+                if parsed is None:
+                    return value, f"must be a number, got {shown(value)}"
+                number = parsed
+            if number - number != 0.0:  # infinite (NaN was missing)
+                return value, f"must be a finite number, got {shown_number(number)}"
             if self.min is not None and number < self.min:
-                return value, f"must be >= {self.min:g}, got {value!r}"
+                return value, f"must be >= {shown_number(self.min)}, got {shown_number(number)}"
             if self.max is not None and number > self.max:
-                return value, f"must be <= {self.max:g}, got {value!r}"
+                return value, f"must be <= {shown_number(self.max)}, got {shown_number(number)}"
             return number, None
-        if not isinstance(value, str):
-            return value, f"must be a string, got {type(value).__name__} {value!r}"
-        if value not in self.categories:
-            return value, f"must be one of {sorted(self.categories)}, got {value!r}"
-        return value, None
+        if self.kind == "categorical":
+            if self.allows(value):
+                return value, None
+            return value, f"must be one of {_listed(self.categories)}, got {shown(value)}"
+        if self.kind == "identifier":
+            if isinstance(value, str) or (
+                isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            ):
+                return value, None
+            return value, f"must be text or an integer, got {shown(value)}"
+        moment = parse_timestamp(value)
+        if moment is None:
+            return value, f"must be an ISO 8601 timestamp, got {shown(value)}"
+        return moment, None
+
+    def allows(self, value: Any) -> bool:
+        """A categorical value among the allowed ones (a bool never is, whatever it equals)."""
+        if type(value) is str:
+            return value in self.categories
+        if isinstance(value, (bool, np.bool_)):
+            return False
+        try:
+            return value in self.categories
+        except TypeError:  # unhashable: a JSON list or object
+            return False
 
 
 def field_rules(config: Config) -> tuple[FieldRule, ...]:
@@ -74,6 +250,32 @@ def field_rules(config: Config) -> tuple[FieldRule, ...]:
     return (*numerical, *categorical)
 
 
+def identifier_rules(config: Config) -> tuple[FieldRule, ...]:
+    """The id (text or an integer) and the timestamp (ISO 8601), if configured. A record may
+    leave them out; when given (and in every row of a frame) they must be valid."""
+    rules = [FieldRule(config.columns.id, "identifier", nullable=False)]
+    if config.columns.timestamp:
+        rules.append(FieldRule(config.columns.timestamp, "timestamp", nullable=False))
+    return tuple(rules)
+
+
+def target_rule(config: Config) -> FieldRule:
+    """A label of modelling data: one of `target_classes` (numbers or text), or a finite number
+    for regression."""
+    target = config.columns.target
+    if config.is_classification:
+        return FieldRule(target, "categorical", False,
+                         categories=frozenset(config.columns.target_classes))
+    return FieldRule(target, "numerical", False)
+
+
+def known_fields(config: Config) -> tuple[str, ...]:
+    """Identifier, timestamp, features and target: every field any path knows, in schema order."""
+    columns = config.columns
+    names = [columns.id] + ([columns.timestamp] if columns.timestamp else [])
+    return (*names, *columns.features, columns.target)
+
+
 class InvalidInstance(ValueError):
     """A record that breaks the schema; `errors` maps each bad field to the rule it broke."""
 
@@ -83,71 +285,88 @@ class InvalidInstance(ValueError):
 
 
 class InstanceValidator:
-    """The compiled per-record check: the same rules as the pandera schema, without a DataFrame.
+    """The per-record check: the rules pandera checks frames by, without a DataFrame.
 
-    Identifier fields (id, timestamp) are optional and passed through to the log, if of the type
-    the request model declares; any other unknown field is an error, so a misspelt feature name
-    never silently becomes a missing value.
+    The id and timestamp are optional and passed through to the log, but must be valid when
+    given; the target is known (a labelled row is welcome) and not used. Any other field is
+    ignored (`validation.unknown_fields: ignore`, logged at debug) or an error (`reject`), so a
+    misspelt feature name can be made to fail loudly.
     """
 
     def __init__(self, config: Config) -> None:
         self.rules = field_rules(config)
         self.features = tuple(rule.name for rule in self.rules)
-        # Types as the request model declares them (a Parquet stream gives datetimes).
-        self._identifiers: dict[str, tuple[tuple[type, ...], str]] = {
-            config.columns.id: ((str, numbers.Integral), "a string or an integer")
-        }
-        if config.columns.timestamp:
-            self._identifiers[config.columns.timestamp] = ((str, datetime), "a string")
-        self.passthrough = frozenset(self._identifiers)
-        self._known = frozenset(self.features) | self.passthrough
+        self.identifiers = identifier_rules(config)
+        self.passthrough = frozenset(rule.name for rule in self.identifiers)
+        self._known = frozenset(known_fields(config))
+        self.target = config.columns.target
+        self.reject_unknown = config.validation.unknown_fields == "reject"
 
     def validate(self, record: Mapping[str, Any]) -> list[Any]:
         """The feature values in Pipeline order; raises InvalidInstance naming every bad field."""
         errors: dict[str, str] = {}
         values: list[Any] = []
+        known = 0  # fields of the record that the schema knows
         for rule in self.rules:
             if rule.name not in record:
                 if rule.nullable:
                     values.append(math.nan)
                 else:
-                    errors[rule.name] = "is required"
+                    errors[rule.name] = REQUIRED
                 continue
+            known += 1
             value, error = rule.check(record[rule.name])
             values.append(value)
             if error:
                 errors[rule.name] = error
-        for field, (types, expected) in self._identifiers.items():
-            value = record.get(field)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
-                errors[field] = f"must be {expected}, got {type(value).__name__} {value!r}"
-        for field in record.keys() - self._known:
-            errors[str(field)] = "is not a known field"
+        for rule in self.identifiers:
+            if rule.name in record:
+                known += 1
+                error = rule.check(record[rule.name])[1]
+                if error:
+                    errors[rule.name] = error
+        if len(record) > known + (self.target in record):
+            unknown = [str(field) for field in record if field not in self._known]
+            if self.reject_unknown:
+                errors.update(dict.fromkeys(unknown, UNKNOWN_FIELD))
+            else:
+                logger.debug("Ignoring fields not in the schema: %r", unknown[:20])
         if errors:
             raise InvalidInstance(errors)
         return values
 
 
 def build_request_model(config: Config) -> type[BaseModel]:
-    """The Pydantic model of one production instance, for API docs and request parsing."""
+    """The Pydantic model of one production instance, for the API docs: the fields, types,
+    ranges and categories the validator checks. A number may come as text ("42"), as the
+    description of each numerical field says: JSON Schema cannot bound the number a text holds."""
     fields: dict[str, Any] = {}
     example: dict[str, Any] = {}
     for rule in field_rules(config):
         if rule.kind == "numerical":
-            annotation: Any = float | None if rule.nullable else float
+            annotation: Any = float
+            description = NUMBER_NOTE
             example[rule.name] = rule.min if rule.min is not None else 0.0
         else:
-            categories = tuple(sorted(rule.categories))
+            categories = tuple(_listed(rule.categories))
             annotation = Literal[categories]
-            annotation = annotation | None if rule.nullable else annotation
+            description = "One of the categories"
             example[rule.name] = categories[0]
+        annotation = annotation | None if rule.nullable else annotation
         default = None if rule.nullable else ...
-        fields[rule.name] = (annotation, Field(default, ge=rule.min, le=rule.max))
-    fields[config.columns.id] = (str | int | None, Field(None, description="Echoed in the log"))
+        fields[rule.name] = (annotation, Field(default, ge=rule.min, le=rule.max,
+                                               description=description))
+    # Optional, but never null when given (a frame refuses a row without them).
+    fields[config.columns.id] = (str | int, Field(None, description="Echoed in the log"))
     if config.columns.timestamp:
-        fields[config.columns.timestamp] = (str | None, Field(None, description="Event time"))
+        fields[config.columns.timestamp] = (str, Field(
+            None, description="Event time, ISO 8601", json_schema_extra={"format": "date-time"}))
+    fields[config.columns.target] = (Any, Field(None, description="A label: accepted, not used"))
+    extra: Literal["forbid", "ignore"] = (
+        "forbid" if config.validation.unknown_fields == "reject" else "ignore"
+    )
     return create_model(
         "PredictionRequest",
-        __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [example]}),
+        __config__=ConfigDict(extra=extra, json_schema_extra={"examples": [example]}),
         **fields,
     )

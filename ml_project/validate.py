@@ -1,19 +1,23 @@
 """Split a frame into valid rows and quarantined rows with their reasons; nothing is dropped.
 
-The pandera schemas are built from the same `field_rules` as the per-instance check in
-`schemas.py`: production data (as received) must satisfy the production schema; raw data
-(for modelling) additionally carries a valid target.
+The pandera schemas are built from the rules of `schemas.py` (`identifier_rules`, `field_rules`,
+`target_rule`): production data (as received) must satisfy the production schema; raw data (for
+modelling) additionally carries a valid target. A frame goes through two steps:
 
-Each schema is built once per configuration and compiled: its own checks (nullability, ranges,
-categories, finiteness) run as numpy operations over whole columns, giving the same failures as
-`schema.validate` at a tenth of the cost per chunk (pandera runs every check through its backend
-and assembles a report even for valid data). A schema holding anything the compiler does not
-know, or a frame whose dtypes differ from the schema's, is validated by pandera itself.
+1. Coerce: numbers (text included, by `schemas.parse_numbers`) become float64, timestamps
+   datetime64; a value that does not coerce (text that is no number, a bool for a number, an id
+   of the wrong type) is a failure of its cell.
+2. pandera checks the typed columns lazily (nullability, finiteness, ranges, categories).
+
+Every failing cell, whichever step found it, gets ONE reason: `FieldRule.check` on the value as
+received, so the quarantine says what the stream and the APIs say about the same value
+(`age: must be <= 110, got 600`). Each schema is built once per configuration.
 
 Valid rows come back typed: numbers as float64, the timestamp as datetime64, and each
 categorical feature as a pandas Categorical of exactly its allowed categories, so a validated
 frame cannot hold an unknown category, takes a byte per value, and hands the prediction core
-ready-made category codes (the lookup that checked a value is the one that encodes it).
+ready-made category codes. Columns the schema does not know pass through unchecked
+(`validation.unknown_fields: ignore`) or make the whole frame fail (`reject`).
 """
 
 from __future__ import annotations
@@ -22,17 +26,24 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-from pandas.api.extensions import ExtensionDtype
 from pandera.errors import SchemaErrors
 
 from ml_project.config import Config
-from ml_project.ingest import parse_numbers
-from ml_project.schemas import field_rules
+from ml_project.schemas import (
+    UNKNOWN_FIELD,
+    FieldRule,
+    field_rules,
+    identifier_rules,
+    is_missing,
+    known_fields,
+    parse_numbers,
+    target_rule,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +51,8 @@ REASON_COLUMN = "quarantine_reason"
 
 
 class DataValidationError(ValueError):
-    """Data that cannot be used at all (a missing column), or any invalid row when fatal."""
+    """Data that cannot be used at all (a missing or unknown column), or any invalid row when
+    `validation.fail_on_invalid` is set."""
 
 
 @dataclass(frozen=True)
@@ -50,226 +62,156 @@ class ValidationResult:
 
 
 def _is_finite(values: Any) -> Any:
-    """Infinity parses as a number but measures nothing (the per-instance check agrees)."""
+    """Infinity parses as a number but measures nothing."""
     return np.abs(values) != np.inf  # NaN passes: nullability is its own rule
 
 
 FINITE = pa.Check(_is_finite, name="finite")
 
 
+def _column(rule: FieldRule) -> pa.Column:
+    """The pandera column of a rule, over the coerced values (types are settled by then)."""
+    if rule.kind == "numerical":
+        checks = [FINITE]
+        if rule.min is not None:
+            checks.append(pa.Check.ge(rule.min))
+        if rule.max is not None:
+            checks.append(pa.Check.le(rule.max))
+        return pa.Column(float, checks, nullable=rule.nullable)
+    if rule.kind == "categorical":
+        return pa.Column(checks=pa.Check.isin(list(rule.categories)), nullable=rule.nullable)
+    if rule.kind == "timestamp":
+        return pa.Column("datetime64[ns]", nullable=rule.nullable)
+    return pa.Column(nullable=rule.nullable)
+
+
 def build_production_schema(config: Config) -> pa.DataFrameSchema:
     """Production data as received: identifiers plus every feature, each with its rule."""
-    columns: dict[str, pa.Column] = {config.columns.id: pa.Column(nullable=False)}
-    if config.columns.timestamp:
-        columns[config.columns.timestamp] = pa.Column("datetime64[ns]", nullable=False)
-    for rule in field_rules(config):
-        if rule.kind == "numerical":
-            checks = [FINITE]
-            if rule.min is not None:
-                checks.append(pa.Check.ge(rule.min))
-            if rule.max is not None:
-                checks.append(pa.Check.le(rule.max))
-            columns[rule.name] = pa.Column(float, checks, nullable=rule.nullable)
-        else:
-            checks = [pa.Check.isin(sorted(rule.categories))]
-            columns[rule.name] = pa.Column(object, checks, nullable=rule.nullable)
-    return pa.DataFrameSchema(columns, name="ProductionSchema", strict=False)
+    rules = (*identifier_rules(config), *field_rules(config))
+    return pa.DataFrameSchema({rule.name: _column(rule) for rule in rules},
+                              name="ProductionSchema", strict=False)
 
 
 def build_raw_schema(config: Config) -> pa.DataFrameSchema:
     """Raw (validated) modelling data: the production schema plus a valid target."""
-    target = config.columns.target
-    if config.is_classification:
-        column = pa.Column(checks=pa.Check.isin(list(config.columns.target_classes)), nullable=False)
-    else:
-        column = pa.Column(float, FINITE, nullable=False)
-    return build_production_schema(config).add_columns({target: column}).set_name("RawSchema")
-
-
-Failure = tuple[int, str]  # row index, reason
-Values = Any  # a column's values: a numpy array or a pandas extension array (a Categorical)
-ColumnTest = Callable[[np.ndarray], np.ndarray]  # a column's values -> the mask of those passing
-
-
-def _at_least(min_value: float) -> ColumnTest:
-    return lambda values: values >= min_value
-
-
-def _at_most(max_value: float) -> ColumnTest:
-    return lambda values: values <= max_value
-
-
-def _finite() -> ColumnTest:
-    return _is_finite
-
-
-# The checks our schemas use, by pandera's name, built from the check's statistics as numpy
-# operations over a whole column. What a test says about a missing value is ignored: that is
-# the nullable rule's business (pandera's ignore_na). `isin` is compiled apart (`_allowed`):
-# its lookup also gives each value's category code.
-VECTORISED_CHECKS: dict[str, Callable[..., ColumnTest]] = {
-    "greater_than_or_equal_to": _at_least,
-    "less_than_or_equal_to": _at_most,
-    "finite": _finite,
-}
-
-
-class UnsupportedSchema(ValueError):
-    """The schema holds something the compiler cannot reproduce exactly; pandera runs it."""
+    target = target_rule(config)
+    return build_production_schema(config).add_columns({target.name: _column(target)}).set_name(
+        "RawSchema")
 
 
 @dataclass(frozen=True)
-class _CompiledColumn:
-    name: str
-    dtype: str | None
-    nullable: bool
-    checks: tuple[tuple[str, ColumnTest], ...]  # (pandera's name for the check, its test)
-    allowed: tuple[str, pd.Index] | None  # an isin check: (its name, the allowed values)
+class _Schema:
+    pandera: pa.DataFrameSchema
+    rules: dict[str, FieldRule]  # by column, in schema order
 
 
-def _compile_check(check: pa.Check) -> tuple[str, ColumnTest]:
-    if check.element_wise or not check.ignore_na or check.groupby is not None or (
-        check.name not in VECTORISED_CHECKS
-    ):
-        raise UnsupportedSchema(f"check {check.name!r}")
-    return check.error or check.name, VECTORISED_CHECKS[check.name](**(check.statistics or {}))
+_SCHEMAS: dict[tuple[str, str, bool], _Schema] = {}
 
 
-def _allowed(check: pa.Check) -> tuple[str, pd.Index]:
-    """An isin check as the sorted index of its values: position in it = category code."""
-    if check.element_wise or not check.ignore_na or check.groupby is not None:
-        raise UnsupportedSchema(f"check {check.name!r}")
-    values = list(dict.fromkeys((check.statistics or {})["allowed_values"]))
-    if any(pd.isna(value) for value in values):
-        raise UnsupportedSchema("isin allowing a missing value")  # would hide a null
-    try:
-        values = sorted(values)
-    except TypeError:  # values of mixed types keep their given order
-        pass
-    return str(check.error or check.name), pd.Index(values)
-
-
-@dataclass(frozen=True)
-class CheckedFrame:
-    """What a compiled schema found: the failures and, per isin column, each value's position
-    among the allowed values (-1 for a missing or failing value) and those allowed values."""
-
-    failures: list[Failure]
-    codes: dict[str, np.ndarray]
-    categories: dict[str, pd.Index]
-
-
-class CompiledSchema:
-    """A pandera schema's column rules as numpy operations; the failures `schema.validate`
-    reports, in the same words (`<column>: failed <check>, got <value>`), in schema order."""
-
-    def __init__(self, schema: pa.DataFrameSchema) -> None:
-        if schema.checks or schema.index is not None or schema.unique or schema.coerce:
-            raise UnsupportedSchema("schema-wide checks, index, unique or coerce")
-        self.columns = []
-        for name, column in schema.columns.items():
-            if column.regex or column.unique or column.coerce:
-                raise UnsupportedSchema(f"column {name!r} with regex, unique or coerce")
-            dtype = None if column.dtype is None else str(column.dtype)
-            isin = [check for check in column.checks if check.name == "isin"]
-            if len(isin) > 1 or (isin and column.checks[-1] is not isin[0]):
-                raise UnsupportedSchema(f"column {name!r}: isin must be its last check")
-            checks = tuple(_compile_check(check) for check in column.checks if check.name != "isin")
-            allowed = _allowed(isin[0]) if isin else None
-            self.columns.append(_CompiledColumn(name, dtype, column.nullable, checks, allowed))
-
-    def check(self, columns: Mapping[Any, Values]) -> CheckedFrame | None:
-        """Every failing value with its reason; None if a dtype differs (pandera reports it).
-
-        `columns` holds each column's values (see `column_values`), rows keyed by position.
-        A text column may come as a pandas Categorical (as the readers give categorical
-        features): its distinct values are checked once each, not once per row.
-        """
-        found: list[Failure] = []
-        codes: dict[str, np.ndarray] = {}
-        for column in self.columns:
-            values: Any = columns[column.name]
-            as_categories = isinstance(values, pd.Categorical)
-            if column.dtype is not None and str(values.dtype) != column.dtype and not (
-                as_categories and column.dtype == "object"
-            ):
-                return None
-            values = values if as_categories else np.asarray(values)
-            if as_categories:
-                missing = values.codes < 0
-                if column.allowed is not None:  # -1 (missing) takes the appended -1
-                    table = column.allowed[1].get_indexer(values.categories)
-                    codes[column.name] = np.append(table, -1)[values.codes]
-            elif column.allowed is None:
-                missing = _missing(values)
-            else:  # a value found among the allowed ones is not missing: test only the others
-                code = codes[column.name] = column.allowed[1].get_indexer(pd.Index(values))
-                unmatched = np.flatnonzero(code < 0)
-                missing = np.zeros(len(values), dtype=bool)
-                missing[unmatched] = pd.isna(values[unmatched])
-            if not column.nullable and missing.any():
-                # pandera shows a missing number or timestamp as nan, a missing object as is
-                shown = values[missing].tolist() if values.dtype == object else (
-                    [float("nan")] * int(missing.sum()))
-                found += _reasons(column.name, "not_nullable", np.flatnonzero(missing), shown)
-            failing = [(error, ~passes(np.asarray(values)) & ~missing)
-                       for error, passes in column.checks]
-            if column.allowed is not None:
-                failing.append((column.allowed[0], (codes[column.name] < 0) & ~missing))
-            for error, failed in failing:
-                if failed.any():
-                    found += _reasons(column.name, error, np.flatnonzero(failed),
-                                      np.asarray(values[failed]).tolist())
-        categories = {column.name: column.allowed[1] for column in self.columns
-                      if column.allowed is not None}
-        return CheckedFrame(found, codes, categories)
-
-
-def _missing(values: np.ndarray) -> np.ndarray:
-    """pd.isna, with a shortcut for text: identifiers are all strings, as a rule, and telling
-    so takes a quarter of the time of testing each value for every kind of missing."""
-    if values.dtype == object and pd.api.types.infer_dtype(values, skipna=False) == "string":
-        return np.zeros(len(values), dtype=bool)
-    missing: np.ndarray = pd.isna(values)
-    return missing
-
-
-def _reasons(column: str, check: str, rows: np.ndarray, values: list[Any]) -> list[Failure]:
-    return [(int(i), f"{column}: failed {check}, got {value!r}") for i, value in zip(rows, values)]
-
-
-_SCHEMAS: dict[tuple[str, str, bool], tuple[pa.DataFrameSchema, CompiledSchema | None]] = {}
-
-
-def _schema(
-    config: Config, *, with_target: bool
-) -> tuple[pa.DataFrameSchema, CompiledSchema | None]:
-    """The schema for this configuration and its compiled form, built once (per chunk it would
-    cost more than validating the chunk)."""
+def _schema(config: Config, *, with_target: bool) -> _Schema:
+    """The schema for this configuration and its rules, built once (per chunk it would cost
+    more than validating the chunk)."""
     key = (config.columns.model_dump_json(), config.task, with_target)
     if key not in _SCHEMAS:
+        rules = (*identifier_rules(config), *field_rules(config))
+        rules += (target_rule(config),) if with_target else ()
         schema = build_raw_schema(config) if with_target else build_production_schema(config)
-        try:
-            compiled: CompiledSchema | None = CompiledSchema(schema)
-        except UnsupportedSchema as err:
-            logger.info("Validating with pandera itself: %s", err)
-            compiled = None
-        _SCHEMAS[key] = (schema, compiled)
+        _SCHEMAS[key] = _Schema(schema, {rule.name: rule for rule in rules})
     return _SCHEMAS[key]
 
 
-def _pandera_failures(schema: pa.DataFrameSchema, coerced: pd.DataFrame) -> list[Failure]:
-    """What `schema.validate` reports per row; a failure of the frame as a whole is fatal.
+Cells = set[tuple[int, str]]  # (row position, column) of failing values
 
-    Text read as a Categorical is checked as the text it holds.
-    """
-    as_text = [name for name, dtype in schema.dtypes.items() if str(dtype) == "object"
-               and isinstance(coerced.dtypes.get(name), pd.CategoricalDtype)]
-    coerced = coerced.astype(dict.fromkeys(as_text, object))
+
+def _coerce(production: pd.DataFrame, rules: dict[str, FieldRule]) -> tuple[dict[str, Any], Cells]:
+    """Each rule's column with numbers and timestamps parsed (other columns as they are), and
+    the cells whose value could not be coerced to the rule's type."""
+    typed: dict[str, Any] = {}
+    failed: Cells = set()
+    for name, rule in rules.items():
+        received = production[name]
+        if rule.kind == "numerical":
+            if pd.api.types.is_numeric_dtype(received) and not pd.api.types.is_bool_dtype(
+                received
+            ):
+                typed[name] = received.to_numpy(dtype=float, na_value=np.nan)
+                continue
+            typed[name] = parse_numbers(received.to_numpy())
+            failed |= _unparsed(name, received, typed[name])
+        elif rule.kind == "timestamp":
+            typed[name], unparsed = _timestamps(received, rule)
+            failed |= {(int(row), name) for row in unparsed}
+        else:
+            typed[name] = received.array if isinstance(received.dtype, pd.CategoricalDtype) else (
+                received.to_numpy())
+            failed |= _wrongly_typed(name, received, rule)
+    return typed, failed
+
+
+def _unparsed(name: str, received: pd.Series, parsed: np.ndarray) -> Cells:
+    """The cells present as received and missing once parsed."""
+    empty = np.flatnonzero(np.isnan(parsed))  # few, usually: look only at those
+    present = empty[pd.notna(received.to_numpy()[empty])]
+    return {(int(row), name) for row in present}
+
+
+def _timestamps(received: pd.Series, rule: FieldRule) -> tuple[np.ndarray, list[int]]:
+    """A timestamp column as naive UTC datetime64[ns], and the rows that do not parse. Text is
+    parsed as a whole column by pandas; what it refuses is asked of the rule (which also reads
+    what Python's `fromisoformat` reads)."""
+    if pd.api.types.is_datetime64_any_dtype(received):
+        moments = pd.to_datetime(received, utc=True).dt.tz_localize(None)
+        return moments.to_numpy(dtype="datetime64[ns]"), []
+    values = received.to_numpy(dtype=object)
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    if kind in ("string", "empty"):
+        # utc=True: offsets that differ between rows (daylight saving) become one naive scale
+        parsed = np.asarray(
+            pd.to_datetime(values, errors="coerce", format="ISO8601", utc=True).tz_localize(None),
+            dtype="datetime64[ns]").copy()
+        retry = np.flatnonzero(np.isnat(parsed))
+    else:  # anything but text: value by value
+        parsed = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[ns]")
+        retry = np.arange(len(values))
+    unparsed = []
+    for row in retry[pd.notna(values[retry])]:
+        moment, error = rule.check(values[row])
+        if error:
+            unparsed.append(int(row))
+        else:
+            parsed[row] = np.datetime64(moment, "ns")
+    return parsed, unparsed
+
+
+def _wrongly_typed(name: str, received: pd.Series, rule: FieldRule) -> Cells:
+    """Ids that are neither text nor integers, and bools among categories (a bool is no
+    category, though pandera's `isin` takes True for a class 1)."""
+    if rule.kind == "identifier":
+        fine: tuple[str, ...] = ("string", "integer", "empty")
+
+        def suspect(value: Any) -> bool:
+            return rule.check(value)[1] is not None
+    else:
+        fine = ("string", "integer", "floating", "mixed-integer-float", "decimal", "empty")
+
+        def suspect(value: Any) -> bool:
+            return isinstance(value, (bool, np.bool_))
+    if isinstance(received.dtype, pd.CategoricalDtype):
+        if not any(suspect(category) for category in received.cat.categories):
+            return set()
+    elif pd.api.types.infer_dtype(received, skipna=True) in fine:
+        return set()
+    values = received.to_numpy(dtype=object)
+    return {(row, name) for row, value in enumerate(values)
+            if not is_missing(value) and suspect(value)}
+
+
+def _pandera_failures(schema: pa.DataFrameSchema, typed: pd.DataFrame) -> Cells:
+    """The cells `schema.validate` reports; a failure of the frame as a whole is fatal."""
     try:
         with warnings.catch_warnings():  # pandera's own concat of failure cases warns in pandas 2
             warnings.simplefilter("ignore", FutureWarning)
-            schema.validate(coerced, lazy=True)
+            schema.validate(typed, lazy=True)
     except SchemaErrors as err:
         cases = err.failure_cases
         unattributed = cases[cases["index"].isna()]
@@ -278,21 +220,29 @@ def _pandera_failures(schema: pa.DataFrameSchema, coerced: pd.DataFrame) -> list
                 "data fails the schema as a whole: "
                 + "; ".join(f"{c.column}: {c.check}" for c in unattributed.itertuples())
             ) from err
-        return [
-            (int(case.index), f"{case.column}: failed {case.check}, got {case.failure_case!r}")
-            for case in cases.itertuples()
-            if not str(case.check).startswith(("coerce_dtype", "dtype"))
-        ]
-    return []
+        return {(int(case.index), str(case.column)) for case in cases.itertuples()}
+    return set()
 
 
-def _unparsed(received: pd.Series, parsed: np.ndarray, message: str,
-              reasons: dict[int, list[str]]) -> None:
-    """Add `message` for each value present in `received` but missing after parsing."""
-    values = received.to_numpy()
-    empty = np.flatnonzero(pd.isna(parsed))  # few, usually: look only at those
-    for position in empty[pd.notna(values[empty])]:
-        reasons.setdefault(int(position), []).append(message.format(values[position]))
+def _reasons(production: pd.DataFrame, rules: dict[str, FieldRule], cells: Cells
+             ) -> dict[int, str]:
+    """One reason per failing cell, from its rule, on the value as received; a row's reasons in
+    schema order."""
+    by_row: dict[int, set[str]] = {}
+    for row, column in cells:
+        by_row.setdefault(row, set()).add(column)
+    reasons = {}
+    for row, columns in by_row.items():
+        said = []
+        for name in (name for name in rules if name in columns):
+            value = production[name].iat[row]
+            error = rules[name].check(value)[1]
+            if error is None:  # the rule and pandera disagree: a defect, never silent
+                logger.error("pandera refused %s=%r that its rule accepts", name, value)
+                error = "fails the schema"
+            said.append(f"{name}: {error}")
+        reasons[row] = "; ".join(said)
+    return reasons
 
 
 def _shallow(frame: pd.DataFrame) -> pd.DataFrame:
@@ -303,51 +253,19 @@ def _shallow(frame: pd.DataFrame) -> pd.DataFrame:
     return result
 
 
-def column_values(frame: pd.DataFrame) -> dict[Any, Values]:
-    """Each column's values, in order, without a copy: a numpy array, or the column's own
-    extension array (a Categorical, say). Validation works on these rather than on a frame:
-    replacing and filtering a frame's columns one by one costs more than checking them."""
-    return {name: frame[name].array if isinstance(frame[name].dtype, ExtensionDtype)
-            else frame[name].to_numpy() for name in frame.columns}
-
-
-def _coerce(production: pd.DataFrame, config: Config, *, with_target: bool) -> tuple[
-    dict[Any, Values], dict[int, list[str]]
-]:
-    """Every column's values (see `column_values`), with numbers and timestamps parsed; a value
-    that does not parse is a reason, not a crash. Rows are keyed by position."""
-    numerical = list(config.columns.numerical)
-    if with_target and not config.is_classification:
-        numerical.append(config.columns.target)
-    reasons: dict[int, list[str]] = {}
-    coerced = column_values(production)
-    for column in numerical:
-        received = production[column]
-        if pd.api.types.is_numeric_dtype(received):  # nothing to parse, nothing can fail
-            coerced[column] = received.to_numpy(dtype=float, na_value=np.nan)
-            continue
-        coerced[column] = parsed = parse_numbers(received.to_numpy(dtype=object))
-        _unparsed(received, parsed, f"{column}: must be a number, got {{!r}}", reasons)
-    timestamp = config.columns.timestamp
-    if timestamp:
-        # utc=True: offsets that differ between rows (daylight saving) become one naive UTC scale
-        moments = pd.to_datetime(production[timestamp], errors="coerce", format="ISO8601", utc=True)
-        coerced[timestamp] = moments.dt.tz_localize(None).to_numpy()
-        _unparsed(production[timestamp], coerced[timestamp],
-                  f"{timestamp}: not a timestamp: {{!r}}", reasons)
-    return coerced, reasons
-
-
-def _categorical(name: str, values: Values, categories: list[str], checked: CheckedFrame | None,
-                 keep: np.ndarray | None) -> pd.Categorical:
-    """A categorical feature's valid values (`keep`: which rows, None: all) as a Categorical of
-    exactly its (sorted) categories: from the codes the compiled check found, else the values."""
-    if checked is not None and name in checked.codes:
-        codes = checked.codes[name]  # positions among the same sorted values as `categories`
-        return pd.Categorical.from_codes(codes if keep is None else codes[keep],
-                                         categories=checked.categories[name])
-    text = np.asarray(values, dtype=object)
-    return pd.Categorical(text if keep is None else text[keep], categories=categories)
+def _check_columns(production: pd.DataFrame, config: Config, schema: _Schema) -> None:
+    missing = [column for column in schema.rules if column not in production.columns]
+    if missing:
+        raise DataValidationError(f"missing required columns: {missing}")
+    known = set(known_fields(config))
+    unknown = [str(column) for column in production.columns if column not in known]
+    if unknown and config.validation.unknown_fields == "reject":
+        raise DataValidationError(
+            "; ".join(f"{column}: {UNKNOWN_FIELD}" for column in unknown)
+            + " (validation.unknown_fields: reject)"
+        )
+    if unknown:
+        logger.debug("Columns not in the schema, passed through unchecked: %r", unknown)
 
 
 def validate_production_data(
@@ -362,38 +280,30 @@ def validate_production_data(
         the index 0..n-1, and the invalid rows as received with their reasons, indexed by their
         position in `production`.
     Raises:
-        DataValidationError: a required column is missing, or any row is invalid while
+        DataValidationError: a required column is missing, an unknown column is present while
+            `validation.unknown_fields` is `reject`, or any row is invalid while
             `validation.fail_on_invalid` is set.
     """
-    schema, compiled = _schema(config, with_target=with_target)
-    missing = [column for column in schema.columns if column not in production.columns]
-    if missing:
-        raise DataValidationError(f"missing required columns: {missing}")
+    schema = _schema(config, with_target=with_target)
+    _check_columns(production, config, schema)
     production = _shallow(production)
-    coerced, reasons = _coerce(production, config, with_target=with_target)
-    checked = compiled.check(coerced) if compiled else None
-    if checked is None:
-        failures = _pandera_failures(schema, pd.DataFrame(coerced, copy=False))
-    else:
-        failures = checked.failures
-    for index, reason in failures:
-        reasons.setdefault(index, []).append(reason)
+    typed, failed = _coerce(production, schema.rules)
+    failed |= _pandera_failures(schema.pandera, pd.DataFrame(typed, copy=False))
+    reasons = _reasons(production, schema.rules, failed)
     bad = sorted(reasons)
-    quarantined = production.iloc[bad].assign(
-        **{REASON_COLUMN: ["; ".join(dict.fromkeys(reasons[i])) for i in bad]}
-    )
+    quarantined = production.iloc[bad].assign(**{REASON_COLUMN: [reasons[i] for i in bad]})
     keep: np.ndarray | None = None
     if bad:
         keep = np.ones(len(production), dtype=bool)
         keep[bad] = False
-    categorical = {rule.name: sorted(rule.categories) for rule in field_rules(config)
-                   if rule.kind == "categorical"}
-    valid_columns: dict[Any, Values] = {}
-    for name, values in coerced.items():
-        if name in categorical:
-            valid_columns[name] = _categorical(name, values, categorical[name], checked, keep)
-        else:
-            valid_columns[name] = values if keep is None else values[keep]
+    valid_columns: dict[Any, Any] = {}
+    for name in production.columns:
+        values = typed[name] if name in typed else production[name].to_numpy()
+        rule = schema.rules.get(name)
+        kept = values if keep is None else values[keep]
+        if rule is not None and rule.kind == "categorical" and name != config.columns.target:
+            kept = pd.Categorical(kept, categories=sorted(rule.categories, key=str))
+        valid_columns[name] = kept
     valid = pd.DataFrame(valid_columns, copy=False)  # built once, from the kept values
     logger.info("Validation: %d valid rows, %d quarantined", len(valid), len(quarantined))
     if bad and config.validation.fail_on_invalid:

@@ -34,7 +34,8 @@ from tests.serving import (
 )
 
 # Small limits, so oversized requests stay small.
-LIMITS = {"prediction": {"max_batch_size": 5, "max_body_bytes": 4000}}
+LIMITS = {"prediction": {"max_batch_size": 5, "max_body_bytes": 4000},
+          "validation": {"unknown_fields": "reject"}}
 FACTORIES: dict[str, Callable[..., FastAPI | Flask]] = {
     "fastapi": create_app,
     "flask": create_flask_app,
@@ -126,7 +127,7 @@ def test_predict_batch_returns_one_prediction_per_instance_in_order(
                      id="nan-is-not-json"),
         pytest.param("/predict", [INSTANCE], 422, None, "must be a JSON object", id="not-object"),
         pytest.param("/predict", instance(age="forty"), 422,
-                     {"age": "must be a number, got str 'forty'"}, "age", id="wrong-type"),
+                     {"age": "must be a number, got 'forty'"}, "age", id="wrong-type"),
         pytest.param("/predict", instance(drop=("age",)), 422, {"age": "is required"}, "age",
                      id="missing-field"),
         pytest.param("/predict", instance(colour="red"), 422,
@@ -139,7 +140,7 @@ def test_predict_batch_returns_one_prediction_per_instance_in_order(
         pytest.param("/predict", instance(region=None), 422, {"region": "must not be null"},
                      "region", id="null-where-not-nullable"),
         pytest.param("/predict", instance(event_time={"at": 1}), 422,
-                     {"event_time": "must be a string, got dict {'at': 1}"}, "event_time",
+                     {"event_time": "must be an ISO 8601 timestamp, got {'at': 1}"}, "event_time",
                      id="identifier-of-the-wrong-type"),
         pytest.param("/predict", instance(note="x" * 5000), 413, None,
                      "larger than 4000 bytes", id="body-too-large"),
@@ -153,7 +154,7 @@ def test_predict_batch_returns_one_prediction_per_instance_in_order(
                      {"instances[1]": "must be a JSON object, got int"}, "JSON object",
                      id="batch-item-not-object"),
         pytest.param("/predict/batch", {"instances": [INSTANCE, instance(age="x")]}, 422,
-                     {"instances[1].age": "must be a number, got str 'x'"},
+                     {"instances[1].age": "must be a number, got 'x'"},
                      "instances[1].age", id="batch-item-invalid"),
         pytest.param("/predict/batch", {"instances": [INSTANCE] * 6}, 413,
                      {"instances": "must hold at most 5 instances"}, "at most 5",
@@ -192,7 +193,7 @@ def test_every_prediction_request_is_logged_with_its_outcome(
     assert logged["model_version"] == service.model_version
     [logged] = by_request[bad["request_id"]]
     assert logged["input"]["age"] == "forty"
-    assert logged["error"] == "422: invalid instance: age: must be a number, got str 'forty'"
+    assert logged["error"] == "422: invalid instance: age: must be a number, got 'forty'"
     [logged] = by_request[malformed["request_id"]]
     assert logged["error"].startswith("400: the body is not valid JSON")
     first, second = by_request[batch["request_id"]]

@@ -22,7 +22,8 @@ from tests.serving import (
     write_serving_config,
 )
 
-LIMITS = {"prediction": {"max_batch_size": 3, "max_body_bytes": 3000}}
+LIMITS = {"prediction": {"max_batch_size": 3, "max_body_bytes": 3000},
+          "validation": {"unknown_fields": "reject"}}
 
 
 @pytest.fixture(scope="module")

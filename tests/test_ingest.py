@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from ml_project.config import Config, load_config
 from ml_project.ingest import (
-    PLAIN_NUMBER,
     count_rows,
     known_columns,
     load_historic_data,
-    parse_numbers,
     read_in_chunks,
     read_table,
     stream_production_instances,
@@ -198,43 +192,26 @@ def test_stream_production_instances_sends_json_like_records(
     assert not any(isinstance(value, float) and math.isnan(value) for value in values)
 
 
-# parse_numbers: Arrow for plain decimals, pandas for the rest ---------------------------------
+def test_read_table_keeps_unknown_columns_for_validation_to_refuse_when_rejecting(
+    project: Path, as_received: pd.DataFrame, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = _config(project, validation={"unknown_fields": "reject"})
+    path = project / "data" / "with_notes.csv"
+    as_received.to_csv(path, index=False)
 
-_decimal_text = st.floats(allow_nan=False, allow_infinity=False).map(repr) | st.integers(
-    -10**20, 10**20).map(str) | st.from_regex(r"[+-]?[0-9]{1,25}(\.[0-9]{0,25})?([eE][+-]?[0-9]{1,3})?",
-                                             fullmatch=True)
-_any_text = _decimal_text | st.text(max_size=8) | st.sampled_from(
-    ["inf", "-inf", "nan", " 12", "12 ", "1_000", "0x10", "1e999", "", ".", "+.5", "5."])
+    frame = read_table(str(path), config)
 
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(_decimal_text, min_size=1, max_size=40))
-def test_parse_numbers_gives_pythons_float_for_plain_decimals(texts: list[str]) -> None:
-    """The same double as Python's float(): what the API's JSON parser gives for the number."""
-    parsed = parse_numbers(np.array(texts, dtype=object))
-    expected = np.array([float(text) for text in texts])
-    np.testing.assert_array_equal(parsed, expected)
+    assert "crm_notes" in frame.columns
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(_any_text | st.none() | st.just(math.nan), min_size=1, max_size=40))
-def test_parse_numbers_leaves_anything_else_to_pandas(texts: list[Any]) -> None:
-    """Missing stays missing; text that is not a plain decimal parses exactly as
-    pandas.to_numeric(errors="coerce") parses it, as before."""
-    values = np.array(texts, dtype=object)
-    parsed = parse_numbers(values)
-    for text, number in zip(texts, parsed):
-        if text is None or (isinstance(text, float) and math.isnan(text)):
-            assert math.isnan(number)
-        elif re.fullmatch(PLAIN_NUMBER.strip("^$"), text, re.ASCII):
-            assert number == float(text)
-        else:
-            expected = pd.to_numeric(pd.Series([text], dtype=object), errors="coerce").iloc[0]
-            assert (math.isnan(number) and math.isnan(expected)) or number == expected
+def test_stream_production_instances_sends_timestamps_as_iso_text(
+    project: Path, config: Config
+) -> None:
+    """A Parquet file holds datetimes; a JSON client sends text, which every path accepts."""
+    path = project / "data" / "production.parquet"
+    frame = pd.read_csv(project / "data" / "production_data.csv")
+    frame.assign(event_time=pd.to_datetime(frame["event_time"])).to_parquet(path, index=False)
 
+    records = list(stream_production_instances(path, config, limit=3))
 
-def test_parse_numbers_takes_columns_that_are_not_all_text() -> None:
-    mixed = np.array([1, "2.5", None, 3.0, "x"], dtype=object)
-    np.testing.assert_array_equal(parse_numbers(mixed), [1.0, 2.5, math.nan, 3.0, math.nan])
-    np.testing.assert_array_equal(parse_numbers(np.array([None, math.nan], dtype=object)),
-                                  [math.nan, math.nan])
+    assert [record["event_time"] for record in records] == frame["event_time"].head(3).tolist()

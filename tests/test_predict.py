@@ -142,7 +142,6 @@ def test_null_in_a_string_column_is_a_missing_value_not_an_unknown_category(
         ({"tenure_months": -1}, "tenure_months", "must be >= 0"),
         ({"contract": "weekly"}, "contract", "must be one of"),
         ({"region": None}, "region", "must not be null"),
-        ({"colour": "red"}, "colour", "is not a known field"),
         ({"age": True}, "age", "must be a number"),
     ],
 )
@@ -153,6 +152,19 @@ def test_predict_instance_rejects_bad_fields_by_name(
     with pytest.raises(InvalidInstance, match=reason) as caught:
         service.predict_instance(record)
     assert field in caught.value.errors
+
+
+def test_predict_instance_ignores_or_rejects_unknown_fields_as_configured(
+    service: PredictionService, raw: pd.DataFrame, trained_project: Path
+) -> None:
+    record = _record(raw[service.features].iloc[0])
+    rejecting = PredictionService.from_config(
+        prediction_config(trained_project, validation={"unknown_fields": "reject"}))
+
+    assert service.predict_instance(record | {"colour": "red"}) == service.predict_instance(record)
+    with pytest.raises(InvalidInstance, match="colour: is not a known field") as caught:
+        rejecting.predict_instance(record | {"colour": "red"})
+    assert list(caught.value.errors) == ["colour"]
 
 
 def test_predict_instance_rejects_a_missing_required_field(

@@ -3,16 +3,29 @@ request model, plus the promise that the serving modules stay free of modelling 
 
 from __future__ import annotations
 
+import logging
 import math
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pydantic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ml_project.config import Config
-from ml_project.schemas import InstanceValidator, InvalidInstance, build_request_model, field_rules
+from ml_project.config import Config, ValidationConfig
+from ml_project.schemas import (
+    InstanceValidator,
+    InvalidInstance,
+    build_request_model,
+    field_rules,
+    parse_number,
+    parse_numbers,
+)
 
 VALID_RECORD: dict[str, Any] = {
     "customer_id": "C1",
@@ -28,6 +41,11 @@ VALID_RECORD: dict[str, Any] = {
     "internet_service": "dsl",
     "region": "north",
 }
+
+
+def _rejecting(config: Config) -> Config:
+    """The same config with `validation.unknown_fields: reject`."""
+    return config.model_copy(update={"validation": ValidationConfig(unknown_fields="reject")})
 
 
 def test_field_rules_follow_the_pipeline_column_order(config: Config) -> None:
@@ -64,15 +82,16 @@ def test_instance_validator_turns_none_and_absent_nullable_fields_into_nan(
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
-        ("age", "unknown", "must be a number, got str 'unknown'"),
-        ("age", "42", "must be a number, got str '42'"),
-        ("support_calls", True, "must be a number, got bool True"),
+        ("age", "unknown", "must be a number, got 'unknown'"),
+        ("age", "4 2", "must be a number, got '4 2'"),
+        ("support_calls", True, "must be a number, got True"),
         ("tenure_months", -3, "must be >= 0, got -3"),
-        ("monthly_charges", 9999.0, "must be <= 500, got 9999.0"),
+        ("monthly_charges", 9999.0, "must be <= 500, got 9999"),
+        ("monthly_charges", "9999.0", "must be <= 500, got 9999"),
         ("monthly_charges", math.inf, "must be a finite number, got inf"),
         ("contract", "weekly", "must be one of ['month-to-month', 'one-year', 'two-year']"),
         ("contract", "One-Year", "got 'One-Year'"),
-        ("region", 3, "must be a string, got int 3"),
+        ("region", 3, "must be one of ['east', 'north', 'south', 'west'], got 3"),
         ("region", None, "must not be null"),
         ("age", math.nan, "must not be null"),
         ("agee", 40, "is not a known field"),
@@ -82,7 +101,7 @@ def test_instance_validator_rejects_each_bad_field_class(
     config: Config, field: str, value: Any, expected: str
 ) -> None:
     with pytest.raises(InvalidInstance, match=field) as caught:
-        InstanceValidator(config).validate({**VALID_RECORD, field: value})
+        InstanceValidator(_rejecting(config)).validate({**VALID_RECORD, field: value})
 
     assert expected in caught.value.errors[field]
     assert list(caught.value.errors) == [field]
@@ -99,7 +118,7 @@ def test_instance_validator_reports_every_bad_field_at_once(config: Config) -> N
     record = {**VALID_RECORD, "age": 5, "contract": "weekly", "colour": "red"}
 
     with pytest.raises(InvalidInstance) as caught:
-        InstanceValidator(config).validate(record)
+        InstanceValidator(_rejecting(config)).validate(record)
 
     assert set(caught.value.errors) == {"age", "contract", "colour"}
     assert "age: must be >= 18" in str(caught.value)
@@ -134,10 +153,94 @@ def test_build_request_model_rejects_what_the_validator_rejects(
 ) -> None:
     record = {**VALID_RECORD, field: value}
 
+    config = _rejecting(config)
     with pytest.raises(pydantic.ValidationError, match=field):
         build_request_model(config).model_validate(record)
     with pytest.raises(InvalidInstance, match=field):
         InstanceValidator(config).validate(record)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("age", "42"), ("age", " 42.5 "), ("age", "4e1"), ("total_charges", None),
+     ("colour", "red"), ("churned", 1)],
+)
+def test_build_request_model_accepts_what_the_validator_accepts(
+    config: Config, field: str, value: Any
+) -> None:
+    """Numbers as text, and (by default) fields the schema does not know: the docs agree."""
+    record = {**VALID_RECORD, field: value}
+
+    build_request_model(config).model_validate(record)
+    InstanceValidator(config).validate(record)
+
+
+def test_instance_validator_ignores_unknown_fields_by_default_and_logs_them(
+    config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    record = {**VALID_RECORD, "colour\n": "red", "churned": 1}
+
+    with caplog.at_level(logging.DEBUG, logger="ml_project.schemas"):
+        values = InstanceValidator(config).validate(record)
+
+    assert values == InstanceValidator(config).validate(VALID_RECORD)
+    assert "'colour\\n'" in caplog.text and "churned" not in caplog.text  # escaped; target known
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [("42", 42.0), (" 42", 42.0), ("42\t", 42.0), ("4e1", 40.0), ("+5", 5.0), (".5", 0.5),
+     ("5.", 5.0), ("-0", 0.0), ("inf", math.inf), ("-Infinity", -math.inf), ("1e999", math.inf),
+     ("nan", None), ("1_000", None), ("0x10", None), ("1,5", None), ("", None), ("4 2", None),
+     ("\u0661\u0662", None), (True, None), (7, 7.0), (2.5, 2.5), ([1], None)],
+)
+def test_parse_number_reads_what_the_csv_reader_reads_as_a_number(
+    tmp_path: Path, text: Any, number: float | None
+) -> None:
+    """One grammar for text: the CSV reader's (except that it keeps text beyond float range as
+    text; JSON's parser and Python's float() make that infinity, and so does the rule)."""
+    assert parse_number(text) == number
+    parsed = parse_numbers(np.array([text, "1"], dtype=object))[0]
+    assert (math.isnan(parsed) and number is None) or parsed == number
+    if isinstance(text, str) and text and text != "1e999" and text != "nan":
+        path = tmp_path / "one.csv"
+        path.write_text(f'a\n"{text}"\n1\n')
+        read = pd.read_csv(path)["a"]
+        assert (read.dtype == object) == (number is None)
+
+
+_decimal_text = st.floats(allow_nan=False).map(repr) | st.integers(-10**20, 10**20).map(
+    str) | st.from_regex(r"[+-]?[0-9]{1,25}(\.[0-9]{0,25})?([eE][+-]?[0-9]{1,3})?", fullmatch=True)
+_any_text = _decimal_text | st.text(max_size=8) | st.sampled_from(
+    ["inf", "-INF", "+Infinity", "nan", " 12", "12 ", "1_000", "0x10", "1e999", "", ".", "+.5",
+     "5.", "\t7\n", "\x1c7"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_any_text | st.none() | st.just(math.nan), min_size=1, max_size=40))
+def test_parse_numbers_is_parse_number_over_a_column(texts: list[Any]) -> None:
+    """The vectorised parser (Arrow) and the per-value one (Python) are one parser."""
+    parsed = parse_numbers(np.array(texts, dtype=object))
+    for text, number in zip(texts, parsed):
+        expected = None if text is None or text != text else parse_number(text)
+        assert (math.isnan(number) and expected is None) or number == expected, text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_decimal_text, min_size=1, max_size=40))
+def test_parse_numbers_gives_pythons_float_for_decimals(texts: list[str]) -> None:
+    """The same double as Python's float(): what the API's JSON parser gives for the number."""
+    parsed = parse_numbers(np.array(texts, dtype=object))
+    np.testing.assert_array_equal(parsed, np.array([float(text) for text in texts]))
+
+
+def test_parse_numbers_takes_columns_that_are_not_all_text() -> None:
+    mixed = np.array([1, "2.5", None, 3.0, "x", True], dtype=object)
+    np.testing.assert_array_equal(parse_numbers(mixed), [1.0, 2.5, math.nan, 3.0, math.nan,
+                                                         math.nan])
+    np.testing.assert_array_equal(parse_numbers(np.array([None, math.nan], dtype=object)),
+                                  [math.nan, math.nan])
+    np.testing.assert_array_equal(parse_numbers(np.array([True, False])), [math.nan, math.nan])
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ml_project.config import PROJECT_ROOT, Config, load_config
-from ml_project.schemas import FieldRule, InstanceValidator, InvalidInstance, field_rules
+from ml_project.schemas import (
+    FieldRule,
+    InstanceValidator,
+    InvalidInstance,
+    field_rules,
+    parse_number,
+)
 
 CONFIG: Config = load_config(
-    "prediction", "production", "local", config_file=PROJECT_ROOT / "project_config.yaml"
+    "prediction", "production", "local", config_file=PROJECT_ROOT / "project_config.yaml",
+    overrides={"validation": {"unknown_fields": "reject"}},
 )
 RULES = field_rules(CONFIG)
 VALIDATOR = InstanceValidator(CONFIG)
@@ -34,7 +41,8 @@ def valid_value(rule: FieldRule) -> st.SearchStrategy[Any]:
     if rule.kind == "numerical":
         low = rule.min if rule.min is not None else -1e9
         high = rule.max if rule.max is not None else 1e9
-        values: st.SearchStrategy[Any] = st.floats(low, high) | st.integers(math.ceil(low), math.floor(high))
+        numbers = st.floats(low, high) | st.integers(math.ceil(low), math.floor(high))
+        values: st.SearchStrategy[Any] = numbers | numbers.map(str)  # numbers as text too
     else:
         values = st.sampled_from(sorted(rule.categories))
     return values | st.none() if rule.nullable else values
@@ -73,7 +81,7 @@ def test_any_json_object_validates_or_is_rejected_field_by_field(record: dict[st
         if given_value is None:
             assert rule.nullable and isinstance(value, float) and math.isnan(value)
         elif rule.kind == "numerical":
-            assert isinstance(value, float) and value == float(given_value)
+            assert isinstance(value, float) and value == parse_number(given_value)
         else:
             assert value == given_value
 
