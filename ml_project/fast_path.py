@@ -20,7 +20,7 @@ It is a shortcut, so it is held to three rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Literal, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -240,6 +240,16 @@ class FastPipeline:
             self.blocks.append(_Block(list(columns), _compile_block(transformer), outputs[name]))
         self.width = max((block.output.stop for block in self.blocks), default=0)
         self.model = pipeline[-1]
+        self.order: Literal["C", "F"] = "C"  # see `match_layout`
+
+    def match_layout(self, preprocessed: np.ndarray) -> None:
+        """Lay the model input out in memory as the Pipeline does (`preprocessed`: its output).
+
+        A linear model's BLAS kernel rounds the last bit differently for a row-major and a
+        column-major array, and which one the ColumnTransformer gives depends on its blocks
+        (one block passes its own array through). Observed, not assumed."""
+        column_major = preprocessed.flags.f_contiguous and not preprocessed.flags.c_contiguous
+        self.order = "F" if column_major else "C"
 
     def preprocess(self, columns: Mapping[str, Column]) -> np.ndarray:
         """Engineered and preprocessed features: the array the model is given by the Pipeline.
@@ -249,7 +259,8 @@ class FastPipeline:
         engineered = dict(columns)
         for feature_step in self.feature_steps:
             engineered.update(feature_step(engineered))
-        features = np.empty((len(next(iter(columns.values()))), self.width), dtype=np.float64)
+        rows = len(next(iter(columns.values())))
+        features = np.empty((rows, self.width), dtype=np.float64, order=self.order)
         for block in self.blocks:  # each fills its own columns: no stacking of parts
             block.transform([engineered[c] for c in block.columns], features[:, block.output])
         return features

@@ -145,6 +145,7 @@ class PredictionService:
         if frame.empty:
             return "the reference sample is empty"
         try:
+            fast_path.match_layout(self.pipeline[:-1].transform(frame))
             expected = self._score_with(None, self._frame_columns(frame))
             rows = frame.astype(object).where(frame.notna(), np.nan).to_numpy().tolist()
             routes: dict[str, Mapping[str, Column]] = {

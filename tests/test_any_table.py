@@ -94,7 +94,8 @@ def test_batch_scoring_accounts_for_every_row_with_the_pipelines_own_answers(
     identifier = config.columns.id
     predictions = pd.read_csv(root / "output/predictions/production_predictions.csv",
                               dtype={identifier: str})
-    quarantine = pd.read_csv(root / "output/quarantine/production.csv", dtype={identifier: str})
+    quarantine = pd.read_csv(root / "output/quarantine/production_predictions.csv",
+                             dtype={identifier: str})
     assert len(predictions) + len(quarantine) == len(table.production)
     assert len(quarantine) == 3 + (table.name == "loans")  # exactly the spoiled rows
     assert quarantine["quarantine_reason"].str.len().gt(0).all()
