@@ -43,8 +43,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for status, description in {
         400: "The body is not JSON",
         401: f"Missing or wrong {API_KEY_HEADER} header",
-        413: "The body or the batch is too large",
-        422: "The input breaks the schema; `errors` names each field and its rule",
+        413: "The body is too large",
+        422: "The input breaks the schema (a batch too: at most `maxItems` instances); `errors` "
+             "names each field and its rule",
         503: "No model loaded yet",
     }.items()
 }

@@ -6,9 +6,9 @@ read the body (at most `prediction.max_body_bytes`) and the X-API-Key header, an
 same bytes, and a request is checked by one thing only: the compiled `InstanceValidator` behind
 `PredictionService`.
 
-Statuses a client can act on: 400 the body is not JSON; 401 missing or wrong X-API-Key; 413 body
-or batch too large; 422 JSON that breaks the schema (`errors` names each field and its rule);
-503 no model loaded yet. A 500 means a fault of the server, never bad input. The outcome of
+Statuses a client can act on: 400 the body is not JSON (or nests deeper than MAX_NESTING);
+401 missing or wrong X-API-Key; 413 body too large; 422 JSON that breaks the schema, a batch
+over `max_batch_size` included (`errors` names each field and its rule); 503 no model loaded yet. A 500 means a fault of the server, never bad input. The outcome of
 every authenticated prediction request, a 422 rejection included, goes to the prediction log
 (source "api", one record per instance); refusals at the door (400, 401, 413, 503) are only
 counted (`/health`), so they can neither fill the log nor dilute monitoring's window.
@@ -169,7 +169,8 @@ def parse_batch(value: Any, max_batch_size: int) -> list[Mapping[str, Any]]:
         raise Rejection(422, f"{BATCH_FIELD} must be a non-empty list of JSON objects",
                         {BATCH_FIELD: "must be a non-empty list"})
     if len(instances) > max_batch_size:
-        raise Rejection(413, f"at most {max_batch_size} instances per request, got "
+        # 422, not 413: the document declares maxItems, so more instances break the schema.
+        raise Rejection(422, f"at most {max_batch_size} instances per request, got "
                              f"{len(instances)}; split the batch",
                         {BATCH_FIELD: f"must hold at most {max_batch_size} instances"})
     not_objects = {

@@ -155,7 +155,7 @@ def test_predict_batch_returns_one_prediction_per_instance_in_order(
         pytest.param("/predict/batch", {"instances": [INSTANCE, instance(age="x")]}, 422,
                      {"instances[1].age": "must be a number, got str 'x'"},
                      "instances[1].age", id="batch-item-invalid"),
-        pytest.param("/predict/batch", {"instances": [INSTANCE] * 6}, 413,
+        pytest.param("/predict/batch", {"instances": [INSTANCE] * 6}, 422,
                      {"instances": "must hold at most 5 instances"}, "at most 5",
                      id="batch-too-large"),
     ],
