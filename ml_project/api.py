@@ -10,12 +10,15 @@ rules) still documents the body in /docs, with a working example, through `opena
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ml_project.cli import escape_for_log
 from ml_project.endpoints import (
     API_KEY_HEADER,
     BATCH_FIELD,
@@ -26,6 +29,8 @@ from ml_project.endpoints import (
     PredictionResponse,
     ReadyResponse,
     Reply,
+    error_reply,
+    internal_error_reply,
 )
 from ml_project.predict import PredictionService
 from ml_project.prediction_log import PredictionLog
@@ -38,8 +43,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for status, description in {
         400: "The body is not JSON",
         401: f"Missing or wrong {API_KEY_HEADER} header",
-        413: "The body or the batch is too large",
-        422: "The input breaks the schema; `errors` names each field and its rule",
+        413: "The body is too large",
+        422: "The input breaks the schema (a batch too: at most `maxItems` instances); `errors` "
+             "names each field and its rule",
         503: "No model loaded yet",
     }.items()
 }
@@ -61,54 +67,85 @@ def create_app(service: PredictionService | None, log: PredictionLog | None = No
     app = FastAPI(
         title=f"{name} prediction service",
         description="Predictions from the champion model. Errors name the field and the rule.",
+        redirect_slashes=False,  # `/predict/` is not found, as in Flask, rather than a 307
     )
     app.state.endpoints = endpoints
-    api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
+    # The document declares the key only when one is configured: it describes the running
+    # service. The key itself is read from the request (`_api_key`), declared or not.
+    keyed = [Security(APIKeyHeader(name=API_KEY_HEADER, auto_error=False))] \
+        if endpoints.requires_key else []
+    errors = ERRORS if endpoints.requires_key else _without(ERRORS, 401)
+    get_errors = GET_ERRORS if endpoints.requires_key else _without(GET_ERRORS, 401)
 
     @app.get("/health", responses={200: {"model": HealthResponse}})
     async def health() -> Response:
         """Alive: the process answers (open even when an API key is set)."""
         return _send(endpoints.health())
 
-    @app.get("/ready", responses={200: {"model": ReadyResponse}, **GET_ERRORS})
-    async def ready(api_key: str | None = Security(api_key_header)) -> Response:
+    @app.get("/ready", responses={200: {"model": ReadyResponse}, **get_errors},
+             dependencies=keyed)
+    async def ready(request: Request) -> Response:
         """Ready: the model is loaded and requests will be predicted."""
-        return _send(endpoints.ready(api_key))
+        return _send(endpoints.ready(_api_key(request)))
 
-    @app.get("/model", responses={**MODEL_DESCRIPTION, **GET_ERRORS})
-    async def model(api_key: str | None = Security(api_key_header)) -> Response:
+    @app.get("/model", responses={**MODEL_DESCRIPTION, **get_errors}, dependencies=keyed)
+    async def model(request: Request) -> Response:
         """The served model: name, version, task, features and holdout metrics."""
-        return _send(endpoints.model(api_key))
+        return _send(endpoints.model(_api_key(request)))
 
     @app.post(
         "/predict",
-        responses={200: {"model": PredictionResponse}, **ERRORS},
+        responses={200: {"model": PredictionResponse}, **errors},
         openapi_extra=_request_body(service, batch=False),
+        dependencies=keyed,
     )
-    async def predict(
-        request: Request, api_key: str | None = Security(api_key_header)
-    ) -> Response:
+    async def predict(request: Request) -> Response:
         """One production instance as a JSON object; a JSON null is a missing value."""
         body = await _read_body(request, endpoints.max_body_bytes)
-        return _send(await run_in_threadpool(endpoints.predict, body, api_key))
+        return _send(await run_in_threadpool(endpoints.predict, body, _api_key(request)))
 
     @app.post(
         "/predict/batch",
-        responses={200: {"model": BatchPredictionResponse}, **ERRORS},
+        responses={200: {"model": BatchPredictionResponse}, **errors},
         openapi_extra=_request_body(service, batch=True),
+        dependencies=keyed,
     )
-    async def predict_batch(
-        request: Request, api_key: str | None = Security(api_key_header)
-    ) -> Response:
+    async def predict_batch(request: Request) -> Response:
         """Several instances, all or none (at most `prediction.max_batch_size`)."""
         body = await _read_body(request, endpoints.max_body_bytes)
-        return _send(await run_in_threadpool(endpoints.predict_batch, body, api_key))
+        return _send(await run_in_threadpool(endpoints.predict_batch, body, _api_key(request)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        """404, 405 (HEAD and OPTIONS included) in the error body of every other answer."""
+        allow = (error.headers or {}).get("Allow")
+        return _send(replace(error_reply(error.status_code, str(error.detail)), allow=allow))
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, error: Exception) -> Response:
+        """Whatever no route caught: the same JSON 500 as Flask, never a text page."""
+        logger.error("Unexpected %s on %s %s", type(error).__name__, request.method,
+                     escape_for_log(request.url.path))
+        return _send(internal_error_reply())
 
     return app
 
 
+def _without(responses: dict[int | str, dict[str, Any]], status: int
+             ) -> dict[int | str, dict[str, Any]]:
+    return {code: response for code, response in responses.items() if code != status}
+
+
+def _api_key(request: Request) -> str | None:
+    """The X-API-Key header; repeated, its values joined by a comma (as WSGI servers do)."""
+    values = request.headers.getlist(API_KEY_HEADER)
+    return ",".join(values) if values else None
+
+
 def _send(reply: Reply) -> Response:
-    return Response(reply.body, status_code=reply.status, media_type=reply.media_type)
+    headers = {"Allow": reply.allow} if reply.allow is not None else None
+    return Response(reply.body, status_code=reply.status, media_type=reply.media_type,
+                    headers=headers)
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:

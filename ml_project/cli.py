@@ -18,6 +18,24 @@ from ml_project.config import Config, ConfigError, DataMode, Location, RunMode, 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+def escape_for_log(text: str) -> str:
+    """Text a client sent, safe to write into a log line: a newline (or any other control
+    character) cannot start a forged line, a lone surrogate cannot break the handler."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+                   for char in text)
+
+
+class OneLineFormatter(logging.Formatter):
+    """Every message on one line, whoever logged what: values a client sent (a field name with
+    a newline) cannot forge a line. Tracebacks, appended after the message, keep their lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_for_log(record.message)
+        return super().formatMessage(record)
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     """An argument parser with the options every use case accepts."""
     parser = argparse.ArgumentParser(description=description)
@@ -68,8 +86,9 @@ def configure_logging(config: Config, run_name: str, *, verbose: bool = False) -
     for handler in [h for h in root.handlers if getattr(h, "ml_project", False)]:
         root.removeHandler(handler)  # a second run in the same process gets its own file
         handler.close()
-    formatter = logging.Formatter(LOG_FORMAT)
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(log_file)):
+    formatter = OneLineFormatter(LOG_FORMAT)
+    for handler in (logging.StreamHandler(sys.stderr),
+                    logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")):
         handler.setFormatter(formatter)
         setattr(handler, "ml_project", True)
         root.addHandler(handler)

@@ -6,10 +6,12 @@ read the body (at most `prediction.max_body_bytes`) and the X-API-Key header, an
 same bytes, and a request is checked by one thing only: the compiled `InstanceValidator` behind
 `PredictionService`.
 
-Statuses a client can act on: 400 the body is not JSON; 401 missing or wrong X-API-Key; 413 body
-or batch too large; 422 JSON that breaks the schema (`errors` names each field and its rule);
-503 no model loaded yet. A 500 means a fault of the server, never bad input. Every prediction
-request and its outcome, rejected ones included, goes to the prediction log (source "api").
+Statuses a client can act on: 400 the body is not JSON (or nests deeper than MAX_NESTING);
+401 missing or wrong X-API-Key; 413 body too large; 422 JSON that breaks the schema, a batch
+over `max_batch_size` included (`errors` names each field and its rule); 503 no model loaded yet. A 500 means a fault of the server, never bad input. The outcome of
+every authenticated prediction request, a 422 rejection included, goes to the prediction log
+(source "api", one record per instance); refusals at the door (400, 401, 413, 503) are only
+counted (`/health`), so they can neither fill the log nor dilute monitoring's window.
 This module imports no web framework, mlflow, evidently or pandera.
 """
 
@@ -21,11 +23,13 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from pydantic import BaseModel
 
+from ml_project.cli import escape_for_log
 from ml_project.predict import Prediction, PredictionService
 from ml_project.prediction_log import PredictionLog, log_record, new_request_id
 from ml_project.schemas import InvalidInstance
@@ -39,10 +43,16 @@ BATCH_FIELD = "instances"
 
 
 class HealthResponse(BaseModel):
+    """`counters`: requests refused at the door (`refused_<status>`) and what the prediction
+    log did with its records (`log_<what>`: written, spilled, replayed, dropped_queue_full,
+    lost, ...), since the process started."""
+
     status: str
+    counters: dict[str, int] | None = None
 
 
-class ReadyResponse(HealthResponse):
+class ReadyResponse(BaseModel):
+    status: str
     model_version: str
 
 
@@ -73,11 +83,13 @@ class ErrorResponse(BaseModel):
 
 @dataclass(frozen=True)
 class Reply:
-    """What to send back: a status and a JSON body, already serialised."""
+    """What to send back: a status and a JSON body, already serialised (and, for a 405, the
+    methods the route allows)."""
 
     status: int
     body: bytes
     media_type: str = "application/json"
+    allow: str | None = None
 
 
 def reply(status: int, content: BaseModel | Mapping[str, Any]) -> Reply:
@@ -99,6 +111,28 @@ class Rejection(Exception):
         self.errors = dict(errors) if errors else None
 
 
+MAX_NESTING = 32  # no instance field is a container; deeper JSON is refused before any check
+INTERNAL_ERROR = "Internal Server Error"
+
+
+def internal_error_reply() -> Reply:
+    """What both frameworks answer to a fault no route caught (same status, same bytes)."""
+    return error_reply(500, INTERNAL_ERROR)
+
+
+def _nesting(value: Any) -> int:
+    """How deep JSON containers nest in `value`, counted without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        deepest = max(deepest, depth)
+        if depth <= MAX_NESTING:
+            stack.extend((child, depth + 1) for child in children
+                         if isinstance(child, (dict, list)))
+    return deepest
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
@@ -106,9 +140,12 @@ def _reject_constant(name: str) -> Any:
 def parse_json(body: bytes) -> Any:
     """Strict JSON: Python's parser would otherwise accept NaN and Infinity as numbers."""
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        value = json.loads(body, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as err:
         raise Rejection(400, f"the body is not valid JSON: {err}") from err
+    if isinstance(value, (dict, list)) and _nesting(value) > MAX_NESTING:
+        raise Rejection(400, f"the body nests JSON deeper than {MAX_NESTING} levels")
+    return value
 
 
 def parse_instance(value: Any) -> Mapping[str, Any]:
@@ -132,7 +169,8 @@ def parse_batch(value: Any, max_batch_size: int) -> list[Mapping[str, Any]]:
         raise Rejection(422, f"{BATCH_FIELD} must be a non-empty list of JSON objects",
                         {BATCH_FIELD: "must be a non-empty list"})
     if len(instances) > max_batch_size:
-        raise Rejection(413, f"at most {max_batch_size} instances per request, got "
+        # 422, not 413: the document declares maxItems, so more instances break the schema.
+        raise Rejection(422, f"at most {max_batch_size} instances per request, got "
                              f"{len(instances)}; split the batch",
                         {BATCH_FIELD: f"must hold at most {max_batch_size} instances"})
     not_objects = {
@@ -158,11 +196,13 @@ class PredictionEndpoints:
     ) -> None:
         self.service = service
         self.log = log
-        self._api_key = api_key.encode() if api_key else None
+        self._api_key = api_key.strip(" \t").encode() if api_key else None
         # One prediction at a time per process: Python threads cannot run the core's work in
         # parallel, and contending for the GIL cost a third of the throughput with 8 clients.
         # Reading bodies, logging and sending answers stay concurrent.
         self._predicting = threading.Lock()
+        self._refused: Counter[str] = Counter()
+        self._counting = threading.Lock()
 
     @classmethod
     def create(
@@ -174,6 +214,10 @@ class PredictionEndpoints:
         return cls(service, log, os.environ.get(API_KEY_ENV) or None)
 
     @property
+    def requires_key(self) -> bool:
+        return self._api_key is not None
+
+    @property
     def max_body_bytes(self) -> int:
         """The body size the adapters read at most (0 while no model: the answer is 503)."""
         return self.service.config.prediction.max_body_bytes if self.service else 0
@@ -182,12 +226,17 @@ class PredictionEndpoints:
 
     def health(self) -> Reply:
         """Alive: the process answers. Never needs the API key (load balancers probe it)."""
-        return reply(200, HealthResponse(status="alive"))
+        with self._counting:
+            counters = dict(self._refused)
+        if self.log is not None:
+            counters.update({f"log_{name}": count for name, count in self.log.counters().items()})
+        return reply(200, HealthResponse(status="alive", counters=counters))
 
     def ready(self, api_key: str | None) -> Reply:
         try:
             service = self._admit(api_key)
         except Rejection as rejection:
+            self._count_refusal(rejection.status)
             return error_reply(rejection.status, rejection.detail)
         return reply(200, ReadyResponse(status="ready", model_version=service.model_version))
 
@@ -195,6 +244,7 @@ class PredictionEndpoints:
         try:
             service = self._admit(api_key)
         except Rejection as rejection:
+            self._count_refusal(rejection.status)
             return error_reply(rejection.status, rejection.detail)
         return reply(200, service.describe())
 
@@ -244,8 +294,12 @@ class PredictionEndpoints:
 
     def _admit(self, api_key: str | None, body: bytes | None = b"") -> PredictionService:
         """The checks before the body is parsed, in this order: key, model, size."""
+        # Whitespace around a header value is not part of it (RFC 9110), whatever the server
+        # strips; repeated headers arrive joined by a comma, as WSGI joins them, and never match.
         if self._api_key is not None and not (
-            api_key is not None and hmac.compare_digest(api_key.encode(), self._api_key)
+            api_key is not None
+            and hmac.compare_digest(api_key.strip(" \t").encode("utf-8", "surrogateescape"),
+                                    self._api_key)
         ):
             raise Rejection(401, f"missing or wrong {API_KEY_HEADER} header")
         service = self.service
@@ -255,6 +309,10 @@ class PredictionEndpoints:
             raise Rejection(413, f"the body is larger than "
                                  f"{service.config.prediction.max_body_bytes} bytes")
         return service
+
+    def _count_refusal(self, status: int) -> None:
+        with self._counting:
+            self._refused[f"refused_{status}"] += 1
 
     @staticmethod
     def _reason(service: PredictionService, record: Mapping[str, Any]) -> str:
@@ -273,9 +331,13 @@ class PredictionEndpoints:
         records: Sequence[Mapping[str, Any]],
         reasons: Sequence[str] | None = None,
     ) -> Reply:
-        logger.info("Request %s rejected (%d): %s", request_id, rejection.status, rejection.detail)
-        errors = reasons or [f"{rejection.status}: {rejection.detail}"] * len(records)
-        self._log(request_id, started, records, errors=errors)
+        logger.info("Request %s rejected (%d): %s", request_id, rejection.status,
+                    escape_for_log(rejection.detail))
+        if rejection.status == 422:  # the outcome of an authenticated request: monitoring's
+            errors = reasons or [f"{rejection.status}: {rejection.detail}"] * len(records)
+            self._log(request_id, started, records, errors=errors)
+        else:  # refused at the door (401, 413, 400, 503): counted, never a prediction record
+            self._count_refusal(rejection.status)
         return error_reply(rejection.status, rejection.detail, errors=rejection.errors,
                            request_id=request_id)
 
@@ -304,7 +366,7 @@ class PredictionEndpoints:
             log_record(
                 self.service, record, request_id=request_id, source=LOG_SOURCE,
                 latency_ms=latency_ms, prediction=predictions[i] if predictions else None,
-                error=errors[i] if errors else None,
+                error=errors[i] if errors else None, instance_index=i,
             )
             for i, record in enumerate(records)
         ])

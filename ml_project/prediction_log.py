@@ -1,56 +1,80 @@
-"""The durable log of every prediction request and its outcome; monitoring reads it later.
+"""The durable log of prediction requests and their outcomes; monitoring reads it later.
 
-An embedded SQLite database under output/ by default, any SQLAlchemy URL by config. A write that
-fails (database locked, disk read-only, server down) never fails the request: the record goes
-to a JSON-lines fallback file beside the output folder and is replayed into the database at the
-next successful write. Nothing sent is ever missing from the log.
+An embedded SQLite database under output/ by default (WAL: several processes write one file),
+any SQLAlchemy URL by config (PostgreSQL for replicas). The request path never waits on it:
+`append` puts records on a bounded in-process queue that one writer thread drains in batches.
+While the database is slow, locked or down, requests are answered at full speed and the writer
+spills the records to this process's spill file (`log_spill`), replayed once the database
+answers again. Every record has a unique key (request id + instance index) and replays insert
+or ignore, so a record replayed twice, by two processes, is stored once. A full queue, a full
+disk or an unwritable spill folder are counted (`stats`, reported by /health) and logged, never
+raised to the request.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
+import os
+import queue
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import sqlalchemy
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
+from ml_project import log_spill
 from ml_project.config import Config
 from ml_project.predict import Prediction, PredictionService
 from ml_project.schemas import InvalidInstance
 
 logger = logging.getLogger(__name__)
 
+# A new table name for the schema with record keys and model identity: a log database written
+# by an earlier version keeps its old `predictions` table untouched beside it.
 METADATA = sqlalchemy.MetaData()
 PREDICTIONS = sqlalchemy.Table(
-    "predictions",
+    "prediction_records",
     METADATA,
     sqlalchemy.Column("record_id", sqlalchemy.Integer, primary_key=True, autoincrement=True),
+    sqlalchemy.Column("record_key", sqlalchemy.String(96), nullable=False, unique=True),
     sqlalchemy.Column("request_id", sqlalchemy.String(64), nullable=False, index=True),
-    sqlalchemy.Column("logged_at", sqlalchemy.String(32), nullable=False, index=True),
+    sqlalchemy.Column("instance_index", sqlalchemy.Integer, nullable=False),
+    sqlalchemy.Column("logged_at", sqlalchemy.String(40), nullable=False, index=True),
     sqlalchemy.Column("source", sqlalchemy.String(32), nullable=False),
-    sqlalchemy.Column("instance_id", sqlalchemy.String(128)),
+    sqlalchemy.Column("instance_id", sqlalchemy.Text),
+    sqlalchemy.Column("model_name", sqlalchemy.Text),
     sqlalchemy.Column("model_version", sqlalchemy.String(64)),
+    sqlalchemy.Column("model_sha256", sqlalchemy.String(64), index=True),
     sqlalchemy.Column("input", sqlalchemy.Text, nullable=False),
     sqlalchemy.Column("prediction", sqlalchemy.Text),
     sqlalchemy.Column("probabilities", sqlalchemy.Text),
     sqlalchemy.Column("latency_ms", sqlalchemy.Float),
     sqlalchemy.Column("error", sqlalchemy.Text),
 )
+REQUIRED: dict[str, type | tuple[type, ...]] = {"record_key": str, "request_id": str, "instance_index": int, "logged_at": str,
+            "source": str, "input": str}
+OPTIONAL: dict[str, type | tuple[type, ...]] = {"instance_id": str, "model_name": str, "model_version": str, "model_sha256": str,
+            "prediction": str, "probabilities": str, "latency_ms": (int, float), "error": str}
+# Errors that say the storage is unavailable (the records wait); any other database error is a
+# record the database refuses, moved aside alone.
+UNAVAILABLE = (OperationalError, InterfaceError, OSError)
+MAX_DEPTH = 32  # deeper input is logged as a placeholder: the log is not a place to recurse
 
 
 def _sqlite_pragmas(connection: Any, _: Any) -> None:
-    """WAL lets monitoring read while the service writes; with it, synchronous=NORMAL makes a
-    commit cost microseconds instead of an fsync. A committed record survives any crash of this
-    process; only a power cut before the next checkpoint can lose the last commits. The log is
-    on the request path, so that is the trade we make."""
+    """WAL lets monitoring read and several processes write while the service writes; with it,
+    synchronous=NORMAL makes a commit cost microseconds instead of an fsync. A committed record
+    survives any crash of a process; only a power cut can lose the last commits."""
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
 
@@ -59,20 +83,37 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN is not JSON: log a missing value as null, as a client would have sent it."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
+def _clean(value: Any, depth: int = 0) -> Any:
+    """A JSON value any store can hold: NaN as null (as a client would send it), text with lone
+    surrogates escaped (in keys too), nesting cut at MAX_DEPTH, anything else as its text."""
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, str):
+        return log_spill.storable(value)
+    if isinstance(value, (Mapping, list, tuple)):
+        if depth >= MAX_DEPTH:
+            return f"<nested deeper than {MAX_DEPTH} levels>"
+        if isinstance(value, Mapping):
+            return {log_spill.storable(str(k)): _clean(v, depth + 1) for k, v in value.items()}
+        return [_clean(v, depth + 1) for v in value]
+    if hasattr(value, "item"):  # a numpy scalar
+        return _clean(value.item(), depth)
+    return log_spill.storable(str(value))
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else log_spill.storable(str(value))
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else log_spill.encode_line(_clean(value))[:-1].decode("ascii")
 
 
 @dataclass(frozen=True)
 class LogRecord:
-    """One request and its outcome (prediction, or the error that rejected it)."""
+    """One instance of a request and its outcome (prediction, or the error that rejected it)."""
 
     request_id: str
     source: str
@@ -83,38 +124,273 @@ class LogRecord:
     latency_ms: float | None = None
     error: str | None = None
     instance_id: str | None = None
+    instance_index: int = 0
+    model_name: str | None = None
+    model_sha256: str | None = None
     logged_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
     def to_row(self) -> dict[str, Any]:
-        row = asdict(self)
-        row["input"] = json.dumps(_json_safe(dict(self.input)), default=str)
-        row["prediction"] = None if self.prediction is None else json.dumps(_json_safe(self.prediction))
-        row["probabilities"] = (
-            None if self.probabilities is None else json.dumps(_json_safe(dict(self.probabilities)))
-        )
-        return row
+        """The table row, every text storable (whatever the client sent)."""
+        request_id = _text(self.request_id) or ""
+        return {
+            "record_key": f"{request_id}:{self.instance_index}",
+            "request_id": request_id,
+            "instance_index": self.instance_index,
+            "logged_at": self.logged_at,
+            "source": _text(self.source),
+            "instance_id": _text(self.instance_id),
+            "model_name": _text(self.model_name),
+            "model_version": _text(self.model_version),
+            "model_sha256": _text(self.model_sha256),
+            "input": _json_text(self.input),
+            "prediction": _json_text(self.prediction),
+            "probabilities": _json_text(self.probabilities),
+            "latency_ms": self.latency_ms,
+            "error": _text(self.error),
+        }
+
+
+def check_row(value: Any) -> dict[str, Any]:
+    """A replayed line as a row, or ValueError naming what makes it none."""
+    if not isinstance(value, dict):
+        raise ValueError(f"not a JSON object but {type(value).__name__}")
+    row: dict[str, Any] = {}
+    for name, kind in (*REQUIRED.items(), *OPTIONAL.items()):
+        item = value.get(name)
+        if item is None and name in OPTIONAL:
+            row[name] = None
+        elif isinstance(item, kind) and not isinstance(item, bool):
+            row[name] = log_spill.storable(item) if isinstance(item, str) else item
+        else:
+            raise ValueError(f"field {name!r} is {type(item).__name__}, not a "
+                             f"{getattr(kind, '__name__', 'number')}")
+    return row
+
+
+_FLUSH = object()
+_STOP = object()
 
 
 class PredictionLog:
-    """Append-only prediction log with a file fallback; safe to share between threads."""
+    """Append-only prediction log behind a queue and one writer thread; share it between threads.
 
-    def __init__(self, url: str, fallback_file: Path, *, lock_timeout_seconds: float = 5.0) -> None:
+    Args:
+        spill_dir: the folder of the spill files (shared by every process writing this log).
+        queue_size: records held in memory at most; past it a record is dropped and counted.
+    """
+
+    def __init__(self, url: str, spill_dir: Path, *, lock_timeout_seconds: float = 5.0,
+                 queue_size: int = 10_000, batch_size: int = 500,
+                 retry_seconds: float = 1.0) -> None:
         self.url = url
-        self.fallback_file = fallback_file
+        self.spill_dir = spill_dir
+        self.lock_timeout_seconds = lock_timeout_seconds
+        self.queue_size = queue_size
+        self.batch_size = batch_size
+        self.retry_seconds = retry_seconds
         is_sqlite = url.startswith("sqlite")
         connect_args = {"timeout": lock_timeout_seconds, "check_same_thread": False} if is_sqlite else {}
         self.engine = sqlalchemy.create_engine(url, connect_args=connect_args)
         if is_sqlite:
             sqlalchemy.event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._lock = threading.Lock()
+        self.stats: Counter[str] = Counter()
+        self._counting = threading.Lock()
         self._ready = False
+        self._start_process_state()
+        atexit.register(self.close)
+
+    def _start_process_state(self) -> None:
+        """What belongs to one process: the queue, the writer, the spill file."""
+        self._pid = os.getpid()
+        self._queue: queue.Queue[Any] = queue.Queue(self.queue_size)
+        self._writer: threading.Thread | None = None
+        self._starting = threading.Lock()
+        self._spill = log_spill.SpillFile(self.spill_dir)
+        self._held: list[dict[str, Any]] = []  # spilled nowhere yet (the spill folder failed)
+        self._retry_at = 0.0
+        self._replay_due = True  # a previous run (or a dead process) may have left spill files
+        self._outage = False
+
+    def _count(self, name: str, amount: int) -> None:
+        with self._counting:
+            self.stats[name] += amount
+
+    def counters(self) -> dict[str, int]:
+        """A copy of `stats`, safe to take while the writer counts."""
+        with self._counting:
+            return dict(self.stats)
 
     @classmethod
     def from_config(cls, config: Config) -> PredictionLog:
-        return cls(
-            config.resolve(config.prediction.prediction_log_url),
-            config.output_dir / "prediction_log_fallback.jsonl",
-        )
+        return cls(config.resolve(config.prediction.prediction_log_url),
+                   config.output_dir / "prediction_log_spill")
+
+    # The request side -------------------------------------------------------------------------
+
+    def append(self, records: Iterable[LogRecord]) -> None:
+        """Queue records for the writer; never blocks, never raises on a storage problem."""
+        if self._pid != os.getpid():  # a forked child that did not call after_fork
+            self.after_fork()
+        self._ensure_writer()
+        for record in records:
+            try:
+                self._queue.put_nowait(record.to_row())
+            except queue.Full:
+                self._count("dropped_queue_full", 1)
+                if self.stats["dropped_queue_full"] % 1000 == 1:  # the first, then 1 in 1000
+                    logger.error("Prediction log queue full (%d records): record %s dropped",
+                                 self.queue_size, record.request_id)
+
+    def _ensure_writer(self) -> None:
+        if self._writer is not None and self._writer.is_alive():
+            return
+        with self._starting:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._run, name="prediction-log-writer",
+                                                daemon=True)
+                self._writer.start()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every record queued so far is stored or spilled; False on timeout."""
+        if self._pid != os.getpid() or (
+            self._queue.empty() and (self._writer is None or not self._writer.is_alive())
+        ):
+            return True
+        done = threading.Event()
+        try:
+            self._queue.put((_FLUSH, done), timeout=timeout)
+        except queue.Full:
+            return False
+        self._ensure_writer()
+        return done.wait(timeout)
+
+    # The writer thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            try:
+                items = [self._queue.get(timeout=self.retry_seconds)]
+            except queue.Empty:
+                items = []
+            while items and len(items) < self.batch_size:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            rows = [item for item in items if isinstance(item, dict)]
+            if any(isinstance(item, tuple) for item in items):
+                self._retry_at = 0.0  # a flush (a reader, a close) tries the database now
+            try:
+                if rows or self._held or self._replay_due:
+                    self._store(rows)
+            except Exception:  # the writer must outlive any surprise; its records are counted
+                logger.exception("Prediction log writer failed on %d records", len(rows))
+                self._count("lost", len(rows))
+            for item in items:
+                if isinstance(item, tuple) and item[0] is _FLUSH:
+                    item[1].set()
+                stop = stop or item is _STOP
+
+    def _store(self, rows: list[dict[str, Any]]) -> None:
+        """Into the database (spill files first, so the order holds), else into the spill."""
+        rows = [*self._held, *rows]
+        self._held = []
+        if time.monotonic() < self._retry_at:
+            self._spill_rows(rows)
+            return
+        try:
+            self._ensure_table()
+            if self._replay_due:
+                self._replay_spills()
+            if rows:
+                self._insert(rows)
+                self._count("written", len(rows))
+        except UNAVAILABLE as err:
+            if not self._outage:
+                logger.error("Prediction log %s unavailable (%s); records wait in %s: %s",
+                             self.url, type(err).__name__, self.spill_dir,
+                             str(err).splitlines()[0])
+            self._outage = True
+            self._retry_at = time.monotonic() + self.retry_seconds
+            self._spill_rows(rows)
+            return
+        if self._outage:
+            logger.info("Prediction log %s available again", self.url)
+        self._outage = False
+
+    def _spill_rows(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        try:
+            self._spill.append(rows)
+        except OSError as err:
+            keep = max(0, self.queue_size - len(self._held))
+            self._held.extend(rows[:keep])
+            lost = len(rows) - keep if len(rows) > keep else 0
+            self._count("lost", lost)
+            self._count("spill_failures", 1)
+            logger.error("Prediction log spill folder %s unwritable (%s); %d records held in "
+                         "memory, %d lost", self.spill_dir, err, len(self._held), lost)
+            return
+        self._count("spilled", len(rows))
+        self._replay_due = True
+
+    def _replay_spills(self) -> None:
+        """Store every waiting spill file (any process's) once, then delete it."""
+        self._replay_due = False
+        for path in log_spill.spill_files(self.spill_dir):
+            claimed = log_spill.claim(path)
+            if claimed is None:
+                continue
+            rows: list[dict[str, Any]] = []
+            rejects: list[tuple[str, bytes]] = []
+            for row, reason, line in log_spill.parse_lines(log_spill.read_claimed(claimed),
+                                                           check_row):
+                if row is None:
+                    rejects.append((reason or "unreadable", line))
+                else:
+                    rows.append(row)
+            try:
+                for start in range(0, len(rows), self.batch_size):
+                    self._insert(rows[start:start + self.batch_size])
+                log_spill.reject_lines(self.spill_dir, claimed, rejects)
+            except UNAVAILABLE:
+                self._replay_due = True  # the claimed file stays; the next replay takes it
+                raise
+            self._count("replayed", len(rows))
+            self._count("rejected_lines", len(rejects))
+            claimed.unlink(missing_ok=True)
+            logger.info("Replayed %d prediction records from %s", len(rows), path.name)
+
+    def _insert(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert or ignore (the record key is unique); a row the database refuses alone is
+        moved aside, the others stored."""
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(self._insert_statement(), list(rows))
+        except UNAVAILABLE:
+            raise
+        except (SQLAlchemyError, ValueError) as err:
+            if len(rows) == 1:
+                log_spill.reject_lines(self.spill_dir, Path("database"), [
+                    (f"{type(err).__name__}: {str(err).splitlines()[0]}",
+                     log_spill.encode_line(rows[0])[:-1])])
+                self._count("rejected_rows", 1)
+                return
+            for row in rows:
+                self._insert([row])
+
+    def _insert_statement(self) -> Any:
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            return sqlite.insert(PREDICTIONS).on_conflict_do_nothing(index_elements=["record_key"])
+        if dialect == "postgresql":
+            return postgresql.insert(PREDICTIONS).on_conflict_do_nothing(
+                index_elements=["record_key"])
+        if dialect in ("mysql", "mariadb"):
+            return PREDICTIONS.insert().prefix_with("IGNORE")
+        return PREDICTIONS.insert()  # a duplicate is then refused alone, as any refused row
 
     def _ensure_table(self) -> None:
         if not self._ready:
@@ -123,38 +399,10 @@ class PredictionLog:
             METADATA.create_all(self.engine)
             self._ready = True
 
-    def append(self, records: Iterable[LogRecord]) -> None:
-        """Write records; on a database failure keep them in the fallback file instead."""
-        rows = [record.to_row() for record in records]
-        if not rows:
-            return
-        with self._lock:
-            try:
-                self._ensure_table()
-                with self.engine.begin() as connection:
-                    pending = self._read_fallback()
-                    connection.execute(PREDICTIONS.insert(), pending + rows)
-                if pending:
-                    self.fallback_file.unlink()
-                    logger.info("Replayed %d prediction records from %s", len(pending),
-                                self.fallback_file)
-            except (SQLAlchemyError, OSError) as err:
-                logger.error(
-                    "Prediction log %s unavailable (%s); keeping %d records in %s",
-                    self.url, err.__class__.__name__, len(rows), self.fallback_file,
-                )
-                self.fallback_file.parent.mkdir(parents=True, exist_ok=True)
-                with self.fallback_file.open("a") as handle:
-                    for row in rows:
-                        handle.write(json.dumps(row) + "\n")
-
-    def _read_fallback(self) -> list[dict[str, Any]]:
-        if not self.fallback_file.is_file():
-            return []
-        with self.fallback_file.open() as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+    # Reading ----------------------------------------------------------------------------------
 
     def count(self) -> int:
+        self.flush()
         self._ensure_table()
         with self.engine.connect() as connection:
             total = connection.execute(
@@ -163,14 +411,21 @@ class PredictionLog:
         return int(total)
 
     def read(self, *, last: int | None = None, since: str | None = None,
-             until: str | None = None) -> list[dict[str, Any]]:
-        """Records in logging order, with input/prediction/probabilities decoded from JSON."""
+             until: str | None = None, model_sha256: str | None = None,
+             model_version: str | None = None) -> list[dict[str, Any]]:
+        """Records in logging order, with input/prediction/probabilities decoded from JSON;
+        only those of the model with `model_sha256` / `model_version` when given."""
+        self.flush()
         self._ensure_table()
         query = sqlalchemy.select(PREDICTIONS).order_by(PREDICTIONS.c.record_id.desc())
         if since:
             query = query.where(PREDICTIONS.c.logged_at >= since)
         if until:
             query = query.where(PREDICTIONS.c.logged_at < until)
+        if model_sha256:
+            query = query.where(PREDICTIONS.c.model_sha256 == model_sha256)
+        if model_version:
+            query = query.where(PREDICTIONS.c.model_version == model_version)
         if last:
             query = query.limit(last)
         with self.engine.connect() as connection:
@@ -180,15 +435,33 @@ class PredictionLog:
                 row[key] = None if row[key] is None else json.loads(row[key])
         return rows[::-1]
 
-    def after_fork(self) -> None:
-        """Call in a forked child (a gunicorn worker) before it writes. Connections are opened
-        lazily, but any the parent already had are in the inherited pool, and a SQLite
-        connection must never be used on both sides of a fork: the child gets a pool of its own
-        (the parent's connections are left open, for the parent) and a lock of its own."""
-        self.engine.dispose(close=False)
-        self._lock = threading.Lock()
+    def spill_files(self) -> list[Path]:
+        """The spill files waiting for a replay (any process's)."""
+        return log_spill.spill_files(self.spill_dir)
 
-    def close(self) -> None:
+    # Life cycle -------------------------------------------------------------------------------
+
+    def after_fork(self) -> None:
+        """Call in a forked child (a gunicorn worker) before it writes. The writer thread does
+        not survive a fork, and a SQLite connection must never be used on both sides of one: the
+        child gets a queue, writer, spill file and pool of its own (the parent's connections are
+        left open, for the parent)."""
+        self.engine.dispose(close=False)
+        self._start_process_state()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Store or spill what is queued and stop the writer, then release the database (at
+        exit too). A later append starts a new writer."""
+        if self._pid == os.getpid() and self._writer is not None and self._writer.is_alive():
+            if not self.flush(timeout):
+                logger.error("Prediction log: %d records still queued at close",
+                             self._queue.qsize())
+            try:
+                self._queue.put(_STOP, timeout=1)
+                self._writer.join(timeout)
+            except queue.Full:
+                pass
+        atexit.unregister(self.close)
         self.engine.dispose()
 
 
@@ -201,19 +474,24 @@ def log_record(
     latency_ms: float,
     prediction: Prediction | None = None,
     error: str | None = None,
+    instance_index: int = 0,
 ) -> LogRecord:
     """The log entry of one instance and its outcome: every entry point builds it here."""
     instance_id = record.get(service.config.columns.id) if service else None
+    metadata = service.metadata if service else {}
     return LogRecord(
         request_id=request_id,
         source=source,
         input=record,
         model_version=service.model_version if service else None,
+        model_name=_text(metadata.get("model_name")),
+        model_sha256=_text(metadata.get("sha256")),
         prediction=prediction.prediction if prediction else None,
         probabilities=prediction.probabilities if prediction else None,
         latency_ms=latency_ms,
         error=error,
         instance_id=None if instance_id is None else str(instance_id),
+        instance_index=instance_index,
     )
 
 

@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
@@ -19,10 +20,14 @@ from gunicorn.glogging import Logger as GunicornLogger
 from gunicorn.workers.gthread import ThreadWorker
 
 # Threads of the one gunicorn worker, so requests are served concurrently: a connection holds a
-# thread only while its request runs (idle keep-alive connections wait in the worker's poller),
-# and the model's compiled code and the SQLite write release the GIL. 8 covers the benchmark's
-# 8 keep-alive clients.
-THREADS = 8
+# thread only while its request is read and runs (idle keep-alive connections wait in the
+# worker's poller). Predictions run one at a time anyway (`PredictionEndpoints`), so threads
+# beyond the 8 busy clients of the benchmark cost only a stack each: they are what keeps the
+# service answering while clients that stall mid-request hold theirs (up to READ_TIMEOUT each).
+THREADS = 32
+# A client that sends nothing for this long while its request is read is dropped (its body:
+# 408), so a stalled connection holds a worker thread for seconds, never for good.
+READ_TIMEOUT_SECONDS = 10.0
 # How long an idle keep-alive connection stays open (uvicorn's default too).
 KEEPALIVE_SECONDS = 5
 
@@ -90,6 +95,7 @@ class _GracefulArbiter(Arbiter):  # type: ignore[misc]
 class _GthreadWorker(ThreadWorker):  # type: ignore[misc]
     """gunicorn's gthread worker, stopping as uvicorn does: the requests in flight finish, and
 
+    - a client stalled mid-request holds a thread for READ_TIMEOUT_SECONDS at most;
     - SIGINT stops it as gracefully as SIGTERM (Ctrl-C reaches the whole process group, the
       worker too), rather than with gunicorn's quick exit;
     - idle keep-alive connections are closed at once. gunicorn 26 leaves them open and then
@@ -101,11 +107,29 @@ class _GthreadWorker(ThreadWorker):  # type: ignore[misc]
         signal.signal(signal.SIGINT, self.handle_exit)
         signal.siginterrupt(signal.SIGINT, False)
 
+    def enqueue_req(self, conn: Any) -> None:
+        """Before a thread reads the connection: its socket times out (`_TimedSocket`)."""
+        if not isinstance(conn.sock, _TimedSocket):
+            raw = conn.sock
+            conn.sock = _TimedSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+        super().enqueue_req(conn)
+
     def murder_keepalived(self) -> None:
         if not self.alive:  # stopping: no connection waiting here has a request in flight
             for connection in (*self.keepalived_conns, *self.pending_conns):
                 connection.timeout = 0.0
         super().murder_keepalived()
+
+
+class _TimedSocket(socket.socket):
+    """A client socket that, when made blocking to be read by a worker thread, waits at most
+    READ_TIMEOUT_SECONDS for each read instead of for ever."""
+
+    def setblocking(self, flag: bool) -> None:
+        if flag:
+            self.settimeout(READ_TIMEOUT_SECONDS)
+        else:
+            super().setblocking(False)
 
 
 class _GunicornLogging(GunicornLogger):  # type: ignore[misc]

@@ -156,7 +156,7 @@ def test_predict_batch_returns_one_prediction_per_instance_in_order(
         pytest.param("/predict/batch", {"instances": [INSTANCE, instance(age="x")]}, 422,
                      {"instances[1].age": "must be a number, got 'x'"},
                      "instances[1].age", id="batch-item-invalid"),
-        pytest.param("/predict/batch", {"instances": [INSTANCE] * 6}, 413,
+        pytest.param("/predict/batch", {"instances": [INSTANCE] * 6}, 422,
                      {"instances": "must hold at most 5 instances"}, "at most 5",
                      id="batch-too-large"),
     ],
@@ -173,7 +173,7 @@ def test_bad_input_gets_a_4xx_naming_the_field_and_the_rule(
     assert len(answer["request_id"]) == 32
 
 
-def test_every_prediction_request_is_logged_with_its_outcome(
+def test_every_prediction_and_rejection_is_logged_and_refusals_only_counted(
     url: str, log: PredictionLog, service: PredictionService
 ) -> None:
     good = post(f"{url}/predict", INSTANCE).json()
@@ -191,12 +191,14 @@ def test_every_prediction_request_is_logged_with_its_outcome(
     assert logged["prediction"] == good["prediction"]
     assert logged["instance_id"] == INSTANCE["customer_id"]
     assert logged["model_version"] == service.model_version
+    assert logged["model_sha256"] == service.metadata["sha256"]
+    assert logged["model_name"] == service.metadata["model_name"]
     [logged] = by_request[bad["request_id"]]
     assert logged["input"]["age"] == "forty"
     assert logged["error"] == "422: invalid instance: age: must be a number, got 'forty'"
-    [logged] = by_request[malformed["request_id"]]
-    assert logged["error"].startswith("400: the body is not valid JSON")
+    assert malformed["request_id"] not in by_request  # refused at the door: counted only
     first, second = by_request[batch["request_id"]]
+    assert (first["instance_index"], second["instance_index"]) == (0, 1)
     assert first["error"] == "422: not predicted: another instance in its batch is invalid"
     assert second["error"] == "422: invalid instance: age: must be >= 18, got 17"
 
@@ -253,7 +255,9 @@ def test_api_key_is_required_when_set_and_never_logged(
     assert health.status_code == 200
     assert (ready_without_key.status_code, ready_with_key.status_code) == (401, 200)
     logged = json.dumps(log.read(last=50))
-    assert without_key.json()["request_id"] in logged
+    assert without_key.json()["request_id"] not in logged  # refused at the door: not a record
+    assert right_key.json()["request_id"] in logged
+    assert health.json()["counters"]["refused_401"] >= 2
     assert key not in logged
     assert key not in caplog.text
 

@@ -143,19 +143,30 @@ def logged_request_ids(log: PredictionLog) -> list[str]:
     return [record["request_id"] for record in log.read()]
 
 
+def spilled_lines(log: PredictionLog) -> list[str]:
+    assert log.flush(30)
+    return [line for path in log.spill_files() for line in path.read_text().splitlines()]
+
+
 def test_locked_prediction_log_keeps_answering_and_replays_every_record(
     service: PredictionService, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Another writer holds the database's write lock far longer than the log waits: every
+    request is answered at full speed (the project's client timeout is never near), the
+    records wait in the spill file and are stored once the lock is released."""
     database = tmp_path / "prediction_log.db"
-    log = PredictionLog(f"sqlite:///{database}", tmp_path / "fallback.jsonl",
-                        lock_timeout_seconds=0.2)
+    log = PredictionLog(f"sqlite:///{database}", tmp_path / "spill", lock_timeout_seconds=2,
+                        retry_seconds=0.2)
     with serve_in_thread(create_app(service, log)) as base_url:
         before = predict_all(base_url, 2)
+        assert log.flush(30)  # stored before the lock is taken
         holder = sqlite3.connect(database, timeout=0)
         holder.execute("BEGIN EXCLUSIVE")  # another writer holds the database
         try:
-            during = predict_all(base_url, 3)
-            waiting = (tmp_path / "fallback.jsonl").read_text().splitlines()
+            started = time.perf_counter()
+            during = predict_all(base_url, 8)
+            answered_in = time.perf_counter() - started
+            waiting = spilled_lines(log)
         finally:
             holder.rollback()
             holder.close()
@@ -163,9 +174,10 @@ def test_locked_prediction_log_keeps_answering_and_replays_every_record(
     logged = logged_request_ids(log)
     log.close()
 
+    assert answered_in < 2  # 9 requests in less than one wait for the lock
     assert len(waiting) == len(during)
     assert "unavailable (OperationalError)" in caplog.text
-    assert not (tmp_path / "fallback.jsonl").exists()
+    assert not log.spill_files()
     assert sorted(logged) == sorted(before + during + after)  # each once, none lost
 
 
@@ -176,10 +188,11 @@ def test_unwritable_prediction_log_keeps_answering_and_replays_once_writable(
     volume or a wrong path would), then is fixed while the service keeps serving."""
     blocker = tmp_path / "logs"
     blocker.write_text("not a folder")
-    log = PredictionLog(f"sqlite:///{blocker / 'prediction_log.db'}", tmp_path / "fallback.jsonl")
+    log = PredictionLog(f"sqlite:///{blocker / 'prediction_log.db'}", tmp_path / "spill",
+                        retry_seconds=0.2)
     with serve_in_thread(create_app(service, log)) as base_url:
         during = predict_all(base_url, 3)
-        waiting = (tmp_path / "fallback.jsonl").read_text().splitlines()
+        waiting = spilled_lines(log)
         blocker.unlink()
         after = predict_all(base_url, 1)
     logged = logged_request_ids(log)
@@ -187,8 +200,27 @@ def test_unwritable_prediction_log_keeps_answering_and_replays_once_writable(
 
     assert len(waiting) == len(during)
     assert "Prediction log" in caplog.text and "unavailable" in caplog.text
-    assert not (tmp_path / "fallback.jsonl").exists()
+    assert not log.spill_files()
     assert sorted(logged) == sorted(during + after)  # each once, none lost
+
+
+def test_full_disk_and_unwritable_spill_never_fail_a_request_and_are_reported(
+    service: PredictionService, tmp_path: Path
+) -> None:
+    """Neither the database nor the spill folder can be written (a full or read-only disk):
+    every request is still answered 200, and /health reports the records held and lost."""
+    blocker = tmp_path / "full"
+    blocker.write_text("")
+    log = PredictionLog(f"sqlite:///{blocker / 'log.db'}", blocker / "spill", queue_size=4,
+                        retry_seconds=0.2)
+    with serve_in_thread(create_app(service, log)) as base_url:
+        predict_all(base_url, 10)
+        log.flush(10)
+        health = requests.get(f"{base_url}/health", timeout=10).json()
+    log.close()
+    assert health["status"] == "alive"
+    assert health["counters"]["log_spill_failures"] > 0
+    assert health["counters"]["log_lost"] + health["counters"].get("log_dropped_queue_full", 0) > 0
 
 
 # Modelling with the tracking store down -----------------------------------------------------------

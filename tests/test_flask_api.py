@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
+import socket
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -11,12 +14,14 @@ import requests
 
 from ml_project.api import create_app
 from ml_project.config import Config
+from ml_project.endpoints import API_KEY_ENV
 from ml_project.flask_api import create_flask_app
 from ml_project.predict import PredictionService
 from ml_project.prediction_log import PredictionLog
 from tests.serving import (
     INSTANCE,
     instance,
+    launch_server,
     load_serving_config,
     serve_in_thread,
     write_serving_config,
@@ -115,3 +120,114 @@ def test_both_limit_the_body_at_exactly_max_body_bytes(
             assert answer.json()["detail"] == "the body is larger than 3000 bytes"
         else:
             assert answer.json()["errors"]["note"] == "is not a known field"
+
+
+# The real servers, as launched in production (uvicorn; gunicorn), with an API key -------------
+
+KEY = "parity-key-5b7e"
+
+
+@pytest.fixture(scope="module")
+def launched(trained_project: Path, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[dict[str, tuple[str, Path]]]:
+    """Both launchers, each with its own folder: base URL and server output per framework."""
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for framework in ("fastapi", "flask"):
+            root = tmp_path_factory.mktemp(f"launched_{framework}")
+            config_file = write_serving_config(trained_project, root, LIMITS)
+            output = root / "server.out"
+            url, _ = stack.enter_context(launch_server(config_file, output, framework,
+                                                       environment={API_KEY_ENV: KEY}))
+            servers[framework] = (url, output)
+        yield servers
+
+
+def raw_request(url: str, request: bytes, method: str) -> tuple[int, str, str | None, bytes]:
+    """Send exactly these bytes; the status, content type, Allow header and body of the final
+    answer."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(request)
+        answer = http.client.HTTPResponse(connection, method=method)
+        answer.begin()  # skips an interim "100 Continue"
+        return (answer.status, answer.getheader("Content-Type", ""), answer.getheader("Allow"),
+                answer.read())
+
+
+def build(method: str, path: str, body: bytes = b"", headers: tuple[str, ...] = (f"X-API-Key: {KEY}",),
+          length: int | None = None) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close", *headers]
+    if body or method in ("POST", "PUT") or length is not None:
+        lines += ["Content-Type: application/json",
+                  f"Content-Length: {len(body) if length is None else length}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+NESTED = b'{"age": ' + b"[" * 700 + b"]" * 700 + b"}"
+SURROGATE_VALUE = _json(INSTANCE).replace(b'"C000001"', b'"\\ud800"')
+SURROGATE_KEY = _json(INSTANCE).replace(b'"region"', b'"\\udfff"')
+FORGED = _json({**INSTANCE, "x\nFORGED 2026 INFO root: admin logged in": 1})
+
+# What both servers must answer alike (the parity table in documentation/reliability.md).
+PARITY = [
+    pytest.param(build("POST", "/predict/", _json(INSTANCE)), "POST", 404, id="trailing-slash"),
+    pytest.param(build("HEAD", "/health"), "HEAD", 405, id="head-health"),
+    pytest.param(build("HEAD", "/predict"), "HEAD", 405, id="head-predict"),
+    pytest.param(build("OPTIONS", "/predict"), "OPTIONS", 405, id="options-predict"),
+    pytest.param(build("OPTIONS", "/health"), "OPTIONS", 405, id="options-health"),
+    pytest.param(build("GET", "/no-such-route"), "GET", 404, id="unknown-route"),
+    pytest.param(build("GET", "/predict"), "GET", 405, id="wrong-method"),
+    pytest.param(build("DELETE", "/predict/batch"), "DELETE", 405, id="wrong-method-delete"),
+    pytest.param(build("POST", "/predict", _json(INSTANCE), headers=(f"X-API-Key: {KEY} ",)),
+                 "POST", 200, id="key-trailing-space"),
+    pytest.param(build("POST", "/predict", _json(INSTANCE), headers=()), "POST", 401,
+                 id="no-key"),
+    pytest.param(build("POST", "/predict", _json(INSTANCE),
+                       headers=(f"X-API-Key: {KEY}", "X-API-Key: wrong")), "POST", 401,
+                 id="two-keys"),
+    pytest.param(build("POST", "/predict", _json(INSTANCE),
+                       headers=(f"X-API-Key: {KEY}", f"X-API-Key: {KEY}")), "POST", 401,
+                 id="two-keys-both-right"),
+    pytest.param(build("POST", "/predict", _json(INSTANCE),
+                       headers=(f"X-API-Key: {KEY}", "Expect: 100-continue")), "POST", 200,
+                 id="expect-100-continue"),
+    pytest.param(build("POST", "/predict", b"", headers=(f"X-API-Key: {KEY}",
+                                                          "Expect: 100-continue"),
+                       length=10_000_000), "POST", 413, id="expect-100-continue-too-large"),
+    pytest.param(build("POST", "/predict", b""), "POST", 400, id="empty-body"),
+    pytest.param(build("POST", "/predict", b"age=41"), "POST", 400, id="not-json"),
+    pytest.param(build("POST", "/predict", b"{" + b" " * 3100 + b"}"), "POST", 413,
+                 id="huge-body"),
+    pytest.param(build("POST", "/predict", NESTED), "POST", 400, id="nested-700-deep"),
+    pytest.param(build("POST", "/predict", SURROGATE_VALUE), "POST", 200,
+                 id="lone-surrogate-value"),
+    pytest.param(build("POST", "/predict", SURROGATE_KEY), "POST", 422, id="lone-surrogate-key"),
+    pytest.param(build("POST", "/predict", FORGED), "POST", 422, id="newline-in-field-name"),
+]
+
+
+@pytest.mark.parametrize(("request_bytes", "method", "status"), PARITY)
+def test_both_launched_servers_answer_every_case_alike_and_never_500(
+    launched: dict[str, tuple[str, Path]], request_bytes: bytes, method: str, status: int
+) -> None:
+    answers = {}
+    for framework, (url, _) in launched.items():
+        code, content_type, allow, body = raw_request(url, request_bytes, method)
+        content = json.loads(body) if body else None
+        if isinstance(content, dict):
+            content.pop("request_id", None)
+        answers[framework] = (code, content_type, allow, content)
+    assert answers["fastapi"] == answers["flask"]
+    assert answers["fastapi"][0] == status
+    assert answers["fastapi"][1] == "application/json"
+
+
+def test_a_field_name_cannot_forge_a_line_in_the_server_log(
+    launched: dict[str, tuple[str, Path]]
+) -> None:
+    for framework, (url, output) in launched.items():
+        raw_request(url, build("POST", "/predict", FORGED), "POST")
+        lines = output.read_text().splitlines()
+        assert not [line for line in lines if line.startswith("FORGED")], framework
+        assert any("FORGED" in line for line in lines), framework  # logged, on its own line

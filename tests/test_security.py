@@ -34,6 +34,7 @@ from ml_project.config import PROJECT_ROOT
 from ml_project.endpoints import API_KEY_ENV, API_KEY_HEADER
 from ml_project.export import ArtifactError, read_metadata
 from ml_project.flask_api import create_flask_app
+from ml_project.monitor import read_prediction_window
 from ml_project.predict import PredictionService
 from ml_project.prediction_log import PredictionLog
 from tests.conftest import prediction_config, write_project
@@ -95,15 +96,20 @@ def test_api_key_refuses_every_wrong_key_and_is_never_written_anywhere(
         accepted = requests.post(f"{base_url}/predict", json=INSTANCE, timeout=30,
                                  headers={API_KEY_HEADER: API_KEY})
         health = requests.get(f"{base_url}/health", timeout=30)
-    log = PredictionLog.from_config(load_serving_config(config_file))
+    config = load_serving_config(config_file)
+    log = PredictionLog.from_config(config)
     records = log.read()
     log.close()
+    window = read_prediction_window(config, last=config.monitoring.window_records)
 
     assert set(refused.values()) == {(401, "missing or wrong X-API-Key header")}
     assert accepted.status_code == 200 and health.status_code == 200
+    assert health.json()["counters"]["refused_401"] == 4 * 7
     assert "API key required" in (tmp_path / "server.out").read_text()
-    # The refusals were logged (so there was something to leak), under their request id only.
-    assert len([r for r in records if r["error"] and r["error"].startswith("401")]) == 2 * 7
+    # Refusals at the door are counted, never stored: the log, and monitoring's window, hold
+    # the authenticated prediction alone, however many strangers knocked.
+    assert [r["request_id"] for r in records] == [accepted.json()["request_id"]]
+    assert (window.requests, window.rejected, len(window.predictions)) == (1, 0, 1)
     assert files_containing(tmp_path, [API_KEY, *WRONG_KEYS[:5]]) == {}
 
 

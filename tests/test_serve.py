@@ -192,7 +192,7 @@ def test_flask_on_gunicorn_answers_right_concurrently_over_keep_alive_and_logs_e
     # One gthread worker, forked from the launcher (gunicorn's master), which loaded the model.
     assert len(workers) == 1, workers
     assert "Using worker: _GthreadWorker" in server_output and "Traceback" not in server_output
-    assert (health.status_code, health.json()) == (200, {"status": "alive"})
+    assert (health.status_code, health.json()["status"]) == (200, "alive")
     assert ready.json() == {"status": "ready", "model_version": service.model_version}
     expected = service.predict_instance(INSTANCE)
     assert single.status_code == 200
@@ -209,7 +209,7 @@ def test_flask_on_gunicorn_answers_right_concurrently_over_keep_alive_and_logs_e
         body["request_id"] for _, _, body, _ in answers]
     assert sorted(record["request_id"] for record in records) == sorted(sent)
     assert all(record["source"] == "api" and record["error"] is None for record in records)
-    assert not log.fallback_file.exists()
+    assert not log.spill_files()
 
 
 def _send_slowly_and_signal(base_url: str, server: psutil.Process, stop: Callable[[], None]
@@ -323,3 +323,32 @@ def test_flask_worker_killed_is_replaced_by_a_fork_of_the_launcher_without_reloa
     assert ready.ok and answer.ok, server_output
     assert server_output.count("ml_project.predict: Loaded ") == 1  # by the launcher, once
     assert [record["request_id"] for record in records] == [answer.body["request_id"]]
+
+
+@pytest.mark.parametrize("framework", ["fastapi", "flask"])
+def test_stalled_clients_cannot_starve_the_service(
+    framework: str, trained_project: Path, tmp_path: Path
+) -> None:
+    """8 connections each declare a 1,000-byte body and send 10 bytes, then stall: /health and
+    a prediction from another client are still answered at once."""
+    config_file = write_serving_config(trained_project, tmp_path)
+    with launch_server(config_file, tmp_path / "server.out", framework) as (base_url, _):
+        host, port = base_url.removeprefix("http://").split(":")
+        stalled = []
+        try:
+            for _ in range(8):
+                connection = socket.create_connection((host, int(port)), timeout=10)
+                connection.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                   b"Content-Type: application/json\r\n"
+                                   b"Content-Length: 1000\r\n\r\n" + b'{"age": 41')
+                stalled.append(connection)
+            time.sleep(0.5)  # every stalled request is now in the server's hands
+            started = time.perf_counter()
+            health = requests.get(f"{base_url}/health", timeout=5)
+            prediction = requests.post(f"{base_url}/predict", json=INSTANCE, timeout=5)
+            elapsed = time.perf_counter() - started
+        finally:
+            for connection in stalled:
+                connection.close()
+    assert (health.status_code, prediction.status_code) == (200, 200)
+    assert elapsed < 2
