@@ -56,12 +56,12 @@ if keyword.iskeyword(new) or keyword.issoftkeyword(new):
     fail(f"{new!r} is a Python keyword")
 if new == old:
     fail(f"the package is already called {old!r}")
+if Path(new).exists():
+    fail(f"{new!r} already exists in the project folder")
 if new in sys.stdlib_module_names:
     fail(f"{new!r} is a standard library module: imports of it would be ambiguous")
 if importlib.util.find_spec(new) is not None:
     fail(f"{new!r} is an installed module ({importlib.util.find_spec(new).origin}): pick another")
-if Path(new).exists():
-    fail(f"{new!r} already exists in the project folder")
 
 lock_in_sync = False
 if Path("Pipfile").is_file() and Path("Pipfile.lock").is_file():
