@@ -431,7 +431,7 @@ async def _client(spec: ServerSpec, rows: Iterator[int], deadline: float | None,
         try:
             status, body = await asyncio.wait_for(connection.post(spec.requests[row]),
                                                   REQUEST_TIMEOUT_SECONDS)
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError,
+        except (OSError, asyncio.IncompleteReadError, TimeoutError,
                 asyncio.LimitOverrunError, ValueError):
             load.errors += 1
             await connection.close()

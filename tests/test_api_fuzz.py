@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 import schemathesis
