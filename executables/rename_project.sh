@@ -74,7 +74,7 @@ replacements = [
     (re.compile(rf"\b{old}\b"), new),  # imports, paths, tool settings; not ml_project_template
     (re.compile(rf"(?<![\w-]){re.escape(old.replace('_', '-'))}(?![\w-])"),
      new.replace("_", "-")),  # the distribution name in Pipfile and Pipfile.lock
-    (re.compile(rf"\b{old.upper()}_(?=[A-Z])"), f"{new.upper()}_"),  # ML_PROJECT_API_KEY...
+    (re.compile(rf"\b{old.upper()}_(?=[A-Z*])"), f"{new.upper()}_"),  # ML_PROJECT_API_KEY...
 ]
 listed = subprocess.run(["git", "ls-files", "-z"], check=True, capture_output=True).stdout
 changed = []

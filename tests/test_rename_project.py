@@ -44,7 +44,7 @@ def test_rename_changes_every_reference_and_the_copy_passes_its_tests(copy: Path
     assert result.returncode == 0, result.stderr
     assert (copy / "acme_churn" / "config.py").is_file() and not (copy / "ml_project").exists()
     leftovers = subprocess.run(["git", "grep", "-n", "-e", r"\bml_project\b", "-e", "ml-project",
-                                "-e", "ML_PROJECT_[A-Z]", "-P"], cwd=copy, capture_output=True,
+                                "-e", "ML_PROJECT_[A-Z*]", "-P"], cwd=copy, capture_output=True,
                                text=True).stdout
     assert leftovers == ""
     assert 'packages = ["acme_churn"]' in (copy / "pyproject.toml").read_text()
