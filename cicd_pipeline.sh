@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# CI/CD checks: install the dev environment from Pipfile.lock, then isort, mypy and pytest.
+# CI/CD checks: install the dev environment from Pipfile.lock, then isort, ruff, bandit, mypy and
+# pytest.
 # Exits non-zero on the first failure. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -10,6 +11,9 @@ pipenv sync --dev
 
 echo "== isort"
 pipenv run isort --check-only --diff ml_project use_cases tests deployment executables
+
+echo "== ruff"
+pipenv run ruff check ml_project use_cases tests deployment executables
 
 echo "== bandit (security lint of the package)"
 pipenv run bandit -q -r ml_project

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Measure the template against `mlflow models serve` and against the bare model, on one model
 # trained here from the shipped data; prints the tables and writes output/benchmarks/results.json
-# and results.md. 5 to 12 minutes on 2 cores; --quick is a smoke test (under a minute).
+# and results.md. 5 to 12 minutes on 2 cores; --quick runs small sizes, --smoke only checks that
+# every measurement runs.
 #
-#   bash executables/benchmark.sh [--quick] [--skip-mlflow] [--rounds N] [--root DIR] [-v]
+#   bash executables/benchmark.sh [--quick | --smoke] [--skip-mlflow] [--rounds N] [--root DIR] [-v]
 #
-# See ml_project/benchmark.py for what is measured and how; documentation/performance.md for
+# See executables/benchmark.py for what is measured and how; documentation/performance.md for
 # the latest results.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -13,4 +14,4 @@ source executables/bootstrap_pipenv.sh
 
 # psutil (resident memory of each server) is a dev package.
 pipenv run python -c "import psutil" 2>/dev/null || pipenv sync --dev
-exec pipenv run python -m ml_project.benchmark "$@"
+exec pipenv run python executables/benchmark.py "$@"

@@ -42,3 +42,4 @@ Done. Where things are:
   MLflow runs and registry    pipenv run mlflow ui --backend-store-uri sqlite:///mlflow.db
 Next: serve the model             bash executables/start_prediction_service.sh
 DONE
+pipenv_path_hint

@@ -5,6 +5,8 @@ by the same compiled `InstanceValidator` as in Flask, the stream and every cloud
 an error names the field and its rule in the same words everywhere (FastAPI's own validation
 would answer in its own). The Pydantic request model from `build_request_model` (the same field
 rules) still documents the body in /docs, with a working example, through `openapi_extra`.
+/docs and /redoc load Swagger UI and ReDoc from assets packaged with fastapi-offline, served by
+the app itself: they work offline and behind a firewall, where a CDN is out of reach.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ml_project.cli import escape_for_log
@@ -64,10 +67,11 @@ def create_app(service: PredictionService | None, log: PredictionLog | None = No
     is set). Requests are logged to `log`, by default the prediction log the config names."""
     endpoints = PredictionEndpoints.create(service, log)
     name = service.config.project_name if service else "ml_project"
-    app = FastAPI(
+    app = FastAPIOffline(
         title=f"{name} prediction service",
         description="Predictions from the champion model. Errors name the field and the rule.",
         redirect_slashes=False,  # `/predict/` is not found, as in Flask, rather than a 307
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
     )
     app.state.endpoints = endpoints
     # The document declares the key only when one is configured: it describes the running

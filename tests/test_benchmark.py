@@ -1,7 +1,8 @@
-"""The benchmark harness: its arithmetic, and a quick run end to end.
+"""The benchmark harness (executables/benchmark.py): its arithmetic, and a smoke run end to end.
 
-No test asserts a time: the machine is shared. The smoke test leaves out `mlflow models serve`
-(its cold start alone is ~5 s a round); every other measurement runs, on real servers.
+No test asserts a time: the machine is shared. The smoke run leaves out `mlflow models serve`
+(its cold start alone is ~5 s a round); every other measurement runs, on real servers, at the
+smallest sizes.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ml_project import benchmark
-from ml_project.benchmark import evaluate_targets, paired_ratios, summarise
+from executables import benchmark
+from executables.benchmark import evaluate_targets, paired_ratios, summarise
 
 
 def _round(ours_p50: float, mlflow_p50: float) -> dict[str, dict[str, float]]:
@@ -71,16 +72,17 @@ def _tables(markdown: str) -> list[list[list[str]]]:
 
 
 @pytest.mark.slow
-def test_quick_run_writes_results_and_tables(tmp_path: Path) -> None:
-    """Quick mode without mlflow: modelling, our two servers, in-process and use-case memory."""
+def test_smoke_run_writes_results_and_tables(tmp_path: Path) -> None:
+    """Smoke mode without mlflow: modelling, our two servers, in-process and use-case memory."""
     output = tmp_path / "benchmarks"
 
-    code = benchmark.main(["--quick", "--skip-mlflow", "--root", str(tmp_path / "root"),
+    code = benchmark.main(["--smoke", "--skip-mlflow", "--root", str(tmp_path / "root"),
                            "--output", str(output)])
 
     assert code == 0
     results = json.loads((output / "results.json").read_text())
-    assert results["quick"] is True and results["settings"]["servers"] == ["fastapi", "flask"]
+    assert results["smoke"] is True and results["settings"]["servers"] == ["fastapi", "flask"]
+    assert results["settings"]["candidates"] == 1
     for name in ("fastapi", "flask"):
         served = results["served"]["summary"][name]
         assert served["requests"] > 0 and served["errors"] == 0 and served["wrong"] == 0
@@ -90,7 +92,7 @@ def test_quick_run_writes_results_and_tables(tmp_path: Path) -> None:
     assert "ratios_vs_mlflow" not in results["served"]
     single, batch = results["in_process"]["single_row"], results["in_process"]["batch"]
     assert single["wrong"] == 0 and single["core_ms"] > 0 and single["bare_ms"] > 0
-    assert batch["rows"] == benchmark.QUICK.batch_rows and batch["path_rows_per_s"] > 0
+    assert batch["rows"] == benchmark.SMOKE.batch_rows and batch["path_rows_per_s"] > 0
     use_cases = results["use_cases"]
     assert use_cases["modelling_s"] > 0 and use_cases["rows_10x"] == 10 * use_cases["rows_1x"]
     assert math.isfinite(use_cases["peak_10x_vs_1x"])

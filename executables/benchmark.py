@@ -1,6 +1,8 @@
 """Benchmark the template against `mlflow models serve` and against the bare model.
 
-    bash executables/benchmark.sh [--quick] [--skip-mlflow] [--rounds N] [--root DIR]
+    bash executables/benchmark.sh [--quick | --smoke] [--skip-mlflow] [--rounds N] [--root DIR]
+
+Developer tooling, kept out of the package users adapt and ship (`python executables/benchmark.py`).
 
 One run, one fitted model, one set of held-out rows (the valid rows of the production data).
 In a work root holding a copy of the shipped data and config, the modelling use case trains and
@@ -77,7 +79,8 @@ TARGETS = (
 
 @dataclass(frozen=True)
 class Settings:
-    """How much to measure; `QUICK` exercises every measurement in well under a minute."""
+    """How much to measure; `QUICK` exercises every measurement at small sizes, `SMOKE` at the
+    smallest that still run every code path (CI's test of the harness, not a measurement)."""
 
     rounds: int = 5
     sequential_requests: int = 500
@@ -89,11 +92,16 @@ class Settings:
     historic_rows: int | None = None  # None: the whole shipped historic file
     chunk_size: int | None = None  # None: the config's prediction.chunk_size
     use_case_rounds: int = 2
+    candidates: int | None = None  # None: every candidate of the config; else the first N
+    training_jobs: int | None = None  # None: the config's; 1 spares starting worker processes
 
 
 QUICK = Settings(rounds=1, sequential_requests=100, throughput_seconds=1.0, single_row_calls=100,
                  batch_rows=10_000, batch_rounds=2, historic_rows=3000, chunk_size=1000,
                  use_case_rounds=1)
+SMOKE = Settings(rounds=1, sequential_requests=10, throughput_seconds=0.2, clients=2,
+                 single_row_calls=10, batch_rows=500, batch_rounds=1, historic_rows=400,
+                 chunk_size=100, use_case_rounds=1, candidates=1, training_jobs=1)
 
 
 def _median(values: Sequence[float]) -> float:
@@ -107,7 +115,9 @@ def prepare_root(root: Path, config_file: Path, settings: Settings) -> Path:
     """Copy the data files and the config into `root`; returns the copied config file.
 
     Quick mode keeps the first `historic_rows` rows and a CV of two folds over the first value
-    of each searched parameter: the same code paths, a fraction of the training time.
+    of each searched parameter: the same code paths, a fraction of the training time. The
+    historic file is read as the pipeline reads it (`read_table`: CSV or Parquet, the known
+    columns) and written back in its own format.
     """
     source = load_config("modelling", "historic", "local", config_file=config_file)
     content = yaml.safe_load(config_file.read_text())
@@ -120,10 +130,17 @@ def prepare_root(root: Path, config_file: Path, settings: Settings) -> Path:
         content["data"][name] = f"data/{path.name}"
     if settings.historic_rows:
         historic = root / content["data"]["historic"]
-        frame = pd.read_csv(historic, dtype=str, keep_default_na=False)  # text kept as written
-        frame.head(settings.historic_rows).to_csv(historic, index=False)
+        head = read_table(str(historic), source).head(settings.historic_rows)
+        if historic.suffix == ".parquet":
+            head.to_parquet(historic, index=False)
+        else:
+            head.to_csv(historic, index=False)
         training = content.setdefault("training", {})
         training["cv_folds"] = 2
+        if settings.training_jobs:
+            training["n_jobs"] = settings.training_jobs
+        if settings.candidates:
+            training["candidates"] = training.get("candidates", [])[:settings.candidates]
         for candidate in training.get("candidates", []):
             candidate["search"] = {k: v[:1] for k, v in candidate.get("search", {}).items()}
     copied = root / "project_config.yaml"
@@ -431,7 +448,7 @@ async def _client(spec: ServerSpec, rows: Iterator[int], deadline: float | None,
         try:
             status, body = await asyncio.wait_for(connection.post(spec.requests[row]),
                                                   REQUEST_TIMEOUT_SECONDS)
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError,
+        except (OSError, asyncio.IncompleteReadError, TimeoutError,
                 asyncio.LimitOverrunError, ValueError):
             load.errors += 1
             await connection.close()
@@ -722,7 +739,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Benchmark of {results['model']} on {results['machine']['cpu']} "
         f"({results['machine']['cores']} cores), {results['created']}"
-        + (" - QUICK MODE, smoke-test sizes, not for comparison" if results["quick"] else ""),
+        + (" - QUICK MODE, smoke-test sizes, not for comparison"
+           if results["quick"] or results.get("smoke") else ""),
         f"Command: `{results['command']}`. Medians of {results['settings']['rounds']} "
         f"interleaved rounds ({results['settings']['batch_rounds']} for batches); ratios are "
         "medians of per-round ratios.",
@@ -917,7 +935,9 @@ def run(root: Path, config_file: Path, settings: Settings, servers: Sequence[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="smoke-test sizes: 1 round, small data (numbers not comparable)")
+                        help="small sizes: 1 round, small data (numbers not comparable)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the smallest sizes and one candidate: checks the harness runs")
     parser.add_argument("--skip-mlflow", action="store_true",
                         help="leave out `mlflow models serve` (no served ratios)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
@@ -936,7 +956,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     for noisy in ("ml_project.predict", "ml_project.validate", "ml_project.ingest"):
         logging.getLogger(noisy).setLevel(logging.WARNING)  # one line per chunk otherwise
-    settings = QUICK if args.quick else Settings()
+    settings = SMOKE if args.smoke else QUICK if args.quick else Settings()
     if args.rounds:
         settings = replace(settings, rounds=args.rounds)
     if args.chunk_size:
@@ -955,8 +975,9 @@ def main(argv: list[str] | None = None) -> int:
         measured = run(root, config_file, settings, servers)
     results = {
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": shlex.join(["python", "-m", "ml_project.benchmark", *(argv or sys.argv[1:])]),
+        "command": shlex.join(["python", "executables/benchmark.py", *(argv or sys.argv[1:])]),
         "quick": args.quick,
+        "smoke": args.smoke,
         "machine": machine(),
         "settings": asdict(settings) | {"servers": servers},
         **measured,

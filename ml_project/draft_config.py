@@ -1,0 +1,275 @@
+"""Draft the `columns:` and `task:` sections of project_config.yaml from a data file.
+
+Typing every column, range and category by hand is the slowest step of adapting the template.
+This reads a CSV or Parquet file as `ingest.py` will read it and writes a draft in which every
+inferred rule is marked `# REVIEW`: ranges widened by a margin, categories as seen, the id,
+timestamp and task guessed. The draft validates the file it came from; whether it describes the
+data you will receive is for you to decide.
+
+    python -m ml_project.draft_config DATA_FILE --target COLUMN [--id COL] [--timestamp COL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ml_project.ingest import parse_numbers
+
+MARGIN = 0.1  # ranges are widened by this share of the span seen
+MAX_CATEGORIES = 50  # more distinct texts than this: an identifier or free text, not a category
+MAX_CLASSES = 20  # an integer target with more distinct values is a quantity: regression
+FEW_VALUES = 10  # an integer column with at most this many values may hold codes
+MIN_NUMBERS = 0.95  # this share of a column's values are numbers: a numeric column with typos
+CODE_NAME = re.compile(r"(code|type|class|category|group|kind|level|segment|status)s?$", re.I)
+BOOLEAN_TEXTS = {"True", "False", "true", "false", "TRUE", "FALSE"}
+METRICS = {"binary_classification": "roc_auc", "multiclass_classification": "f1_macro",
+           "regression": "neg_root_mean_squared_error"}
+
+
+@dataclass
+class Guess:
+    """One feature's drafted rule (None: left out) and the reason to review it."""
+
+    kind: str  # numerical | categorical | excluded | dates
+    rule: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+def read_as_received(path: Path) -> pd.DataFrame:
+    """The file as ingest sees it before typing: CSV cells as text (NaN for missing), so the
+    categories drafted are the very strings validation will compare; Parquet as stored."""
+    if path.suffix == ".csv":
+        return pd.read_csv(path, dtype=str)
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    raise ValueError(f"unsupported data file {path}: expected .csv or .parquet")
+
+
+def _numbers(values: pd.Series) -> tuple[np.ndarray, list[Any]] | None:
+    """The column as floats (as validation parses it) and the present values that are not
+    numbers, when nearly all are numbers (a few typos do not make a numeric column text)."""
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_datetime64_any_dtype(values):
+        return None
+    if pd.api.types.is_numeric_dtype(values):
+        return values.to_numpy(dtype=float, na_value=np.nan), []
+    present = values.notna().to_numpy()
+    parsed = parse_numbers(values.to_numpy(dtype=object))
+    not_numbers = present & np.isnan(parsed)
+    if not_numbers.sum() > (1 - MIN_NUMBERS) * present.sum():
+        return None
+    return parsed, list(dict.fromkeys(values[not_numbers]))
+
+
+def _is_dates(values: pd.Series) -> bool:
+    """Every present value an ISO 8601 time, parsed as validation parses timestamps."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return True
+    present = values.dropna()
+    if present.empty or not all(isinstance(value, str) for value in present):
+        return False
+    if _numbers(values) is not None:  # years and other plain numbers are numbers
+        return False
+    parsed = pd.to_datetime(present, errors="coerce", format="ISO8601", utc=True)
+    return bool(parsed.notna().all())
+
+
+def padded_range(low: float, high: float, *, integral: bool = False) -> tuple[float, float]:
+    """[low, high] widened by MARGIN of the span and rounded outward to a readable step (whole
+    numbers for integer columns); never below 0 when nothing seen was negative (counts, ages)."""
+    margin = MARGIN * ((high - low) or abs(high) or 1.0)
+    step = 10.0 ** math.floor(math.log10(margin))
+    step = max(step, 1.0) if integral else step
+    digits = max(0, -math.floor(math.log10(step)))
+    # The tolerance keeps float noise (0.8 + 0.06 = 0.8600000000000001) from adding a step.
+    lower = round(math.floor((low - margin) / step + 1e-9) * step, digits)
+    upper = round(math.ceil((high + margin) / step - 1e-9) * step, digits)
+    return (max(lower, 0.0) if low >= 0 else lower), upper
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _missing_note(missing: int, rows: int) -> str:
+    return f"; {missing:,} of {rows:,} missing" if missing else "; never missing"
+
+
+def guess_feature(name: str, values: pd.Series, *, from_csv: bool) -> Guess:
+    """The rule for one feature column, or why it is left out."""
+    present = values.dropna()
+    missing, rows = len(values) - len(present), len(values)
+    nullable = {"nullable": True} if missing else {}
+    if present.empty:
+        return Guess("excluded", note="every value is missing")
+    distinct = present.astype(str).unique()
+    if len(distinct) == 1:
+        return Guess("excluded", note=f"constant ({distinct[0]!r}): carries no information")
+    if pd.api.types.is_bool_dtype(values) or (
+        not from_csv and set(map(type, present)) == {bool}
+    ):  # Parquet booleans are numbers to validation
+        return Guess("numerical", {"min": 0, "max": 1, **nullable},
+                     "true/false, read as 0/1" + _missing_note(missing, rows))
+    if from_csv and set(distinct) <= BOOLEAN_TEXTS:
+        return Guess("categorical", {"categories": sorted(distinct), **nullable},
+                     "true/false flag, read as text" + _missing_note(missing, rows))
+    numbers = _numbers(values)
+    if numbers is not None:
+        parsed, not_numbers = numbers
+        seen = parsed[np.isfinite(parsed)]
+        integral = bool(np.all(seen == np.round(seen)))
+        n_values = len(np.unique(seen))
+        if (from_csv and integral and n_values <= FEW_VALUES and CODE_NAME.search(name)
+                and not not_numbers):
+            return Guess("categorical", {"categories": sorted(distinct, key=float), **nullable},
+                         "integer-looking codes (by the name), read as text"
+                         + _missing_note(missing, rows))
+        low, high = padded_range(float(seen.min()), float(seen.max()), integral=integral)
+        note = f"seen {seen.min():,.6g} .. {seen.max():,.6g}"
+        p01, p99 = np.percentile(seen, [1, 99])
+        if seen.max() > p99 + 3 * (p99 - p01) or seen.min() < p01 - 3 * (p99 - p01):
+            note += f", 98% within {p01:,.6g} .. {p99:,.6g}: outliers?"
+        if integral and n_values <= FEW_VALUES:
+            note += f"; only {n_values} integer values: codes? then make it categorical"
+        if not_numbers:
+            note += (f"; not numbers: {not_numbers[:3]!r}"[:-1] + (", ...]" if len(not_numbers) > 3
+                     else "]") + ": their rows will be quarantined")
+        return Guess("numerical", {"min": _number(low), "max": _number(high), **nullable},
+                     note + _missing_note(missing, rows))
+    if _is_dates(values):
+        return Guess("dates", note="dates: derive features from them in a FeatureStep")
+    if len(distinct) > MAX_CATEGORIES or len(distinct) > 0.5 * len(present):
+        return Guess("excluded", note=f"{len(distinct):,} distinct texts in {len(present):,} "
+                                      "rows: an identifier or free text?")
+    return Guess("categorical", {"categories": sorted(distinct), **nullable},
+                 f"{len(distinct)} values seen, others will be rejected"
+                 + _missing_note(missing, rows))
+
+
+def guess_task(target: pd.Series) -> tuple[str, list[int | str], str]:
+    """Task, target classes and the reason, from the target as the CSV/Parquet reader types it."""
+    present = target.dropna()
+    if present.nunique() < 2:
+        raise ValueError(f"target {target.name!r} has fewer than 2 distinct values")
+    if pd.api.types.is_bool_dtype(present):
+        return "binary_classification", [0, 1], "true/false target"
+    if pd.api.types.is_numeric_dtype(present):
+        values = np.unique(present.to_numpy(dtype=float))
+        integral = bool(np.all(values == np.round(values)))
+        if integral and len(values) == 2:
+            return "binary_classification", [int(v) for v in values], "2 values seen"
+        if integral and len(values) <= MAX_CLASSES:
+            return ("multiclass_classification", [int(v) for v in values],
+                    f"{len(values)} integer values seen; regression if they are quantities")
+        return "regression", [], f"numbers, {len(values):,} distinct values"
+    classes = sorted(present.astype(str).unique())
+    task = "binary_classification" if len(classes) == 2 else "multiclass_classification"
+    return task, list(classes), f"{len(classes)} labels seen"
+
+
+def _guess_id(frame: pd.DataFrame, skip: set[str]) -> str | None:
+    """A column unique in every row and never missing; one named like an id first."""
+    candidates = [name for name in frame.columns if name not in skip
+                  and frame[name].notna().all() and frame[name].is_unique
+                  and not pd.api.types.is_float_dtype(frame[name])]
+    named = [name for name in candidates if re.search(r"(^|_)id$|Id$|ID$", str(name))]
+    return str((named or candidates)[0]) if named or candidates else None
+
+
+def _guess_timestamp(frame: pd.DataFrame, skip: set[str]) -> str | None:
+    """The first column of ISO 8601 times with none missing."""
+    for name in frame.columns:
+        if name not in skip and frame[name].notna().all() and _is_dates(frame[name]):
+            return str(name)
+    return None
+
+
+def _flow(value: Any) -> str:
+    """A YAML value on one line, quoted where YAML would otherwise read it as a non-string."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False)
+    return str(text).strip().removesuffix("...").strip()
+
+
+def draft_config(path: Path, target: str, *, id_column: str | None = None,
+                 timestamp: str | None = None) -> str:
+    """The draft YAML text for `path`, every guess marked `# REVIEW`."""
+    frame = read_as_received(path)
+    for name in (target, id_column, timestamp):
+        if name is not None and name not in frame.columns:
+            raise ValueError(f"column {name!r} not in {path}; columns: {list(frame.columns)}")
+    from_csv = path.suffix == ".csv"
+    # The target keeps the reader's own typing (ingest gives it no dtype): numbers stay numbers.
+    typed_target = pd.read_csv(path, usecols=[target])[target] if from_csv else frame[target]
+    task, classes, task_reason = guess_task(typed_target)
+    id_note = "given" if id_column else "REVIEW guessed: unique in every row, never missing"
+    id_column = id_column or _guess_id(frame, {target, timestamp or ""})
+    time_note = "given" if timestamp else "REVIEW guessed: ISO 8601 times, never missing"
+    timestamp = timestamp or _guess_timestamp(frame, {target, id_column or ""})
+    lines = [f"# Drafted by ml_project.draft_config from {path.name} ({len(frame):,} rows).",
+             "# Every line marked REVIEW is a guess from this one file: check it before use.",
+             "", "columns:"]
+    lines.append(f"  id: {_flow(id_column)}  # "
+                 + (id_note if id_column else "REVIEW no unique column found: add an identifier"))
+    lines.append(f"  timestamp: {_flow(timestamp)}  # "
+                 + (time_note if timestamp else "REVIEW no column of times found"))
+    missing_target = int(typed_target.isna().sum())
+    lines.append(f"  target: {_flow(target)}" + (
+        f"  # REVIEW {missing_target} rows without a target will be quarantined"
+        if missing_target else ""))
+    lines.append(f"  target_classes: {_flow(classes)}  # REVIEW {task_reason}")
+    guesses = {str(name): guess_feature(str(name), frame[name], from_csv=from_csv)
+               for name in frame.columns if name not in {target, id_column, timestamp}}
+    for kind in ("numerical", "categorical"):
+        chosen = {name: guess for name, guess in guesses.items() if guess.kind == kind}
+        lines.append(f"  {kind}:" + ("" if chosen else " {}"))
+        lines += [f"    {_flow(name)}: {_flow(guess.rule)}  # REVIEW {guess.note}"
+                  for name, guess in chosen.items()]
+    left_out = {name: guess for name, guess in guesses.items()
+                if guess.kind in ("excluded", "dates")}
+    if left_out:
+        lines.append("  # REVIEW left out (listed columns only are read; these are dropped):")
+        lines += [f"  #   {name}: {guess.note}" for name, guess in left_out.items()]
+    split = "stratified" if task != "regression" else "random"
+    lines += ["", f"task: {task}  # REVIEW from the target: {task_reason}", "", "training:",
+              f"  split: {split}  # REVIEW"
+              + (f" or time, to hold out the latest rows by {timestamp}" if timestamp else ""),
+              f"  metric: {METRICS[task]}  # REVIEW one of the task's metrics (see config.py)",
+              "", "engineering:",
+              "  steps: []  # the shipped steps read the example's columns: list yours here", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("data_file", type=Path, help="CSV or Parquet file of your historic data")
+    parser.add_argument("--target", required=True, help="the column to predict")
+    parser.add_argument("--id", dest="id_column", default=None, help="the identifier column")
+    parser.add_argument("--timestamp", default=None, help="the event time column")
+    parser.add_argument("--output", type=Path, default=None, help="write here (default: stdout)")
+    args = parser.parse_args(argv)
+    if not args.data_file.is_file():
+        parser.exit(2, f"error: data file not found: {args.data_file}\n")
+    try:
+        text = draft_config(args.data_file, args.target, id_column=args.id_column,
+                            timestamp=args.timestamp)
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
+    if args.output:
+        args.output.write_text(text)
+        print(f"Draft written to {args.output}: review every REVIEW line, then merge it into "
+              "project_config.yaml")
+    else:
+        print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,232 @@
+"""The drafted config validates the very file it was drafted from, for tables of several shapes.
+
+Each table is generated here, written as CSV and as Parquet, drafted, merged into the shipped
+config in place of its columns, and read and validated by the real ingest and validation code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from ml_project.config import PROJECT_ROOT, Config, load_config
+from ml_project.draft_config import draft_config, main, padded_range
+from ml_project.ingest import read_table
+from ml_project.validate import validate_production_data
+
+ROWS = 400
+
+
+def _with_nulls(values: np.ndarray, rng: np.random.Generator, share: float) -> np.ndarray:
+    result = values.astype(object)
+    result[rng.random(len(values)) < share] = None
+    return result
+
+
+def binary_table(rng: np.random.Generator) -> pd.DataFrame:
+    """Churn-like: categorical features with nulls, a flag, codes, free text, a constant, dates."""
+    return pd.DataFrame({
+        "customer_id": [f"C{i:05d}" for i in range(ROWS)],
+        "event_time": pd.date_range("2024-01-01", periods=ROWS, freq="h").strftime(
+            "%Y-%m-%dT%H:%M:%S"),
+        "tenure_months": rng.integers(0, 73, ROWS),
+        "monthly_charges": _with_nulls(rng.uniform(20, 120, ROWS).round(2), rng, 0.1),
+        "contract": _with_nulls(rng.choice(["monthly", "yearly", "two-year"], ROWS), rng, 0.05),
+        "is_senior": rng.choice([True, False], ROWS),
+        "plan_code": rng.choice([1, 2, 3], ROWS),
+        "support_calls": rng.poisson(2, ROWS),
+        "notes": [f"called about invoice {i}" for i in range(ROWS)],
+        "country": "NL",
+        "legacy_score": np.full(ROWS, np.nan),
+        "signup_date": pd.date_range("2020-01-01", periods=ROWS, freq="D").strftime("%Y-%m-%d"),
+        "churned": rng.choice([0, 1], ROWS),
+    })
+
+
+def multiclass_table(rng: np.random.Generator) -> pd.DataFrame:
+    """Text labels, an id named in another style, no timestamp."""
+    return pd.DataFrame({
+        "RowID": rng.permutation(ROWS) + 1000,
+        "petal_length": rng.normal(4, 1.5, ROWS).round(1),
+        "petal_width": _with_nulls(rng.normal(1.2, 0.5, ROWS).round(2), rng, 0.02),
+        "colour": rng.choice(["blue", "white", "violet", "1"], ROWS),
+        "species": rng.choice(["setosa", "versicolor", "virginica"], ROWS),
+    })
+
+
+def regression_table(rng: np.random.Generator) -> pd.DataFrame:
+    """Numeric features only, negative values, a float target."""
+    return pd.DataFrame({
+        "listing": [f"L-{i}" for i in range(ROWS)],
+        "temperature": rng.normal(-5, 10, ROWS),
+        "floor_area_m2": rng.uniform(20, 250, ROWS),
+        "rooms": rng.integers(1, 9, ROWS),
+        "price": rng.lognormal(12, 0.5, ROWS),
+    })
+
+
+def other_names_table(rng: np.random.Generator) -> pd.DataFrame:
+    """Unusual column names, yes/no text labels, true/false texts, integer-looking categories."""
+    return pd.DataFrame({
+        "Order Ref": [f"{i:08d}" for i in range(ROWS)],
+        "Created At": pd.date_range("2025-03-01", periods=ROWS, freq="min").strftime(
+            "%Y-%m-%d %H:%M:%S+01:00"),
+        "Amount (EUR)": rng.exponential(80, ROWS).round(2),
+        "Store": rng.choice(["001", "002", "017"], ROWS),
+        "Gift?": rng.choice(["true", "false"], ROWS),
+        "Returned": rng.choice(["yes", "no"], ROWS),
+    })
+
+
+SHAPES: dict[str, tuple[Callable[[np.random.Generator], pd.DataFrame], dict[str, Any]]] = {
+    "binary": (binary_table, {"target": "churned"}),
+    "multiclass": (multiclass_table, {"target": "species"}),
+    "regression": (regression_table, {"target": "price", "id_column": "listing"}),
+    "other_names": (other_names_table, {"target": "Returned", "id_column": "Order Ref",
+                                        "timestamp": "Created At"}),
+}
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+    return path
+
+
+def config_from_draft(draft: dict[str, Any], data_file: Path, root: Path) -> Config:
+    """The shipped config with the drafted sections in place of its own columns and task."""
+    base = yaml.safe_load((PROJECT_ROOT / "project_config.yaml").read_text())
+    del base["columns"]
+    base["data"]["historic"] = str(data_file)
+    config_file = root / "project_config.yaml"
+    config_file.write_text(yaml.safe_dump(base, sort_keys=False))
+    return load_config("modelling", "historic", "local", config_file=config_file, root=root,
+                       overrides=draft)
+
+
+def drafted(shape: str, suffix: str, tmp_path: Path) -> tuple[pd.DataFrame, Path, str]:
+    make, options = SHAPES[shape]
+    frame = make(np.random.default_rng(7))
+    path = write_table(frame, tmp_path / f"{shape}{suffix}")
+    return frame, path, draft_config(path, **options)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_draft_validates_the_file_it_was_drafted_from(shape: str, suffix: str,
+                                                      tmp_path: Path) -> None:
+    frame, path, text = drafted(shape, suffix, tmp_path)
+    config = config_from_draft(yaml.safe_load(text), path, tmp_path)
+
+    result = validate_production_data(read_table(str(path), config), config, with_target=True)
+
+    assert result.quarantined.empty, result.quarantined.iloc[:3].to_dict("records")
+    assert len(result.valid) == len(frame)
+    rules = [line for line in text.splitlines() if line.startswith("    ")]
+    assert rules and all("# REVIEW" in line for line in rules)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_draft_guesses_id_timestamp_task_and_leaves_out_what_is_no_feature(
+    suffix: str, tmp_path: Path
+) -> None:
+    _, path, text = drafted("binary", suffix, tmp_path)
+    columns = yaml.safe_load(text)["columns"]
+
+    assert (columns["id"], columns["timestamp"]) == ("customer_id", "event_time")
+    assert yaml.safe_load(text)["task"] == "binary_classification"
+    assert columns["target_classes"] == [0, 1]
+    features = {**columns["numerical"], **columns["categorical"]}
+    assert not {"notes", "country", "legacy_score", "signup_date"} & set(features)
+    for name, why in [("notes", "identifier or free text"), ("country", "constant"),
+                      ("legacy_score", "every value is missing"), ("signup_date", "dates")]:
+        assert f"#   {name}: " in text and why in text
+    assert columns["categorical"]["contract"] == {
+        "categories": ["monthly", "two-year", "yearly"], "nullable": True}
+    assert columns["numerical"]["monthly_charges"]["nullable"] is True
+    assert list(columns["numerical"]["monthly_charges"]) == ["min", "max", "nullable"]
+    assert "nullable" not in columns["numerical"]["tenure_months"]
+    if suffix == ".csv":  # codes read as text; Parquet keeps them numbers, flagged for review
+        assert columns["categorical"]["plan_code"] == {"categories": ["1", "2", "3"]}
+        assert columns["categorical"]["is_senior"] == {"categories": ["False", "True"]}
+    else:
+        assert columns["numerical"]["is_senior"] == {"min": 0, "max": 1}
+        assert "plan_code" in columns["numerical"] and "codes?" in text
+
+
+@pytest.mark.parametrize(("shape", "task", "classes", "metric"), [
+    ("multiclass", "multiclass_classification", ["setosa", "versicolor", "virginica"],
+     "f1_macro"),
+    ("regression", "regression", [], "neg_root_mean_squared_error"),
+    ("other_names", "binary_classification", ["no", "yes"], "roc_auc"),
+])
+def test_draft_task_follows_the_target(shape: str, task: str, classes: list[str], metric: str,
+                                       tmp_path: Path) -> None:
+    _, _, text = drafted(shape, ".csv", tmp_path)
+    draft = yaml.safe_load(text)
+
+    assert draft["task"] == task and draft["columns"]["target_classes"] == classes
+    assert draft["training"]["metric"] == metric
+
+
+def test_a_few_texts_in_a_numeric_column_keep_it_numeric_and_are_named(tmp_path: Path) -> None:
+    frame = regression_table(np.random.default_rng(3)).astype({"rooms": object})
+    frame.loc[[5, 9], "rooms"] = ["unknown", "3 rooms"]
+    path = write_table(frame, tmp_path / "typos.csv")
+    text = draft_config(path, "price")
+    config = config_from_draft(yaml.safe_load(text), path, tmp_path)
+
+    result = validate_production_data(read_table(str(path), config), config, with_target=True)
+
+    assert "rooms" in config.columns.numerical and "'unknown', '3 rooms'" in text
+    assert list(result.quarantined.index) == [5, 9]
+
+
+def test_drafted_rules_reject_what_the_file_never_showed(tmp_path: Path) -> None:
+    frame, path, text = drafted("binary", ".csv", tmp_path)
+    config = config_from_draft(yaml.safe_load(text), path, tmp_path)
+    unseen = frame.head(3).assign(tenure_months=[-1, 10_000, 5],
+                                  contract=["monthly", "yearly", "weekly"])
+    unseen_path = write_table(unseen, tmp_path / "unseen.csv")
+
+    result = validate_production_data(read_table(str(unseen_path), config), config,
+                                      with_target=True)
+
+    assert len(result.quarantined) == 3
+    assert "weekly" in result.quarantined["quarantine_reason"].iloc[2]
+
+
+@pytest.mark.parametrize(("low", "high", "integral", "expected"), [
+    (0, 118.7, False, (0, 140)),
+    (18, 95, True, (10, 103)),
+    (-25.3, 31.2, False, (-31, 37)),
+    (0.2, 0.8, False, (0.14, 0.86)),
+    (1000, 1000, True, (900, 1100)),
+    (0, 8, True, (0, 9)),
+    (0, 8, False, (0, 8.8)),
+])
+def test_padded_range_widens_outward_and_stays_non_negative(
+    low: float, high: float, integral: bool, expected: tuple[float, float]
+) -> None:
+    assert padded_range(low, high, integral=integral) == pytest.approx(expected)
+
+
+def test_main_writes_the_draft_and_names_a_missing_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, path, text = drafted("regression", ".parquet", tmp_path)
+    output = tmp_path / "draft.yaml"
+
+    code = main([str(path), "--target", "price", "--id", "listing", "--output", str(output)])
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path), "--target", "cost"])
+
+    assert code == 0 and output.read_text() == text
+    assert exit_info.value.code == 2 and "'cost' not in" in capsys.readouterr().err
