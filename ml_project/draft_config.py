@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ml_project.ingest import parse_numbers
+from ml_project.schemas import parse_numbers
 
 MARGIN = 0.1  # ranges are widened by this share of the span seen
 MAX_CATEGORIES = 50  # more distinct texts than this: an identifier or free text, not a category

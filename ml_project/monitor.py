@@ -197,16 +197,19 @@ def _json_safe(value: Any) -> Any:
 
 
 def read_prediction_window(
-    config: Config, *, last: int | None = None, since: str | None = None, until: str | None = None
+    config: Config, *, last: int | None = None, since: str | None = None, until: str | None = None,
+    model_sha256: str | None = None,
 ) -> PredictionWindow:
     """The last `last` requests of the prediction log, optionally within [since, until).
 
     Args:
         since, until: ISO 8601 UTC timestamps, compared with each record's `logged_at`.
+        model_sha256: only the records of the model with this artifact checksum (the one being
+            monitored), so another model's predictions (an earlier project's, say) never mix in.
     """
     log = PredictionLog.from_config(config)
     try:
-        records = log.read(last=last, since=since, until=until)
+        records = log.read(last=last, since=since, until=until, model_sha256=model_sha256)
     finally:
         log.close()
     predicted = [r for r in records if r["error"] is None and r["prediction"] is not None]

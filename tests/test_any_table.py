@@ -42,7 +42,7 @@ def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     """A project of this shape on which the modelling use case has run."""
     table: Table = SHAPES[request.param]()
     root = tmp_path_factory.mktemp(table.name)
-    config_file = table.write(root)
+    table.write(root)
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         assert modelling_historic_data_local.main(_arguments(root)) == 0
@@ -134,7 +134,7 @@ def test_stream_api_and_monitoring_use_cases_work_on_the_table(
     assert labels.is_file()
     code = monitoring_production_data_local.main(_arguments(root))
     assert code in (0, 10, 11, 12)
-    summary = json.loads((root / "output/monitoring/summary.json").read_text())
+    summary = json.loads((root / "output/monitoring/monitoring_summary.json").read_text())
     assert summary["window"]["predicted"] >= len(predicted)
     assert summary["performance"] is not None  # the labels arrived for this window
 

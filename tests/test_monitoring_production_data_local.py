@@ -40,8 +40,9 @@ from use_cases.monitoring_production_data_local import (
 )
 
 
-def log_production_stream(config: Config) -> int:
-    """What the production stream does: each instance predicted (or rejected) and logged."""
+def log_production_stream(config: Config, model_sha256: str | None = None) -> int:
+    """What the production stream does: each instance predicted (or rejected) and logged,
+    with the served model's identity (or, given `model_sha256`, another model's)."""
     service = PredictionService.from_config(config)
     log = PredictionLog.from_config(config)
     records = []
@@ -56,7 +57,8 @@ def log_production_stream(config: Config) -> int:
             outcome = {"error": str(err)}
         records.append(LogRecord(new_request_id(), "stream", instance, service.model_version,
                                  instance_id=str(instance["customer_id"]), latency_ms=0.3,
-                                 **outcome))
+                                 model_name=service.model_name,
+                                 model_sha256=model_sha256 or service.model_sha256, **outcome))
     log.append(records)
     log.close()
     return len(records)
@@ -172,13 +174,27 @@ def test_window_follows_last_and_time_range(monitored: Path) -> None:
     assert run_monitoring(monitored, "--until", "2000-01-01") == EXIT_BAD_INPUT  # nothing then
 
 
+def test_monitoring_reads_only_the_records_of_the_model_it_monitors(
+    monitored: Path
+) -> None:
+    """After adapting the template, the demo's records (another model, also "version 1") are
+    still in the log: they must not enter the window and fake a drift."""
+    write_production(monitored / "data", drift=0.6, labels="none")
+    log_production_stream(prediction_config(monitored), model_sha256="0" * 64)  # another model
+    write_production(monitored / "data", drift=0.0, labels="none")
+    log_production_stream(prediction_config(monitored))
+
+    assert run_monitoring(monitored) == EXIT_OK
+    assert read_summary(monitored)["window"]["requests"] == 300
+
+
 def test_empty_prediction_log_is_bad_input(
     monitored: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     write_production(monitored / "data", drift=0.6)
 
     assert run_monitoring(monitored) == EXIT_BAD_INPUT
-    assert "no predictions in the window" in caplog.text
+    assert "no predictions of model version" in caplog.text
 
 
 def test_missing_model_is_bad_input(monitored: Path, caplog: pytest.LogCaptureFixture) -> None:

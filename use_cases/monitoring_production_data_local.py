@@ -119,11 +119,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         service = PredictionService.from_config(config)
-        window = read_prediction_window(config, last=last, since=args.since, until=args.until)
+        window = read_prediction_window(config, last=last, since=args.since, until=args.until,
+                                        model_sha256=service.model_sha256)
         if window.predictions.empty:
             raise MonitoringInputError(
-                f"no predictions in the window ({window.requests} requests logged there): run "
-                "the prediction use case first, or widen --last/--since/--until"
+                f"no predictions of model version {service.model_version} (sha256 "
+                f"{service.model_sha256[:12]}) in the window ({window.requests} of its requests "
+                "logged there): run the prediction use case first, or widen "
+                "--last/--since/--until"
             )
         if window.model_versions != [service.model_version]:
             logger.warning("The window holds predictions of model versions %s; the served model "
