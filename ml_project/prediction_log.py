@@ -429,7 +429,7 @@ class PredictionLog:
         if last:
             query = query.limit(last)
         with self.engine.connect() as connection:
-            rows = [dict(row._mapping) for row in connection.execute(query)]
+            rows = [dict(row) for row in connection.execute(query).mappings()]
         for row in rows:
             for key in ("input", "prediction", "probabilities"):
                 row[key] = None if row[key] is None else json.loads(row[key])
