@@ -1,10 +1,10 @@
 """Read production data as received: historic files or SQL, in chunks, or as an instance stream.
 
-Readers keep the columns the schema knows and log the ones they drop; they never validate
-(that is `validate.py`'s job) and never mutate what they read. Identifiers come as text and
-categorical features as pandas categoricals, from every source. Columns the schema does not know
-are dropped and logged (`validation.unknown_fields: ignore`) or kept, for validation to refuse
-the file (`reject`). Text becomes numbers only through `schemas.parse_numbers`.
+Readers never validate (that is `validate.py`'s job) and never mutate what they read. A CSV
+gives identifiers as text; every source gives categorical features as pandas categoricals.
+Columns the schema does not know are dropped with a log line (`validation.unknown_fields:
+ignore`) or kept, for validation to refuse the file (`reject`). Text becomes numbers only
+through `schemas.parse_numbers`, the parser the per-record check uses too.
 """
 
 from __future__ import annotations

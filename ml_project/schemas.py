@@ -49,12 +49,11 @@ NUMBER_NOTE = ('A number. A number as text ("42", " 4.2e1 ") is read as that num
 
 def parse_number(value: Any) -> float | None:
     """A number, or a number as text, as a float; None if it is not one (a bool is not)."""
-    kind = type(value)
-    if kind is float:
+    if type(value) is float:
         return float(value)
-    if kind is bool:
+    if isinstance(value, bool):
         return None
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+    if isinstance(value, numbers.Real):
         try:
             return float(value)
         except OverflowError:  # an integer beyond float range
@@ -78,9 +77,6 @@ def parse_numbers(values: np.ndarray) -> np.ndarray:
         return np.full(len(values), math.nan)
     objects = np.asarray(values, dtype=object)
     kind = pd.api.types.infer_dtype(objects, skipna=True)
-    if kind in ("floating", "integer", "mixed-integer-float"):
-        return np.array([math.nan if is_missing(v) else parse_number(v) for v in objects],
-                        dtype=float)
     if kind not in ("string", "empty"):
         return np.array([_number_or_nan(v) for v in objects], dtype=float)
     text = pc.utf8_trim(pa.array(objects, type=pa.string(), from_pandas=True), characters=BLANKS)

@@ -186,10 +186,12 @@ def test_no_request_makes_the_server_open_a_path_or_unpickle_anything(
                               "headers": {"Content-Type": "application/octet-stream"}}, 400),
         ("POST", "/predict/batch", {"data": pickled,
                                     "headers": {"Content-Type": "application/python-pickle"}}, 400),
-        ("POST", "/predict", {"json": instance(customer_id=paths[0], event_time=paths[1])}, 200),
+        ("POST", "/predict", {"json": instance(customer_id=paths[0])}, 200),
+        ("POST", "/predict", {"json": instance(event_time=paths[1])}, 422),  # not ISO 8601
         ("POST", "/predict", {"json": instance(contract=paths[0], region=paths[3])}, 422),
+        # unknown fields are ignored by default (validation.unknown_fields: ignore)
         ("POST", "/predict", {"json": {**INSTANCE, "model_path": paths[0], "pickle": paths[1]}},
-         422),
+         200),
         ("POST", "/predict/batch", {"json": {"instances": [INSTANCE], "model": paths[0]}}, 422),
         ("POST", f"/predict?model={paths[0]}&artifact_file={paths[2]}", {"json": INSTANCE}, 200),
         ("GET", f"/model?path={paths[0]}", {"headers": {"X-Model-Path": paths[0]}}, 200),
