@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI/CD checks: install the dev environment from Pipfile.lock, then isort, ruff, bandit, mypy and
-# pytest.
+# pytest with a coverage floor.
 # Exits non-zero on the first failure. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -22,4 +22,6 @@ echo "== mypy"
 pipenv run mypy ml_project use_cases tests
 
 echo "== pytest"
-pipenv run pytest -q
+# Coverage of the package by the tests' own process (use cases and servers that tests start as
+# subprocesses are not counted); the floor sits a little below the 93% measured on 2026-11-30.
+pipenv run pytest -q --cov=ml_project --cov-report=term:skip-covered --cov-fail-under=90

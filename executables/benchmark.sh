@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Measure the template against `mlflow models serve` and against the bare model, on one model
 # trained here from the shipped data; prints the tables and writes output/benchmarks/results.json
-# and results.md. 5 to 12 minutes on 2 cores; --quick runs small sizes, --smoke only checks that
-# every measurement runs.
+# and results.md (how long it takes: documentation/performance.md#durations); --quick runs small
+# sizes, --smoke only checks that every measurement runs.
 #
 #   bash executables/benchmark.sh [--quick | --smoke] [--skip-mlflow] [--rounds N] [--root DIR] [-v]
 #

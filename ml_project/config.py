@@ -49,6 +49,9 @@ class NumericalColumn(_Frozen):
 
 
 class CategoricalColumn(_Frozen):
+    # Categories are text, as a CSV holds them: `[1, 2, 3]` in the YAML means "1", "2", "3".
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
     categories: tuple[str, ...] = Field(min_length=1)
     nullable: bool = False
 

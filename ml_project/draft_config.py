@@ -113,12 +113,9 @@ def guess_feature(name: str, values: pd.Series, *, from_csv: bool) -> Guess:
     distinct = present.astype(str).unique()
     if len(distinct) == 1:
         return Guess("excluded", note=f"constant ({distinct[0]!r}): carries no information")
-    if pd.api.types.is_bool_dtype(values) or (
-        not from_csv and set(map(type, present)) == {bool}
-    ):  # Parquet booleans are numbers to validation
-        return Guess("numerical", {"min": 0, "max": 1, **nullable},
-                     "true/false, read as 0/1" + _missing_note(missing, rows))
-    if from_csv and set(distinct) <= BOOLEAN_TEXTS:
+    if pd.api.types.is_bool_dtype(values) or set(map(type, present)) == {bool} or (
+        from_csv and set(distinct) <= BOOLEAN_TEXTS
+    ):  # the readers give a categorical feature's values as text, a Parquet bool too
         return Guess("categorical", {"categories": sorted(distinct), **nullable},
                      "true/false flag, read as text" + _missing_note(missing, rows))
     numbers = _numbers(values)
@@ -242,9 +239,29 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
               f"  split: {split}  # REVIEW"
               + (f" or time, to hold out the latest rows by {timestamp}" if timestamp else ""),
               f"  metric: {METRICS[task]}  # REVIEW one of the task's metrics (see config.py)",
-              "", "engineering:",
+              *_candidates(task), "", "engineering:",
               "  steps: []  # the shipped steps read the example's columns: list yours here", ""]
     return "\n".join(lines)
+
+
+# Candidates that suit each kind of task, as a start: the shipped ones are classifiers.
+CANDIDATES = {
+    "classification": [("logistic_regression", "sklearn.linear_model.LogisticRegression",
+                        "{max_iter: 1000}", "{C: [0.1, 1.0, 10.0]}"),
+                       ("hist_gradient_boosting",
+                        "sklearn.ensemble.HistGradientBoostingClassifier", "{}",
+                        "{learning_rate: [0.05, 0.1]}")],
+    "regression": [("ridge", "sklearn.linear_model.Ridge", "{}", "{alpha: [0.1, 1.0, 10.0]}"),
+                   ("hist_gradient_boosting", "sklearn.ensemble.HistGradientBoostingRegressor",
+                    "{}", "{learning_rate: [0.05, 0.1]}")],
+}
+
+
+def _candidates(task: str) -> list[str]:
+    kind = "regression" if task == "regression" else "classification"
+    lines = ["  candidates:  # REVIEW a start that suits the task; any estimator by dotted path"]
+    return lines + [f"  - {{name: {name}, estimator: {estimator}, params: {params}, "
+                    f"search: {search}}}" for name, estimator, params, search in CANDIDATES[kind]]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,8 +43,10 @@ def _as_read(frame: pd.DataFrame, config: Config) -> pd.DataFrame:
     typed: dict[str, Any] = {}
     for name, dtype in _reader_dtypes(config).items():
         if name in frame.columns:
-            text = frame[name].astype(object)
-            typed[name] = text.where(text.notna(), np.nan).astype(dtype)
+            values = frame[name].astype(object)
+            if name in config.columns.categorical:  # the text a CSV holds: True -> "True"
+                values = values.map(str, na_action="ignore")
+            typed[name] = values.where(values.notna(), np.nan).astype(dtype)
     return frame.assign(**typed)
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ml_project.config import PROJECT_ROOT, Config, load_config
+from ml_project.config import Config, load_config
 from ml_project.schemas import (
     FieldRule,
     InstanceValidator,
@@ -18,9 +18,10 @@ from ml_project.schemas import (
     field_rules,
     parse_number,
 )
+from tests.conftest import FIXTURE_CONFIG
 
 CONFIG: Config = load_config(
-    "prediction", "production", "local", config_file=PROJECT_ROOT / "project_config.yaml",
+    "prediction", "production", "local", config_file=FIXTURE_CONFIG,
     overrides={"validation": {"unknown_fields": "reject"}},
 )
 RULES = field_rules(CONFIG)
