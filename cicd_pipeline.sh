@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 source executables/bootstrap_pipenv.sh
 
-echo "== install (pipenv sync --dev)"
+echo "== install (pipenv sync --dev, plus the optional boosting category the estimator tests use)"
 pipenv sync --dev
+pipenv sync --categories boosting
 
 echo "== isort"
 pipenv run isort --check-only --diff ml_project use_cases tests deployment executables
