@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import matplotlib
@@ -37,7 +38,7 @@ from sklearn.pipeline import Pipeline
 
 from ml_project.config import Config
 from ml_project.engineer import STEPS, FeatureEngineer, FeatureStep
-from ml_project.export import ArtifactError
+from ml_project.export import ArtifactError, read_metadata
 from ml_project.train import CandidateResult, features_and_target
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,13 @@ SKOPS_TRUSTED_TYPES = [
     f"{FeatureStep.__module__}.{FeatureStep.__qualname__}",
     *(f"{step.function.__module__}.{step.function.__qualname__}" for step in STEPS.values()),
 ]
+
+
+OWNER_TAG = "ml_project.owner"  # host:pid of the process running a modelling run
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class TrackingError(RuntimeError):
@@ -179,12 +187,22 @@ def _champion_score(client: MlflowClient, config: Config) -> float | None:
     return float(score) if score is not None else None
 
 
-def promote(client: MlflowClient, config: Config, version: str, score: float) -> tuple[str, float | None]:
-    """Champion moves to `version` only if it beats the current champion; else challenger."""
+def promote(
+    client: MlflowClient, config: Config, version: str, score: float,
+    before_alias: Callable[[str, float | None], None] | None = None,
+) -> tuple[str, float | None]:
+    """Champion moves to `version` only if it beats the current champion; else challenger.
+
+    `before_alias(alias, previous)` runs once the alias is decided and before it moves (the
+    local export): a kill in between leaves the local champion ahead of the registry, which
+    `reconcile_champion` completes at the next start.
+    """
     name = config.tracking.registered_model_name
     client.set_model_version_tag(name, version, f"holdout_{config.training.metric}", str(score))
     previous = _champion_score(client, config)
     alias = CHAMPION if previous is None or score > previous else CHALLENGER
+    if before_alias is not None:
+        before_alias(alias, previous)
     client.set_registered_model_alias(name, alias, version)
     logger.info(
         "Registered %s version %s as %s (holdout %s %.4f vs champion %s)",
@@ -205,13 +223,64 @@ def track_modelling_run(
     holdout: pd.DataFrame,
     data_source: str,
     quarantined_rows: int,
+    export: Callable[[TrackingOutcome], None] | None = None,
 ) -> TrackingOutcome:
-    """Log the whole modelling run, register the model and move the aliases."""
+    """Log the whole modelling run, register the model, `export` it locally, move the alias.
+
+    A failure of the store at any stage is a TrackingError with one message, the run marked
+    FAILED (by the next start if the store is gone: `reconcile_champion`). An error raised by
+    `export` itself propagates unchanged.
+    """
     experiment_id = connect(config)
+    failure = _StageFailure(config)
+    try:
+        return _track(config, experiment_id, failure, export, results=results, best=best,
+                      leaderboard_files=leaderboard_files, holdout_metrics=holdout_metrics,
+                      train=train, holdout=holdout, data_source=data_source,
+                      quarantined_rows=quarantined_rows)
+    except Exception as err:
+        raise failure.translate(err) from err
+
+
+class _StageFailure:
+    """Turns whatever the store raised into one TrackingError; an export's error stays itself."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.exporting = False
+        self.run_id: str | None = None
+
+    def translate(self, err: Exception) -> Exception:
+        if self.exporting or isinstance(err, TrackingError):
+            return err
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        return TrackingError(
+            f"MLflow tracking store {redact_password(self.config.tracking_uri)} failed during "
+            f"run {self.run_id} ({type(err).__name__}: {first_line[:300]})"
+        )
+
+
+def _track(
+    config: Config,
+    experiment_id: str,
+    failure: _StageFailure,
+    export: Callable[[TrackingOutcome], None] | None,
+    *,
+    results: list[CandidateResult],
+    best: CandidateResult,
+    leaderboard_files: dict[str, Path],
+    holdout_metrics: dict[str, float],
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    data_source: str,
+    quarantined_rows: int,
+) -> TrackingOutcome:
     client = MlflowClient(config.tracking_uri)
     pipeline = best.pipeline
     features, target = features_and_target(train, config)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"modelling-{best.name}") as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"modelling-{best.name}",
+                          tags={OWNER_TAG: _owner()}) as run:
+        failure.run_id = run.info.run_id
         mlflow.set_tags(
             {
                 "run_mode": config.run_mode,
@@ -277,7 +346,14 @@ def track_modelling_run(
             )
         version = str(info.registered_model_version)
         score = holdout_metrics[config.training.metric]
-        alias, previous = promote(client, config, version, score)
+
+        def export_first(alias: str, previous: float | None) -> None:
+            if export is not None:
+                failure.exporting = True
+                export(TrackingOutcome(run.info.run_id, version, alias, previous))
+                failure.exporting = False
+
+        alias, previous = promote(client, config, version, score, export_first)
         mlflow.set_tag("registered_version", version)
         mlflow.set_tag("alias", alias)
     return TrackingOutcome(run.info.run_id, version, alias, previous)
@@ -317,3 +393,76 @@ def load_registered_pipeline(config: Config, alias: str = CHAMPION) -> tuple[Pip
         "features": list(config.columns.features),
     }
     return pipeline, metadata
+
+
+def reconcile_champion(config: Config) -> None:
+    """Repair what a killed modelling run can leave: call at the start of every modelling run.
+
+    - a run whose process died (on this host) while RUNNING is marked FAILED;
+    - a local champion exported by a run killed before it moved the registry's alias (export
+      comes first, see `promote`) gets the alias now, so both name the same version. A local
+      champion behind the registry (the alias moved by hand) is reported, never overwritten.
+    Raises TrackingError if the store fails.
+    """
+    try:
+        _fail_orphan_runs(config)
+        _complete_promotion(config)
+    except TrackingError:
+        raise
+    except Exception as err:  # mlflow raises many types for a failing store
+        raise TrackingError(
+            f"MLflow tracking store {redact_password(config.tracking_uri)} failed while "
+            f"reconciling the champion: {type(err).__name__}: {err}"
+        ) from err
+
+
+def _fail_orphan_runs(config: Config) -> None:
+    client = MlflowClient(config.tracking_uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment_name)
+    if experiment is None:
+        return
+    host = socket.gethostname()
+    for run in client.search_runs([experiment.experiment_id],
+                                  filter_string="attributes.status = 'RUNNING'"):
+        owner_host, _, pid = run.data.tags.get(OWNER_TAG, "").rpartition(":")
+        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+            client.set_terminated(run.info.run_id, status="FAILED")
+            logger.warning("Marked run %s FAILED: its process %s ended while it ran",
+                           run.info.run_id, pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _complete_promotion(config: Config) -> None:
+    try:
+        local = read_metadata(config.model_artifacts_dir / CHAMPION)
+    except (ArtifactError, OSError, ValueError):
+        return  # no local champion: nothing to agree with
+    client = MlflowClient(config.tracking_uri)
+    name = config.tracking.registered_model_name
+    local_version = str(local.get("model_version", ""))
+    if local.get("model_name", name) != name or not local_version.isdigit():
+        return
+    try:
+        registry_version = int(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        registry_version = 0
+    if int(local_version) > registry_version:
+        version = client.get_model_version(name, local_version)
+        if version.run_id != local.get("mlflow_run_id"):
+            return  # not the version this artifact came from: leave both as they are
+        client.set_registered_model_alias(name, CHAMPION, local_version)
+        logger.warning("Moved %s@%s to version %s, as the local champion: the run that exported "
+                       "it was stopped before it moved the alias", name, CHAMPION, local_version)
+    elif int(local_version) < registry_version:
+        logger.warning("The local champion (version %s) is behind %s@%s (version %d); re-run "
+                       "modelling or serve from the registry", local_version, name, CHAMPION,
+                       registry_version)
