@@ -99,10 +99,11 @@ raise SystemExit(code)
 """
 
 
-def _peak_memory(project: Path, rows: int, tmp_path: Path) -> int:
+def _peak_memory(project: Path, rows: int, tmp_path: Path, labelled: bool = False) -> int:
     """Peak traced memory of a scoring run in a fresh interpreter, as a user would run it."""
-    path = tmp_path / f"unlabelled_{rows}.csv"
-    generate_historic_data(rows, seed=3).drop(columns="churned").to_csv(path, index=False)
+    path = tmp_path / f"{'labelled' if labelled else 'unlabelled'}_{rows}.csv"
+    data = generate_historic_data(rows, seed=3)
+    (data if labelled else data.drop(columns="churned")).to_csv(path, index=False)
     arguments = ["--config", str(project / "project_config.yaml"), "--root", str(project),
                  "--input", str(path), "--chunk-size", "500"]
     result = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT, *arguments],
@@ -110,9 +111,10 @@ def _peak_memory(project: Path, rows: int, tmp_path: Path) -> int:
     return int(result.stdout.strip().splitlines()[-1])
 
 
-def test_chunked_scoring_keeps_memory_flat(project: Path, tmp_path: Path) -> None:
-    small = _peak_memory(project, 3_000, tmp_path)
-    large = _peak_memory(project, 30_000, tmp_path)  # 10x the rows, 60x the chunk size
+@pytest.mark.parametrize("labelled", [False, True], ids=["unlabelled", "labelled"])
+def test_chunked_scoring_keeps_memory_flat(project: Path, tmp_path: Path, labelled: bool) -> None:
+    small = _peak_memory(project, 3_000, tmp_path, labelled)
+    large = _peak_memory(project, 30_000, tmp_path, labelled)  # 10x the rows, 60x the chunk
     assert large < 1.3 * small, (small, large)
 
 

@@ -28,7 +28,7 @@ from ml_project.cli import base_parser, start_run
 from ml_project.config import Config
 from ml_project.export import ArtifactError
 from ml_project.ingest import count_rows, read_in_chunks
-from ml_project.metrics import score_predictions
+from ml_project.metrics import RunningScores
 from ml_project.predict import PREDICTION_COLUMN, PROBABILITY_PREFIX, PredictionService
 from ml_project.validate import (
     REASON_COLUMN,
@@ -65,11 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     quarantine_partial = f".{quarantine_name}.partial"
     quarantine_file = config.output_dir / "quarantine" / f"{quarantine_name}.csv"
     target = config.columns.target
-    # For labelled files, metrics need the label, prediction and probabilities of each row:
-    # a few numbers per row, kept as compact arrays (the rows themselves are not kept).
-    labels: list[np.ndarray] = []
-    predicted: list[np.ndarray] = []
-    probabilities: list[np.ndarray] = []
+    # For labelled files, metrics are accumulated chunk by chunk: memory stays flat.
+    scores = RunningScores(config.metrics, service.classes,
+                           regression=not service.is_classification)
     rows_in = rows_valid = rows_quarantined = 0
     written = False
     started = time.perf_counter()
@@ -88,12 +86,13 @@ def main(argv: list[str] | None = None) -> int:
                 write_quarantine(quarantined, config, quarantine_partial, append=number > 0)
                 if predictions is not None and target in valid.columns:  # labelled file
                     known = valid[target].notna().to_numpy()
-                    labels.append(valid[target].to_numpy()[known])
-                    predicted.append(predictions[PREDICTION_COLUMN].to_numpy()[known])
                     probability_columns = [
                         c for c in predictions.columns if c.startswith(PROBABILITY_PREFIX)
                     ]
-                    probabilities.append(predictions[probability_columns].to_numpy()[known])
+                    scores.add(valid[target].to_numpy()[known],
+                               predictions[PREDICTION_COLUMN].to_numpy()[known],
+                               predictions[probability_columns].to_numpy()[known]
+                               if probability_columns else None)
                 rows_in += len(chunk)
                 rows_valid += len(valid)
                 rows_quarantined += len(quarantined)
@@ -122,16 +121,9 @@ def main(argv: list[str] | None = None) -> int:
           f"version {service.model_version} ({rows_in / max(elapsed, 1e-9):,.0f} rows/s)")
     print(f"  predictions: {output}")
     print(f"  quarantine:  {quarantine_file} ({rows_quarantined} rows)")
-    if labels and sum(len(known) for known in labels):
-        print("  metrics on the labelled rows:")
-        metrics = score_predictions(
-            config.metrics,
-            np.concatenate(labels),
-            np.concatenate(predicted),
-            np.concatenate(probabilities) if service.is_classification else None,
-            service.classes,
-        )
-        for name, value in metrics.items():
+    if scores.rows:
+        print(f"  metrics on the {scores.rows} labelled rows:")
+        for name, value in scores.result().items():
             print(f"    {name}: {value:.4f}")
     return 0
 
