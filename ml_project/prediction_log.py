@@ -231,10 +231,20 @@ class PredictionLog:
         """Queue records for the writer; never blocks, never raises on a storage problem."""
         if self._pid != os.getpid():  # a forked child that did not call after_fork
             self.after_fork()
-        self._ensure_writer()
+        try:
+            self._ensure_writer()
+        except RuntimeError:  # no new thread at interpreter shutdown: the records wait queued
+            logger.error("Prediction log writer cannot start (interpreter shutting down)")
         for record in records:
             try:
-                self._queue.put_nowait(record.to_row())
+                row = record.to_row()
+            except Exception as err:  # a record that cannot become a row: counted, not raised
+                self._count("unloggable", 1)
+                logger.error("Prediction log: record %s not loggable (%s)",
+                             record.request_id, type(err).__name__)
+                continue
+            try:
+                self._queue.put_nowait(row)
             except queue.Full:
                 self._count("dropped_queue_full", 1)
                 if self.stats["dropped_queue_full"] % 1000 == 1:  # the first, then 1 in 1000
@@ -291,6 +301,11 @@ class PredictionLog:
                 if isinstance(item, tuple) and item[0] is _FLUSH:
                     item[1].set()
                 stop = stop or item is _STOP
+        if self._held:  # neither the database nor the spill folder took them, to the end
+            self._count("lost", len(self._held))
+            logger.error("Prediction log closed with %d records it could store nowhere",
+                         len(self._held))
+            self._held = []
 
     def _store(self, rows: list[dict[str, Any]]) -> None:
         """Into the database (spill files first, so the order holds), else into the spill."""

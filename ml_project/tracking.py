@@ -12,11 +12,12 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import matplotlib
@@ -40,7 +41,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 from sklearn.pipeline import Pipeline
 
 from ml_project.config import Config
-from ml_project.export import ArtifactError, sha256_of
+from ml_project.export import ArtifactError, read_metadata, sha256_of
 from ml_project.train import CandidateResult, features_and_target
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ REFERENCE_ARTIFACT = "reference"  # the run's folder holding the reference sampl
 MODEL_FILE_SHA256_TAG = "model_file_sha256"
 REFERENCE_SHA256_TAG = "reference_sha256"
 TRUSTED_TYPES_TAG = "skops_trusted_types"
+# The local artifact's sha256: the model's identity in the prediction log, whichever copy serves.
+ARTIFACT_SHA256_TAG = "artifact_sha256"
 
 
 def trusted_types(pipeline: Pipeline) -> list[str]:
@@ -61,6 +64,13 @@ def trusted_types(pipeline: Pipeline) -> list[str]:
     it is logged (estimators, feature-step functions, whatever the user configured), never a
     list kept by hand, and trusted at load only for the file whose sha256 was recorded."""
     return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)))
+
+
+OWNER_TAG = "ml_project.owner"  # host:pid of the process running a modelling run
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class TrackingError(RuntimeError):
@@ -186,12 +196,22 @@ def _champion_score(client: MlflowClient, config: Config) -> float | None:
     return float(score) if score is not None else None
 
 
-def promote(client: MlflowClient, config: Config, version: str, score: float) -> tuple[str, float | None]:
-    """Champion moves to `version` only if it beats the current champion; else challenger."""
+def promote(
+    client: MlflowClient, config: Config, version: str, score: float,
+    before_alias: Callable[[str, float | None], None] | None = None,
+) -> tuple[str, float | None]:
+    """Champion moves to `version` only if it beats the current champion; else challenger.
+
+    `before_alias(alias, previous)` runs once the alias is decided and before it moves (the
+    local export): a kill in between leaves the local champion ahead of the registry, which
+    `reconcile_champion` completes at the next start.
+    """
     name = config.tracking.registered_model_name
     client.set_model_version_tag(name, version, f"holdout_{config.training.metric}", str(score))
     previous = _champion_score(client, config)
     alias = CHAMPION if previous is None or score > previous else CHALLENGER
+    if before_alias is not None:
+        before_alias(alias, previous)
     client.set_registered_model_alias(name, alias, version)
     logger.info(
         "Registered %s version %s as %s (holdout %s %.4f vs champion %s)",
@@ -213,18 +233,67 @@ def track_modelling_run(
     data_source: str,
     quarantined_rows: int,
     reference: pd.DataFrame,
+    export: Callable[[TrackingOutcome], None] | None = None,
 ) -> TrackingOutcome:
-    """Log the whole modelling run, register the model and move the aliases.
+    """Log the whole modelling run, register the model, `export` it locally, move the alias.
 
     The registered version is tagged with the sha256 of its model file and of the reference
     sample, and with the skops types it holds, so `load_registered_pipeline` trusts exactly
-    what was logged here.
+    what was logged here. A failure of the store at any stage is a TrackingError with one
+    message, the run marked FAILED (by the next start if the store is gone:
+    `reconcile_champion`). An error raised by `export` itself propagates unchanged.
     """
     experiment_id = connect(config)
+    failure = _StageFailure(config)
+    try:
+        return _track(config, experiment_id, failure, export, results=results, best=best,
+                      leaderboard_files=leaderboard_files, holdout_metrics=holdout_metrics,
+                      train=train, holdout=holdout, data_source=data_source,
+                      quarantined_rows=quarantined_rows, reference=reference)
+    except Exception as err:
+        raise failure.translate(err) from err
+
+
+class _StageFailure:
+    """Turns whatever the store raised into one TrackingError; an export's error stays itself."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.exporting = False
+        self.run_id: str | None = None
+
+    def translate(self, err: Exception) -> Exception:
+        if self.exporting or isinstance(err, TrackingError):
+            return err
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        return TrackingError(
+            f"MLflow tracking store {redact_password(self.config.tracking_uri)} failed during "
+            f"run {self.run_id} ({type(err).__name__}: {first_line[:300]})"
+        )
+
+
+def _track(
+    config: Config,
+    experiment_id: str,
+    failure: _StageFailure,
+    export: Callable[[TrackingOutcome], None] | None,
+    *,
+    results: list[CandidateResult],
+    best: CandidateResult,
+    leaderboard_files: dict[str, Path],
+    holdout_metrics: dict[str, float],
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    data_source: str,
+    quarantined_rows: int,
+    reference: pd.DataFrame,
+) -> TrackingOutcome:
     client = MlflowClient(config.tracking_uri)
     pipeline = best.pipeline
     features, target = features_and_target(train, config)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"modelling-{best.name}") as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"modelling-{best.name}",
+                          tags={OWNER_TAG: _owner()}) as run:
+        failure.run_id = run.info.run_id
         mlflow.set_tags(
             {
                 "run_mode": config.run_mode,
@@ -300,7 +369,17 @@ def track_modelling_run(
         }.items():
             client.set_model_version_tag(name, version, key, value)
         score = holdout_metrics[config.training.metric]
-        alias, previous = promote(client, config, version, score)
+
+        def export_first(alias: str, previous: float | None) -> None:
+            if export is not None:
+                failure.exporting = True
+                export(TrackingOutcome(run.info.run_id, version, alias, previous, types))
+                failure.exporting = False
+                exported = read_metadata(config.model_artifacts_dir / alias)
+                client.set_model_version_tag(name, version, ARTIFACT_SHA256_TAG,
+                                             str(exported["sha256"]))
+
+        alias, previous = promote(client, config, version, score, export_first)
         mlflow.set_tag("registered_version", version)
         mlflow.set_tag("alias", alias)
     return TrackingOutcome(run.info.run_id, version, alias, previous, types)
@@ -372,7 +451,8 @@ def load_registered_pipeline(
         "mlflow_run_id": version.run_id,
         "task": config.task,
         "features": list(config.columns.features),
-        "sha256": tags[MODEL_FILE_SHA256_TAG],
+        # the identity logged with each prediction: the same as the local copy's
+        "sha256": tags.get(ARTIFACT_SHA256_TAG, tags[MODEL_FILE_SHA256_TAG]),
     }
     return loaded, metadata, _registered_reference(str(version.run_id),
                                                   tags.get(REFERENCE_SHA256_TAG))
@@ -387,3 +467,76 @@ def _registered_reference(run_id: str, expected_sha256: str | None) -> pd.DataFr
     if sha256_of(path) != expected_sha256:
         raise ArtifactError(f"the reference sample of run {run_id} does not match its checksum")
     return pd.read_parquet(path)
+
+
+def reconcile_champion(config: Config) -> None:
+    """Repair what a killed modelling run can leave: call at the start of every modelling run.
+
+    - a run whose process died (on this host) while RUNNING is marked FAILED;
+    - a local champion exported by a run killed before it moved the registry's alias (export
+      comes first, see `promote`) gets the alias now, so both name the same version. A local
+      champion behind the registry (the alias moved by hand) is reported, never overwritten.
+    Raises TrackingError if the store fails.
+    """
+    try:
+        _fail_orphan_runs(config)
+        _complete_promotion(config)
+    except TrackingError:
+        raise
+    except Exception as err:  # mlflow raises many types for a failing store
+        raise TrackingError(
+            f"MLflow tracking store {redact_password(config.tracking_uri)} failed while "
+            f"reconciling the champion: {type(err).__name__}: {err}"
+        ) from err
+
+
+def _fail_orphan_runs(config: Config) -> None:
+    client = MlflowClient(config.tracking_uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment_name)
+    if experiment is None:
+        return
+    host = socket.gethostname()
+    for run in client.search_runs([experiment.experiment_id],
+                                  filter_string="attributes.status = 'RUNNING'"):
+        owner_host, _, pid = run.data.tags.get(OWNER_TAG, "").rpartition(":")
+        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+            client.set_terminated(run.info.run_id, status="FAILED")
+            logger.warning("Marked run %s FAILED: its process %s ended while it ran",
+                           run.info.run_id, pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _complete_promotion(config: Config) -> None:
+    try:
+        local = read_metadata(config.model_artifacts_dir / CHAMPION)
+    except (ArtifactError, OSError, ValueError):
+        return  # no local champion: nothing to agree with
+    client = MlflowClient(config.tracking_uri)
+    name = config.tracking.registered_model_name
+    local_version = str(local.get("model_version", ""))
+    if local.get("model_name", name) != name or not local_version.isdigit():
+        return
+    try:
+        registry_version = int(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        registry_version = 0
+    if int(local_version) > registry_version:
+        version = client.get_model_version(name, local_version)
+        if version.run_id != local.get("mlflow_run_id"):
+            return  # not the version this artifact came from: leave both as they are
+        client.set_registered_model_alias(name, CHAMPION, local_version)
+        logger.warning("Moved %s@%s to version %s, as the local champion: the run that exported "
+                       "it was stopped before it moved the alias", name, CHAMPION, local_version)
+    elif int(local_version) < registry_version:
+        logger.warning("The local champion (version %s) is behind %s@%s (version %d); re-run "
+                       "modelling or serve from the registry", local_version, name, CHAMPION,
+                       registry_version)

@@ -28,6 +28,7 @@ from typing import Callable
 
 import pytest
 import requests
+from mlflow.tracking import MlflowClient
 
 from ml_project.api import create_app
 from ml_project.config import PROJECT_ROOT
@@ -35,7 +36,7 @@ from ml_project.export import METADATA_FILE, ArtifactError, load_pipeline, read_
 from ml_project.predict import PredictionService
 from ml_project.prediction_log import PredictionLog
 from tests.churn_data import write_example_data
-from tests.conftest import prediction_config
+from tests.conftest import prediction_config, write_project
 from tests.serving import INSTANCE, free_port, instance, serve_in_thread
 from use_cases import (
     modelling_historic_data_local,
@@ -326,3 +327,76 @@ def test_export_killed_at_random_moments_always_leaves_a_loadable_model(
         _, metadata = load_pipeline(directory)
         assert metadata["model_version"] in {previous, "0", "1"}
         assert json.loads((directory / METADATA_FILE).read_text()) == metadata
+
+
+# Modelling killed or failing half-way through the promotion ------------------------------------
+
+WEAK = {"training": {"candidates": [{"name": "prior", "estimator": "sklearn.dummy.DummyClassifier",
+                                     "params": {"strategy": "prior"}}]}}
+# Runs the modelling use case, SIGKILLed right after the local export, before the alias moves.
+KILLED_AFTER_EXPORT = """
+import os, signal, sys
+from use_cases import modelling_historic_data_local as modelling
+export = modelling.export_pipeline
+def export_then_die(*args, **kwargs):
+    export(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+modelling.export_pipeline = export_then_die
+sys.exit(modelling.main(sys.argv[1:]))
+"""
+
+
+def registry(root: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+
+
+def test_modelling_killed_between_export_and_alias_is_repaired_by_the_next_run(
+    tmp_path: Path
+) -> None:
+    arguments = ["--config", str(tmp_path / "project_config.yaml"), "--root", str(tmp_path)]
+    write_project(tmp_path, WEAK, n_historic=600, n_production=50)
+    assert modelling_historic_data_local.main(arguments) == 0  # v1, a weak champion
+    write_project(tmp_path, n_historic=600, n_production=50)
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_EXPORT, *arguments],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    local = read_metadata(champion(tmp_path))
+    assert local["model_version"] == "2"  # v2 beat v1 and was exported ...
+    assert str(registry(tmp_path).get_model_version_by_alias("churn_model", "champion").version) \
+        == "1"
+
+    assert modelling_historic_data_local.main(arguments) == 0  # ... the next run repairs
+
+    client = registry(tmp_path)
+    assert str(client.get_model_version_by_alias("churn_model", "champion").version) == \
+        read_metadata(champion(tmp_path))["model_version"] == "2"
+    assert client.get_run(local["mlflow_run_id"]).info.status == "FAILED"
+
+
+def test_tracking_failing_mid_run_exits_3_with_one_message_and_marks_the_run_failed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The artifact store becomes unwritable after the run started (here a file stands where
+    the folder was): exit 3, one error message, no traceback, the run FAILED, the local
+    champion untouched."""
+    arguments = ["--config", str(tmp_path / "project_config.yaml"), "--root", str(tmp_path)]
+    write_project(tmp_path, n_historic=600, n_production=50)
+    assert modelling_historic_data_local.main(arguments) == 0
+    before = {path.name: path.read_bytes() for path in champion(tmp_path).iterdir()}
+    shutil.rmtree(tmp_path / "mlruns")
+    (tmp_path / "mlruns").write_text("not a folder")
+    caplog.clear()
+
+    code = modelling_historic_data_local.main(arguments)
+
+    errors = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert code == 3
+    assert len(errors) == 1 and "failed during run" in errors[0].getMessage()
+    assert "Traceback" not in caplog.text
+    experiment = registry(tmp_path).get_experiment_by_name("churn")
+    assert experiment is not None
+    runs = registry(tmp_path).search_runs(
+        [experiment.experiment_id],
+        filter_string="attributes.run_name LIKE 'modelling-%'", order_by=["start_time DESC"])
+    assert runs[0].info.status == "FAILED"
+    assert {path.name: path.read_bytes() for path in champion(tmp_path).iterdir()} == before

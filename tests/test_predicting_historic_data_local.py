@@ -99,10 +99,11 @@ raise SystemExit(code)
 """
 
 
-def _peak_memory(project: Path, rows: int, tmp_path: Path) -> int:
+def _peak_memory(project: Path, rows: int, tmp_path: Path, labelled: bool = False) -> int:
     """Peak traced memory of a scoring run in a fresh interpreter, as a user would run it."""
-    path = tmp_path / f"unlabelled_{rows}.csv"
-    generate_historic_data(rows, seed=3).drop(columns="churned").to_csv(path, index=False)
+    path = tmp_path / f"{'labelled' if labelled else 'unlabelled'}_{rows}.csv"
+    data = generate_historic_data(rows, seed=3)
+    (data if labelled else data.drop(columns="churned")).to_csv(path, index=False)
     arguments = ["--config", str(project / "project_config.yaml"), "--root", str(project),
                  "--input", str(path), "--chunk-size", "500"]
     result = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT, *arguments],
@@ -110,7 +111,56 @@ def _peak_memory(project: Path, rows: int, tmp_path: Path) -> int:
     return int(result.stdout.strip().splitlines()[-1])
 
 
-def test_chunked_scoring_keeps_memory_flat(project: Path, tmp_path: Path) -> None:
-    small = _peak_memory(project, 3_000, tmp_path)
-    large = _peak_memory(project, 30_000, tmp_path)  # 10x the rows, 60x the chunk size
+@pytest.mark.parametrize("labelled", [False, True], ids=["unlabelled", "labelled"])
+def test_chunked_scoring_keeps_memory_flat(project: Path, tmp_path: Path, labelled: bool) -> None:
+    small = _peak_memory(project, 3_000, tmp_path, labelled)
+    large = _peak_memory(project, 30_000, tmp_path, labelled)  # 10x the rows, 60x the chunk
     assert large < 1.3 * small, (small, large)
+
+
+def test_unusable_labels_are_quarantined_and_metrics_use_the_rest(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = pd.read_csv(project / "data/historic_data.csv", dtype={"customer_id": object}).head(400)
+    rows = rows.astype({"churned": object})
+    rows.loc[3, "churned"] = 7
+    rows.loc[5, "churned"] = "yes"
+    rows.loc[6, "churned"] = None  # no label: predicted, left out of the metrics
+    path = tmp_path / "labelled.csv"
+    rows.to_csv(path, index=False)
+
+    assert _score(project, "--input", str(path), "--chunk-size", "97") == 0
+
+    quarantined = pd.read_csv(project / "output/quarantine/labelled_predictions.csv",
+                              dtype={"customer_id": object})
+    by_id = dict(zip(quarantined["customer_id"], quarantined["quarantine_reason"]))
+    assert by_id[rows.loc[3, "customer_id"]] == "churned: label '7' is not one of [0, 1]"
+    assert by_id[rows.loc[5, "customer_id"]] == "churned: label 'yes' is not one of [0, 1]"
+    predictions = pd.read_csv(project / "output/predictions/labelled_predictions.csv")
+    assert len(predictions) + len(quarantined) == len(rows)
+    assert "roc_auc" in capsys.readouterr().out
+
+
+def test_a_header_only_file_gives_an_empty_result(project: Path, tmp_path: Path) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_text((project / "data/historic_data.csv").read_text().splitlines()[0] + "\n")
+
+    assert _score(project, "--input", str(path)) == 0
+
+    predictions = pd.read_csv(project / "output/predictions/empty_predictions.csv")
+    assert predictions.empty and "prediction" in predictions.columns
+    assert not list((project / "output").rglob("*.partial*"))
+
+
+def test_a_file_failing_half_way_leaves_no_output_that_looks_complete(
+    project: Path, tmp_path: Path
+) -> None:
+    """A malformed row late in the file (exit 2): no predictions file under its final name."""
+    rows = pd.read_csv(project / "data/historic_data.csv").head(600)
+    path = tmp_path / "late_error.csv"
+    path.write_text(rows.to_csv(index=False) + '"C999999,an unterminated quote\n')
+
+    assert _score(project, "--input", str(path), "--chunk-size", "100") == 2
+
+    assert not (project / "output/predictions/late_error_predictions.csv").exists()
+    assert not list((project / "output").rglob("*.partial*"))

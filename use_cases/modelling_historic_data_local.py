@@ -23,7 +23,9 @@ from ml_project.schemas import field_rules
 from ml_project.tracking import (
     CHAMPION,
     TrackingError,
+    TrackingOutcome,
     connect,
+    reconcile_champion,
     redact_password,
     track_modelling_run,
 )
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         connect(config)  # an unreachable store fails now, not after minutes of training
+        reconcile_champion(config)  # repair what a run killed half-way left
     except TrackingError as err:
         logger.error("%s. Nothing was trained, exported or promoted.", err)
         return 3
@@ -74,6 +77,36 @@ def main(argv: list[str] | None = None) -> int:
     holdout_metrics = evaluate_holdout(best.pipeline, holdout, config)
     reference = build_reference_sample(best.pipeline, holdout, config)
 
+    artifacts: list[Path] = []
+
+    def export(outcome: TrackingOutcome) -> None:
+        """Called by the tracking before the registry's alias moves: the local copy first."""
+        metadata = {
+            "model_name": config.tracking.registered_model_name,
+            "model_version": outcome.model_version,
+            "alias": outcome.alias,
+            "mlflow_run_id": outcome.run_id,
+            "candidate": best.name,
+            "params": best.params,
+            "task": config.task,
+            "target": config.columns.target,
+            "classes": [native(c) for c in getattr(best.pipeline, "classes_", [])],
+            "features": list(config.columns.features),
+            "schema": [rule.__dict__ | {"categories": sorted(rule.categories)} for rule in field_rules(config)],
+            "metric": config.training.metric,
+            "cv_score": best.cv_score,
+            "holdout_metrics": holdout_metrics,
+            "training_rows": len(train),
+            "training_data_sha256": hash_frame(train),
+            "git_commit": git_commit(config.root),
+            "libraries": library_versions(),
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "extra_labelled_data": str(args.extra_labelled_data) if args.extra_labelled_data else None,
+            "skops_trusted_types": outcome.trusted_types,
+        }
+        artifacts.append(export_pipeline(best.pipeline, metadata,
+                                         config.model_artifacts_dir / outcome.alias, reference))
+
     try:
         outcome = track_modelling_run(
             config,
@@ -86,36 +119,12 @@ def main(argv: list[str] | None = None) -> int:
             data_source=config.resolve(config.data.historic),
             quarantined_rows=len(validation.quarantined),
             reference=reference,
+            export=export,
         )
     except TrackingError as err:
-        logger.error("%s. Nothing was exported or promoted.", err)
+        logger.error("%s. Nothing was promoted.", err)
         return 3
-
-    metadata = {
-        "model_name": config.tracking.registered_model_name,
-        "model_version": outcome.model_version,
-        "alias": outcome.alias,
-        "mlflow_run_id": outcome.run_id,
-        "candidate": best.name,
-        "params": best.params,
-        "task": config.task,
-        "target": config.columns.target,
-        "classes": [native(c) for c in getattr(best.pipeline, "classes_", [])],
-        "features": list(config.columns.features),
-        "schema": [rule.__dict__ | {"categories": sorted(rule.categories)} for rule in field_rules(config)],
-        "metric": config.training.metric,
-        "cv_score": best.cv_score,
-        "holdout_metrics": holdout_metrics,
-        "training_rows": len(train),
-        "training_data_sha256": hash_frame(train),
-        "git_commit": git_commit(config.root),
-        "libraries": library_versions(),
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "extra_labelled_data": str(args.extra_labelled_data) if args.extra_labelled_data else None,
-        "skops_trusted_types": outcome.trusted_types,
-    }
-    artifact = export_pipeline(best.pipeline, metadata, config.model_artifacts_dir / outcome.alias,
-                               reference)
+    [artifact] = artifacts
     elapsed = time.perf_counter() - started
 
     print(f"\nModelling finished in {elapsed:.0f} s. Best: {best.name} {best.params}")

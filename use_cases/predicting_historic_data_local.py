@@ -3,26 +3,39 @@
     pipenv run python use_cases/predicting_historic_data_local.py [--input PATH]
 
 Writes output/predictions/<input>_predictions.csv (id, prediction, probabilities, model version)
-and quarantines invalid rows with their reasons: valid + quarantined = input rows, always.
-Memory stays flat for files larger than memory; labelled files also get holdout-style metrics.
+and quarantines invalid rows with their reasons: valid + quarantined = input rows, always. A
+label that is not a known class (or, for regression, not a number) quarantines its row too, so
+metrics are computed on the rest. Both files are written under a hidden `.partial` name and
+renamed only once the whole file is scored: a run that stops half-way leaves no file that
+looks complete. Memory stays flat for files larger than memory; labelled files also get
+holdout-style metrics.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from ml_project.cli import base_parser, start_run
+from ml_project.config import Config
 from ml_project.export import ArtifactError
 from ml_project.ingest import count_rows, read_in_chunks
-from ml_project.metrics import score_predictions
+from ml_project.metrics import RunningScores
 from ml_project.predict import PREDICTION_COLUMN, PROBABILITY_PREFIX, PredictionService
-from ml_project.validate import DataValidationError, validate_production_data, write_quarantine
+from ml_project.validate import (
+    REASON_COLUMN,
+    DataValidationError,
+    validate_production_data,
+    write_quarantine,
+)
 
 logger = logging.getLogger("predicting_historic")
 
@@ -47,65 +60,119 @@ def main(argv: list[str] | None = None) -> int:
     directory = config.output_dir / "predictions"
     directory.mkdir(parents=True, exist_ok=True)
     output = directory / f"{source.stem}_predictions.csv"
+    partial = directory / f".{output.name}.partial"
     quarantine_name = f"{source.stem}_predictions"
+    quarantine_partial = f".{quarantine_name}.partial"
+    quarantine_file = config.output_dir / "quarantine" / f"{quarantine_name}.csv"
     target = config.columns.target
-    # For labelled files, metrics need the label, prediction and probabilities of each row:
-    # a few numbers per row, kept as compact arrays (the rows themselves are not kept).
-    labels: list[np.ndarray] = []
-    predicted: list[np.ndarray] = []
-    probabilities: list[np.ndarray] = []
+    # For labelled files, metrics are accumulated chunk by chunk: memory stays flat.
+    scores = RunningScores(config.metrics, service.classes,
+                           regression=not service.is_classification,
+                           positive=config.positive_class)
     rows_in = rows_valid = rows_quarantined = 0
+    written = False
     started = time.perf_counter()
     try:
         with tqdm(total=count_rows(source), unit="rows", desc="Scoring", file=sys.stderr,
                   disable=None) as progress:
             for number, chunk in enumerate(read_in_chunks(source, config)):
                 result = validate_production_data(chunk, config, with_target=False)
-                predictions = service.predict_frame(result.valid)
-                predictions.to_csv(output, index=False, mode="w" if number == 0 else "a",
-                                   header=number == 0)
-                write_quarantine(result.quarantined, config, quarantine_name, append=number > 0)
-                if target in result.valid.columns:  # labelled file: keep what metrics need
-                    known = result.valid[target].notna().to_numpy()
-                    labels.append(result.valid[target].to_numpy()[known])
-                    predicted.append(predictions[PREDICTION_COLUMN].to_numpy()[known])
+                valid, quarantined = quarantine_bad_labels(chunk, result.valid,
+                                                           result.quarantined, config)
+                predictions = service.predict_frame(valid) if len(valid) else None
+                if predictions is not None:
+                    predictions.to_csv(partial, index=False, mode="a" if written else "w",
+                                       header=not written)
+                    written = True
+                write_quarantine(quarantined, config, quarantine_partial, append=number > 0)
+                if predictions is not None and target in valid.columns:  # labelled file
+                    known = valid[target].notna().to_numpy()
                     probability_columns = [
                         c for c in predictions.columns if c.startswith(PROBABILITY_PREFIX)
                     ]
-                    probabilities.append(predictions[probability_columns].to_numpy()[known])
+                    scores.add(valid[target].to_numpy()[known],
+                               predictions[PREDICTION_COLUMN].to_numpy()[known],
+                               predictions[probability_columns].to_numpy()[known]
+                               if probability_columns else None)
                 rows_in += len(chunk)
-                rows_valid += len(result.valid)
-                rows_quarantined += len(result.quarantined)
+                rows_valid += len(valid)
+                rows_quarantined += len(quarantined)
                 progress.update(len(chunk))
     except (FileNotFoundError, ValueError, DataValidationError) as err:
-        logger.error("Cannot score %s: %s", source, err)
+        logger.error("Cannot score %s: %s. No predictions file was written (%d rows had been "
+                     "scored).", source, err, rows_in)
+        partial.unlink(missing_ok=True)
+        (quarantine_file.parent / f"{quarantine_partial}.csv").unlink(missing_ok=True)
         return 2
     elapsed = time.perf_counter() - started
     if rows_valid + rows_quarantined != rows_in:  # the promise: nothing is silently dropped
         logger.error("Row accounting mismatch: %d in, %d valid, %d quarantined",
                      rows_in, rows_valid, rows_quarantined)
         return 1
+    if not written:  # nothing valid (a header-only file): an empty result, with its header
+        pd.DataFrame(columns=prediction_columns(service)).to_csv(partial, index=False)
+    if rows_in == 0:
+        write_quarantine(pd.DataFrame(), config, quarantine_partial)
+    os.replace(partial, output)
+    os.replace(quarantine_file.parent / f"{quarantine_partial}.csv", quarantine_file)
     logger.info("Scored %d rows in %.1f s (%.0f rows/s); %d quarantined",
                 rows_in, elapsed, rows_in / max(elapsed, 1e-9), rows_quarantined)
 
     print(f"\nScored {rows_valid} of {rows_in} rows with {service.metadata.get('model_name')} "
           f"version {service.model_version} ({rows_in / max(elapsed, 1e-9):,.0f} rows/s)")
     print(f"  predictions: {output}")
-    print(f"  quarantine:  {config.output_dir / 'quarantine' / (quarantine_name + '.csv')} "
-          f"({rows_quarantined} rows)")
-    if labels:
-        print("  metrics on the labelled rows:")
-        metrics = score_predictions(
-            config.metrics,
-            np.concatenate(labels),
-            np.concatenate(predicted),
-            np.concatenate(probabilities) if service.is_classification else None,
-            service.classes,
-            config.positive_class,
-        )
-        for name, value in metrics.items():
+    print(f"  quarantine:  {quarantine_file} ({rows_quarantined} rows)")
+    if scores.rows:
+        print(f"  metrics on the {scores.rows} labelled rows:")
+        for name, value in scores.result().items():
             print(f"    {name}: {value:.4f}")
     return 0
+
+
+def quarantine_bad_labels(
+    chunk: pd.DataFrame, valid: pd.DataFrame, quarantined: pd.DataFrame, config: Config
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Valid rows whose label is unusable (not a known class; for regression, not a finite
+    number) move to the quarantine, as received, with the reason; a missing label is no label.
+    The labels kept are of the classes' own type, so metrics compare like with like."""
+    target = config.columns.target
+    if target not in valid.columns or not len(valid):
+        return valid, quarantined
+    labels = valid[target]
+    if config.task == "regression":
+        numbers = pd.to_numeric(labels, errors="coerce").astype(float)
+        good = (labels.isna() | np.isfinite(numbers)).to_numpy()
+        typed = numbers
+        expected = "a finite number"
+    else:
+        classes = {_label_key(value): value for value in config.columns.target_classes}
+        keys = labels.map(_label_key, na_action="ignore")
+        good = (labels.isna() | keys.isin(list(classes))).to_numpy()
+        typed = keys.map(classes)
+        expected = f"one of {list(classes.values())}"
+    if good.all():
+        return valid.assign(**{target: typed}), quarantined
+    positions = np.setdiff1d(np.arange(len(chunk)), quarantined.index.to_numpy())
+    bad = chunk.iloc[positions[~good]]
+    bad = bad.assign(**{REASON_COLUMN: [f"{target}: label {value!r} is not {expected}"
+                                        for value in bad[target]]})
+    logger.warning("%d rows with an unusable label %s quarantined", len(bad), target)
+    kept = valid[good].reset_index(drop=True).assign(**{target: typed[good].to_numpy()})
+    return kept, pd.concat([quarantined, bad]).sort_index()
+
+
+def _label_key(value: Any) -> str:
+    """A label as text, so 1, 1.0 and "1" (a CSV's spellings of one class) are one class."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def prediction_columns(service: PredictionService) -> list[str]:
+    """The columns of the predictions file, for one with no rows."""
+    classes = [f"{PROBABILITY_PREFIX}{key}" for key in service.classes] \
+        if service.is_classification else []
+    return [service.config.columns.id, PREDICTION_COLUMN, *classes, "model_version"]
 
 
 if __name__ == "__main__":
