@@ -1,5 +1,8 @@
 """Monitoring: data drift, prediction drift and model performance of the logged predictions.
 
+What is compared (the window of the log, the reference sample, the labels) is read by
+`monitoring_data.py`; this module turns it into Evidently's reports and our verdicts.
+
 Current data is a window of the prediction log: the records of the served model only (its
 artifact's sha256), so another model's predictions, the demo's say, never mix in. Reference
 data is the reference sample stored with the artifact: validated holdout rows with their labels
@@ -23,7 +26,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 from evidently import (
     BinaryClassification,
@@ -38,51 +40,11 @@ from evidently.metrics import ValueDrift
 from evidently.presets import ClassificationPreset, DataDriftPreset, RegressionPreset
 
 from ml_project.config import Config
-from ml_project.ingest import read_table
 from ml_project.metrics import score_predictions
+from ml_project.monitoring_data import MonitoringInputError, PredictionWindow, Reference
 from ml_project.predict import PREDICTION_COLUMN, PROBABILITY_PREFIX, PredictionService
-from ml_project.prediction_log import PredictionLog
 
 logger = logging.getLogger(__name__)
-
-
-class MonitoringInputError(ValueError):
-    """Input monitoring cannot use: an empty window, a labels file without id or target."""
-
-
-@dataclass(frozen=True)
-class PredictionWindow:
-    """The predicted requests of a window of the prediction log, one row each.
-
-    `predictions` holds the id, the features as sent, the prediction, one probability column per
-    class (classification), the model version and `logged_at`. Rejected requests carry no
-    prediction, so they are only counted.
-    """
-
-    predictions: pd.DataFrame
-    requests: int
-    rejected: int
-
-    @property
-    def model_versions(self) -> list[str]:
-        return sorted(self.predictions["model_version"].dropna().astype(str).unique())
-
-    @property
-    def period(self) -> tuple[str | None, str | None]:
-        """The first and last `logged_at` of the window (None when it is empty)."""
-        if self.predictions.empty:
-            return None, None
-        logged = self.predictions["logged_at"]
-        return str(logged.min()), str(logged.max())
-
-
-@dataclass(frozen=True)
-class Reference:
-    """The served model's reference sample: holdout rows (features, target) with the model's
-    predictions, the baseline of drift and of performance."""
-
-    sample: pd.DataFrame
-    source: str
 
 
 @dataclass(frozen=True)
@@ -191,115 +153,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_safe(item) for item in value]
     return value
-
-
-# --- Current and reference data ---------------------------------------------------------------
-
-
-def read_prediction_window(
-    config: Config, *, last: int | None = None, since: str | None = None, until: str | None = None,
-    model_sha256: str | None = None,
-) -> PredictionWindow:
-    """The last `last` requests of the prediction log, optionally within [since, until).
-
-    Args:
-        since, until: ISO 8601 UTC timestamps, compared with each record's `logged_at`.
-        model_sha256: only the records of the model with this artifact checksum (the one being
-            monitored), so another model's predictions (an earlier project's, say) never mix in.
-    """
-    log = PredictionLog.from_config(config)
-    try:
-        records = log.read(last=last, since=since, until=until, model_sha256=model_sha256)
-    finally:
-        log.close()
-    predicted = [r for r in records if r["error"] is None and r["prediction"] is not None]
-    logger.info("Prediction log window: %d requests, %d predicted", len(records), len(predicted))
-    rejected = len(records) - len(predicted)
-    return PredictionWindow(_logged_frame(predicted, config), len(records), rejected)
-
-
-def _logged_frame(records: list[dict[str, Any]], config: Config) -> pd.DataFrame:
-    """Logged inputs as the raw frame they passed validation as (numbers float, NaN missing)."""
-    columns = config.columns
-    inputs = pd.DataFrame([record["input"] for record in records], dtype=object)
-    inputs = inputs.reindex(columns=list(columns.features))
-    numerical = {name: pd.to_numeric(inputs[name], errors="coerce").astype(float)
-                 for name in columns.numerical}
-    categorical = {name: inputs[name].where(inputs[name].notna(), np.nan)
-                   for name in columns.categorical}
-    probabilities = pd.DataFrame(
-        [record["probabilities"] or {} for record in records], dtype=float
-    ).add_prefix(PROBABILITY_PREFIX)
-    logged = pd.DataFrame(
-        {
-            columns.id: [record["instance_id"] for record in records],
-            PREDICTION_COLUMN: [record["prediction"] for record in records],
-            "model_version": [record["model_version"] for record in records],
-            "logged_at": [record["logged_at"] for record in records],
-        }
-    )
-    return pd.concat(
-        [logged[[columns.id]], inputs.assign(**numerical, **categorical),
-         logged.drop(columns=columns.id), probabilities],
-        axis=1,
-    )
-
-
-def load_reference_data(service: PredictionService) -> Reference:
-    """The reference sample stored with the served model's artifact (and proven at its load)."""
-    if service.reference is None:
-        raise MonitoringInputError(
-            f"model version {service.model_version} has no reference sample (exported by an "
-            "older release): re-run the modelling use case"
-        )
-    return Reference(service.reference, "the artifact's reference sample (holdout rows)")
-
-
-def read_production_labels(config: Config) -> pd.DataFrame | None:
-    """Ground truth that has arrived so far (id and target), or None if no labels file exists.
-
-    Rows with an invalid target are dropped with a warning; for an id labelled twice, the later
-    row (a correction) wins.
-    """
-    path = Path(config.resolve(config.data.production_labels))
-    if not path.is_file():
-        logger.info("No production labels at %s yet: performance is not evaluated", path)
-        return None
-    columns = config.columns
-    labels = read_table(str(path), config)
-    missing = [name for name in (columns.id, columns.target) if name not in labels.columns]
-    if missing:
-        raise MonitoringInputError(f"labels file {path} lacks the columns {missing}")
-    labels = labels[[columns.id, columns.target]]
-    if config.is_classification:
-        valid = labels[columns.target].isin(list(columns.target_classes))
-    else:
-        numbers = pd.to_numeric(labels[columns.target], errors="coerce")
-        labels = labels.assign(**{columns.target: numbers})
-        valid = labels[columns.target].notna()
-    if not valid.all():
-        logger.warning("Ignoring %d labels with an invalid %s in %s",
-                       int((~valid).sum()), columns.target, path)
-    return labels[valid].drop_duplicates(columns.id, keep="last").reset_index(drop=True)
-
-
-def attach_labels(predictions: pd.DataFrame, labels: pd.DataFrame, config: Config) -> pd.DataFrame:
-    """The predictions whose ground truth has arrived, with the target column added."""
-    return predictions.merge(labels, on=config.columns.id, how="inner")
-
-
-def labelled_production_data(config: Config) -> pd.DataFrame:
-    """The production file as received joined with its labels: extra rows for retraining.
-
-    Rows stay as received (invalid ones included), so the modelling run validates and
-    quarantines them exactly as it does historic rows.
-    """
-    labels = read_production_labels(config)
-    production = read_table(config.resolve(config.data.production), config)
-    if labels is None:
-        return production.iloc[0:0].assign(**{config.columns.target: []})
-    production = production.drop(columns=[config.columns.target], errors="ignore")
-    return production.merge(labels, on=config.columns.id, how="inner")
 
 
 # --- Drift and performance: Evidently's reports, our verdicts -----------------------------------

@@ -19,7 +19,8 @@ import pytest
 from ml_project.config import Config, load_config
 from ml_project.endpoints import PredictionEndpoints
 from ml_project.metrics import score_predictions
-from ml_project.monitor import detect_drift, load_reference_data
+from ml_project.monitor import detect_drift
+from ml_project.monitoring_data import load_reference_data
 from ml_project.predict import PROBABILITY_PREFIX, PredictionService
 from tests.conftest import write_project
 from tests.tables import houses

@@ -17,17 +17,15 @@ import pandas as pd
 import pytest
 
 from ml_project.config import Config, load_config
-from ml_project.monitor import (
+from ml_project.monitor import detect_drift, evaluate_performance, write_report_html
+from ml_project.monitoring_data import (
     MonitoringInputError,
     Reference,
     attach_labels,
-    detect_drift,
-    evaluate_performance,
     labelled_production_data,
     load_reference_data,
     read_prediction_window,
     read_production_labels,
-    write_report_html,
 )
 from ml_project.predict import PredictionService
 from ml_project.prediction_log import LogRecord, PredictionLog, new_request_id

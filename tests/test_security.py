@@ -34,7 +34,7 @@ from ml_project.config import PROJECT_ROOT
 from ml_project.endpoints import API_KEY_ENV, API_KEY_HEADER
 from ml_project.export import ArtifactError, read_metadata
 from ml_project.flask_api import create_flask_app
-from ml_project.monitor import read_prediction_window
+from ml_project.monitoring_data import read_prediction_window
 from ml_project.predict import PredictionService
 from ml_project.prediction_log import PredictionLog
 from tests.conftest import prediction_config, write_project

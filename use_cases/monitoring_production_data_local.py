@@ -39,19 +39,21 @@ from ml_project.config import Config
 from ml_project.export import ArtifactError, read_metadata
 from ml_project.monitor import (
     DriftSummary,
-    MonitoringInputError,
     PerformanceSummary,
+    detect_drift,
+    evaluate_performance,
+    monitoring_summary,
+    write_report_html,
+)
+from ml_project.monitoring_data import (
+    MonitoringInputError,
     PredictionWindow,
     Reference,
     attach_labels,
-    detect_drift,
-    evaluate_performance,
     labelled_production_data,
     load_reference_data,
-    monitoring_summary,
     read_prediction_window,
     read_production_labels,
-    write_report_html,
 )
 from ml_project.predict import PredictionService
 from ml_project.tracking import CHALLENGER, CHAMPION, TrackingError, connect, log_artifacts_to_run
