@@ -170,7 +170,7 @@ class PredictionService:
     def from_config(cls, config: Config, alias: str = "champion") -> PredictionService:
         """Load the artifact the config points at: local folder (default) or MLflow registry."""
         if config.prediction.model_source == "registry":
-            from ml_project.tracking import load_registered_pipeline  # only this path needs mlflow
+            from ml_project.registry import load_registered_pipeline  # only this path needs mlflow
 
             pipeline, metadata, reference = load_registered_pipeline(config, alias)
             service = cls(pipeline, metadata, config, reference)

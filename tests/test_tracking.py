@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from ml_project.config import Config, load_config
 from ml_project.export import ArtifactError
 from ml_project.ingest import load_historic_data
+from ml_project.registry import load_registered_pipeline
 from ml_project.tracking import (
     CHALLENGER,
     CHAMPION,
@@ -24,7 +25,6 @@ from ml_project.tracking import (
     TrackingError,
     TrackingOutcome,
     connect,
-    load_registered_pipeline,
     track_modelling_run,
 )
 from ml_project.train import (

@@ -19,13 +19,13 @@ from ml_project.config import Config
 from ml_project.export import export_pipeline, git_commit, hash_frame, library_versions
 from ml_project.ingest import load_historic_data, read_table
 from ml_project.predict import native
+from ml_project.registry import reconcile_champion
 from ml_project.schemas import field_rules
 from ml_project.tracking import (
     CHAMPION,
     TrackingError,
     TrackingOutcome,
     connect,
-    reconcile_champion,
     redact_password,
     track_modelling_run,
 )
