@@ -23,7 +23,7 @@ from ml_project.config import Config, load_config
 from ml_project.endpoints import PredictionEndpoints
 from ml_project.ingest import read_in_chunks, stream_production_instances
 from ml_project.predict import PredictionService
-from ml_project.schemas import InstanceValidator, build_request_model
+from ml_project.schemas import InstanceValidator, InvalidInstance, build_request_model
 from ml_project.train import build_pipeline, build_reference_sample, split_holdout
 from ml_project.validate import validate_production_data
 
@@ -75,12 +75,32 @@ def test_the_production_data_validates_as_received(config: Config) -> None:
     assert len(result.valid) + len(result.quarantined) == len(production)
 
 
+def test_the_stream_and_the_batch_refuse_the_same_rows_of_your_production_data(
+    config: Config, tmp_path: Path
+) -> None:
+    production = _first_rows(config.data.production, config)
+    written = tmp_path / "production.csv"
+    production.to_csv(written, index=False)
+    validator = InstanceValidator(config)
+    refused = set()
+    for position, record in enumerate(stream_production_instances(written, config)):
+        try:
+            validator.validate(record)
+        except InvalidInstance:
+            refused.add(position)
+
+    quarantined = validate_production_data(production, config, with_target=False).quarantined
+
+    assert set(quarantined.index) == refused
+
+
 def test_the_request_model_documents_what_validation_enforces(
     config: Config, historic: pd.DataFrame
 ) -> None:
     model = build_request_model(config)
     identifiers = {config.columns.id} | ({config.columns.timestamp} - {None})
-    assert set(model.model_fields) == set(config.columns.features) | identifiers
+    assert set(model.model_fields) == (set(config.columns.features) | identifiers
+                                       | {config.columns.target})
     valid = validate_production_data(historic, config, with_target=True).valid.head(20)
     for record in _records(valid.drop(columns=config.columns.target)):
         InstanceValidator(config).validate(record)
