@@ -11,6 +11,8 @@ from typing import Any, Iterator
 
 import pytest
 import requests
+from fastapi import FastAPI
+from flask import Flask
 
 from ml_project.api import create_app
 from ml_project.config import Config
@@ -239,10 +241,11 @@ def test_a_fault_no_route_caught_is_the_same_json_500_in_both(config: Config) ->
     log = PredictionLog.from_config(config)
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("ML_PROJECT_API_KEY", raising=False)
-        apps = {"fastapi": create_app(service, log), "flask": create_flask_app(service, log)}
-    apps["fastapi"].state.endpoints.service = object()
-    apps["flask"].extensions["prediction_endpoints"].service = object()
+        fastapi_app, flask_app = create_app(service, log), create_flask_app(service, log)
+    fastapi_app.state.endpoints.service = object()
+    flask_app.extensions["prediction_endpoints"].service = object()
     answers = {}
+    apps: dict[str, FastAPI | Flask] = {"fastapi": fastapi_app, "flask": flask_app}
     for framework, app in apps.items():
         with serve_in_thread(app) as url:
             answer = requests.post(f"{url}/predict", json=INSTANCE, timeout=10)
