@@ -167,6 +167,17 @@ def check_row(value: Any) -> dict[str, Any]:
     return row
 
 
+def insert_or_ignore(dialect: str) -> Any:
+    """An insert that skips a record whose key is stored already (a replay), per dialect."""
+    if dialect == "sqlite":
+        return sqlite.insert(PREDICTIONS).on_conflict_do_nothing(index_elements=["record_key"])
+    if dialect == "postgresql":
+        return postgresql.insert(PREDICTIONS).on_conflict_do_nothing(index_elements=["record_key"])
+    if dialect in ("mysql", "mariadb"):
+        return PREDICTIONS.insert().prefix_with("IGNORE")
+    return PREDICTIONS.insert()  # a duplicate is then refused alone, as any refused row
+
+
 _FLUSH = object()
 _STOP = object()
 
@@ -383,7 +394,7 @@ class PredictionLog:
         moved aside, the others stored."""
         try:
             with self.engine.begin() as connection:
-                connection.execute(self._insert_statement(), list(rows))
+                connection.execute(insert_or_ignore(self.engine.dialect.name), list(rows))
         except UNAVAILABLE:
             raise
         except (SQLAlchemyError, ValueError) as err:
@@ -395,17 +406,6 @@ class PredictionLog:
                 return
             for row in rows:
                 self._insert([row])
-
-    def _insert_statement(self) -> Any:
-        dialect = self.engine.dialect.name
-        if dialect == "sqlite":
-            return sqlite.insert(PREDICTIONS).on_conflict_do_nothing(index_elements=["record_key"])
-        if dialect == "postgresql":
-            return postgresql.insert(PREDICTIONS).on_conflict_do_nothing(
-                index_elements=["record_key"])
-        if dialect in ("mysql", "mariadb"):
-            return PREDICTIONS.insert().prefix_with("IGNORE")
-        return PREDICTIONS.insert()  # a duplicate is then refused alone, as any refused row
 
     def _ensure_table(self) -> None:
         if not self._ready:
