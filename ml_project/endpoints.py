@@ -8,7 +8,8 @@ same bytes, and a request is checked by one thing only: the compiled `InstanceVa
 
 Statuses a client can act on: 400 the body is not JSON (or nests deeper than MAX_NESTING);
 401 missing or wrong X-API-Key; 413 body too large; 422 JSON that breaks the schema, a batch
-over `max_batch_size` included (`errors` names each field and its rule); 503 no model loaded yet. A 500 means a fault of the server, never bad input. The outcome of
+over `max_batch_size` included (`errors` names each field and its rule); 503 no model loaded
+yet. A 500 means a fault of the server, never bad input. The outcome of
 every authenticated prediction request, a 422 rejection included, goes to the prediction log
 (source "api", one record per instance); refusals at the door (400, 401, 413, 503) are only
 counted (`/health`), so they can neither fill the log nor dilute monitoring's window.

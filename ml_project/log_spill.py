@@ -17,13 +17,15 @@ import json
 import logging
 import os
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
 REJECTED_FILE = "prediction_log.rejected"
 SPILL_PATTERNS = ("spill-*.jsonl", "claimed-*.jsonl")
+TORN = "the file ends without a newline (a write was cut short)"
 
 
 def storable(text: str) -> str:
@@ -102,32 +104,35 @@ def claim(path: Path) -> Path | None:
     return claimed
 
 
-def read_claimed(path: Path) -> bytes:
-    """The whole file, once no writer is inside it."""
+@contextmanager
+def open_claimed(path: Path) -> Iterator[BinaryIO]:
+    """The claimed file, to read line by line once no writer is inside it."""
     with path.open("rb") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        return handle.read()
+        yield handle
 
 
 def parse_lines(
-    data: bytes, check: Callable[[Any], dict[str, Any]]
+    lines: Iterable[bytes], check: Callable[[Any], dict[str, Any]]
 ) -> Iterator[tuple[dict[str, Any] | None, str | None, bytes]]:
-    """(row, None, line) for each good line and (None, reason, line) for each bad one.
+    """(row, None, line) for each good line and (None, reason, line) for each bad one, read
+    as they come (a spill file can be larger than memory).
 
     `check` turns a decoded JSON value into a row or raises ValueError saying why it is not one.
     A last line without its newline was torn by a kill in the middle of a write.
     """
-    lines = data.split(b"\n")
-    torn = lines.pop()  # b"" when the file ends with a newline, as every whole write does
     for line in lines:
+        if not line.endswith(b"\n"):
+            if line.strip():
+                yield None, f"torn line: {TORN}", line
+            continue
+        line = line[:-1]
         if not line.strip():
             continue
         try:
             yield check(json.loads(line.decode("utf-8"))), None, line
         except (UnicodeDecodeError, ValueError, TypeError, RecursionError) as err:
             yield None, f"{type(err).__name__}: {err}", line
-    if torn.strip():
-        yield None, "torn line: the file ends without a newline (a write was cut short)", torn
 
 
 def reject_lines(directory: Path, source: Path, rejects: Sequence[tuple[str, bytes]]) -> None:

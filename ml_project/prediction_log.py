@@ -61,10 +61,16 @@ PREDICTIONS = sqlalchemy.Table(
     sqlalchemy.Column("latency_ms", sqlalchemy.Float),
     sqlalchemy.Column("error", sqlalchemy.Text),
 )
-REQUIRED: dict[str, type | tuple[type, ...]] = {"record_key": str, "request_id": str, "instance_index": int, "logged_at": str,
-            "source": str, "input": str}
-OPTIONAL: dict[str, type | tuple[type, ...]] = {"instance_id": str, "model_name": str, "model_version": str, "model_sha256": str,
-            "prediction": str, "probabilities": str, "latency_ms": (int, float), "error": str}
+# The fields of a replayed line, by type: a line with any other is moved aside.
+FieldType = type | tuple[type, ...]
+REQUIRED: dict[str, FieldType] = {
+    "record_key": str, "request_id": str, "instance_index": int, "logged_at": str,
+    "source": str, "input": str,
+}
+OPTIONAL: dict[str, FieldType] = {
+    "instance_id": str, "model_name": str, "model_version": str, "model_sha256": str,
+    "prediction": str, "probabilities": str, "latency_ms": (int, float), "error": str,
+}
 # Errors that say the storage is unavailable (the records wait); any other database error is a
 # record the database refuses, moved aside alone.
 UNAVAILABLE = (OperationalError, InterfaceError, OSError)
@@ -167,6 +173,17 @@ def check_row(value: Any) -> dict[str, Any]:
     return row
 
 
+def insert_or_ignore(dialect: str) -> Any:
+    """An insert that skips a record whose key is stored already (a replay), per dialect."""
+    if dialect == "sqlite":
+        return sqlite.insert(PREDICTIONS).on_conflict_do_nothing(index_elements=["record_key"])
+    if dialect == "postgresql":
+        return postgresql.insert(PREDICTIONS).on_conflict_do_nothing(index_elements=["record_key"])
+    if dialect in ("mysql", "mariadb"):
+        return PREDICTIONS.insert().prefix_with("IGNORE")
+    return PREDICTIONS.insert()  # a duplicate is then refused alone, as any refused row
+
+
 _FLUSH = object()
 _STOP = object()
 
@@ -189,7 +206,8 @@ class PredictionLog:
         self.batch_size = batch_size
         self.retry_seconds = retry_seconds
         is_sqlite = url.startswith("sqlite")
-        connect_args = {"timeout": lock_timeout_seconds, "check_same_thread": False} if is_sqlite else {}
+        connect_args = ({"timeout": lock_timeout_seconds, "check_same_thread": False}
+                        if is_sqlite else {})
         self.engine = sqlalchemy.create_engine(url, connect_args=connect_args)
         if is_sqlite:
             sqlalchemy.event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -358,32 +376,38 @@ class PredictionLog:
             claimed = log_spill.claim(path)
             if claimed is None:
                 continue
-            rows: list[dict[str, Any]] = []
+            stored = 0
             rejects: list[tuple[str, bytes]] = []
-            for row, reason, line in log_spill.parse_lines(log_spill.read_claimed(claimed),
-                                                           check_row):
-                if row is None:
-                    rejects.append((reason or "unreadable", line))
-                else:
-                    rows.append(row)
             try:
-                for start in range(0, len(rows), self.batch_size):
-                    self._insert(rows[start:start + self.batch_size])
+                with log_spill.open_claimed(claimed) as handle:
+                    rows: list[dict[str, Any]] = []
+                    for row, reason, line in log_spill.parse_lines(handle, check_row):
+                        if row is None:
+                            rejects.append((reason or "unreadable", line))
+                        else:
+                            rows.append(row)
+                        if len(rows) >= self.batch_size:
+                            self._insert(rows)
+                            stored, rows = stored + len(rows), []
+                    self._insert(rows)
+                    stored += len(rows)
                 log_spill.reject_lines(self.spill_dir, claimed, rejects)
             except UNAVAILABLE:
                 self._replay_due = True  # the claimed file stays; the next replay takes it
                 raise
-            self._count("replayed", len(rows))
+            self._count("replayed", stored)
             self._count("rejected_lines", len(rejects))
             claimed.unlink(missing_ok=True)
-            logger.info("Replayed %d prediction records from %s", len(rows), path.name)
+            logger.info("Replayed %d prediction records from %s", stored, path.name)
 
     def _insert(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert or ignore (the record key is unique); a row the database refuses alone is
         moved aside, the others stored."""
+        if not rows:
+            return
         try:
             with self.engine.begin() as connection:
-                connection.execute(self._insert_statement(), list(rows))
+                connection.execute(insert_or_ignore(self.engine.dialect.name), list(rows))
         except UNAVAILABLE:
             raise
         except (SQLAlchemyError, ValueError) as err:
@@ -395,17 +419,6 @@ class PredictionLog:
                 return
             for row in rows:
                 self._insert([row])
-
-    def _insert_statement(self) -> Any:
-        dialect = self.engine.dialect.name
-        if dialect == "sqlite":
-            return sqlite.insert(PREDICTIONS).on_conflict_do_nothing(index_elements=["record_key"])
-        if dialect == "postgresql":
-            return postgresql.insert(PREDICTIONS).on_conflict_do_nothing(
-                index_elements=["record_key"])
-        if dialect in ("mysql", "mariadb"):
-            return PREDICTIONS.insert().prefix_with("IGNORE")
-        return PREDICTIONS.insert()  # a duplicate is then refused alone, as any refused row
 
     def _ensure_table(self) -> None:
         if not self._ready:

@@ -152,9 +152,9 @@ def test_schemathesis_command_line_with_every_check_finds_nothing(
         headers = ["-H", f"{API_KEY_HEADER}: {api_key}"] if api_key else []
         result = subprocess.run(
             [str(Path(sys.executable).with_name("schemathesis")), "run", f"{url}/openapi.json",
-             "--checks", "all", "--max-examples", "10", "--seed", str(SEED),
+             "--checks", "all", "--max-examples", "5", "--seed", str(SEED),
              "--phases", "examples,coverage,fuzzing", "--generation-database", "none",
-             "--request-timeout", "10", "--max-time", "60", "--no-color", *headers],
+             "--request-timeout", "10", "--max-time", "30", "--no-color", *headers],
             capture_output=True, text=True, timeout=300, cwd=tmp_path,
             env={**os.environ, API_KEY_ENV: ""},
         )

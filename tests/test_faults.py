@@ -37,7 +37,15 @@ from ml_project.predict import PredictionService
 from ml_project.prediction_log import PredictionLog
 from tests.churn_data import write_example_data
 from tests.conftest import prediction_config, write_project
-from tests.serving import INSTANCE, free_port, instance, serve_in_thread
+from tests.serving import (
+    INSTANCE,
+    free_port,
+    instance,
+    launch_server,
+    load_serving_config,
+    serve_in_thread,
+    write_serving_config,
+)
 from use_cases import (
     modelling_historic_data_local,
     predicting_historic_data_local,
@@ -222,6 +230,58 @@ def test_full_disk_and_unwritable_spill_never_fail_a_request_and_are_reported(
     assert health["status"] == "alive"
     assert health["counters"]["log_spill_failures"] > 0
     assert health["counters"]["log_lost"] + health["counters"].get("log_dropped_queue_full", 0) > 0
+
+
+@pytest.mark.parametrize("framework", ["fastapi", "flask"])
+def test_a_server_killed_while_the_log_is_locked_loses_nothing_after_a_restart(
+    framework: str, trained_project: Path, tmp_path: Path
+) -> None:
+    """As found: while another writer locks the log, a batch whose id and a key hold lone
+    surrogates is spilled; the server is SIGKILLed; a torn line is left at the end of its
+    spill file. After the lock and a restart, every request is answered and every record of
+    the first server is stored once (the torn line moved aside)."""
+    config_file = write_serving_config(trained_project, tmp_path)
+    config = load_serving_config(config_file)
+    database = Path(config.resolve(config.prediction.prediction_log_url).removeprefix("sqlite:///"))
+    poisoned = json.dumps({"instances": [{**instance(customer_id="X"), "Y": 1}]}).encode()
+    poisoned = poisoned.replace(b'"X"', b'"\\ud800"').replace(b'"Y"', b'"\\udfff"')
+    with launch_server(config_file, tmp_path / "first.out", framework) as (url, server):
+        assert requests.post(f"{url}/predict", json=INSTANCE, timeout=10).status_code == 200
+        time.sleep(1.5)  # the writer has stored it (and created the table)
+        holder = sqlite3.connect(database, timeout=0)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            answers = [requests.post(f"{url}/predict/batch", data=poisoned, timeout=10,
+                                     headers={"Content-Type": "application/json"}),
+                       *[requests.post(f"{url}/predict", json=instance(customer_id=f"K{i}"),
+                                       timeout=10) for i in range(5)]]
+            spill = config.output_dir / "prediction_log_spill"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and sum(
+                    path.read_text().count("\n") for path in spill.glob("*.jsonl")) < 6:
+                time.sleep(0.2)
+            for child in server.children(recursive=True):
+                child.kill()
+            server.kill()
+        finally:
+            holder.rollback()
+            holder.close()
+    waiting = list(spill.glob("*.jsonl"))  # spill-* or, if a replay had begun, claimed-*
+    with waiting[0].open("ab") as handle:
+        handle.write(b'{"record_key": "torn-by-a-kil')
+    with launch_server(config_file, tmp_path / "second.out", framework) as (url, _):
+        after = requests.post(f"{url}/predict", json=INSTANCE, timeout=10)
+    log = PredictionLog.from_config(config)
+    records = log.read()
+    log.close()
+
+    assert [answer.status_code for answer in answers] == [422] + [200] * 5
+    assert after.status_code == 200
+    ids = [record["request_id"] for record in records]
+    assert len(ids) == 1 + 1 + 5 + 1 and len(set(ids)) == 1 + 1 + 5 + 1
+    assert {answer.json()["request_id"] for answer in [*answers, after]} <= set(ids)
+    assert not list(spill.glob("*.jsonl"))
+    assert "torn line" in (spill / "prediction_log.rejected").read_text()
 
 
 # Modelling with the tracking store down -----------------------------------------------------------

@@ -11,6 +11,8 @@ from typing import Any, Iterator
 
 import pytest
 import requests
+from fastapi import FastAPI
+from flask import Flask
 
 from ml_project.api import create_app
 from ml_project.config import Config
@@ -231,3 +233,25 @@ def test_a_field_name_cannot_forge_a_line_in_the_server_log(
         lines = output.read_text().splitlines()
         assert not [line for line in lines if line.startswith("FORGED")], framework
         assert any("FORGED" in line for line in lines), framework  # logged, on its own line
+
+
+def test_a_fault_no_route_caught_is_the_same_json_500_in_both(config: Config) -> None:
+    """The server's own state broken (here the served model replaced by an object that is no
+    model): both frameworks answer the same JSON 500, never a text or HTML page."""
+    service = PredictionService.from_config(config)
+    log = PredictionLog.from_config(config)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("ML_PROJECT_API_KEY", raising=False)
+        fastapi_app, flask_app = create_app(service, log), create_flask_app(service, log)
+    fastapi_app.state.endpoints.service = object()
+    flask_app.extensions["prediction_endpoints"].service = object()
+    answers = {}
+    apps: dict[str, FastAPI | Flask] = {"fastapi": fastapi_app, "flask": flask_app}
+    for framework, app in apps.items():
+        with serve_in_thread(app) as url:
+            answer = requests.post(f"{url}/predict", json=INSTANCE, timeout=10)
+            answers[framework] = (answer.status_code, answer.headers["Content-Type"],
+                                  answer.content)
+    log.close()
+    assert answers["fastapi"] == answers["flask"] == (
+        500, "application/json", b'{"detail":"Internal Server Error"}')

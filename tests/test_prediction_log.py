@@ -14,12 +14,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.pool import QueuePool
 
 from ml_project.config import PROJECT_ROOT
 from ml_project.log_spill import REJECTED_FILE
-from ml_project.prediction_log import LogRecord, PredictionLog, new_request_id
+from ml_project.prediction_log import LogRecord, PredictionLog, insert_or_ignore, new_request_id
 
 
 def _record(i: int, error: str | None = None, request_id: str | None = None,
@@ -289,3 +291,10 @@ def test_a_forked_child_writes_through_connections_of_its_own_and_the_parent_kee
     assert pooled == 1
     assert [row["instance_id"] for row in rows] == ["C0", "C1", "C2", "C3"]
     assert not log.spill_files()
+
+
+def test_replays_insert_or_ignore_in_postgresql_too() -> None:
+    """The statement a PostgreSQL log runs (no server here: its compiled SQL)."""
+    dialect: Any = postgresql.dialect
+    sql = str(insert_or_ignore("postgresql").compile(dialect=dialect()))
+    assert "ON CONFLICT (record_key) DO NOTHING" in sql
