@@ -16,15 +16,11 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import math
 import os
 import queue
 import threading
 import time
-import uuid
 from collections import Counter
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -34,6 +30,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from ml_project import log_spill
 from ml_project.config import Config
+from ml_project.log_records import LogRecord, log_record, new_request_id
 from ml_project.predict import Prediction, PredictionService
 from ml_project.schemas import InvalidInstance
 
@@ -74,7 +71,6 @@ OPTIONAL: dict[str, FieldType] = {
 # Errors that say the storage is unavailable (the records wait); any other database error is a
 # record the database refuses, moved aside alone.
 UNAVAILABLE = (OperationalError, InterfaceError, OSError)
-MAX_DEPTH = 32  # deeper input is logged as a placeholder: the log is not a place to recurse
 
 
 def _sqlite_pragmas(connection: Any, _: Any) -> None:
@@ -83,77 +79,6 @@ def _sqlite_pragmas(connection: Any, _: Any) -> None:
     survives any crash of a process; only a power cut can lose the last commits."""
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex
-
-
-def _clean(value: Any, depth: int = 0) -> Any:
-    """A JSON value any store can hold: NaN as null (as a client would send it), text with lone
-    surrogates escaped (in keys too), nesting cut at MAX_DEPTH, anything else as its text."""
-    if value is None or isinstance(value, (bool, int)):
-        return value
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, str):
-        return log_spill.storable(value)
-    if isinstance(value, (Mapping, list, tuple)):
-        if depth >= MAX_DEPTH:
-            return f"<nested deeper than {MAX_DEPTH} levels>"
-        if isinstance(value, Mapping):
-            return {log_spill.storable(str(k)): _clean(v, depth + 1) for k, v in value.items()}
-        return [_clean(v, depth + 1) for v in value]
-    if hasattr(value, "item"):  # a numpy scalar
-        return _clean(value.item(), depth)
-    return log_spill.storable(str(value))
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else log_spill.storable(str(value))
-
-
-def _json_text(value: Any) -> str | None:
-    return None if value is None else log_spill.encode_line(_clean(value))[:-1].decode("ascii")
-
-
-@dataclass(frozen=True)
-class LogRecord:
-    """One instance of a request and its outcome (prediction, or the error that rejected it)."""
-
-    request_id: str
-    source: str
-    input: Mapping[str, Any]
-    model_version: str | None
-    prediction: Any = None
-    probabilities: Mapping[str, float] | None = None
-    latency_ms: float | None = None
-    error: str | None = None
-    instance_id: str | None = None
-    instance_index: int = 0
-    model_name: str | None = None
-    model_sha256: str | None = None
-    logged_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
-
-    def to_row(self) -> dict[str, Any]:
-        """The table row, every text storable (whatever the client sent)."""
-        request_id = _text(self.request_id) or ""
-        return {
-            "record_key": f"{request_id}:{self.instance_index}",
-            "request_id": request_id,
-            "instance_index": self.instance_index,
-            "logged_at": self.logged_at,
-            "source": _text(self.source),
-            "instance_id": _text(self.instance_id),
-            "model_name": _text(self.model_name),
-            "model_version": _text(self.model_version),
-            "model_sha256": _text(self.model_sha256),
-            "input": _json_text(self.input),
-            "prediction": _json_text(self.prediction),
-            "probabilities": _json_text(self.probabilities),
-            "latency_ms": self.latency_ms,
-            "error": _text(self.error),
-        }
 
 
 def check_row(value: Any) -> dict[str, Any]:
@@ -491,36 +416,6 @@ class PredictionLog:
                 pass
         atexit.unregister(self.close)
         self.engine.dispose()
-
-
-def log_record(
-    service: PredictionService | None,
-    record: Mapping[str, Any],
-    *,
-    request_id: str,
-    source: str,
-    latency_ms: float,
-    prediction: Prediction | None = None,
-    error: str | None = None,
-    instance_index: int = 0,
-) -> LogRecord:
-    """The log entry of one instance and its outcome: every entry point builds it here."""
-    instance_id = record.get(service.config.columns.id) if service else None
-    metadata = service.metadata if service else {}
-    return LogRecord(
-        request_id=request_id,
-        source=source,
-        input=record,
-        model_version=service.model_version if service else None,
-        model_name=_text(metadata.get("model_name")),
-        model_sha256=_text(metadata.get("sha256")),
-        prediction=prediction.prediction if prediction else None,
-        probabilities=prediction.probabilities if prediction else None,
-        latency_ms=latency_ms,
-        error=error,
-        instance_id=None if instance_id is None else str(instance_id),
-        instance_index=instance_index,
-    )
 
 
 def predict_and_log(

@@ -20,8 +20,9 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.pool import QueuePool
 
 from ml_project.config import PROJECT_ROOT
+from ml_project.log_records import LogRecord, new_request_id
 from ml_project.log_spill import REJECTED_FILE
-from ml_project.prediction_log import LogRecord, PredictionLog, insert_or_ignore, new_request_id
+from ml_project.prediction_log import PredictionLog, insert_or_ignore
 
 
 def _record(i: int, error: str | None = None, request_id: str | None = None,
@@ -220,7 +221,8 @@ def test_a_full_queue_and_an_unwritable_spill_folder_are_counted_never_raised(
 WRITER = """
 import sys
 from pathlib import Path
-from ml_project.prediction_log import LogRecord, PredictionLog
+from ml_project.log_records import LogRecord
+from ml_project.prediction_log import PredictionLog
 database, spill, name, count = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 log = PredictionLog(f"sqlite:///{database}", spill, lock_timeout_seconds=10)
 for i in range(count):

@@ -1,0 +1,122 @@
+"""One record of the prediction log: a request's instance, its outcome and the model's identity
+(name, version, artifact sha256), with every text made storable where it enters.
+
+Whatever a client sends (lone surrogates, keys with newlines, deep nesting, NaN) becomes a
+JSON-safe value here, so neither the database, the spill file nor a replay can choke on it.
+Every entry point (the stream, both APIs, the cloud handlers) builds its records with
+`log_record`; `prediction_log.py` stores them.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from ml_project import log_spill
+from ml_project.predict import Prediction, PredictionService
+
+MAX_DEPTH = 32  # deeper input is logged as a placeholder: the log is not a place to recurse
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _clean(value: Any, depth: int = 0) -> Any:
+    """A JSON value any store can hold: NaN as null (as a client would send it), text with lone
+    surrogates escaped (in keys too), nesting cut at MAX_DEPTH, anything else as its text."""
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, str):
+        return log_spill.storable(value)
+    if isinstance(value, (Mapping, list, tuple)):
+        if depth >= MAX_DEPTH:
+            return f"<nested deeper than {MAX_DEPTH} levels>"
+        if isinstance(value, Mapping):
+            return {log_spill.storable(str(k)): _clean(v, depth + 1) for k, v in value.items()}
+        return [_clean(v, depth + 1) for v in value]
+    if hasattr(value, "item"):  # a numpy scalar
+        return _clean(value.item(), depth)
+    return log_spill.storable(str(value))
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else log_spill.storable(str(value))
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else log_spill.encode_line(_clean(value))[:-1].decode("ascii")
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One instance of a request and its outcome (prediction, or the error that rejected it)."""
+
+    request_id: str
+    source: str
+    input: Mapping[str, Any]
+    model_version: str | None
+    prediction: Any = None
+    probabilities: Mapping[str, float] | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    instance_id: str | None = None
+    instance_index: int = 0
+    model_name: str | None = None
+    model_sha256: str | None = None
+    logged_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+    def to_row(self) -> dict[str, Any]:
+        """The table row, every text storable (whatever the client sent)."""
+        request_id = _text(self.request_id) or ""
+        return {
+            "record_key": f"{request_id}:{self.instance_index}",
+            "request_id": request_id,
+            "instance_index": self.instance_index,
+            "logged_at": self.logged_at,
+            "source": _text(self.source),
+            "instance_id": _text(self.instance_id),
+            "model_name": _text(self.model_name),
+            "model_version": _text(self.model_version),
+            "model_sha256": _text(self.model_sha256),
+            "input": _json_text(self.input),
+            "prediction": _json_text(self.prediction),
+            "probabilities": _json_text(self.probabilities),
+            "latency_ms": self.latency_ms,
+            "error": _text(self.error),
+        }
+
+
+def log_record(
+    service: PredictionService | None,
+    record: Mapping[str, Any],
+    *,
+    request_id: str,
+    source: str,
+    latency_ms: float,
+    prediction: Prediction | None = None,
+    error: str | None = None,
+    instance_index: int = 0,
+) -> LogRecord:
+    """The log entry of one instance and its outcome: every entry point builds it here."""
+    instance_id = record.get(service.config.columns.id) if service else None
+    metadata = service.metadata if service else {}
+    return LogRecord(
+        request_id=request_id,
+        source=source,
+        input=record,
+        model_version=service.model_version if service else None,
+        model_name=_text(metadata.get("model_name")),
+        model_sha256=_text(metadata.get("sha256")),
+        prediction=prediction.prediction if prediction else None,
+        probabilities=prediction.probabilities if prediction else None,
+        latency_ms=latency_ms,
+        error=error,
+        instance_id=None if instance_id is None else str(instance_id),
+        instance_index=instance_index,
+    )
