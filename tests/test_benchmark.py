@@ -15,6 +15,7 @@ import pytest
 
 from executables import benchmark
 from executables.benchmark import evaluate_targets, paired_ratios, summarise
+from tests.conftest import write_project
 
 
 def _round(ours_p50: float, mlflow_p50: float) -> dict[str, dict[str, float]]:
@@ -45,7 +46,7 @@ def test_evaluate_targets_reports_unmeasured_ratios_as_none() -> None:
     results = {
         "served": {"summary": summarise([_round(1.0, 4.0)])},  # mlflow left out: no ratios
         "in_process": {"single_row": {"wrong": 0, "core_vs_bare": 1.2},
-                       "batch": {"path_vs_bare": 0.5}},
+                       "batch": {"path_vs_bare": 0.2, "validation_rows_per_s": 400_000}},
         "use_cases": {"peak_10x_vs_1x": 1.01},
     }
 
@@ -54,7 +55,8 @@ def test_evaluate_targets_reports_unmeasured_ratios_as_none() -> None:
     assert met["FastAPI: served p50 latency vs mlflow models serve"] is None
     assert met["FastAPI: wrong answers"] is True
     assert met["single row through the prediction core vs bare model"] is True
-    assert met["batch with validation vs bare predict_proba (throughput)"] is False
+    assert met["batch with validation vs bare predict_proba (throughput)"] is False  # < 0.25x
+    assert met["validation with pandera, rows/s (production rows as received)"] is True
     assert met["flat memory: peak on 10x chunk file vs 1x chunk file"] is True
 
 
@@ -75,9 +77,10 @@ def _tables(markdown: str) -> list[list[list[str]]]:
 def test_smoke_run_writes_results_and_tables(tmp_path: Path) -> None:
     """Smoke mode without mlflow: modelling, our two servers, in-process and use-case memory."""
     output = tmp_path / "benchmarks"
+    config_file = write_project(tmp_path / "source")  # the tests' table, never the project's
 
-    code = benchmark.main(["--smoke", "--skip-mlflow", "--root", str(tmp_path / "root"),
-                           "--output", str(output)])
+    code = benchmark.main(["--smoke", "--skip-mlflow", "--config", str(config_file),
+                           "--root", str(tmp_path / "root"), "--output", str(output)])
 
     assert code == 0
     results = json.loads((output / "results.json").read_text())
