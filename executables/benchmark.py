@@ -716,8 +716,9 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _target(name: str, measured: float | None, comparison: str, bound: float) -> dict[str, Any]:
-    met = None if measured is None else (
-        measured <= bound if comparison == "<=" else measured >= bound)
+    met: bool | None = None
+    if measured is not None and not np.isnan(measured):  # NaN: not measured in this run
+        met = measured <= bound if comparison == "<=" else measured >= bound
     return {"name": name, "target": f"{comparison} {bound:g}", "measured": measured, "met": met}
 
 
@@ -840,19 +841,28 @@ def machine() -> dict[str, Any]:
 # Entry point ------------------------------------------------------------------------------------
 
 
-def run(root: Path, config_file: Path, settings: Settings, servers: Sequence[str]
-        ) -> dict[str, Any]:
-    """Every measurement, in the order of the module docstring; returns the results."""
+def run(root: Path, config_file: Path, settings: Settings, servers: Sequence[str], *,
+        reuse_model: bool = False, use_case_runs: bool = True) -> dict[str, Any]:
+    """Every measurement, in the order of the module docstring; returns the results.
+
+    Args:
+        reuse_model: `root` already holds a trained project (`config_file` in it): no copy of
+            the data, no modelling run (its time is then not measured).
+        use_case_runs: run the historic prediction use case for its peak memory.
+    """
     log_dir = root / "benchmark_logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    config_file = prepare_root(root, config_file, settings)
+    if not reuse_model:
+        config_file = prepare_root(root, config_file, settings)
     overrides = {"prediction": {"chunk_size": settings.chunk_size}} if settings.chunk_size else {}
     config = load_config("prediction", "historic", "local", config_file=config_file, root=root,
                          overrides=overrides)
-    logger.info("Work root %s: modelling on the shipped data", root)
-    modelling_s, _ = run_use_case(
-        "modelling_historic_data_local.py", ["--config", str(config_file), "--root", str(root)],
-        child_environment(config), log_dir / "modelling.log")
+    modelling_s: float | None = None
+    if not reuse_model:
+        logger.info("Work root %s: modelling on the shipped data", root)
+        modelling_s, _ = run_use_case(
+            "modelling_historic_data_local.py", ["--config", str(config_file), "--root", str(root)],
+            child_environment(config), log_dir / "modelling.log")
     service = PredictionService.from_config(config)
     held_out = held_out_rows(service, config)
     probe_row = next(i for i, r in enumerate(held_out.records) if None not in r.values())
@@ -904,14 +914,16 @@ def run(root: Path, config_file: Path, settings: Settings, servers: Sequence[str
         },
     }
 
-    logger.info("Peak memory of the historic prediction use case")
     chunk = config.prediction.chunk_size
-    files = {}
-    for name, rows in (("1x", chunk), ("10x", 10 * chunk)):
-        files[name] = root / "data" / f"benchmark_{name}.csv"
-        batch_frames(config, rows, seed=1).to_csv(files[name], index=False)
-    memory_rounds = [use_case_memory_round(files, chunk, config_file, config, log_dir, number)
-                     for number in range(settings.use_case_rounds)]
+    memory_rounds = []
+    if use_case_runs:
+        logger.info("Peak memory of the historic prediction use case")
+        files = {}
+        for name, rows in (("1x", chunk), ("10x", 10 * chunk)):
+            files[name] = root / "data" / f"benchmark_{name}.csv"
+            batch_frames(config, rows, seed=1).to_csv(files[name], index=False)
+        memory_rounds = [use_case_memory_round(files, chunk, config_file, config, log_dir, number)
+                         for number in range(settings.use_case_rounds)]
     use_cases = {
         "modelling_s": modelling_s,
         "rows_1x": chunk,
@@ -940,6 +952,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the smallest sizes and one candidate: checks the harness runs")
     parser.add_argument("--skip-mlflow", action="store_true",
                         help="leave out `mlflow models serve` (no served ratios)")
+    parser.add_argument("--reuse-model", action="store_true",
+                        help="--root already holds a trained project (--config in it): no data "
+                             "copy, no modelling run")
+    parser.add_argument("--in-process-only", action="store_true",
+                        help="no servers and no use-case runs: the prediction core alone")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="rows per chunk of batch scoring (default: prediction.chunk_size)")
@@ -961,7 +978,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = replace(settings, rounds=args.rounds)
     if args.chunk_size:
         settings = replace(settings, chunk_size=args.chunk_size)
-    servers = [name for name in SERVERS if not (args.skip_mlflow and name == "mlflow")]
+    servers = [] if args.in_process_only else [
+        name for name in SERVERS if not (args.skip_mlflow and name == "mlflow")]
+    if args.reuse_model and not args.root:
+        parser.error("--reuse-model needs --root, the trained project")
     config_file = args.config.resolve()
     output = args.output or load_config(
         "prediction", "historic", "local", config_file=config_file).output_dir / "benchmarks"
@@ -972,7 +992,8 @@ def main(argv: list[str] | None = None) -> int:
             root.mkdir(parents=True, exist_ok=True)
         else:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="benchmark-")))
-        measured = run(root, config_file, settings, servers)
+        measured = run(root, config_file, settings, servers, reuse_model=args.reuse_model,
+                       use_case_runs=not args.in_process_only)
     results = {
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["python", "executables/benchmark.py", *(argv or sys.argv[1:])]),

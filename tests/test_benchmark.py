@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -73,9 +74,34 @@ def _tables(markdown: str) -> list[list[list[str]]]:
     return tables
 
 
-@pytest.mark.slow
+def test_in_process_smoke_run_on_a_trained_project_takes_seconds(
+    trained_project: Path, tmp_path: Path
+) -> None:
+    """CI's check of the harness: the prediction core's measurements at the smallest sizes on
+    the session's trained project (no modelling, no servers, no use-case runs)."""
+    root = tmp_path / "root"
+    shutil.copytree(trained_project, root)
+    output = tmp_path / "benchmarks"
+
+    code = benchmark.main(["--smoke", "--reuse-model", "--in-process-only", "--root", str(root),
+                           "--config", str(root / "project_config.yaml"), "--output", str(output)])
+
+    assert code == 0
+    results = json.loads((output / "results.json").read_text())
+    single, batch = results["in_process"]["single_row"], results["in_process"]["batch"]
+    assert single["wrong"] == 0 and single["core_ms"] > 0 and single["bare_ms"] > 0
+    assert batch["path_rows_per_s"] > 0 and batch["validation_rows_per_s"] > 0
+    assert results["served"]["summary"] == {} and results["use_cases"]["modelling_s"] is None
+    met = {t["name"]: t["met"] for t in results["targets"]}
+    assert met["in-process predict_instance: wrong answers"] is True
+    assert met["flat memory: peak on 10x chunk file vs 1x chunk file"] is None  # not measured
+    assert "| in process |" in (output / "results.md").read_text()
+
+
+@pytest.mark.benchmark_full
 def test_smoke_run_writes_results_and_tables(tmp_path: Path) -> None:
-    """Smoke mode without mlflow: modelling, our two servers, in-process and use-case memory."""
+    """Smoke mode without mlflow: modelling, our two servers, in-process and use-case memory.
+    A minute or two: `pytest -m benchmark_full` runs it (CI runs the in-process smoke above)."""
     output = tmp_path / "benchmarks"
     config_file = write_project(tmp_path / "source")  # the tests' table, never the project's
 
