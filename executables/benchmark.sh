@@ -5,6 +5,7 @@
 # sizes, --smoke only checks that every measurement runs.
 #
 #   bash executables/benchmark.sh [--quick | --smoke] [--skip-mlflow] [--rounds N] [--root DIR] [-v]
+#                                 [--reuse-model] [--in-process-only]
 #
 # See executables/benchmark.py for what is measured and how; documentation/performance.md for
 # the latest results.
