@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PREDICTION_LOG_ENV = "ML_PROJECT_PREDICTION_LOG_URL"
 DEFAULT_CONFIG_FILE = "project_config.yaml"
 
 RunMode = Literal["modelling", "prediction"]
@@ -242,6 +243,13 @@ class Config(_Frozen):
     def tracking_uri(self) -> str:
         """MLFLOW_TRACKING_URI wins over the file, so CI and servers can point elsewhere."""
         return os.environ.get("MLFLOW_TRACKING_URI") or self.resolve(self.tracking.tracking_uri)
+
+    @property
+    def prediction_log_url(self) -> str:
+        """PREDICTION_LOG_ENV wins over the file: a database password stays out of the YAML, and
+        replicas, containers and read-only cloud file systems point the log elsewhere."""
+        return os.environ.get(PREDICTION_LOG_ENV) or self.resolve(
+            self.prediction.prediction_log_url)
 
 
 def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

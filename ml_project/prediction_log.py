@@ -165,7 +165,7 @@ class PredictionLog:
 
     @classmethod
     def from_config(cls, config: Config) -> PredictionLog:
-        return cls(config.resolve(config.prediction.prediction_log_url),
+        return cls(config.prediction_log_url,
                    config.output_dir / "prediction_log_spill")
 
     # The request side -------------------------------------------------------------------------

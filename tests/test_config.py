@@ -9,7 +9,7 @@ from typing import Any
 import pydantic
 import pytest
 
-from ml_project.config import PROJECT_ROOT, Config, ConfigError, load_config
+from ml_project.config import PREDICTION_LOG_ENV, PROJECT_ROOT, Config, ConfigError, load_config
 from tests.tables import SHAPES
 
 
@@ -153,6 +153,17 @@ def test_tracking_uri_environment_variable_wins(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
 
     assert config.tracking_uri == "http://tracking.example:5000"
+
+
+def test_prediction_log_url_resolves_against_root_and_its_environment_variable_wins(
+    config: Config, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(PREDICTION_LOG_ENV, raising=False)
+    assert config.prediction_log_url == f"sqlite:///{project}/output/prediction_log.db"
+
+    monkeypatch.setenv(PREDICTION_LOG_ENV, "postgresql://writer:secret@db:5432/log")
+
+    assert config.prediction_log_url == "postgresql://writer:secret@db:5432/log"
 
 
 @pytest.mark.parametrize(
