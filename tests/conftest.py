@@ -57,7 +57,8 @@ def write_project(root: Path, overrides: dict[str, Any] | None = None, *,
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Environment variables that would point a test at real stores or servers."""
-    for name in ("MLFLOW_TRACKING_URI", "ML_PROJECT_API_KEY", "ML_PROJECT_SERVER_URL"):
+    for name in ("MLFLOW_TRACKING_URI", "ML_PROJECT_API_KEY", "ML_PROJECT_SERVER_URL",
+                 "ML_PROJECT_PREDICTION_LOG_URL"):
         monkeypatch.delenv(name, raising=False)
 
 
