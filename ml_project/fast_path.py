@@ -273,6 +273,14 @@ class FastPipeline:
         probabilities: np.ndarray = self.model.predict_proba(self.preprocess(columns))
         return probabilities
 
+    def predict_both(self, columns: Mapping[str, Column], probabilities: bool
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The model's `predict` and (if `probabilities`) `predict_proba` on one preprocessed
+        input: the Pipeline would preprocess the same rows twice, to the same array."""
+        features = self.preprocess(columns)
+        predicted: np.ndarray = self.model.predict(features)
+        return predicted, self.model.predict_proba(features) if probabilities else None
+
 
 def compile_pipeline(pipeline: Pipeline) -> tuple[FastPipeline | None, str]:
     """The fast path, or None and the reason the plain Pipeline must be used instead."""

@@ -112,7 +112,9 @@ class PredictionService:
         self.classes = [native(c) for c in getattr(pipeline, "classes_", [])]
         self._class_keys = [str(c) for c in self.classes]
         self._dtypes = [float if rule.kind == "numerical" else object for rule in self.validator.rules]
-        self._threadpools = ThreadpoolController()
+        # OpenMP's pools, found once: `limit` then asks only them (a whole controller asks
+        # every loaded library, BLAS too, for its state on every request).
+        self._openmp = ThreadpoolController().select(user_api="openmp")
         _warn_on_library_changes(self.metadata)
         self.reference = reference
         self.fast_path: FastPipeline | None = None
@@ -197,8 +199,7 @@ class PredictionService:
         """Labels (or values) from `predict` and, for classification, probabilities from
         `predict_proba`, by the fast path or (None) the plain Pipeline."""
         if fast_path is not None:
-            return (fast_path.predict(columns),
-                    fast_path.predict_proba(columns) if self.has_probabilities else None)
+            return fast_path.predict_both(columns, self.has_probabilities)
         frame = pd.DataFrame(columns, columns=self.features)
         return (self.pipeline.predict(frame),
                 self.pipeline.predict_proba(frame) if self.has_probabilities else None)
@@ -212,7 +213,7 @@ class PredictionService:
         # (on a busy 2-core machine, p99 fell from ~170 ms to ~5 ms). A server gets its
         # parallelism from concurrent requests instead. The limit is per thread (OpenMP's
         # own), so batches elsewhere in the process keep every core.
-        with self._threadpools.limit(limits=1, user_api="openmp"):
+        with self._openmp.limit(limits=1):
             predicted, probabilities = self._score(self._columns_from_rows(rows))
         if not self.is_classification:
             return [Prediction(float(value), None, self.model_version) for value in predicted]
