@@ -22,6 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import FixedThresholdClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from ml_project.engineer import FeatureStep
 from ml_project.export import ArtifactError
@@ -386,6 +387,36 @@ def test_a_fast_path_that_answers_differently_is_not_used_and_the_reason_is_logg
     np.testing.assert_array_equal(
         served.predict_frame(raw.head(50))[["probability_0", "probability_1"]],
         service.pipeline.predict_proba(raw[service.features].head(50)))
+
+
+def test_the_load_time_proof_runs_on_one_openmp_thread_as_requests_do(
+    service: PredictionService, raw: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its single rows go a tree at a time: with OpenMP's threads woken for every tree, the
+    proof took a minute to load on a busy 2-core machine."""
+    from ml_project import fast_path, predict
+
+    threads: list[int] = []
+
+    def counting(pipeline: Pipeline) -> tuple[fast_path.FastPipeline | None, str]:
+        compiled, reason = fast_path.compile_pipeline(pipeline)
+        assert compiled is not None
+        predict_both = compiled.predict_both
+
+        def recorded(columns: Any, probabilities: bool) -> Any:
+            threads.extend(pool["num_threads"] for pool in threadpool_info()
+                           if pool["user_api"] == "openmp")
+            return predict_both(columns, probabilities)
+
+        monkeypatch.setattr(compiled, "predict_both", recorded)
+        return compiled, reason
+
+    monkeypatch.setattr(predict, "compile_pipeline", counting)
+    with threadpool_limits(limits=2, user_api="openmp"):  # what a 2-core machine gives
+        served = _service_for(service.pipeline, service, raw)
+
+    assert served.fast_path is not None
+    assert threads and set(threads) == {1}
 
 
 def test_without_a_reference_sample_the_plain_pipeline_runs(
