@@ -130,9 +130,9 @@ class PredictionService:
             reason = "no reference sample to prove the fast path on; using the plain Pipeline"
             logger.info("Prediction core: %s", reason)
             return reason
-        # On one OpenMP thread, as requests run: the proof scores its 16 single rows a tree at a
-        # time too, and OpenMP's threads waking for each tree made it take a minute on a busy
-        # 2-core machine (a tenth of a second on one thread).
+        # On one OpenMP thread, as requests run: the proof scores 16 rows one at a time too,
+        # and OpenMP's threads waking for each tree of each made it take a minute on a busy
+        # 2-core machine (4 s on one thread, there).
         with self._openmp.limit(limits=1):
             difference = self._disagreement(fast_path, reference)
         if difference:
