@@ -394,6 +394,16 @@ class PredictionLog:
 
     # Life cycle -------------------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Create the table now, in a server's master: workers forked later would otherwise race
+        to create it (the loser's records wait a retry in its spill file). A database that is
+        not available yet is no reason to refuse requests: the writers create it later."""
+        try:
+            self._ensure_table()
+        except UNAVAILABLE as err:
+            logger.warning("Prediction log %s not available at start (%s); records will wait "
+                           "in %s until it is", self.url, type(err).__name__, self.spill_dir)
+
     def after_fork(self) -> None:
         """Call in a forked child (a gunicorn worker) before it writes. The writer thread does
         not survive a fork, and a SQLite connection must never be used on both sides of one: the
