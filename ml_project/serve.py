@@ -21,6 +21,8 @@ import os
 import signal
 from types import FrameType
 
+from threadpoolctl import ThreadpoolController
+
 from ml_project.cli import base_parser, start_run
 from ml_project.endpoints import API_KEY_ENV
 from ml_project.export import ArtifactError
@@ -75,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         parser, args, "prediction", "production", "local", f"serving_{args.framework}"
     )
     try:
-        service = PredictionService.from_config(config)
+        # Workers are forked from this process, and libgomp hangs a child that runs OpenMP on
+        # several threads after its parent did: what runs the model here (the fast path's proof
+        # at load) runs on one OpenMP thread, so no OpenMP thread pool exists before the fork.
+        with ThreadpoolController().limit(limits=1, user_api="openmp"):
+            service = PredictionService.from_config(config)
     except ArtifactError as err:
         logger.error("Cannot start the prediction service: %s", err)
         return 2
@@ -126,8 +132,9 @@ def run_flask(service: PredictionService, log: PredictionLog, host: str, port: i
     """Until SIGINT/SIGTERM, on gunicorn (`wsgi_server`); it then finishes the requests in flight.
 
     OpenMP is fork-safe here: libgomp hangs a child that runs OpenMP on several threads after
-    its parent did, but this process (the master) only loads the model, and the workers run it
-    on one OpenMP thread per request (`PredictionService`). The same holds for FastAPI's.
+    its parent did, but this process (the master) runs the model on one OpenMP thread only
+    (`main`), and the workers run it on one OpenMP thread per request (`PredictionService`).
+    The same holds for FastAPI's workers.
     """
     from ml_project.flask_api import create_flask_app  # imported here: FastAPI needs neither
     from ml_project.wsgi_server import serve_wsgi

@@ -53,6 +53,16 @@ def _load(base_url: str, instances: list[dict[str, Any]]) -> list[tuple[dict[str
     return answers
 
 
+def _workers(server: psutil.Process, count: int) -> list[psutil.Process]:
+    """The master's `count` worker processes, once it has forked them all."""
+    deadline = time.monotonic() + 60
+    while len(workers := [p for p in server.children() if p.is_running()
+                          and p.status() != psutil.STATUS_ZOMBIE]) < count:
+        assert time.monotonic() < deadline, f"{len(workers)} workers, not {count}"
+        time.sleep(0.05)
+    return workers
+
+
 def _wait_until_logged(log: PredictionLog, request_ids: list[str]) -> None:
     """Until every id is in the log (the workers' writers run beside their requests)."""
     deadline = time.monotonic() + 30
@@ -96,7 +106,7 @@ def test_two_workers_share_requests_survive_a_killed_worker_and_log_each_request
     with launch_server(config_file, tmp_path / "server.out", framework, workers=2) as (
         base_url, server
     ):
-        workers = server.children()
+        workers = _workers(server, 2)  # /ready answered once one of them was up
         cpu_before = [_cpu_seconds(worker) for worker in workers]
         answers = _load(base_url, instances)
         cpu_used = [_cpu_seconds(worker) - before for worker, before in zip(workers, cpu_before)]
@@ -104,12 +114,10 @@ def test_two_workers_share_requests_survive_a_killed_worker_and_log_each_request
         _wait_until_logged(log, sent)  # before the kill: a killed worker's queue is lost
 
         workers[0].kill()
-        deadline = time.monotonic() + 30
-        while len({p.pid for p in server.children()} - {workers[0].pid}) < 2:
-            assert time.monotonic() < deadline, "no new worker"
-            time.sleep(0.05)
+        workers[0].wait(timeout=30)
+        replaced = _workers(server, 2)
         after_kill = _load(base_url, instances[:CLIENTS])
-        replacement = ({p.pid for p in server.children()} - {w.pid for w in workers}).pop()
+        replacement = ({p.pid for p in replaced} - {w.pid for w in workers}).pop()
 
         answer = _slow_request_during_stop(base_url, server)
         code = server.wait(timeout=60)
