@@ -118,7 +118,14 @@ def running_server() -> Iterator[PostgresServer]:
         server = PostgresServer(bindir, folder, free_port(), as_user)
         server.run("initdb", "-D", str(server.data), "-U", SERVER_USER, "--auth=trust",
                    "--encoding=UTF8", "--locale=C")
-        server.start()
+        for attempt in range(3):  # another process may take the free port before the server
+            try:
+                server.start()
+                break
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+                server.port = free_port()
         try:
             yield server
         finally:
