@@ -130,7 +130,7 @@ class PredictionLog:
     """Append-only prediction log behind a queue and one writer thread; share it between threads.
 
     Args:
-        url: any SQLAlchemy URL; `url` then shows it without its password.
+        url: any SQLAlchemy URL (the attribute `url` shows it without its password).
         spill_dir: the folder of the spill files (shared by every process writing this log).
         queue_size: records held in memory at most; past it a record is dropped and counted.
     """
@@ -370,8 +370,9 @@ class PredictionLog:
 
     def _ensure_table(self) -> None:
         if not self._ready:
-            if self.url.startswith("sqlite:///"):
-                Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            database = self.engine.url.database
+            if self.engine.dialect.name == "sqlite" and database:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
             with self.engine.begin() as connection:
                 if self.engine.dialect.name == "postgresql":
                     # Replicas starting at once would both see no table and both create it
