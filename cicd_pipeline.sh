@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 source executables/bootstrap_pipenv.sh
 
+echo "== PostgreSQL server (the prediction log's replica tests start one)"
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
+  || (apt-get update && apt-get install -y postgresql)
+
 echo "== install (pipenv sync --dev, plus the optional boosting category the estimator tests use)"
 pipenv sync --dev
 pipenv sync --categories boosting

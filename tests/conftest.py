@@ -15,6 +15,7 @@ import yaml
 
 from ml_project.config import Config, _merge, load_config
 from tests.churn_data import write_example_data
+from tests.postgres import PostgresServer, running_server
 
 FIXTURE_CONFIG = Path(__file__).with_name("fixture_config.yaml")
 
@@ -60,6 +61,13 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("MLFLOW_TRACKING_URI", "ML_PROJECT_API_KEY", "ML_PROJECT_SERVER_URL",
                  "ML_PROJECT_PREDICTION_LOG_URL"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (tests/postgres.py); each test creates its own
+    database on it (`create_database`)."""
+    yield from running_server()
 
 
 @pytest.fixture
