@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if TYPE_CHECKING:
+    import sqlalchemy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PREDICTION_LOG_ENV = "ML_PROJECT_PREDICTION_LOG_URL"
@@ -309,3 +312,15 @@ def load_config(
         return Config.model_validate(values)
     except ValidationError as err:
         raise ConfigError(f"{config_path}: invalid configuration:\n{_describe(err)}") from err
+
+
+def database_url(url: str) -> sqlalchemy.URL:
+    """`url` with a driver this project installs: a bare `postgresql://` means psycopg 3
+    (SQLAlchemy's default for it, psycopg2, is not installed); any explicit driver is kept.
+    Every database URL the project opens (prediction log, historic data) goes through it."""
+    import sqlalchemy  # here: reading the config needs no database library
+
+    parsed = sqlalchemy.make_url(url)
+    if parsed.drivername == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg")
+    return parsed

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from ml_project.config import Config
+from ml_project.config import Config, database_url
 from ml_project.schemas import known_fields, parse_numbers
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def read_table(source: str, config: Config) -> pd.DataFrame:
         table, query = config.data.historic_table, config.data.historic_query
         if not (table or query):
             raise ValueError(f"{source} is a database URL: set data.historic_table or _query")
-        with sqlalchemy.create_engine(source).connect() as connection:
+        with sqlalchemy.create_engine(database_url(source)).connect() as connection:
             if query:  # from the project's own config, never from request data
                 frame = pd.read_sql(sqlalchemy.text(query), connection)
             else:

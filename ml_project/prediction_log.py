@@ -30,7 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from ml_project import log_spill
-from ml_project.config import Config
+from ml_project.config import Config, database_url
 from ml_project.log_records import LogRecord, log_record, new_request_id
 from ml_project.predict import Prediction, PredictionService
 from ml_project.schemas import InvalidInstance
@@ -75,15 +75,6 @@ UNAVAILABLE = (OperationalError, InterfaceError, OSError)
 # Serialises schema creation among every process starting on one PostgreSQL database (an
 # arbitrary constant: the advisory lock's key).
 SCHEMA_LOCK_KEY = 0x6D6C5F6C6F67
-
-
-def database_url(url: str) -> sqlalchemy.URL:
-    """`url` with a driver this project installs: a bare `postgresql://` means psycopg 3
-    (SQLAlchemy's default for it, psycopg2, is not installed); any explicit driver is kept."""
-    parsed = sqlalchemy.make_url(url)
-    if parsed.drivername == "postgresql":
-        return parsed.set(drivername="postgresql+psycopg")
-    return parsed
 
 
 def _sqlite_pragmas(connection: Any, _: Any) -> None:

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from ml_project.config import PROJECT_ROOT, _merge
 from ml_project.prediction_log import PredictionLog
 from ml_project.tracking import CHAMPION
-from tests.conftest import prediction_config, write_project
+from tests.conftest import FAST_TRAINING, prediction_config, write_project
 from tests.serving import free_port
 from use_cases import (
     modelling_historic_data_local,
@@ -85,7 +85,9 @@ def test_the_champion_registered_on_the_server_serves_as_the_local_artifact(
 ) -> None:
     uri, artifacts = tracking_server
     root = tmp_path / "project"
-    write_project(root, n_historic=800, n_production=60)
+    # One quick candidate: what is under test is the server's part, not the search.
+    write_project(root, {"training": {"cv_folds": 2, "candidates": FAST_TRAINING["training"][
+        "candidates"][:1]}}, n_historic=800, n_production=60)
     arguments = ["--config", str(root / "project_config.yaml"), "--root", str(root)]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
 
