@@ -3,6 +3,8 @@
     bash executables/start_prediction_service.sh [fastapi|flask] [PORT] [--workers N]
     pipenv run python -m ml_project.serve [fastapi|flask] [--port PORT] [--host HOST] [--workers N]
 
+Without --port it binds $PORT when set (Heroku, App Engine, Cloud Run set it), else 8000.
+
 The model is loaded here, once, before the port is bound: a missing or tampered artifact stops
 the start with a message saying what to do, rather than a server that cannot answer. Workers
 (--workers, else $WEB_CONCURRENCY, else the CPUs this process may use): one worker process
@@ -62,13 +64,15 @@ def positive_int(value: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser("Start the prediction service in the foreground (Ctrl-C stops it).")
     parser.add_argument("framework", nargs="?", default="fastapi", choices=FRAMEWORKS)
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="default: %(default)s")
+    parser.add_argument("--port", type=int, default=None,
+                        help=f"port to bind (default: $PORT, as platforms set it, else {DEFAULT_PORT})")
     parser.add_argument("--host", default=None,
                         help=f"interface to bind (default: $HOST, else {DEFAULT_HOST})")
     parser.add_argument("--workers", type=positive_int, default=None,
                         help=f"worker processes (default: ${WORKERS_ENV}, else the CPU count)")
     args = parser.parse_args(argv)
     host = args.host or os.environ.get("HOST") or DEFAULT_HOST
+    port = args.port if args.port is not None else int(os.environ.get("PORT") or DEFAULT_PORT)
     try:
         workers = args.workers or default_workers()
     except argparse.ArgumentTypeError as err:
@@ -88,13 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     log = PredictionLog.from_config(config)
     logger.info("Serving %s version %s with %s on %d worker%s on http://%s:%d (API key %s); "
                 "log: %s", service.metadata.get("model_name"), service.model_version,
-                args.framework, workers, "" if workers == 1 else "s", host, args.port,
+                args.framework, workers, "" if workers == 1 else "s", host, port,
                 "required" if os.environ.get(API_KEY_ENV) else "not required", log.url)
     try:
         if args.framework == "fastapi":
-            run_fastapi(service, log, host, args.port, workers)
+            run_fastapi(service, log, host, port, workers)
         else:
-            run_flask(service, log, host, args.port, workers)
+            run_flask(service, log, host, port, workers)
     finally:
         log.close()
     return 0
