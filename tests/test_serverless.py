@@ -1,0 +1,138 @@
+"""The serverless router answers every request as the local FastAPI app does (request id aside),
+loads its service once per process, and writes only where it may."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from ml_project.api import create_app
+from ml_project.config import Config
+from ml_project.endpoints import API_KEY_ENV, Reply
+from ml_project.export import ArtifactError
+from ml_project.predict import PredictionService
+from ml_project.prediction_log import PredictionLog
+from ml_project.serverless import Request, ServerlessApp, app_for, header_map
+from tests.serverless_cases import (
+    CASE_IDS,
+    CASES,
+    KEY,
+    LIMITS,
+    Case,
+    Comparable,
+    comparable,
+    local_answers,
+)
+from tests.serving import INSTANCE, load_serving_config, serve_in_thread, write_serving_config
+
+
+@pytest.fixture(scope="module")
+def bundle(trained_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a project_config.yaml serving the session's champion."""
+    root = tmp_path_factory.mktemp("serverless")
+    write_serving_config(trained_project, root, LIMITS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def config(bundle: Path) -> Config:
+    return load_serving_config(bundle / "project_config.yaml")
+
+
+@pytest.fixture(scope="module")
+def local(config: Config) -> Iterator[dict[str, Comparable]]:
+    """The local FastAPI app's answer to every case."""
+    service = PredictionService.from_config(config)
+    log = PredictionLog.from_config(config)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(API_KEY_ENV, KEY)
+        app = create_app(service, log)
+    with serve_in_thread(app) as url:
+        yield local_answers(url)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def app(bundle: Path) -> ServerlessApp:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(API_KEY_ENV, KEY)
+        return ServerlessApp.load(bundle)
+
+
+def routed(app: ServerlessApp, case: Case) -> Comparable:
+    reply: Reply = app.handle(Request(case.method, case.path, header_map(case.headers.items()),
+                                      case.body))
+    body = b"" if case.method == "HEAD" else reply.body  # HTTP sends no body with HEAD
+    return comparable(reply.status, reply.media_type, reply.allow, body)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_router_answers_like_the_local_api(
+    app: ServerlessApp, local: dict[str, Comparable], case: Case
+) -> None:
+    assert routed(app, case) == local[case.name]
+
+
+def test_every_case_answers_below_500(local: dict[str, Comparable]) -> None:
+    """The table covers each status a client can act on, so the parity above means something."""
+    statuses = {answer[0] for answer in local.values()}
+    assert statuses == {200, 400, 401, 404, 405, 413, 422}
+
+
+def test_header_names_are_case_insensitive_and_repeats_joined(app: ServerlessApp) -> None:
+    assert header_map([("X-API-KEY", KEY), ("Content-Type", "a")]) == {
+        "x-api-key": KEY, "content-type": "a"}
+    twice = header_map([("x-api-key", KEY), ("X-Api-Key", KEY)])
+    assert twice == {"x-api-key": f"{KEY},{KEY}"}
+    assert app.handle(Request("GET", "/ready", twice, b"")).status == 401  # as WSGI joins them
+
+
+def test_a_fault_no_route_caught_is_the_local_apis_json_500(bundle: Path) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(API_KEY_ENV, raising=False)
+        broken = ServerlessApp.load(bundle)
+    # The server's own state broken: the served model replaced by an object that is no model.
+    broken.endpoints.service = object()  # type: ignore[assignment]
+    reply = broken.handle(Request("POST", "/predict", {}, b"{}"))
+    assert (reply.status, reply.body) == (500, b'{"detail":"Internal Server Error"}')
+
+
+def test_app_for_loads_a_bundle_once_per_process(bundle: Path) -> None:
+    first = app_for(bundle)
+    assert app_for(bundle / ".." / bundle.name) is first
+    first.endpoints.log.close()  # type: ignore[union-attr]
+
+
+def test_writes_go_to_the_work_dir_and_the_model_is_read_from_the_bundle(
+    trained_project: Path, tmp_path: Path
+) -> None:
+    """A read-only bundle (Lambda's /var/task): the prediction log lands in the work dir."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained_project / "data" / "model_artifacts",
+                    bundle / "data" / "model_artifacts")
+    shutil.copy(trained_project / "project_config.yaml", bundle)
+    work_dir = tmp_path / "work"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(API_KEY_ENV, raising=False)
+        app = ServerlessApp.load(bundle, work_dir)
+    try:
+        assert app.handle(Request("POST", "/predict", {}, json.dumps(INSTANCE).encode())).status == 200
+        assert app.endpoints.log is not None
+        assert app.endpoints.log.flush()
+        assert app.endpoints.log.count() == 1
+    finally:
+        app.endpoints.log.close()  # type: ignore[union-attr]
+    assert (work_dir / "output" / "prediction_log.db").is_file()
+    assert not (bundle / "output").exists()
+
+
+def test_a_bundle_without_a_model_fails_to_load_naming_the_fix(
+    trained_project: Path, tmp_path: Path
+) -> None:
+    shutil.copy(trained_project / "project_config.yaml", tmp_path)
+    with pytest.raises(ArtifactError, match="run the modelling use case first"):
+        ServerlessApp.load(tmp_path)
