@@ -8,17 +8,33 @@ depend on what each process has served and written).
 
 from __future__ import annotations
 
+import base64 as b64
 import json
-from typing import Any, NamedTuple
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
 
+import pytest
 import requests
 
-from tests.serving import INSTANCE, instance
+from ml_project.api import create_app
+from ml_project.endpoints import API_KEY_ENV
+from ml_project.predict import PredictionService
+from ml_project.prediction_log import PredictionLog
+from ml_project.serverless import Route, ServerlessApp
+from tests.serving import (
+    INSTANCE,
+    instance,
+    load_serving_config,
+    serve_in_thread,
+    write_serving_config,
+)
 
 KEY = "serverless-key-41c9"
 # Small limits, so the oversized cases stay small (the same in every app compared).
-LIMITS = {"prediction": {"max_batch_size": 3, "max_body_bytes": 3000},
-          "validation": {"unknown_fields": "reject"}}
+MAX_BODY_BYTES = 3000
+LIMITS: dict[str, Any] = {"prediction": {"max_batch_size": 3, "max_body_bytes": MAX_BODY_BYTES},
+                          "validation": {"unknown_fields": "reject"}}
 
 
 class Case(NamedTuple):
@@ -86,3 +102,111 @@ def http_answer(base_url: str, case: Case) -> Comparable:
 
 def local_answers(base_url: str) -> dict[str, Comparable]:
     return {case.name: http_answer(base_url, case) for case in CASES}
+
+
+def write_bundle(trained_project: Path, root: Path) -> Path:
+    """`root` with a project_config.yaml (LIMITS applied) serving `trained_project`'s champion."""
+    write_serving_config(trained_project, root, LIMITS)
+    return root
+
+
+@contextmanager
+def local_api(bundle: Path) -> Iterator[dict[str, Comparable]]:
+    """The local FastAPI app (with the API key KEY) over `bundle`'s config: its answer to every
+    case."""
+    config = load_serving_config(bundle / "project_config.yaml")
+    log = PredictionLog.from_config(config)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(API_KEY_ENV, KEY)
+        app = create_app(PredictionService.from_config(config), log)
+    try:
+        with serve_in_thread(app) as url:
+            yield local_answers(url)
+    finally:
+        log.close()
+
+
+def keyed_app(bundle: Path, routes: dict[str, tuple[str, Route]] | None = None) -> ServerlessApp:
+    """The serverless app over `bundle`, requiring the API key KEY."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(API_KEY_ENV, KEY)
+        return ServerlessApp.load(bundle) if routes is None else ServerlessApp.load(
+            bundle, routes=routes)
+
+
+# Lambda events as API Gateway and Function URLs send them (the fields the handler reads, and
+# some it must ignore), built from a case.
+
+def _text_body(case: Case) -> str | None:
+    return case.body.decode("utf-8") if case.body else None
+
+
+def rest_api_event(case: Case) -> dict[str, Any]:
+    """API Gateway REST API proxy integration, payload 1.0, stage `prod`."""
+    return {
+        "resource": "/{proxy+}", "path": case.path, "httpMethod": case.method,
+        "headers": dict(case.headers) or None,
+        "multiValueHeaders": {name: [value] for name, value in case.headers.items()} or None,
+        "queryStringParameters": None, "pathParameters": {"proxy": case.path.lstrip("/")},
+        "requestContext": {"stage": "prod", "path": f"/prod{case.path}",
+                           "httpMethod": case.method, "resourcePath": "/{proxy+}"},
+        "body": _text_body(case), "isBase64Encoded": False,
+    }
+
+
+def http_api_event(case: Case, stage: str = "prod", base64: bool = False) -> dict[str, Any]:
+    """API Gateway HTTP API, payload 2.0; a named stage prefixes rawPath."""
+    prefix = "" if stage == "$default" else f"/{stage}"
+    body: str | None = _text_body(case)
+    if base64 and case.body:
+        body = b64.b64encode(case.body).decode("ascii")
+    return {
+        "version": "2.0", "routeKey": "$default", "rawPath": prefix + case.path,
+        "rawQueryString": "", "headers": {name.lower(): value
+                                          for name, value in case.headers.items()},
+        "requestContext": {"http": {"method": case.method, "path": prefix + case.path,
+                                    "protocol": "HTTP/1.1", "sourceIp": "192.0.2.1"},
+                           "routeKey": "$default", "stage": stage},
+        "body": body, "isBase64Encoded": base64 and bool(case.body),
+    }
+
+
+def function_url_event(case: Case) -> dict[str, Any]:
+    """A Lambda Function URL: payload 2.0, stage $default, the body base64-encoded."""
+    event = http_api_event(case, stage="$default", base64=True)
+    event["requestContext"]["domainName"] = "example.lambda-url.eu-west-1.on.aws"
+    return event
+
+
+def direct_event(case: Case) -> dict[str, Any] | None:
+    """A direct invocation for a POST case whose body is a JSON object, else None."""
+    if case.method != "POST" or case.path not in ("/predict", "/predict/batch"):
+        return None
+    if len(case.body) > MAX_BODY_BYTES:
+        return None  # an invocation has no body size: Lambda limits the payload itself
+    try:
+        value = json.loads(case.body)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    headers = {"X-API-Key": case.headers["X-API-Key"]} if "X-API-Key" in case.headers else {}
+    body = {"instance": value} if case.path == "/predict" else value
+    return {**body, "headers": headers}
+
+
+EVENT_SHAPES = {
+    "rest_api_v1": rest_api_event,
+    "http_api_v2": http_api_event,
+    "function_url": function_url_event,
+}
+
+
+def proxy_comparable(response: dict[str, Any], method: str) -> Comparable:
+    """A proxy response reduced as `comparable` reduces an HTTP answer."""
+    body = response["body"].encode()
+    if response.get("isBase64Encoded"):
+        body = b64.b64decode(body)
+    headers = response["headers"]
+    return comparable(response["statusCode"], headers["Content-Type"], headers.get("Allow"),
+                      b"" if method == "HEAD" else body)

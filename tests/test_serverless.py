@@ -10,57 +10,37 @@ from typing import Iterator
 
 import pytest
 
-from ml_project.api import create_app
-from ml_project.config import Config
 from ml_project.endpoints import API_KEY_ENV, Reply
 from ml_project.export import ArtifactError
-from ml_project.predict import PredictionService
-from ml_project.prediction_log import PredictionLog
 from ml_project.serverless import Request, ServerlessApp, app_for, header_map
 from tests.serverless_cases import (
     CASE_IDS,
     CASES,
     KEY,
-    LIMITS,
     Case,
     Comparable,
     comparable,
-    local_answers,
+    keyed_app,
+    local_api,
+    write_bundle,
 )
-from tests.serving import INSTANCE, load_serving_config, serve_in_thread, write_serving_config
+from tests.serving import INSTANCE
 
 
 @pytest.fixture(scope="module")
 def bundle(trained_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with a project_config.yaml serving the session's champion."""
-    root = tmp_path_factory.mktemp("serverless")
-    write_serving_config(trained_project, root, LIMITS)
-    return root
+    return write_bundle(trained_project, tmp_path_factory.mktemp("serverless"))
 
 
 @pytest.fixture(scope="module")
-def config(bundle: Path) -> Config:
-    return load_serving_config(bundle / "project_config.yaml")
-
-
-@pytest.fixture(scope="module")
-def local(config: Config) -> Iterator[dict[str, Comparable]]:
-    """The local FastAPI app's answer to every case."""
-    service = PredictionService.from_config(config)
-    log = PredictionLog.from_config(config)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(API_KEY_ENV, KEY)
-        app = create_app(service, log)
-    with serve_in_thread(app) as url:
-        yield local_answers(url)
-    log.close()
+def local(bundle: Path) -> Iterator[dict[str, Comparable]]:
+    with local_api(bundle) as answers:
+        yield answers
 
 
 @pytest.fixture(scope="module")
 def app(bundle: Path) -> ServerlessApp:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(API_KEY_ENV, KEY)
-        return ServerlessApp.load(bundle)
+    return keyed_app(bundle)
 
 
 def routed(app: ServerlessApp, case: Case) -> Comparable:
