@@ -20,7 +20,7 @@ echo "== bandit (security lint of the package)"
 pipenv run bandit -q -r ml_project
 
 echo "== mypy"
-pipenv run mypy ml_project use_cases tests
+pipenv run mypy ml_project use_cases tests deployment
 
 echo "== pytest"
 # Coverage of the package by the tests' own process (use cases and servers that tests start as

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PREDICTION_LOG_ENV = "ML_PROJECT_PREDICTION_LOG_URL"
+OUTPUT_DIR_ENV = "ML_PROJECT_OUTPUT_DIR"
 DEFAULT_CONFIG_FILE = "project_config.yaml"
 
 RunMode = Literal["modelling", "prediction"]
@@ -237,7 +238,9 @@ class Config(_Frozen):
 
     @property
     def output_dir(self) -> Path:
-        return Path(self.resolve(self.paths.output))
+        """OUTPUT_DIR_ENV wins over the file: read-only file systems (App Engine, a hardened
+        container) move logs and spill files to a writable folder without editing the YAML."""
+        return Path(os.environ.get(OUTPUT_DIR_ENV) or self.resolve(self.paths.output))
 
     @property
     def tracking_uri(self) -> str:

@@ -3,6 +3,8 @@
     bash executables/start_prediction_service.sh [fastapi|flask] [PORT]
     pipenv run python -m ml_project.serve [fastapi|flask] [--port PORT] [--host HOST]
 
+Without --port it binds $PORT when set (Heroku, App Engine, Cloud Run set it), else 8000.
+
 The model is loaded here, once, before the port is bound: a missing or tampered artifact stops
 the start with a message saying what to do, rather than a server that cannot answer. Flask runs
 on gunicorn, embedded in this process: this process is gunicorn's master (it binds the port and
@@ -31,11 +33,13 @@ DEFAULT_PORT = 8000
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser("Start the prediction service in the foreground (Ctrl-C stops it).")
     parser.add_argument("framework", nargs="?", default="fastapi", choices=FRAMEWORKS)
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="default: %(default)s")
+    parser.add_argument("--port", type=int, default=None,
+                        help=f"port to bind (default: $PORT, as platforms set it, else {DEFAULT_PORT})")
     parser.add_argument("--host", default=None,
                         help=f"interface to bind (default: $HOST, else {DEFAULT_HOST})")
     args = parser.parse_args(argv)
     host = args.host or os.environ.get("HOST") or DEFAULT_HOST
+    port = args.port if args.port is not None else int(os.environ.get("PORT") or DEFAULT_PORT)
     config, _ = start_run(
         parser, args, "prediction", "production", "local", f"serving_{args.framework}"
     )
@@ -47,12 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     log = PredictionLog.from_config(config)
     logger.info("Serving %s version %s with %s on http://%s:%d (API key %s); log: %s",
                 service.metadata.get("model_name"), service.model_version, args.framework, host,
-                args.port, "required" if os.environ.get(API_KEY_ENV) else "not required", log.url)
+                port, "required" if os.environ.get(API_KEY_ENV) else "not required", log.url)
     try:
         if args.framework == "fastapi":
-            run_fastapi(service, log, host, args.port)
+            run_fastapi(service, log, host, port)
         else:
-            run_flask(service, log, host, args.port)
+            run_flask(service, log, host, port)
     finally:
         log.close()
     return 0
