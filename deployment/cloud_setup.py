@@ -268,7 +268,7 @@ def zip_function(bundle: Bundle, args: argparse.Namespace) -> int:
     relative = bundle.directory.relative_to(bundle.root)
     print(f"Wrote {relative / FUNCTION_ZIP} ({len(files)} files). Deploy it with Terraform:\n"
           f"  terraform -chdir={relative} init\n"
-          f"  terraform -chdir={relative} apply -var project=<project-id> -var region=<region>")
+          f"  terraform -chdir={relative} apply -var project=YOUR_PROJECT_ID -var region=YOUR_REGION")
     return 0
 
 

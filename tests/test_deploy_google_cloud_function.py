@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -42,8 +41,16 @@ PROVIDER = "google_cloud_function"
 def bundle(deployable_project: Path) -> Path:
     result = run_cloud_setup(deployable_project, PROVIDER)
     assert result.returncode == 0, result.stderr
-    assert "terraform" in result.stdout and "-var project=<project-id>" in result.stdout
+    assert "terraform" in result.stdout and "-var project=YOUR_PROJECT_ID" in result.stdout
     return bundle_dir(deployable_project, PROVIDER)
+
+
+@pytest.fixture(scope="module")
+def python(bundle: Path, bundle_virtualenvs: BundleVirtualenvs,
+           tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Exactly the bundle's requirements.txt (functions-framework included)."""
+    return python_with_extras(bundle_virtualenvs, bundle / "requirements.txt", PROVIDER,
+                              tmp_path_factory.mktemp("function_venv"))
 
 
 def test_the_zip_holds_what_the_function_runs_and_nothing_of_terraform(bundle: Path) -> None:
@@ -67,11 +74,8 @@ def test_the_zip_is_the_same_bytes_for_the_same_bundle(deployable_project: Path,
 
 
 def test_functions_framework_serves_the_unpacked_zip_as_the_local_api_answers(
-    bundle: Path, bundle_virtualenvs: BundleVirtualenvs, local_api_answers: list[tuple[int, str, bytes]],
-    tmp_path: Path
+    bundle: Path, python: Path, local_api_answers: list[tuple[int, str, bytes]], tmp_path: Path
 ) -> None:
-    python = python_with_extras(bundle_virtualenvs, bundle / "requirements.txt", PROVIDER,
-                                tmp_path)
     assert installed_names(python) == set(requirement_names(
         (bundle / "requirements.txt").read_text().splitlines()))
     source = tmp_path / "function"
@@ -118,13 +122,15 @@ def test_terraform_cannot_parse_a_broken_file(tmp_path: Path) -> None:
         terraform(broken)
 
 
-def test_the_function_imports_no_training_or_monitoring_package(bundle: Path) -> None:
+def test_the_function_imports_no_training_or_monitoring_package(bundle: Path,
+                                                               python: Path) -> None:
     requirements = set(requirement_names((bundle / "requirements.txt").read_text().splitlines()))
     assert "functions-framework" in requirements
     assert not {"mlflow", "evidently", "pandera", "matplotlib"} & requirements
     result = subprocess.run(
-        [sys.executable, "-c", "import json, sys; sys.path.insert(0, '.'); import main; "
-         "print(json.dumps(sorted(sys.modules)))"],
-        cwd=bundle, capture_output=True, text=True, timeout=120)
+        [str(python), "-c", "import json, sys; import main; print(json.dumps(sorted(sys.modules)))"],
+        cwd=bundle, env=bundle_environment(python), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert not {"mlflow", "evidently", "pandera", "matplotlib"} & set(json.loads(result.stdout))
+    imported = {name.split(".")[0] for name in json.loads(result.stdout)}
+    assert "functions_framework" in imported
+    assert not {"mlflow", "evidently", "pandera", "matplotlib", "fastapi"} & imported

@@ -4,7 +4,10 @@ loads its service once per process, and writes only where it may."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -116,3 +119,30 @@ def test_a_bundle_without_a_model_fails_to_load_naming_the_fix(
     shutil.copy(trained_project / "project_config.yaml", tmp_path)
     with pytest.raises(ArtifactError, match="run the modelling use case first"):
         ServerlessApp.load(tmp_path)
+
+
+def test_the_serverless_path_imports_no_web_framework_or_training_package(bundle: Path) -> None:
+    """In a fresh interpreter: load the app, answer a Lambda event and a SageMaker invocation.
+    Cold starts pay for nothing the serverless path does not run."""
+    code = f"""
+import json, sys
+from pathlib import Path
+from ml_project.lambda_events import handle_event
+from ml_project.sagemaker import SAGEMAKER_ROUTES
+from ml_project.serverless import Request, ServerlessApp
+app = ServerlessApp.load(Path({str(bundle)!r}), routes=SAGEMAKER_ROUTES)
+body = json.dumps({INSTANCE!r})
+assert handle_event(app, {{"instance": {INSTANCE!r}}})["statusCode"] == 200
+reply = app.handle(Request("POST", "/invocations", {{"content-type": "application/json"}},
+                           body.encode()))
+assert reply.status == 200, reply
+print(sorted({{name.split(".")[0] for name in sys.modules}}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=bundle, timeout=120, env={**os.environ, API_KEY_ENV: ""})
+
+    assert result.returncode == 0, result.stderr
+    imported = set(json.loads(result.stdout.strip().splitlines()[-1].replace("'", '"')))
+    assert not imported & {"mlflow", "evidently", "pandera", "matplotlib", "fastapi", "starlette",
+                           "flask", "werkzeug", "uvicorn", "gunicorn"}
+    assert "sklearn" in imported  # the check sees what was imported
