@@ -317,7 +317,8 @@ def parser_for(provider: str) -> argparse.ArgumentParser:
     parser.add_argument("--clean", action="store_true",
                         help="remove everything this script built for the provider")
     parser.add_argument("--config", type=Path, default=None,
-                        help=f"config file to ship (default: {CONFIG_FILE})")
+                        help=f"config file to ship, relative to the project root "
+                             f"(default: {CONFIG_FILE})")
     hooks = HOOKS.get(provider)
     if hooks and hooks.add_options:
         hooks.add_options(parser)
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
         print(f"Removed {BUNDLES / provider}/")
         return 0
     try:
-        bundle = build(root, provider, args.config or root / CONFIG_FILE)
+        bundle = build(root, provider, root / (args.config or CONFIG_FILE))
     except SetupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -90,13 +90,19 @@ def test_setup_twice_then_clean_twice_leaves_the_checkout_as_it_was(
     assert git_status(project, "--ignored") == ignored_before
 
 
-@pytest.mark.parametrize("provider", PROVIDERS_HERE)
-def test_bundle_holds_the_provider_files_the_package_the_config_and_the_champion(
-    provider: str, deployable_project: Path
-) -> None:
+@pytest.fixture(scope="module", params=PROVIDERS_HERE)
+def built(request: pytest.FixtureRequest, deployable_project: Path) -> tuple[str, Path]:
+    """(provider, bundle folder), built once per provider for this module's checks."""
+    provider: str = request.param
     result = run_cloud_setup(deployable_project, provider)
     assert result.returncode == 0, result.stderr
-    bundle = bundle_dir(deployable_project, provider)
+    return provider, bundle_dir(deployable_project, provider)
+
+
+def test_bundle_holds_the_provider_files_the_package_the_config_and_the_champion(
+    built: tuple[str, Path], deployable_project: Path
+) -> None:
+    provider, bundle = built
 
     provider_files = deployable_project / "deployment" / provider
     for source in (path for path in provider_files.rglob("*") if path.is_file()):
@@ -104,8 +110,9 @@ def test_bundle_holds_the_provider_files_the_package_the_config_and_the_champion
         assert copy.read_bytes() == source.read_bytes()
         assert stat.S_IMODE(copy.stat().st_mode) == stat.S_IMODE(source.stat().st_mode)
     package = deployable_project / "ml_project"
-    assert sorted(p.relative_to(bundle) for p in (bundle / "ml_project").rglob("*")) == sorted(
-        p.relative_to(deployable_project) for p in package.rglob("*.py"))
+    assert sorted(p.relative_to(bundle) for p in (bundle / "ml_project").rglob("*")
+                  if p.is_file()) == sorted(p.relative_to(deployable_project)
+                                            for p in package.rglob("*.py"))
     config_file = deployable_project / "project_config.yaml"
     assert (bundle / "project_config.yaml").read_bytes() == config_file.read_bytes()
     champion = deployable_project / "data" / "model_artifacts" / "champion"
@@ -118,13 +125,11 @@ def test_bundle_holds_the_provider_files_the_package_the_config_and_the_champion
             champion / name).read_bytes()
 
 
-@pytest.mark.parametrize("provider", PROVIDERS_HERE)
 def test_requirements_are_the_serving_set_pinned_at_the_trained_versions(
-    provider: str, deployable_project: Path
+    built: tuple[str, Path]
 ) -> None:
-    result = run_cloud_setup(deployable_project, provider)
-    assert result.returncode == 0, result.stderr
-    pins = requirement_pins(bundle_dir(deployable_project, provider) / "requirements.txt")
+    provider, bundle = built
+    pins = requirement_pins(bundle / "requirements.txt")
     locked = lock()
     default = locked["default"]
     dev_only = set(locked["develop"]) - set(default)

@@ -95,6 +95,9 @@ def test_dockerfile_is_multi_stage_non_root_and_its_paths_are_in_the_bundle(bund
     parsed = instructions(bundle / "Dockerfile")
     stages = [arguments for name, arguments in parsed if name == "FROM"]
     assert len(stages) >= 2 and all(re.match(r"\S+:\S+", stage) for stage in stages)
+    python = json.loads((PROJECT_ROOT / "Pipfile.lock").read_text())["_meta"]["requires"][
+        "python_version"]
+    assert all(stage.startswith(f"python:{python}-") for stage in stages)  # the trained Python
     ignored = (bundle / ".dockerignore").read_text().splitlines()
 
     for name, arguments in parsed:
