@@ -203,7 +203,7 @@ def test_an_account_id_pushes_and_deploys_only_with_a_docker_engine(
         assert ran == ["docker info"]
         assert "no Docker engine answers `docker info`" in result.stdout
         return
-    image = f"{account}.dkr.ecr.eu-west-1.amazonaws.com/ml-project-prediction:latest"
+    image = f"{account}.dkr.ecr.eu-west-1.amazonaws.com/ml-project:latest"
     assert [line.split(" ", 2)[:2] for line in ran] == [
         ["docker", "info"], ["terraform", f"-chdir={bundle}"], ["terraform", f"-chdir={bundle}"],
         ["aws", "ecr"], ["docker", "login"], ["docker", "build"], ["docker", "tag"],

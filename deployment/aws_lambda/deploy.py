@@ -23,7 +23,7 @@ from ml_project.aws_deploy import (
 )
 
 BUNDLE = Path(__file__).resolve().parent
-DEFAULT_NAME = "ml-project-prediction"
+DEFAULT_NAME = "ml-project"
 
 
 def steps(args: argparse.Namespace) -> list[Step]:

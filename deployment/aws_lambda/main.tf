@@ -28,7 +28,7 @@ variable "region" {
 variable "function_name" {
   description = "Name of the function, and of its ECR repository"
   type        = string
-  default     = "ml-project-prediction"
+  default     = "ml-project"
 }
 
 variable "image_tag" {

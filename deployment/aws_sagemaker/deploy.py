@@ -29,7 +29,7 @@ from ml_project.aws_deploy import (
 )
 
 BUNDLE = Path(__file__).resolve().parent
-DEFAULT_NAME = "ml-project-prediction"
+DEFAULT_NAME = "ml-project"
 DEFAULT_INSTANCE_TYPE = "ml.m5.large"
 
 

@@ -32,7 +32,7 @@ variable "region" {
 variable "function_name" {
   description = "Name of the function (lower case letters, digits and hyphens)"
   type        = string
-  default     = "ml-project-prediction"
+  default     = "ml-project"
 }
 
 variable "bucket_name" {
