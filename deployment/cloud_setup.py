@@ -22,10 +22,13 @@ removes the bundle folder; building always starts from an empty folder, so runni
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import shutil
+import subprocess  # nosec B404
 import sys
 import tomllib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -238,6 +241,73 @@ def clean(root: Path, provider: str) -> None:
     parent = root / BUNDLES
     if parent.is_dir() and not any(parent.iterdir()):
         parent.rmdir()
+
+
+# Provider hooks -------------------------------------------------------------------------------
+
+FUNCTION_ZIP = "function.zip"
+# Bundle files the Cloud Function does not run: Terraform's, and the zip itself.
+NOT_ZIPPED = ("*.tf", "*.tfvars", "*.tfstate", "*.tfstate.*", ".terraform", ".terraform.lock.hcl",
+              ".gcloudignore", FUNCTION_ZIP, "__pycache__")
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed: the same bundle gives the same bytes (and object name)
+
+
+def zip_function(bundle: Bundle, args: argparse.Namespace) -> int:
+    """function.zip: what Cloud Functions builds and runs, main.py and requirements.txt at its
+    root; byte-identical for an identical bundle, so Terraform uploads it only when it changed."""
+    target = bundle.directory / FUNCTION_ZIP
+    files = sorted(path for path in bundle.directory.rglob("*") if path.is_file() and not any(
+        fnmatch.fnmatch(part, pattern)
+        for part in path.relative_to(bundle.directory).parts for pattern in NOT_ZIPPED))
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in files:
+            info = zipfile.ZipInfo(path.relative_to(bundle.directory).as_posix(), ZIP_TIME)
+            info.external_attr = (path.stat().st_mode & 0o777 | 0o100000) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, path.read_bytes())
+    relative = bundle.directory.relative_to(bundle.root)
+    print(f"Wrote {relative / FUNCTION_ZIP} ({len(files)} files). Deploy it with Terraform:\n"
+          f"  terraform -chdir={relative} init\n"
+          f"  terraform -chdir={relative} apply -var project=YOUR_PROJECT_ID -var region=YOUR_REGION")
+    return 0
+
+
+def add_aws_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--aws-account-id", default=None,
+                        help="push and deploy to this account (needs a Docker engine); without "
+                             "it the commands are only printed")
+    parser.add_argument("--region", default=None, help="AWS region (default: $AWS_REGION)")
+    parser.add_argument("--name", default=None, help="ECR repository and resource name")
+    parser.add_argument("--image-tag", default=None, help="image tag (default: latest)")
+
+
+def add_sagemaker_options(parser: argparse.ArgumentParser) -> None:
+    add_aws_options(parser)
+    parser.add_argument("--role-arn", default=None,
+                        help="SageMaker execution role (default: $SAGEMAKER_ROLE_ARN)")
+    parser.add_argument("--instance-type", default=None,
+                        help="endpoint instance type (default: $SAGEMAKER_INSTANCE_TYPE, else "
+                             "ml.m5.large)")
+
+
+def run_deploy_script(bundle: Bundle, args: argparse.Namespace) -> int:
+    """The bundle's own deploy.py with the options given: it pushes and deploys only with an
+    explicit --aws-account-id and a Docker engine, else it prints the commands (exit 0)."""
+    forwarded = []
+    for option in ("aws_account_id", "region", "name", "image_tag", "role_arn", "instance_type"):
+        value = getattr(args, option, None)
+        if value is not None:
+            forwarded += [f"--{option.replace('_', '-')}", str(value)]
+    return subprocess.run([sys.executable, "deploy.py", *forwarded],  # nosec B603
+                          cwd=bundle.directory).returncode
+
+
+HOOKS.update({
+    "google_cloud_function": ProviderHooks(after_build=zip_function),
+    "aws_lambda": ProviderHooks(add_options=add_aws_options, after_build=run_deploy_script),
+    "aws_sagemaker": ProviderHooks(add_options=add_sagemaker_options,
+                                   after_build=run_deploy_script),
+})
 
 
 def parser_for(provider: str) -> argparse.ArgumentParser:
