@@ -6,9 +6,13 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 source executables/bootstrap_pipenv.sh
 
-echo "== install (pipenv sync --dev, plus the optional boosting category the estimator tests use)"
+echo "== install (pipenv sync --dev, plus the optional boosting and spark categories tests use)"
 pipenv sync --dev
 pipenv sync --categories boosting
+pipenv sync --categories spark
+# PySpark needs Java 17; CI=true makes a missing PySpark fail the Spark tests instead of skip.
+command -v java >/dev/null || { apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless; }
+export CI=true
 
 echo "== isort"
 pipenv run isort --check-only --diff ml_project use_cases tests deployment executables
