@@ -65,8 +65,9 @@ def quarantine_bad_labels(
         return valid.assign(**{target: typed}), quarantined
     positions = np.setdiff1d(np.arange(len(chunk)), quarantined.index.to_numpy())
     bad = chunk.iloc[positions[~good]].set_axis(positions[~good])  # by position, as validation
-    bad = bad.assign(**{REASON_COLUMN: [f"{target}: label {value!r} is not {expected}"
-                                        for value in bad[target]]})
+    # the label as text: the same reason whether its chunk parsed 7 as a number or as text
+    bad = bad.assign(**{REASON_COLUMN: [f"{target}: label {_label_key(value)!r} is not "
+                                        f"{expected}" for value in bad[target]]})
     logger.warning("%d rows with an unusable label %s quarantined", len(bad), target)
     kept = valid[good].reset_index(drop=True).assign(**{target: typed[good].to_numpy()})
     return kept, pd.concat([quarantined, bad]).sort_index()
