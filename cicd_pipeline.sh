@@ -10,9 +10,13 @@ echo "== PostgreSQL server (the prediction log's replica tests start one)"
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
   || (apt-get update && apt-get install -y postgresql)
 
-echo "== install (pipenv sync --dev, plus the optional boosting category the estimator tests use)"
+echo "== install (pipenv sync --dev, plus the optional boosting and spark categories tests use)"
 pipenv sync --dev
 pipenv sync --categories boosting
+pipenv sync --categories spark
+# PySpark needs Java 17; CI=true makes a missing PySpark fail the Spark tests instead of skip.
+command -v java >/dev/null || { apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless; }
+export CI=true
 
 echo "== isort"
 pipenv run isort --check-only --diff ml_project use_cases tests deployment executables

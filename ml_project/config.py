@@ -149,6 +149,14 @@ class MonitoringConfig(_Frozen):
     min_labelled_records: int = Field(100, ge=1)
 
 
+class SparkConfig(_Frozen):
+    """Where the Spark batch use case runs: `local[*]` on this machine, a cluster URL
+    (`spark://host:7077`, `yarn`, `k8s://...`) in production, plus any Spark settings."""
+
+    master: str = "local[*]"
+    conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
 class PathsConfig(_Frozen):
     model_artifacts: str = "data/model_artifacts"
     output: str = "output"
@@ -171,6 +179,7 @@ class Config(_Frozen):
     tracking: TrackingConfig
     prediction: PredictionConfig = PredictionConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    spark: SparkConfig = SparkConfig()
     paths: PathsConfig = PathsConfig()
 
     @model_validator(mode="after")

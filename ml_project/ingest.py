@@ -9,6 +9,7 @@ through `schemas.parse_numbers`, the parser the per-record check uses too.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from pathlib import Path
@@ -60,6 +61,18 @@ def _keep_known(frame: pd.DataFrame, config: Config, source: str) -> pd.DataFram
     if dropped:
         logger.info("Dropping columns not in the schema from %s: %r", source, dropped)
     return frame[[column for column in frame.columns if column in keep]]
+
+
+def as_read(frame: pd.DataFrame, config: Config, *, text: bool) -> pd.DataFrame:
+    """Rows another reader gave (a Spark partition) typed as `read_in_chunks` types them, so
+    validation sees what it sees locally: `text` cells (a CSV read as strings; None for empty)
+    go through the same CSV parser (its missing-value spellings, its number inference), typed
+    columns (Parquet) are typed as for a Parquet file; unknown columns as configured."""
+    if text:
+        frame = pd.read_csv(io.StringIO(frame.to_csv(index=False)), dtype=_reader_dtypes(config))
+    else:
+        frame = _as_read(frame.reset_index(drop=True), config)
+    return _keep_known(frame, config, "a partition")
 
 
 def read_table(source: str, config: Config) -> pd.DataFrame:
