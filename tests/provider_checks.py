@@ -68,9 +68,10 @@ def python_with_extras(virtualenvs: BundleVirtualenvs, requirements: Path, provi
 
 
 def installed_names(python: Path) -> set[str]:
-    """The distributions `python` sees, pip and setuptools aside."""
+    """The distributions `python` sees, pip and setuptools aside. Isolated (-I): the working
+    directory (a project root holds an editable install's egg-info) and PYTHONPATH don't count."""
     names = subprocess.run(
-        [str(python), "-c", "import importlib.metadata as m, json; "
+        [str(python), "-I", "-c", "import importlib.metadata as m, json; "
          "print(json.dumps(sorted({d.metadata['Name'] for d in m.distributions()})))"],
         check=True, capture_output=True, text=True, timeout=120).stdout
     return {name.lower().replace("_", "-") for name in json.loads(names)} - {"pip", "setuptools"}
