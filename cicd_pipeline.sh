@@ -6,9 +6,17 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 source executables/bootstrap_pipenv.sh
 
-echo "== install (pipenv sync --dev, plus the optional boosting category the estimator tests use)"
+echo "== PostgreSQL server (the prediction log's replica tests start one)"
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
+  || (apt-get update && apt-get install -y postgresql)
+
+echo "== install (pipenv sync --dev, plus the optional boosting and spark categories tests use)"
 pipenv sync --dev
 pipenv sync --categories boosting
+pipenv sync --categories spark
+# PySpark needs Java 17; CI=true makes a missing PySpark fail the Spark tests instead of skip.
+command -v java >/dev/null || { apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless; }
+export CI=true
 
 echo "== isort"
 pipenv run isort --check-only --diff ml_project use_cases tests deployment executables
@@ -20,7 +28,7 @@ echo "== bandit (security lint of the package)"
 pipenv run bandit -q -r ml_project
 
 echo "== mypy"
-pipenv run mypy ml_project use_cases tests
+pipenv run mypy ml_project use_cases tests deployment
 
 echo "== pytest"
 # Coverage of the package by the tests' own process (use cases and servers that tests start as

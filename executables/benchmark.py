@@ -1,6 +1,7 @@
 """Benchmark the template against `mlflow models serve` and against the bare model.
 
-    bash executables/benchmark.sh [--quick | --smoke] [--skip-mlflow] [--rounds N] [--root DIR]
+    bash executables/benchmark.sh [--quick | --smoke] [--skip-mlflow] [--skip-workers]
+                                  [--rounds N] [--root DIR]
 
 Developer tooling, kept out of the package users adapt and ship (`python executables/benchmark.py`).
 
@@ -15,7 +16,9 @@ registers the champion (measurement 5, its wall time); then, on that champion:
 3. in process: one row through `PredictionService.predict_instance` vs the bare model on the
    already-preprocessed row (the limit), and the historic prediction path (validation +
    `predict_frame`, chunk by chunk) vs bare `predict_proba` at 100k rows;
-4. peak memory of the historic prediction use case on files of 1x and 10x its chunk size.
+4. peak memory of the historic prediction use case on files of 1x and 10x its chunk size;
+5. throughput (8 concurrent clients) and memory of our FastAPI and Flask services on 1 and on 2
+   worker processes (measurement 1 runs them on 1), each server alone on the machine.
 The machine is shared and noisy: each ratio is taken within one round, from measurements run
 back to back, and the median over rounds is reported, never a ratio of separate runs.
 Writes `output/benchmarks/results.json` and `results.md` and prints the tables.
@@ -66,6 +69,10 @@ STARTUP_TIMEOUT_SECONDS = 180.0
 REQUEST_TIMEOUT_SECONDS = 30.0
 WARMUP_REQUESTS = 20
 MB = 1024 * 1024
+
+# Worker processes compared in measurement 5: the first is the baseline of the ratio.
+WORKER_COUNTS = (1, 2)
+WORKERS_TARGET = 1.5  # 2 workers vs 1, 8-client throughput
 
 # The promises of the issue: (key, description, comparison, bound).
 TARGETS = (
@@ -312,9 +319,10 @@ def _http_request(path: str, port: int, body: bytes) -> bytes:
     return head.encode() + body
 
 
-def server_specs(names: Sequence[str], config: Config, config_file: Path, held_out: HeldOut
-                 ) -> dict[str, ServerSpec]:
-    """Our launcher for FastAPI and Flask; `mlflow models serve` on the registered champion.
+def server_specs(names: Sequence[str], config: Config, config_file: Path, held_out: HeldOut,
+                 workers: int = 1) -> dict[str, ServerSpec]:
+    """Our launcher for FastAPI and Flask on `workers` processes; `mlflow models serve` on the
+    registered champion.
 
     Ours get the whole record, as a client sends it; mlflow gets the features only, as its
     signature lists them (extra fields would cost it a warning per request).
@@ -340,8 +348,8 @@ def server_specs(names: Sequence[str], config: Config, config_file: Path, held_o
             continue
         else:
             command = [sys.executable, "-m", "ml_project.serve", name, "--port", str(port),
-                       "--host", "127.0.0.1", "--config", str(config_file),
-                       "--root", str(config.root)]
+                       "--host", "127.0.0.1", "--workers", str(workers),
+                       "--config", str(config_file), "--root", str(config.root)]
             requests = [_http_request("/predict", port, json.dumps(r).encode())
                         for r in held_out.records]
 
@@ -558,6 +566,51 @@ def served_round(specs: dict[str, ServerSpec], settings: Settings, round_number:
     return results
 
 
+def worker_specs(config: Config, config_file: Path, held_out: HeldOut
+                 ) -> dict[tuple[str, int], ServerSpec]:
+    """Our two services on each of WORKER_COUNTS, by (framework, workers)."""
+    specs = {}
+    for workers in WORKER_COUNTS:
+        for name, spec in server_specs(OURS, config, config_file, held_out, workers).items():
+            specs[name, workers] = replace(spec, name=f"{name}_{workers}_workers")
+    return specs
+
+
+def workers_round(specs: dict[tuple[str, int], ServerSpec], settings: Settings,
+                  round_number: int, probe_row: int, log_dir: Path
+                  ) -> dict[str, dict[str, float]]:
+    """Each server alone, in an order rotated each round: started, warmed up by the clients for
+    a moment (every worker gets requests), then its throughput and memory (PSS, master and
+    workers). Keyed by `<framework>_<workers>`."""
+    keys = list(specs)
+    keys = keys[round_number % len(keys):] + keys[: round_number % len(keys)]
+    offset = round_number * settings.sequential_requests
+    results: dict[str, dict[str, float]] = {}
+    for key in keys:
+        spec = specs[key]
+        with serving(spec, probe_row, log_dir / f"server_{spec.name}.log") as (process, _):
+            concurrent_load(spec, settings.clients, min(1.0, settings.throughput_seconds), offset)
+            load = concurrent_load(spec, settings.clients, settings.throughput_seconds, offset)
+            errors, wrong = judge(spec, load)
+            pss, _ = process_tree_memory(process.pid)
+        results[f"{key[0]}_{key[1]}"] = {
+            "throughput_rps": sum(status == 200 for _, status, _ in load.answers) / load.seconds,
+            "memory_mb": pss / MB, "errors": errors, "wrong": wrong,
+            "requests": len(load.answers) + load.errors,
+        }
+    logger.debug("Workers round %d: %s", round_number + 1, results)
+    return results
+
+
+def workers_ratios(rounds: list[dict[str, dict[str, float]]]) -> dict[str, float]:
+    """Per framework, the median over rounds of the throughput on the most workers / on one,
+    each ratio taken within one round."""
+    most, one = WORKER_COUNTS[-1], WORKER_COUNTS[0]
+    return {name: _median([r[f"{name}_{most}"]["throughput_rps"]
+                           / r[f"{name}_{one}"]["throughput_rps"] for r in rounds])
+            for name in OURS}
+
+
 # In process -------------------------------------------------------------------------------------
 
 
@@ -701,6 +754,13 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             targets.append(_target(f"{LABELS[name]}: {description}", measured, comparison, bound))
         wrong = results["served"]["summary"].get(name, {}).get("wrong")
         targets.append(_target(f"{LABELS[name]}: wrong answers", wrong, "<=", 0))
+        workers = results.get("workers", {})
+        targets.append(_target(
+            f"{LABELS[name]}: throughput, 8 clients, {WORKER_COUNTS[-1]} workers vs "
+            f"{WORKER_COUNTS[0]}", workers.get("ratios", {}).get(name), ">=", WORKERS_TARGET))
+        wrong = sum(workers["summary"][f"{name}_{n}"]["wrong"] for n in WORKER_COUNTS) \
+            if workers else None
+        targets.append(_target(f"{LABELS[name]} on workers: wrong answers", wrong, "<=", 0))
     in_process = results["in_process"]
     targets.append(_target("in-process predict_instance: wrong answers",
                            in_process["single_row"]["wrong"], "<=", 0))
@@ -776,6 +836,25 @@ def markdown(results: dict[str, Any]) -> str:
                           f"Ours are compared by label and every probability within "
                           f"{TOLERANCE:g}."]
         lines.append("")
+    workers = results.get("workers")
+    if workers:
+        counts = ", ".join(str(n) for n in WORKER_COUNTS)
+        header = [f"{n} worker{'s' if n > 1 else ''}" for n in WORKER_COUNTS]
+        lines += [f"| worker processes ({counts}), {results['settings']['clients']} clients | "
+                  + " | ".join(header) + f" | {WORKER_COUNTS[-1]} / {WORKER_COUNTS[0]} |",
+                  "|---" * (len(header) + 2) + "|"]
+        for name in OURS:
+            cells = [_fmt(workers["summary"][f"{name}_{n}"]["throughput_rps"], 0)
+                     for n in WORKER_COUNTS]
+            lines.append(f"| {LABELS[name]}, throughput (req/s) | " + " | ".join(cells)
+                         + f" | {_ratio(workers['ratios'][name])} |")
+            cells = [_fmt(workers["summary"][f"{name}_{n}"]["memory_mb"], 0)
+                     for n in WORKER_COUNTS]
+            lines.append(f"| {LABELS[name]}, resident memory, PSS (MB) | " + " | ".join(cells)
+                         + " | |")
+        lines += ["", f"Each server alone; {results['machine']['cores']} cores. The master loads "
+                      "the model and forks the workers: they share its pages (PSS counts a "
+                      "shared page once).", ""]
     single, batch = in_process["single_row"], in_process["batch"]
     lines += [
         "| in process | prediction core | bare model | core / bare |",
@@ -842,10 +921,12 @@ def machine() -> dict[str, Any]:
 
 
 def run(root: Path, config_file: Path, settings: Settings, servers: Sequence[str], *,
-        reuse_model: bool = False, use_case_runs: bool = True) -> dict[str, Any]:
+        reuse_model: bool = False, use_case_runs: bool = True, worker_runs: bool = True
+        ) -> dict[str, Any]:
     """Every measurement, in the order of the module docstring; returns the results.
 
     Args:
+        worker_runs: measure our services on WORKER_COUNTS workers (only with servers).
         reuse_model: `root` already holds a trained project (`config_file` in it): no copy of
             the data, no modelling run (its time is then not measured).
         use_case_runs: run the historic prediction use case for its peak memory.
@@ -878,6 +959,17 @@ def run(root: Path, config_file: Path, settings: Settings, servers: Sequence[str
     if "mlflow" in servers and served_rounds:
         served["ratios_vs_mlflow"] = {name: paired_ratios(served_rounds, name, "mlflow")
                                       for name in OURS if name in servers}
+    workers: dict[str, Any] = {}
+    if worker_runs and servers:
+        specs_by_workers = worker_specs(config, config_file, held_out)
+        worker_rounds = []
+        for number in range(settings.rounds):
+            logger.info("Workers round %d of %d: %s on %s workers", number + 1, settings.rounds,
+                        list(OURS), list(WORKER_COUNTS))
+            worker_rounds.append(workers_round(specs_by_workers, settings, number, probe_row,
+                                               log_dir))
+        workers = {"summary": summarise(worker_rounds), "ratios": workers_ratios(worker_rounds),
+                   "rounds": worker_rounds}
 
     logger.info("In process: single rows and batches of %d rows", settings.batch_rows)
     single_rounds = [single_row_round(service, held_out, settings.single_row_calls,
@@ -939,6 +1031,7 @@ def run(root: Path, config_file: Path, settings: Settings, servers: Sequence[str
                  f"({metadata.get('candidate')})",
         "held_out_rows": len(held_out.records),
         "served": served,
+        "workers": workers,
         "in_process": in_process,
         "use_cases": use_cases,
     }
@@ -952,6 +1045,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the smallest sizes and one candidate: checks the harness runs")
     parser.add_argument("--skip-mlflow", action="store_true",
                         help="leave out `mlflow models serve` (no served ratios)")
+    parser.add_argument("--skip-workers", action="store_true",
+                        help=f"leave out our services on {' and '.join(map(str, WORKER_COUNTS))} "
+                             "workers")
     parser.add_argument("--reuse-model", action="store_true",
                         help="--root already holds a trained project (--config in it): no data "
                              "copy, no modelling run")
@@ -993,7 +1089,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="benchmark-")))
         measured = run(root, config_file, settings, servers, reuse_model=args.reuse_model,
-                       use_case_runs=not args.in_process_only)
+                       use_case_runs=not args.in_process_only,
+                       worker_runs=not args.skip_workers)
     results = {
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["python", "executables/benchmark.py", *(argv or sys.argv[1:])]),

@@ -4,8 +4,9 @@
 #   bash executables/start_prediction_service.sh [fastapi|flask] [PORT] [launcher options]
 #
 # Defaults: fastapi on port 8000, bound to 127.0.0.1 (set HOST=0.0.0.0 to accept connections
-# from other machines). Set ML_PROJECT_API_KEY to require a matching X-API-Key header.
-# Further options go to the launcher, e.g. --config FILE --root DIR -v (see ml_project/serve.py).
+# from other machines), one worker process per CPU (--workers N or WEB_CONCURRENCY=N to choose).
+# Set ML_PROJECT_API_KEY to require a matching X-API-Key header. Further options go to the
+# launcher, e.g. --workers N --config FILE --root DIR -v (see ml_project/serve.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source executables/bootstrap_pipenv.sh

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+if TYPE_CHECKING:
+    import sqlalchemy
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PREDICTION_LOG_ENV = "ML_PROJECT_PREDICTION_LOG_URL"
+OUTPUT_DIR_ENV = "ML_PROJECT_OUTPUT_DIR"
 DEFAULT_CONFIG_FILE = "project_config.yaml"
 
 RunMode = Literal["modelling", "prediction"]
@@ -145,6 +149,14 @@ class MonitoringConfig(_Frozen):
     min_labelled_records: int = Field(100, ge=1)
 
 
+class SparkConfig(_Frozen):
+    """Where the Spark batch use case runs: `local[*]` on this machine, a cluster URL
+    (`spark://host:7077`, `yarn`, `k8s://...`) in production, plus any Spark settings."""
+
+    master: str = "local[*]"
+    conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
 class PathsConfig(_Frozen):
     model_artifacts: str = "data/model_artifacts"
     output: str = "output"
@@ -167,6 +179,7 @@ class Config(_Frozen):
     tracking: TrackingConfig
     prediction: PredictionConfig = PredictionConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    spark: SparkConfig = SparkConfig()
     paths: PathsConfig = PathsConfig()
 
     @model_validator(mode="after")
@@ -237,7 +250,9 @@ class Config(_Frozen):
 
     @property
     def output_dir(self) -> Path:
-        return Path(self.resolve(self.paths.output))
+        """OUTPUT_DIR_ENV wins over the file: read-only file systems (App Engine, a hardened
+        container) move logs and spill files to a writable folder without editing the YAML."""
+        return Path(os.environ.get(OUTPUT_DIR_ENV) or self.resolve(self.paths.output))
 
     @property
     def tracking_uri(self) -> str:
@@ -309,3 +324,15 @@ def load_config(
         return Config.model_validate(values)
     except ValidationError as err:
         raise ConfigError(f"{config_path}: invalid configuration:\n{_describe(err)}") from err
+
+
+def database_url(url: str) -> sqlalchemy.URL:
+    """`url` with a driver this project installs: a bare `postgresql://` means psycopg 3
+    (SQLAlchemy's default for it, psycopg2, is not installed); any explicit driver is kept.
+    Every database URL the project opens (prediction log, historic data) goes through it."""
+    import sqlalchemy  # here: reading the config needs no database library
+
+    parsed = sqlalchemy.make_url(url)
+    if parsed.drivername == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg")
+    return parsed

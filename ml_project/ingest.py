@@ -9,6 +9,7 @@ through `schemas.parse_numbers`, the parser the per-record check uses too.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from ml_project.config import Config
+from ml_project.config import Config, database_url
 from ml_project.schemas import known_fields, parse_numbers
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,18 @@ def _keep_known(frame: pd.DataFrame, config: Config, source: str) -> pd.DataFram
     return frame[[column for column in frame.columns if column in keep]]
 
 
+def as_read(frame: pd.DataFrame, config: Config, *, text: bool) -> pd.DataFrame:
+    """Rows another reader gave (a Spark partition) typed as `read_in_chunks` types them, so
+    validation sees what it sees locally: `text` cells (a CSV read as strings; None for empty)
+    go through the same CSV parser (its missing-value spellings, its number inference), typed
+    columns (Parquet) are typed as for a Parquet file; unknown columns as configured."""
+    if text:
+        frame = pd.read_csv(io.StringIO(frame.to_csv(index=False)), dtype=_reader_dtypes(config))
+    else:
+        frame = _as_read(frame.reset_index(drop=True), config)
+    return _keep_known(frame, config, "a partition")
+
+
 def read_table(source: str, config: Config) -> pd.DataFrame:
     """One whole table from a CSV or Parquet file or a SQLAlchemy URL, known columns only."""
     if "://" in source:
@@ -70,7 +83,7 @@ def read_table(source: str, config: Config) -> pd.DataFrame:
         table, query = config.data.historic_table, config.data.historic_query
         if not (table or query):
             raise ValueError(f"{source} is a database URL: set data.historic_table or _query")
-        with sqlalchemy.create_engine(source).connect() as connection:
+        with sqlalchemy.create_engine(database_url(source)).connect() as connection:
             if query:  # from the project's own config, never from request data
                 frame = pd.read_sql(sqlalchemy.text(query), connection)
             else:

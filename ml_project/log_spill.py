@@ -30,7 +30,10 @@ TORN = "the file ends without a newline (a write was cut short)"
 
 def storable(text: str) -> str:
     """Text any database and file can hold: a lone surrogate ("\\ud800", which no UTF-8
-    encoder accepts) is written as its escape sequence, the rest kept as is."""
+    encoder accepts) and NUL (which PostgreSQL's text refuses) are written as their escape
+    sequences, the rest kept as is."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

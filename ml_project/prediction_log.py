@@ -1,7 +1,8 @@
 """The durable log of prediction requests and their outcomes; monitoring reads it later.
 
 An embedded SQLite database under output/ by default (WAL: several processes write one file),
-any SQLAlchemy URL by config (PostgreSQL for replicas). The request path never waits on it:
+any SQLAlchemy URL by config (PostgreSQL for replicas on several machines: `postgresql://` is
+served by psycopg 3, the driver the Pipfile installs). The request path never waits on it:
 `append` puts records on a bounded in-process queue that one writer thread drains in batches.
 While the database is slow, locked or down, requests are answered at full speed and the writer
 spills the records to this process's spill file (`log_spill`), replayed once the database
@@ -29,7 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from ml_project import log_spill
-from ml_project.config import Config
+from ml_project.config import Config, database_url
 from ml_project.log_records import LogRecord, log_record, new_request_id
 from ml_project.predict import Prediction, PredictionService
 from ml_project.schemas import InvalidInstance
@@ -71,6 +72,9 @@ OPTIONAL: dict[str, FieldType] = {
 # Errors that say the storage is unavailable (the records wait); any other database error is a
 # record the database refuses, moved aside alone.
 UNAVAILABLE = (OperationalError, InterfaceError, OSError)
+# Serialises schema creation among every process starting on one PostgreSQL database (an
+# arbitrary constant: the advisory lock's key).
+SCHEMA_LOCK_KEY = 0x6D6C5F6C6F67
 
 
 def _sqlite_pragmas(connection: Any, _: Any) -> None:
@@ -121,6 +125,7 @@ class PredictionLog:
     """Append-only prediction log behind a queue and one writer thread; share it between threads.
 
     Args:
+        url: any SQLAlchemy URL (the attribute `url` shows it without its password).
         spill_dir: the folder of the spill files (shared by every process writing this log).
         queue_size: records held in memory at most; past it a record is dropped and counted.
     """
@@ -128,18 +133,27 @@ class PredictionLog:
     def __init__(self, url: str, spill_dir: Path, *, lock_timeout_seconds: float = 5.0,
                  queue_size: int = 10_000, batch_size: int = 500,
                  retry_seconds: float = 1.0) -> None:
-        self.url = url
+        parsed = database_url(url)
+        self.url = parsed.render_as_string(hide_password=True)  # fit for messages
         self.spill_dir = spill_dir
         self.lock_timeout_seconds = lock_timeout_seconds
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.retry_seconds = retry_seconds
-        is_sqlite = url.startswith("sqlite")
-        connect_args = ({"timeout": lock_timeout_seconds, "check_same_thread": False}
-                        if is_sqlite else {})
-        self.engine = sqlalchemy.create_engine(url, connect_args=connect_args)
-        if is_sqlite:
+        if parsed.get_backend_name() == "sqlite":
+            self.engine = sqlalchemy.create_engine(parsed, connect_args={
+                "timeout": lock_timeout_seconds, "check_same_thread": False})
             sqlalchemy.event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            # A server that is down or unreachable must fail a connection in seconds (the
+            # records then spill), not after the operating system's TCP timeout; pre_ping
+            # replaces the connections a database restart has closed before they are used.
+            connect_args: dict[str, Any] = (
+                {"connect_timeout": max(1, round(lock_timeout_seconds))}
+                if parsed.get_backend_name() == "postgresql"
+                and "connect_timeout" not in parsed.query else {})
+            self.engine = sqlalchemy.create_engine(parsed, connect_args=connect_args,
+                                                   pool_pre_ping=True)
         self.stats: Counter[str] = Counter()
         self._counting = threading.Lock()
         self._ready = False
@@ -354,9 +368,17 @@ class PredictionLog:
 
     def _ensure_table(self) -> None:
         if not self._ready:
-            if self.url.startswith("sqlite:///"):
-                Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            METADATA.create_all(self.engine)
+            database = self.engine.url.database
+            if self.engine.dialect.name == "sqlite" and database:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            with self.engine.begin() as connection:
+                if self.engine.dialect.name == "postgresql":
+                    # Replicas starting at once would both see no table and both create it
+                    # (one then fails on a duplicate type); the lock lets one create it in its
+                    # transaction while the others wait, then find it.
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"),
+                                       {"key": SCHEMA_LOCK_KEY})
+                METADATA.create_all(connection)
             self._ready = True
 
     # Reading ----------------------------------------------------------------------------------
@@ -400,6 +422,16 @@ class PredictionLog:
         return log_spill.spill_files(self.spill_dir)
 
     # Life cycle -------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create the table now, in a server's master: workers forked later would otherwise race
+        to create it (the loser's records wait a retry in its spill file). A database that is
+        not available yet is no reason to refuse requests: the writers create it later."""
+        try:
+            self._ensure_table()
+        except UNAVAILABLE as err:
+            logger.warning("Prediction log %s not available at start (%s); records will wait "
+                           "in %s until it is", self.url, type(err).__name__, self.spill_dir)
 
     def after_fork(self) -> None:
         """Call in a forked child (a gunicorn worker) before it writes. The writer thread does

@@ -2,7 +2,8 @@
 
 Only modelling and monitoring import this module; the serving path never does. The store is
 `sqlite:///mlflow.db` at the project root unless MLFLOW_TRACKING_URI says otherwise; artifacts go
-to `mlruns/` beside it. Browse it with:
+to `mlruns/` beside it, or through the server when the URI is one
+(`executables/start_tracking_server.sh`). Browse it with:
     pipenv run mlflow ui --backend-store-uri sqlite:///mlflow.db
 """
 
@@ -87,12 +88,16 @@ class TrackingOutcome:
 
 
 def _experiment_id(config: Config) -> str:
-    """The configured experiment, created with its artifacts beside the sqlite store."""
+    """The configured experiment, created with its artifacts beside a local store; on a
+    tracking server, where the server says (its proxied artifact store): a folder on this
+    machine would hold model files no other machine could load."""
     name = config.tracking.experiment_name
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return str(experiment.experiment_id)
-    return str(mlflow.create_experiment(name, artifact_location=(config.root / "mlruns").as_uri()))
+    on_server = config.tracking_uri.startswith(("http://", "https://", "databricks"))
+    location = None if on_server else (config.root / "mlruns").as_uri()
+    return str(mlflow.create_experiment(name, artifact_location=location))
 
 
 def use_store(uri: str) -> None:

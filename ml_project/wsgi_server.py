@@ -1,8 +1,10 @@
-"""gunicorn serving a WSGI app created in this process: the Flask service's production server.
+"""gunicorn serving an app created in this process: the master of the service's workers.
 
-`serve_wsgi(app, host, port)` makes the calling process gunicorn's master; it forks one gthread
-worker, which serves the app created before the fork with a pool of threads, so the model the
-caller loaded is shared with it, never loaded twice. Imported only when Flask is served.
+`serve_wsgi(app, host, port, post_fork, workers)` makes the calling process gunicorn's master;
+it forks `workers` gthread workers, which serve the app created before the fork with a pool of
+threads each, so the model the caller loaded is shared with them, never loaded again (the pages
+stay shared until written: `gc.freeze`). `serve_forked` does the same for any worker class (the
+FastAPI service's uvicorn workers: `asgi_workers`). Imported only when gunicorn serves.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger as GunicornLogger
 from gunicorn.workers.gthread import ThreadWorker
 
-# Threads of the one gunicorn worker, so requests are served concurrently: a connection holds a
+# Threads of each gunicorn worker, so requests are served concurrently: a connection holds a
 # thread only while its request is read and runs (idle keep-alive connections wait in the
-# worker's poller). Predictions run one at a time anyway (`PredictionEndpoints`), so threads
-# beyond the 8 busy clients of the benchmark cost only a stack each: they are what keeps the
-# service answering while clients that stall mid-request hold theirs (up to READ_TIMEOUT each).
+# worker's poller). Predictions run one at a time per worker anyway (`PredictionEndpoints`), so
+# threads beyond the 8 busy clients of the benchmark cost only a stack each: they are what keeps
+# the service answering while clients that stall mid-request hold theirs (up to READ_TIMEOUT).
 THREADS = 32
 # A client that sends nothing for this long while its request is read is dropped (its body:
 # 408), so a stalled connection holds a worker thread for seconds, never for good.
@@ -32,40 +34,48 @@ READ_TIMEOUT_SECONDS = 10.0
 KEEPALIVE_SECONDS = 5
 
 
-def serve_wsgi(app: Any, host: str, port: int, post_fork: Callable[[], None]) -> None:
+def serve_wsgi(app: Any, host: str, port: int, post_fork: Callable[[], None],
+               workers: int = 1) -> None:
     """Until SIGINT/SIGTERM; the requests in flight then finish.
 
-    One worker process, as uvicorn serves FastAPI, since the model is in memory and the
-    prediction log is one SQLite file; concurrency comes from the worker's threads.
-    `post_fork` runs in the worker first (to open its own database connections).
+    Each worker process runs one prediction at a time (the GIL), so throughput grows with
+    workers up to the cores; within a worker, concurrency comes from its threads.
+    `post_fork` runs in each worker first (to start its own prediction log writer).
     """
+    serve_forked(app, host, port, post_fork, workers, _GthreadWorker, threads=THREADS)
+
+
+def serve_forked(app: Any, host: str, port: int, post_fork: Callable[[], None], workers: int,
+                 worker_class: type, **settings: Any) -> None:
+    """`app` on `workers` processes of `worker_class`, forked from this one (gunicorn's master,
+    which binds the port and replaces a worker that dies), until SIGINT/SIGTERM."""
     server = _EmbeddedGunicorn(app, {
         "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
-        "workers": 1,
-        "worker_class": _GthreadWorker,
-        "threads": THREADS,
+        "workers": workers,
+        "worker_class": worker_class,
         "keepalive": KEEPALIVE_SECONDS,
         "accesslog": None,  # every prediction request is in the prediction log already
         "logger_class": _GunicornLogging,
         "control_socket_disable": True,  # else a socket in $XDG_RUNTIME_DIR or ~/.gunicorn
-        # The worker's garbage collector must not touch the objects it inherits (the model,
-        # every module): marking them would copy each page they sit on, unsharing ~50 MB.
+        # The workers' garbage collectors must not touch the objects they inherit (the model,
+        # every module): marking them would copy each page they sit on, unsharing ~50 MB each.
         "pre_fork": lambda arbiter, worker: gc.freeze(),
         "post_fork": lambda arbiter, worker: post_fork(),
+        **settings,
     })
     master = os.getpid()
     try:
         server.run()
     except SystemExit as stop:
-        # gunicorn ends its processes with sys.exit: the master once it has stopped, and the
+        # gunicorn ends its processes with sys.exit: the master once it has stopped, and each
         # worker, a fork of this process unwinding this same stack. Only the master's clean stop
-        # returns; the worker, or a master that failed, exits with its own status.
+        # returns; a worker, or a master that failed, exits with its own status.
         if os.getpid() != master or stop.code not in (0, None):
             raise
 
 
 class _EmbeddedGunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn has no type hints
-    """gunicorn serving an app already created in this process: `load()` returns it, so the
+    """gunicorn serving an app already created in this process: `load()` returns it, so a
     worker imports and loads nothing (no app module path, no preload)."""
 
     def __init__(self, app: Any, settings: dict[str, Any]) -> None:
@@ -97,7 +107,7 @@ class _GthreadWorker(ThreadWorker):  # type: ignore[misc]
 
     - a client stalled mid-request holds a thread for READ_TIMEOUT_SECONDS at most;
     - SIGINT stops it as gracefully as SIGTERM (Ctrl-C reaches the whole process group, the
-      worker too), rather than with gunicorn's quick exit;
+      workers too), rather than with gunicorn's quick exit;
     - idle keep-alive connections are closed at once. gunicorn 26 leaves them open and then
       waits in select() for the rest of graceful_timeout (30 s) before it notices they expired.
     """

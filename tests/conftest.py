@@ -7,7 +7,7 @@ data/, output/ or mlflow.db.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pandas as pd
 import pytest
@@ -15,6 +15,10 @@ import yaml
 
 from ml_project.config import Config, _merge, load_config
 from tests.churn_data import write_example_data
+from tests.postgres import PostgresServer, running_server
+
+if TYPE_CHECKING:
+    from tests.deployment_helpers import BundleVirtualenvs
 
 FIXTURE_CONFIG = Path(__file__).with_name("fixture_config.yaml")
 
@@ -58,8 +62,15 @@ def write_project(root: Path, overrides: dict[str, Any] | None = None, *,
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Environment variables that would point a test at real stores or servers."""
     for name in ("MLFLOW_TRACKING_URI", "ML_PROJECT_API_KEY", "ML_PROJECT_SERVER_URL",
-                 "ML_PROJECT_PREDICTION_LOG_URL"):
+                 "ML_PROJECT_PREDICTION_LOG_URL", "ML_PROJECT_OUTPUT_DIR"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (tests/postgres.py); each test creates its own
+    database on it (`create_database`)."""
+    yield from running_server()
 
 
 @pytest.fixture
@@ -104,3 +115,42 @@ def prediction_config(root: Path, **overrides: Any) -> Config:
         "prediction", "production", "local",
         config_file=root / "project_config.yaml", root=root, overrides=overrides,
     )
+
+
+@pytest.fixture(scope="session")
+def deployable_project(trained_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A committed checkout of this project with the session's champion, for
+    executables/cloud_setup.sh (tests/deployment_helpers.py). Bundles go to its output/."""
+    from tests.deployment_helpers import make_deployable_project
+
+    return make_deployable_project(trained_project, tmp_path_factory.mktemp("deployable_project"))
+
+
+@pytest.fixture(scope="session")
+def bundle_virtualenvs(tmp_path_factory: pytest.TempPathFactory) -> BundleVirtualenvs:
+    """`.python_for(requirements_txt)`: a fresh virtualenv holding exactly those requirements,
+    one per distinct content per session."""
+    from tests.deployment_helpers import BundleVirtualenvs
+
+    return BundleVirtualenvs(tmp_path_factory.mktemp("bundle_venvs"))
+
+
+@pytest.fixture(scope="session")
+def local_api_answers(trained_project: Path, tmp_path_factory: pytest.TempPathFactory
+                      ) -> list[tuple[int, str, bytes]]:
+    """What the local FastAPI app answers to tests.deployment_helpers.PREDICT_REQUESTS: the
+    bytes every deployed provider must send back too."""
+    from ml_project.api import create_app
+    from ml_project.predict import PredictionService
+    from ml_project.prediction_log import PredictionLog
+    from tests.deployment_helpers import answers
+    from tests.serving import load_serving_config, serve_in_thread, write_serving_config
+
+    config = load_serving_config(
+        write_serving_config(trained_project, tmp_path_factory.mktemp("local_api")))
+    log = PredictionLog.from_config(config)
+    try:
+        with serve_in_thread(create_app(PredictionService.from_config(config), log)) as url:
+            return answers(url)
+    finally:
+        log.close()

@@ -107,16 +107,17 @@ def serve_in_thread(app: FastAPI | Flask) -> Iterator[str]:
 
 @contextmanager
 def launch_server(config_file: Path, output: Path, framework: str = "fastapi",
-                  environment: dict[str, str] | None = None
+                  environment: dict[str, str] | None = None, workers: int = 1
                   ) -> Iterator[tuple[str, psutil.Process]]:
-    """The launcher on 127.0.0.1 and a free port, its output in `output`, rooted at the config
-    file's folder; yields the base URL once /ready answers, and the server process. Stopped
-    with SIGTERM, as a container runtime would."""
+    """The launcher on 127.0.0.1 and a free port with `workers` worker processes, its output in
+    `output`, rooted at the config file's folder; yields the base URL once /ready answers, and
+    the server process. Stopped with SIGTERM, as a container runtime would."""
     port = free_port()
     with output.open("w") as output_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "ml_project.serve", framework, "--host", "127.0.0.1",
-             "--port", str(port), "--config", str(config_file), "--root", str(config_file.parent)],
+             "--port", str(port), "--workers", str(workers), "--config", str(config_file),
+             "--root", str(config_file.parent)],
             cwd=PROJECT_ROOT, stdout=output_file, stderr=subprocess.STDOUT,
             env={**os.environ, **(environment or {})}, start_new_session=True,
         )

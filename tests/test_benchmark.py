@@ -11,11 +11,18 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from executables import benchmark
-from executables.benchmark import evaluate_targets, paired_ratios, summarise
+from executables.benchmark import (
+    WORKER_COUNTS,
+    evaluate_targets,
+    paired_ratios,
+    summarise,
+    workers_ratios,
+)
 from tests.conftest import write_project
 
 
@@ -61,6 +68,32 @@ def test_evaluate_targets_reports_unmeasured_ratios_as_none() -> None:
     assert met["flat memory: peak on 10x chunk file vs 1x chunk file"] is True
 
 
+def test_workers_ratio_is_the_median_of_per_round_ratios_and_is_a_target() -> None:
+    def workers_round(fastapi: tuple[float, float], flask: tuple[float, float]
+                      ) -> dict[str, dict[str, float]]:
+        return {f"{name}_{n}": {"throughput_rps": value, "memory_mb": 100.0, "requests": 10,
+                                "errors": 0, "wrong": 0}
+                for name, values in (("fastapi", fastapi), ("flask", flask))
+                for n, value in zip(WORKER_COUNTS, values)}
+    # The machine slowed down in the second round, for both worker counts alike.
+    rounds = [workers_round((100, 180), (100, 140)), workers_round((50, 90), (50, 70)),
+              workers_round((100, 170), (100, 150))]
+    results: dict[str, Any] = {
+        "served": {"summary": {}},
+        "workers": {"summary": summarise(rounds), "ratios": workers_ratios(rounds)},
+        "in_process": {"single_row": {"wrong": 0, "core_vs_bare": 1.2},
+                       "batch": {"path_vs_bare": 0.2, "validation_rows_per_s": 400_000}},
+        "use_cases": {"peak_10x_vs_1x": 1.01},
+    }
+
+    met = {t["name"]: t["met"] for t in evaluate_targets(results)}
+
+    assert results["workers"]["ratios"] == pytest.approx({"fastapi": 1.8, "flask": 1.4})
+    assert met["FastAPI: throughput, 8 clients, 2 workers vs 1"] is True
+    assert met["Flask: throughput, 8 clients, 2 workers vs 1"] is False  # < 1.5x
+    assert met["Flask on workers: wrong answers"] is True
+
+
 def _tables(markdown: str) -> list[list[list[str]]]:
     """Markdown tables as lists of rows of cells."""
     tables: list[list[list[str]]] = []
@@ -100,7 +133,8 @@ def test_in_process_smoke_run_on_a_trained_project_takes_seconds(
 
 @pytest.mark.benchmark_full
 def test_smoke_run_writes_results_and_tables(tmp_path: Path) -> None:
-    """Smoke mode without mlflow: modelling, our two servers, in-process and use-case memory.
+    """Smoke mode without mlflow: modelling, our two servers (on 1 and 2 workers too),
+    in-process and use-case memory.
     A minute or two: `pytest -m benchmark_full` runs it (CI runs the in-process smoke above)."""
     output = tmp_path / "benchmarks"
     config_file = write_project(tmp_path / "source")  # the tests' table, never the project's
@@ -128,12 +162,19 @@ def test_smoke_run_writes_results_and_tables(tmp_path: Path) -> None:
     met = {t["name"]: t["met"] for t in results["targets"]}
     assert met["FastAPI: wrong answers"] and met["Flask: wrong answers"]
     assert met["FastAPI: served p50 latency vs mlflow models serve"] is None  # not measured
+    for name in ("fastapi", "flask"):
+        for workers in WORKER_COUNTS:
+            served = results["workers"]["summary"][f"{name}_{workers}"]
+            assert served["requests"] > 0 and served["errors"] == 0 and served["wrong"] == 0
+            assert served["throughput_rps"] > 0 and served["memory_mb"] > 0
+        assert results["workers"]["ratios"][name] > 0
 
     markdown = (output / "results.md").read_text()
     tables = _tables(markdown)
     assert [table[0][0] for table in tables] == [
-        "served, single instance", "in process", "use cases", "target"]
+        "served, single instance", "worker processes (1, 2), 2 clients", "in process",
+        "use cases", "target"]
     for table in tables:
         assert {len(row) for row in table} == {len(table[0])}, table[0][0]
     assert tables[0][0][1:] == ["FastAPI", "Flask"]
-    assert len(tables[3]) == 2 + len(results["targets"])
+    assert len(tables[4]) == 2 + len(results["targets"])

@@ -9,7 +9,14 @@ from typing import Any
 import pydantic
 import pytest
 
-from ml_project.config import PREDICTION_LOG_ENV, PROJECT_ROOT, Config, ConfigError, load_config
+from ml_project.config import (
+    OUTPUT_DIR_ENV,
+    PREDICTION_LOG_ENV,
+    PROJECT_ROOT,
+    Config,
+    ConfigError,
+    load_config,
+)
 from tests.tables import SHAPES
 
 
@@ -164,6 +171,16 @@ def test_prediction_log_url_resolves_against_root_and_its_environment_variable_w
     monkeypatch.setenv(PREDICTION_LOG_ENV, "postgresql://writer:secret@db:5432/log")
 
     assert config.prediction_log_url == "postgresql://writer:secret@db:5432/log"
+
+
+def test_output_dir_resolves_against_root_and_its_environment_variable_wins(
+    config: Config, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert config.output_dir == project / "output"
+
+    monkeypatch.setenv(OUTPUT_DIR_ENV, str(tmp_path / "writable"))
+
+    assert config.output_dir == tmp_path / "writable"
 
 
 @pytest.mark.parametrize(

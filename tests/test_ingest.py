@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import sqlalchemy
 
-from ml_project.config import Config, load_config
+from ml_project.config import Config, database_url, load_config
 from ml_project.ingest import (
     count_rows,
     known_columns,
@@ -20,6 +20,7 @@ from ml_project.ingest import (
     read_table,
     stream_production_instances,
 )
+from tests.postgres import PostgresServer
 
 
 def _config(project: Path, **overrides: Any) -> Config:
@@ -58,6 +59,23 @@ def test_load_historic_data_gives_the_same_frame_from_every_source(
     pd.testing.assert_frame_equal(from_source, from_csv)
     assert set(from_csv.columns) == set(known_columns(config))
     assert from_csv["payment_method"].isna().any()  # missing values are NaN from every source
+
+
+def test_load_historic_data_reads_a_plain_postgresql_url(
+    project: Path, config: Config, as_received: pd.DataFrame, postgres_server: PostgresServer
+) -> None:
+    """A bare postgresql:// URL (the form every tutorial shows) works with the driver this
+    project installs, and gives the frame the CSV gives."""
+    url = postgres_server.create_database("historic_ingest")
+    assert url.startswith("postgresql://")
+    engine = sqlalchemy.create_engine(database_url(url))
+    as_received.to_sql("customers", engine, index=False)
+    engine.dispose()
+
+    from_database = load_historic_data(
+        _config(project, data={"historic": url, "historic_table": "customers"}))
+
+    pd.testing.assert_frame_equal(from_database, load_historic_data(config))
 
 
 def test_read_table_runs_a_configured_sql_query(project: Path, as_received: pd.DataFrame) -> None:

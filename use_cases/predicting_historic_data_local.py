@@ -18,24 +18,17 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ml_project.batch import prediction_columns, score_chunk
 from ml_project.cli import base_parser, start_run
-from ml_project.config import Config
 from ml_project.export import ArtifactError
 from ml_project.ingest import count_rows, read_in_chunks
 from ml_project.metrics import RunningScores
 from ml_project.predict import PREDICTION_COLUMN, PROBABILITY_PREFIX, PredictionService
-from ml_project.validate import (
-    REASON_COLUMN,
-    DataValidationError,
-    validate_production_data,
-    write_quarantine,
-)
+from ml_project.validate import DataValidationError, write_quarantine
 
 logger = logging.getLogger("predicting_historic")
 
@@ -76,10 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         with tqdm(total=count_rows(source), unit="rows", desc="Scoring", file=sys.stderr,
                   disable=None) as progress:
             for number, chunk in enumerate(read_in_chunks(source, config)):
-                result = validate_production_data(chunk, config, with_target=False)
-                valid, quarantined = quarantine_bad_labels(chunk, result.valid,
-                                                           result.quarantined, config)
-                predictions = service.predict_frame(valid) if len(valid) else None
+                scored = score_chunk(chunk, service, config)
+                valid, quarantined, predictions = (scored.valid, scored.quarantined,
+                                                   scored.predictions)
                 if predictions is not None:
                     predictions.to_csv(partial, index=False, mode="a" if written else "w",
                                        header=not written)
@@ -127,52 +119,6 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in scores.result().items():
             print(f"    {name}: {value:.4f}")
     return 0
-
-
-def quarantine_bad_labels(
-    chunk: pd.DataFrame, valid: pd.DataFrame, quarantined: pd.DataFrame, config: Config
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Valid rows whose label is unusable (not a known class; for regression, not a finite
-    number) move to the quarantine, as received, with the reason; a missing label is no label.
-    The labels kept are of the classes' own type, so metrics compare like with like."""
-    target = config.columns.target
-    if target not in valid.columns or not len(valid):
-        return valid, quarantined
-    labels = valid[target]
-    if config.task == "regression":
-        numbers = pd.to_numeric(labels, errors="coerce").astype(float)
-        good = (labels.isna() | np.isfinite(numbers)).to_numpy()
-        typed = numbers
-        expected = "a finite number"
-    else:
-        classes = {_label_key(value): value for value in config.columns.target_classes}
-        keys = labels.map(_label_key, na_action="ignore")
-        good = (labels.isna() | keys.isin(list(classes))).to_numpy()
-        typed = keys.map(classes)
-        expected = f"one of {list(classes.values())}"
-    if good.all():
-        return valid.assign(**{target: typed}), quarantined
-    positions = np.setdiff1d(np.arange(len(chunk)), quarantined.index.to_numpy())
-    bad = chunk.iloc[positions[~good]]
-    bad = bad.assign(**{REASON_COLUMN: [f"{target}: label {value!r} is not {expected}"
-                                        for value in bad[target]]})
-    logger.warning("%d rows with an unusable label %s quarantined", len(bad), target)
-    kept = valid[good].reset_index(drop=True).assign(**{target: typed[good].to_numpy()})
-    return kept, pd.concat([quarantined, bad]).sort_index()
-
-
-def _label_key(value: Any) -> str:
-    """A label as text, so 1, 1.0 and "1" (a CSV's spellings of one class) are one class."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def prediction_columns(service: PredictionService) -> list[str]:
-    """The columns of the predictions file, for one with no rows."""
-    classes = [f"{PROBABILITY_PREFIX}{key}" for key in service.classes] \
-        if service.is_classification else []
-    return [service.config.columns.id, PREDICTION_COLUMN, *classes, "model_version"]
 
 
 if __name__ == "__main__":

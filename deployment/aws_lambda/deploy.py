@@ -1,0 +1,52 @@
+"""Push the Lambda image and create the function with Terraform, or print the exact commands.
+
+    python deploy.py --aws-account-id ID --region REGION [--name NAME] [--image-tag TAG]
+
+Run in the bundle folder (`cloud_setup.sh aws_lambda` runs it with its own options). It acts
+only with an explicit --aws-account-id, a region and a Docker engine that answers; otherwise
+it prints the commands and exits 0. The account id is never written to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ml_project.aws_deploy import (
+    REGION_PLACEHOLDER,
+    Step,
+    add_image_options,
+    missing_for_running,
+    push_steps,
+    run_or_print,
+)
+
+BUNDLE = Path(__file__).resolve().parent
+DEFAULT_NAME = "ml-project"
+
+
+def steps(args: argparse.Namespace) -> list[Step]:
+    """Terraform creates the repository first (it owns it), then the image is pushed, then
+    Terraform creates the function from it."""
+    terraform = ["terraform", f"-chdir={BUNDLE}"]
+    variables = ["-var", f"region={args.region or REGION_PLACEHOLDER}", "-var",
+                 f"function_name={args.name}"]
+    return [
+        Step([*terraform, "init"]),
+        Step([*terraform, "apply", "-target=aws_ecr_repository.serving", *variables]),
+        *push_steps(BUNDLE, args, create_repository=False),
+        Step([*terraform, "apply", *variables, "-var", f"image_tag={args.image_tag}"]),
+        Step([*terraform, "output", "function_url"]),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_image_options(parser, DEFAULT_NAME)
+    args = parser.parse_args(argv)
+    return run_or_print(steps(args), missing_for_running(args), "Lambda deployment")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

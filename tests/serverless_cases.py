@@ -1,0 +1,212 @@
+"""The requests every serverless handler must answer as the local API does, and how to compare.
+
+A case is (name, method, path, body, headers). `local_answers` sends each to a running local
+API; `comparable` reduces an answer to what must be identical: status, content type, Allow
+header and the JSON body without its request id (and, for /health, without the counters, which
+depend on what each process has served and written).
+"""
+
+from __future__ import annotations
+
+import base64 as b64
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
+
+import pytest
+import requests
+
+from ml_project.api import create_app
+from ml_project.endpoints import API_KEY_ENV
+from ml_project.predict import PredictionService
+from ml_project.prediction_log import PredictionLog
+from ml_project.serverless import Route, ServerlessApp
+from tests.serving import (
+    INSTANCE,
+    instance,
+    load_serving_config,
+    serve_in_thread,
+    write_serving_config,
+)
+
+KEY = "serverless-key-41c9"
+# Small limits, so the oversized cases stay small (the same in every app compared).
+MAX_BODY_BYTES = 3000
+LIMITS: dict[str, Any] = {"prediction": {"max_batch_size": 3, "max_body_bytes": MAX_BODY_BYTES},
+                          "validation": {"unknown_fields": "reject"}}
+
+
+class Case(NamedTuple):
+    name: str
+    method: str
+    path: str
+    body: bytes
+    headers: dict[str, str]
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _case(name: str, method: str, path: str, body: bytes = b"",
+          headers: dict[str, str] | None = None) -> Case:
+    keyed = {"X-API-Key": KEY, "Content-Type": "application/json"}
+    return Case(name, method, path, body, keyed if headers is None else headers)
+
+
+CASES = [
+    _case("health", "GET", "/health"),
+    _case("ready", "GET", "/ready"),
+    _case("model", "GET", "/model"),
+    _case("predict", "POST", "/predict", _json(INSTANCE)),
+    _case("predict-null", "POST", "/predict", _json(instance(payment_method=None))),
+    _case("batch", "POST", "/predict/batch", _json({"instances": [INSTANCE] * 3})),
+    _case("invalid", "POST", "/predict", _json(instance(age="x", colour=1, drop=("region",)))),
+    _case("batch-invalid", "POST", "/predict/batch",
+          _json({"instances": [instance(age=-1), instance(region="mars")]})),
+    _case("batch-too-large", "POST", "/predict/batch", _json({"instances": [INSTANCE] * 4})),
+    _case("malformed-json", "POST", "/predict", b"{'age': 1}"),
+    _case("empty-body", "POST", "/predict/batch"),
+    _case("body-too-large", "POST", "/predict", b"{" + b" " * 3100 + b"}"),
+    _case("no-key", "POST", "/predict", _json(INSTANCE), {"Content-Type": "application/json"}),
+    _case("wrong-key", "GET", "/model", headers={"X-API-Key": "wrong"}),
+    _case("unknown-path", "GET", "/no-such-route"),
+    _case("trailing-slash", "POST", "/predict/", _json(INSTANCE)),
+    _case("wrong-method", "GET", "/predict"),
+    _case("head", "HEAD", "/health"),
+    _case("delete", "DELETE", "/predict/batch"),
+]
+CASE_IDS = [case.name for case in CASES]
+
+Comparable = tuple[int, str, str | None, Any]
+
+
+def comparable(status: int, content_type: str, allow: str | None, body: bytes) -> Comparable:
+    content = json.loads(body) if body else None
+    if isinstance(content, dict):
+        content.pop("request_id", None)
+        if "counters" in content:
+            content.pop("counters")
+    return status, content_type.split(";")[0], allow, content
+
+
+def http_answer(base_url: str, case: Case) -> Comparable:
+    """A running server's answer to `case` (for HEAD, the body a GET would have had is not
+    sent, so the body compared is empty)."""
+    answer = requests.request(case.method, base_url + case.path, data=case.body or None,
+                              headers=case.headers, timeout=30)
+    return comparable(answer.status_code, answer.headers.get("Content-Type", ""),
+                      answer.headers.get("Allow"), answer.content)
+
+
+def local_answers(base_url: str) -> dict[str, Comparable]:
+    return {case.name: http_answer(base_url, case) for case in CASES}
+
+
+def write_bundle(trained_project: Path, root: Path) -> Path:
+    """`root` with a project_config.yaml (LIMITS applied) serving `trained_project`'s champion."""
+    write_serving_config(trained_project, root, LIMITS)
+    return root
+
+
+@contextmanager
+def local_api(bundle: Path) -> Iterator[dict[str, Comparable]]:
+    """The local FastAPI app (with the API key KEY) over `bundle`'s config: its answer to every
+    case."""
+    config = load_serving_config(bundle / "project_config.yaml")
+    log = PredictionLog.from_config(config)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(API_KEY_ENV, KEY)
+        app = create_app(PredictionService.from_config(config), log)
+    try:
+        with serve_in_thread(app) as url:
+            yield local_answers(url)
+    finally:
+        log.close()
+
+
+def keyed_app(bundle: Path, routes: dict[str, tuple[str, Route]] | None = None) -> ServerlessApp:
+    """The serverless app over `bundle`, requiring the API key KEY."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(API_KEY_ENV, KEY)
+        return ServerlessApp.load(bundle) if routes is None else ServerlessApp.load(
+            bundle, routes=routes)
+
+
+# Lambda events as API Gateway and Function URLs send them (the fields the handler reads, and
+# some it must ignore), built from a case.
+
+def _text_body(case: Case) -> str | None:
+    return case.body.decode("utf-8") if case.body else None
+
+
+def rest_api_event(case: Case) -> dict[str, Any]:
+    """API Gateway REST API proxy integration, payload 1.0, stage `prod`."""
+    return {
+        "resource": "/{proxy+}", "path": case.path, "httpMethod": case.method,
+        "headers": dict(case.headers) or None,
+        "multiValueHeaders": {name: [value] for name, value in case.headers.items()} or None,
+        "queryStringParameters": None, "pathParameters": {"proxy": case.path.lstrip("/")},
+        "requestContext": {"stage": "prod", "path": f"/prod{case.path}",
+                           "httpMethod": case.method, "resourcePath": "/{proxy+}"},
+        "body": _text_body(case), "isBase64Encoded": False,
+    }
+
+
+def http_api_event(case: Case, stage: str = "prod", base64: bool = False) -> dict[str, Any]:
+    """API Gateway HTTP API, payload 2.0; a named stage prefixes rawPath."""
+    prefix = "" if stage == "$default" else f"/{stage}"
+    body: str | None = _text_body(case)
+    if base64 and case.body:
+        body = b64.b64encode(case.body).decode("ascii")
+    return {
+        "version": "2.0", "routeKey": "$default", "rawPath": prefix + case.path,
+        "rawQueryString": "", "headers": {name.lower(): value
+                                          for name, value in case.headers.items()},
+        "requestContext": {"http": {"method": case.method, "path": prefix + case.path,
+                                    "protocol": "HTTP/1.1", "sourceIp": "192.0.2.1"},
+                           "routeKey": "$default", "stage": stage},
+        "body": body, "isBase64Encoded": base64 and bool(case.body),
+    }
+
+
+def function_url_event(case: Case) -> dict[str, Any]:
+    """A Lambda Function URL: payload 2.0, stage $default, the body base64-encoded."""
+    event = http_api_event(case, stage="$default", base64=True)
+    event["requestContext"]["domainName"] = "example.lambda-url.eu-west-1.on.aws"
+    return event
+
+
+def direct_event(case: Case) -> dict[str, Any] | None:
+    """A direct invocation for a POST case whose body is a JSON object, else None."""
+    if case.method != "POST" or case.path not in ("/predict", "/predict/batch"):
+        return None
+    if len(case.body) > MAX_BODY_BYTES:
+        return None  # an invocation has no body size: Lambda limits the payload itself
+    try:
+        value = json.loads(case.body)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    headers = {"X-API-Key": case.headers["X-API-Key"]} if "X-API-Key" in case.headers else {}
+    body = {"instance": value} if case.path == "/predict" else value
+    return {**body, "headers": headers}
+
+
+EVENT_SHAPES = {
+    "rest_api_v1": rest_api_event,
+    "http_api_v2": http_api_event,
+    "function_url": function_url_event,
+}
+
+
+def proxy_comparable(response: dict[str, Any], method: str) -> Comparable:
+    """A proxy response reduced as `comparable` reduces an HTTP answer."""
+    body = response["body"].encode()
+    if response.get("isBase64Encoded"):
+        body = b64.b64decode(body)
+    headers = response["headers"]
+    return comparable(response["statusCode"], headers["Content-Type"], headers.get("Allow"),
+                      b"" if method == "HEAD" else body)
