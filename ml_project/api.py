@@ -106,13 +106,7 @@ def create_app(service: PredictionService | None, log: PredictionLog | None = No
     async def predict(request: Request) -> Response:
         """One production instance as a JSON object; a JSON null is a missing value."""
         body = await _read_body(request, endpoints.max_body_bytes)
-        # In place, on the event loop: one instance takes a few milliseconds and predictions
-        # run one at a time anyway, so a thread would only add its hand-offs (and the GIL's).
-        # While a batch predicts in a thread, the request waits in a thread, not the loop.
-        answer = endpoints.predict_if_idle(body, _api_key(request))
-        if answer is None:
-            answer = await run_in_threadpool(endpoints.predict, body, _api_key(request))
-        return _send(answer)
+        return _send(await run_in_threadpool(endpoints.predict, body, _api_key(request)))
 
     @app.post(
         "/predict/batch",

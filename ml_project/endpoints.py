@@ -25,7 +25,6 @@ import os
 import threading
 import time
 from collections import Counter
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -255,21 +254,6 @@ class PredictionEndpoints:
 
     def predict(self, body: bytes | None, api_key: str | None) -> Reply:
         """One instance. `body` is None when it was larger than `max_body_bytes`."""
-        return self._predict(body, api_key, self._predicting)
-
-    def predict_if_idle(self, body: bytes | None, api_key: str | None) -> Reply | None:
-        """`predict`, or None at once (nothing done, nothing logged) while another prediction
-        runs: an event loop can then answer in place what takes a few milliseconds, and hand
-        the request to a thread only when it would otherwise wait for a batch."""
-        if not self._predicting.acquire(blocking=False):
-            return None
-        try:
-            return self._predict(body, api_key, nullcontext())
-        finally:
-            self._predicting.release()
-
-    def _predict(self, body: bytes | None, api_key: str | None,
-                 predicting: AbstractContextManager[Any]) -> Reply:
         request_id, started = new_request_id(), time.perf_counter()
         try:
             service = self._admit(api_key, body)
@@ -277,7 +261,7 @@ class PredictionEndpoints:
         except Rejection as rejection:
             return self._rejected(rejection, request_id, started, [{}])
         try:
-            with predicting:
+            with self._predicting:
                 prediction = service.predict_instance(record)
         except InvalidInstance as err:
             invalid = Rejection(422, f"invalid instance: {err}", err.errors)

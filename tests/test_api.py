@@ -346,35 +346,3 @@ def test_concurrent_requests_are_predicted_one_at_a_time_and_all_answered(
 
     assert statuses == [200] * 40
     assert most[0] == 1
-
-
-@pytest.mark.parametrize("framework", list(FACTORIES))
-def test_a_request_waiting_for_a_batch_never_blocks_the_other_routes(
-    framework: str, config: Config, log: PredictionLog, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """FastAPI predicts one instance in place on its event loop; while a batch holds the
-    core, a single request must wait in a thread, so /health still answers meanwhile."""
-    service = PredictionService.from_config(config)
-    inside, release = threading.Event(), threading.Event()
-    predict_records = service.predict_records
-
-    def slow(records: Any) -> Any:
-        inside.set()
-        release.wait(timeout=30)
-        return predict_records(records)
-
-    monkeypatch.setattr(service, "predict_records", slow)
-    with start(framework, service, log) as base_url, ThreadPoolExecutor(2) as pool:
-        batch = pool.submit(post, f"{base_url}/predict/batch", {"instances": [INSTANCE]})
-        assert inside.wait(timeout=10)
-        single = pool.submit(post, f"{base_url}/predict", INSTANCE)
-        time.sleep(0.2)  # the single request has arrived and waits for the batch
-        try:
-            health = requests.get(f"{base_url}/health", timeout=5)
-            waited = not single.done()  # for the batch: predictions run one at a time
-        finally:
-            release.set()
-        assert health.status_code == 200
-        assert waited
-        assert (batch.result().status_code, single.result().status_code) == (200, 200)
-    assert single.result().json()["prediction"] == service.predict_instance(INSTANCE).prediction
