@@ -28,6 +28,7 @@ from tests.deployment_helpers import (
     run_cloud_setup,
     running,
 )
+from tests.provider_checks import instructions
 from tests.serving import free_port
 
 KUBERNETES = PROJECT_ROOT / "deployment" / "kubernetes"
@@ -39,22 +40,6 @@ def bundle(deployable_project: Path) -> Path:
     result = run_cloud_setup(deployable_project, "container")
     assert result.returncode == 0, result.stderr
     return bundle_dir(deployable_project, "container")
-
-
-def instructions(dockerfile: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) in order; continuation lines joined, comments dropped."""
-    logical, current = [], ""
-    for line in dockerfile.read_text().splitlines():
-        if line.lstrip().startswith("#") and not current:
-            continue
-        current += line.rstrip()
-        if current.endswith("\\"):
-            current = current[:-1] + " "
-            continue
-        if current.strip():
-            logical.append(current.strip())
-        current = ""
-    return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in logical]
 
 
 def image_environment(parsed: list[tuple[str, str]]) -> dict[str, str]:
