@@ -10,10 +10,13 @@ echo "== PostgreSQL server (the prediction log's replica tests start one)"
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
   || (apt-get update && apt-get install -y postgresql)
 
-echo "== install (pipenv sync --dev, plus the optional boosting and spark categories tests use)"
+echo "== install (pipenv sync --dev, plus the optional categories the tests and mypy use)"
 pipenv sync --dev
 pipenv sync --categories boosting
 pipenv sync --categories spark
+# The cloud handlers' own runtimes, so mypy checks deployment/ against their real types.
+pipenv sync --categories serving_google_cloud_function
+pipenv sync --categories serving_aws_lambda
 # PySpark needs Java 17; CI=true makes a missing PySpark fail the Spark tests instead of skip.
 command -v java >/dev/null || { apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless; }
 export CI=true
