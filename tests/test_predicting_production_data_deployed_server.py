@@ -75,9 +75,18 @@ def stub_server(post_statuses: list[int]) -> Iterator[tuple[str, list[str | None
 
 @pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The client's backoff delays, recorded instead of slept."""
+    """The client's backoff delays, recorded instead of slept. Only this thread's: threads other
+    tests left running (py4j's finalizer after a Spark session, log writers) sleep for real."""
     delays: list[float] = []
-    monkeypatch.setattr(time, "sleep", delays.append)
+    real_sleep, test_thread = time.sleep, threading.get_ident()
+
+    def sleep(seconds: float) -> None:
+        if threading.get_ident() == test_thread:
+            delays.append(seconds)
+        else:
+            real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
     return delays
 
 
