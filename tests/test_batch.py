@@ -1,0 +1,45 @@
+"""`ml_project.batch.PartitionScorer`, the function Spark's `mapInPandas` runs on each partition,
+called here in process on batches of CSV cells as strings (as Spark hands them over): every row
+comes out once, predicted or quarantined with its reason, with the answers the local chunk
+scorer gives the same rows. (tests/test_predicting_historic_data_spark.py runs it in Spark.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+
+from ml_project.batch import PartitionScorer, score_chunk
+from ml_project.ingest import as_read
+from ml_project.predict import PredictionService
+from ml_project.validate import REASON_COLUMN
+from tests.conftest import prediction_config
+
+
+def test_every_row_comes_out_once_as_the_chunk_scorer_scores_it(trained_project: Path) -> None:
+    config = prediction_config(trained_project)
+    service = PredictionService.from_config(config)
+    cells = pd.read_csv(trained_project / "data" / "production_data.csv", dtype=str)
+    cells.loc[3, "tenure_months"] = "not a number"  # quarantined, with the column named
+    shipped = SimpleNamespace(value=(service.pipeline, service.metadata, service.reference))
+    scorer = PartitionScorer(shipped, config, text=True)
+
+    out = pd.concat(list(scorer(iter([cells.iloc[:100], cells.iloc[100:]]))), ignore_index=True)
+
+    identifier = config.columns.id
+    quarantined = out[out[REASON_COLUMN].notna()]
+    predicted = out[out[REASON_COLUMN].isna()]
+    assert len(quarantined) + len(predicted) == len(cells)
+    assert sorted(out[identifier]) == sorted(cells[identifier])
+    assert "tenure_months" in quarantined.loc[
+        quarantined[identifier] == cells.loc[3, identifier], REASON_COLUMN].item()
+    local = score_chunk(as_read(cells, config, text=True), service, config)
+    assert local.predictions is not None and len(local.quarantined) == len(quarantined)
+    expected = local.predictions.set_index(identifier).sort_index()
+    got = predicted.set_index(identifier).sort_index()
+    for column in expected.columns:
+        if column in got.columns:
+            np.testing.assert_array_equal(got[column].to_numpy(), expected[column].to_numpy())
