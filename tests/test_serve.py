@@ -122,7 +122,7 @@ def test_start_command_serves_in_the_foreground_until_interrupted(
         client.close()
     finally:
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
-        code = process.wait(timeout=30)
+        code = process.wait(timeout=60)  # gunicorn waits up to graceful_timeout (30 s) for a worker
         output.close()
     server_output = (tmp_path / "server.out").read_text()
 
