@@ -23,7 +23,8 @@ from sqlalchemy.pool import QueuePool
 from ml_project.config import PROJECT_ROOT
 from ml_project.log_records import LogRecord, new_request_id
 from ml_project.log_spill import REJECTED_FILE
-from ml_project.prediction_log import BATCH_WAIT_SECONDS, PredictionLog, insert_or_ignore
+from ml_project.log_table import insert_or_ignore
+from ml_project.prediction_log import BATCH_WAIT_SECONDS, PredictionLog
 
 
 def _record(i: int, error: str | None = None, request_id: str | None = None,
