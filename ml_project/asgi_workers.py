@@ -15,14 +15,14 @@ from typing import Any, Callable
 
 from uvicorn_worker import UvicornWorker
 
-from ml_project.wsgi_server import serve_forked
+from ml_project.wsgi_server import serve_forked, unblock_stop_signals
 
 
 def serve_asgi(app: Any, host: str, port: int, post_fork: Callable[[], None],
                workers: int) -> None:
     """Until SIGINT/SIGTERM; each worker then finishes its requests in flight.
     `post_fork` runs in each worker first (to start its own prediction log writer)."""
-    serve_forked(app, host, port, post_fork, workers, _UvicornWorker)
+    serve_forked(UnblockStopSignalsAtStartup(app), host, port, post_fork, workers, _UvicornWorker)
 
 
 class _UvicornWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn has no type hints
@@ -32,8 +32,14 @@ class _UvicornWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn has no ty
       than to gunicorn's, which `wsgi_server` leaves empty;
     - after a graceful stop the worker exits normally, so it stores what its prediction log
       still holds: uvicorn re-raises the signal that stopped it once it has finished, and the
-      handler it then finds only marks the worker stopped, where the default one would kill it.
+      handler it then finds only marks the worker stopped, where the default one would kill it;
+    - the stop signals, blocked since the fork (`wsgi_server.STOP_SIGNALS`), are unblocked only
+      once uvicorn's own handlers are in place: when it starts the app's lifespan. A stop that
+      came while the worker booted then stops uvicorn gracefully, where before it only marked
+      the worker stopped, which uvicorn never reads, and the master waited 30 s to kill it.
     """
+
+    CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "lifespan": "on"}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -47,3 +53,16 @@ class _UvicornWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn has no ty
         super().init_signals()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.handle_exit)
+
+
+class UnblockStopSignalsAtStartup:
+    """ASGI middleware: unblocks the stop signals when uvicorn starts the app's lifespan, which
+    it does after installing its signal handlers; passes everything through."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            unblock_stop_signals()
+        await self.app(scope, receive, send)

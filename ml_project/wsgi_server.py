@@ -32,6 +32,11 @@ THREADS = 32
 READ_TIMEOUT_SECONDS = 10.0
 # How long an idle keep-alive connection stays open (uvicorn's default too).
 KEEPALIVE_SECONDS = 5
+# The signals that stop the service gracefully. A worker holds them blocked from its fork until
+# its own handlers are in place (`unblock_stop_signals`): until then it still has the master's
+# handlers, which would only queue the signal in the master's copy of its state, so the worker
+# would boot and serve on, and the master wait its graceful_timeout (30 s) before killing it.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 
 def serve_wsgi(app: Any, host: str, port: int, post_fork: Callable[[], None],
@@ -94,12 +99,32 @@ class _EmbeddedGunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn has 
         _GracefulArbiter(self).run()
 
 
+def unblock_stop_signals() -> None:
+    """In a worker, once its own stop handlers are in place: a stop signal that came while it
+    was booting is delivered now, to them."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 class _GracefulArbiter(Arbiter):  # type: ignore[misc]
-    """gunicorn's master, but SIGINT (Ctrl-C) stops as gracefully as SIGTERM, as uvicorn does:
-    the requests in flight finish. A second SIGINT during the stop still forces it."""
+    """gunicorn's master, but
+
+    - SIGINT (Ctrl-C) stops as gracefully as SIGTERM, as uvicorn does: the requests in flight
+      finish. A second SIGINT during the stop still forces it;
+    - a worker is forked with STOP_SIGNALS blocked, so a stop that comes while it boots (the
+      service just started, or a dead worker being replaced) waits for its handlers, not lost.
+    """
 
     def handle_int(self) -> None:
         self.handle_term()
+
+    def spawn_worker(self) -> int:
+        master = os.getpid()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return int(super().spawn_worker())
+        finally:
+            if os.getpid() == master:  # the worker leaves through here too, blocked, exiting
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class _GthreadWorker(ThreadWorker):  # type: ignore[misc]
@@ -116,6 +141,7 @@ class _GthreadWorker(ThreadWorker):  # type: ignore[misc]
         super().init_signals()
         signal.signal(signal.SIGINT, self.handle_exit)
         signal.siginterrupt(signal.SIGINT, False)
+        unblock_stop_signals()  # a stop while booting ends the worker before it serves
 
     def enqueue_req(self, conn: Any) -> None:
         """Before a thread reads the connection: its socket times out (`_TimedSocket`)."""

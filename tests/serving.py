@@ -7,6 +7,7 @@ the socket is bound before the server starts, so no other process can take the p
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import psutil
 import uvicorn
@@ -157,3 +158,24 @@ INSTANCE: dict[str, Any] = {
 def instance(drop: tuple[str, ...] = (), **changes: Any) -> dict[str, Any]:
     """INSTANCE with some fields changed or dropped."""
     return {k: v for k, v in {**INSTANCE, **changes}.items() if k not in drop}
+
+
+def send_slowly_and_stop(base_url: str, server: psutil.Process, stop: Callable[[], None]
+                         ) -> tuple[bytes, float]:
+    """Start a /predict request, `stop()` the server while its body is still on the way, check
+    the server waits for it, then finish it. Returns the raw answer and when `stop()` ran."""
+    host, port = base_url.removeprefix("http://").split(":")
+    body = json.dumps(INSTANCE).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:20])
+        time.sleep(0.5)  # a worker is now reading the body
+        stopped_at = time.monotonic()
+        stop()
+        time.sleep(0.5)
+        assert server.is_running(), "the server did not wait for the request in flight"
+        sock.sendall(body[20:])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer, stopped_at

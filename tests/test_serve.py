@@ -13,9 +13,8 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import psutil
 import pytest
 import requests
 
@@ -30,8 +29,10 @@ from tests.serving import (
     instance,
     launch_server,
     load_serving_config,
+    send_slowly_and_stop,
     write_serving_config,
 )
+from tests.test_workers import BOOT_STOP_SECONDS
 
 HEAVY_MODULES = ("mlflow", "evidently", "pandera", "matplotlib")
 
@@ -122,13 +123,17 @@ def test_start_command_serves_in_the_foreground_until_interrupted(
         client.close()
     finally:
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
-        code = process.wait(timeout=60)  # gunicorn waits up to graceful_timeout (30 s) for a worker
+        interrupted_at = time.monotonic()
+        code = process.wait(timeout=60)
+        stop_seconds = time.monotonic() - interrupted_at
         output.close()
     server_output = (tmp_path / "server.out").read_text()
 
     assert ready.ok, server_output
     assert answer.ok and answer.body["model_version"] == ready.body["model_version"]
     assert code == 0, server_output
+    # Not gunicorn's graceful_timeout (30 s), even when a worker was still booting.
+    assert stop_seconds < BOOT_STOP_SECONDS, (stop_seconds, server_output)
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/health", timeout=5)
 
@@ -212,27 +217,6 @@ def test_flask_on_gunicorn_answers_right_concurrently_over_keep_alive_and_logs_e
     assert not log.spill_files()
 
 
-def _send_slowly_and_signal(base_url: str, server: psutil.Process, stop: Callable[[], None]
-                            ) -> tuple[bytes, float]:
-    """Start a /predict request, `stop()` the server while its body is still on the way, then
-    finish it. Returns the raw answer and the time `stop()` was called."""
-    host, port = base_url.removeprefix("http://").split(":")
-    body = json.dumps(INSTANCE).encode()
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:20])
-        time.sleep(0.5)  # the worker is now reading the body
-        stopped_at = time.monotonic()
-        stop()
-        time.sleep(0.5)
-        assert server.is_running(), "the server did not wait for the request in flight"
-        sock.sendall(body[20:])
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    return answer, stopped_at
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_flask_on_gunicorn_finishes_the_request_in_flight_then_stops_cleanly(
     trained_project: Path, tmp_path: Path, signum: signal.Signals
@@ -251,7 +235,7 @@ def test_flask_on_gunicorn_finishes_the_request_in_flight_then_stops_cleanly(
             else:
                 os.killpg(server.pid, signal.SIGINT)
 
-        answer, stopped_at = _send_slowly_and_signal(base_url, server, stop)
+        answer, stopped_at = send_slowly_and_stop(base_url, server, stop)
         code = server.wait(timeout=30)
         stop_seconds = time.monotonic() - stopped_at
         idle.close()

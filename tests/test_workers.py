@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
-import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,19 +16,62 @@ import psutil
 import pytest
 import requests
 
+from ml_project.asgi_workers import UnblockStopSignalsAtStartup
+from ml_project.config import PROJECT_ROOT
 from ml_project.predict import PredictionService
 from ml_project.prediction_log import PredictionLog
 from ml_project.serve import WORKERS_ENV, default_workers, main
+from ml_project.wsgi_server import STOP_SIGNALS
 from tests.serving import (
-    INSTANCE,
+    free_port,
     instance,
     launch_server,
     load_serving_config,
+    send_slowly_and_stop,
     write_serving_config,
 )
 
 CLIENTS = 8
 REQUESTS_PER_CLIENT = 12
+# From a stop signal to the exit when a worker is still booting: its boot (BOOT_SECONDS here)
+# plus the stop, far under gunicorn's graceful_timeout (30 s), what a lost signal costs.
+BOOT_SECONDS = 3
+BOOT_STOP_SECONDS = 15
+
+# A service on gunicorn whose workers take BOOT_SECONDS to boot (their post_fork), with trivial
+# apps: what is tested is the stop of a worker that is not yet serving.
+SLOW_BOOTING_SERVICE = """
+import sys, time
+from pathlib import Path
+from ml_project.asgi_workers import serve_asgi
+from ml_project.wsgi_server import serve_wsgi
+
+kind, port, marker, boot_seconds = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), float(
+    sys.argv[4])
+
+def wsgi_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+async def asgi_app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+def booting():
+    marker.write_text("booting")
+    time.sleep(boot_seconds)
+
+if kind == "asgi":
+    serve_asgi(asgi_app, "127.0.0.1", port, booting, workers=1)
+else:
+    serve_wsgi(wsgi_app, "127.0.0.1", port, booting, workers=1)
+"""
 
 
 def _cpu_seconds(process: psutil.Process) -> float:
@@ -71,24 +116,6 @@ def _wait_until_logged(log: PredictionLog, request_ids: list[str]) -> None:
         time.sleep(0.05)
 
 
-def _slow_request_during_stop(base_url: str, server: psutil.Process) -> bytes:
-    """A /predict whose body is still on the way when the master gets SIGTERM; its answer."""
-    host, port = base_url.removeprefix("http://").split(":")
-    body = json.dumps(INSTANCE).encode()
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:20])
-        time.sleep(0.5)  # a worker is now reading the body
-        server.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        assert server.is_running(), "the server did not wait for the request in flight"
-        sock.sendall(body[20:])
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    return answer
-
-
 @pytest.mark.parametrize("framework", ["fastapi", "flask"])
 def test_two_workers_share_requests_survive_a_killed_worker_and_log_each_request_once(
     framework: str, trained_project: Path, tmp_path: Path
@@ -119,7 +146,8 @@ def test_two_workers_share_requests_survive_a_killed_worker_and_log_each_request
         after_kill = _load(base_url, instances[:CLIENTS])
         replacement = ({p.pid for p in replaced} - {w.pid for w in workers}).pop()
 
-        answer = _slow_request_during_stop(base_url, server)
+        answer, _ = send_slowly_and_stop(
+            base_url, server, lambda: server.send_signal(signal.SIGTERM))
         code = server.wait(timeout=60)
     output = (tmp_path / "server.out").read_text()
     records = log.read()
@@ -167,3 +195,57 @@ def test_a_worker_count_below_one_or_not_a_number_stops_the_launcher(
         main(["fastapi", *argv])
     assert stop.value.code == 2
     assert "workers >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_a_stop_while_a_worker_boots_waits_for_its_boot_not_the_graceful_timeout(
+    kind: str, tmp_path: Path
+) -> None:
+    """SIGTERM reaches the master while its worker is still booting (the service just started,
+    or a dead worker is being replaced, as a container runtime may stop it at any moment): the
+    worker stops once booted, and all exit cleanly, instead of the master waiting 30 s."""
+    marker = tmp_path / "booting"
+    service = subprocess.Popen(
+        [sys.executable, "-c", SLOW_BOOTING_SERVICE, kind, str(free_port()), str(marker),
+         str(BOOT_SECONDS)],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert service.poll() is None and time.monotonic() < deadline, service.stdout
+            time.sleep(0.01)
+        workers = psutil.Process(service.pid).children()
+        service.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        code = service.wait(timeout=60)
+        stop_seconds = time.monotonic() - stopped_at
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait()
+    output = service.stdout.read() if service.stdout else ""
+
+    assert code == 0, output
+    assert stop_seconds < BOOT_STOP_SECONDS, (stop_seconds, output)
+    assert len(workers) == 1 and not workers[0].is_running()
+    assert "Traceback" not in output, output
+
+
+@pytest.mark.parametrize("scope_type", ["lifespan", "http"])
+def test_uvicorn_workers_unblock_the_stop_signals_when_the_lifespan_starts(scope_type: str) -> None:
+    """In a worker, uvicorn's signal handlers are in place once it starts the app's lifespan:
+    only then may a stop signal held since the fork be delivered. Everything reaches the app."""
+    received: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        received.append(scope["type"])
+
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        asyncio.run(UnblockStopSignalsAtStartup(app)({"type": scope_type}, None, None))
+        still_blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set()) & STOP_SIGNALS
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    assert received == [scope_type]
+    assert still_blocked == (set() if scope_type == "lifespan" else STOP_SIGNALS)
