@@ -34,8 +34,8 @@ READ_TIMEOUT_SECONDS = 10.0
 KEEPALIVE_SECONDS = 5
 # The signals that stop the service gracefully. A worker holds them blocked from its fork until
 # its own handlers are in place (`unblock_stop_signals`): until then it still has the master's
-# handlers, which would only queue the signal in the master's copy of its state, so the worker
-# would boot and serve on, and the master wait its graceful_timeout (30 s) before killing it.
+# handlers, which only queue the signal in the master's copy of its state: the worker would boot
+# and serve on, and the master would wait its graceful_timeout (30 s) before killing it.
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 

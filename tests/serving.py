@@ -155,6 +155,11 @@ INSTANCE: dict[str, Any] = {
 }
 
 
+# From a stop signal to the exit when a worker is still booting: its boot plus the stop, far
+# under gunicorn's graceful_timeout (30 s), which is what a lost stop signal costs.
+BOOT_STOP_SECONDS = 15
+
+
 def instance(drop: tuple[str, ...] = (), **changes: Any) -> dict[str, Any]:
     """INSTANCE with some fields changed or dropped."""
     return {k: v for k, v in {**INSTANCE, **changes}.items() if k not in drop}

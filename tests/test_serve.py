@@ -24,6 +24,7 @@ from ml_project.predict import PredictionService
 from ml_project.prediction_log import PredictionLog
 from ml_project.wsgi_server import THREADS as FLASK_THREADS
 from tests.serving import (
+    BOOT_STOP_SECONDS,
     INSTANCE,
     free_port,
     instance,
@@ -32,7 +33,6 @@ from tests.serving import (
     send_slowly_and_stop,
     write_serving_config,
 )
-from tests.test_workers import BOOT_STOP_SECONDS
 
 HEAVY_MODULES = ("mlflow", "evidently", "pandera", "matplotlib")
 

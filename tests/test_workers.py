@@ -23,6 +23,7 @@ from ml_project.prediction_log import PredictionLog
 from ml_project.serve import WORKERS_ENV, default_workers, main
 from ml_project.wsgi_server import STOP_SIGNALS
 from tests.serving import (
+    BOOT_STOP_SECONDS,
     free_port,
     instance,
     launch_server,
@@ -33,10 +34,8 @@ from tests.serving import (
 
 CLIENTS = 8
 REQUESTS_PER_CLIENT = 12
-# From a stop signal to the exit when a worker is still booting: its boot (BOOT_SECONDS here)
-# plus the stop, far under gunicorn's graceful_timeout (30 s), what a lost signal costs.
+# How long the workers of SLOW_BOOTING_SERVICE take to boot.
 BOOT_SECONDS = 3
-BOOT_STOP_SECONDS = 15
 
 # A service on gunicorn whose workers take BOOT_SECONDS to boot (their post_fork), with trivial
 # apps: what is tested is the stop of a worker that is not yet serving.
