@@ -5,7 +5,10 @@ scikit-learn's ColumnTransformer re-checks and re-slices its input on every call
 that costs several times the model itself. `FastPipeline` applies the same fitted statistics
 (imputer fill values, scaler means and scales, one-hot categories) with a few numpy operations,
 runs the very same feature-step functions, and then calls the very same fitted model through
-its public `predict` and `predict_proba`.
+its public `predict` and `predict_proba`. For the few classifiers whose `predict` is, in
+scikit-learn's own code, the class of highest probability (`LABEL_IS_MOST_PROBABLE`), it calls
+`predict_proba` alone and takes that class: one pass over the model's trees instead of two,
+and `predict` itself wherever the highest probability is shared.
 
 It is a shortcut, so it is held to three rules:
 - it accepts only the exact types it knows (`type(step) is StandardScaler`, not a subclass that
@@ -25,7 +28,13 @@ from typing import Any, Callable, Literal, Mapping, Sequence, Union
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+)
 from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
@@ -37,6 +46,15 @@ BlockStep = Callable[[np.ndarray], np.ndarray]
 # A block's columns and the part of the model input it fills (rows x its output columns).
 BlockTransform = Callable[[Sequence[Column], np.ndarray], None]
 SMALL_BATCH = 32  # rows up to which per-value dict lookups beat vectorised ones
+# Classifiers whose `predict` gives, wherever one class's probability is strictly the highest,
+# that class. Forests take the argmax of their averaged probabilities; histogram gradient
+# boosting and logistic regression take the sign or argmax of their decision function, and
+# their probabilities (its sigmoid or softmax) keep its order but may round two decisions to one
+# probability: a decision of 1e-20 is class 1 to `predict` and probability 0.5 to both classes.
+# Exact types only: a subclass, or a wrapper such as a threshold-tuned classifier, may label
+# otherwise.
+LABEL_IS_MOST_PROBABLE = (ExtraTreesClassifier, HistGradientBoostingClassifier, LogisticRegression,
+                          RandomForestClassifier)
 
 
 class UnsupportedPipeline(ValueError):
@@ -240,6 +258,8 @@ class FastPipeline:
             self.blocks.append(_Block(list(columns), _compile_block(transformer), outputs[name]))
         self.width = max((block.output.stop for block in self.blocks), default=0)
         self.model = pipeline[-1]
+        self.labels_from_probabilities = (type(self.model) in LABEL_IS_MOST_PROBABLE
+                                          and getattr(self.model, "n_outputs_", 1) == 1)
         self.order: Literal["C", "F"] = "C"  # see `match_layout`
 
     def match_layout(self, preprocessed: np.ndarray) -> None:
@@ -265,21 +285,30 @@ class FastPipeline:
             block.transform([engineered[c] for c in block.columns], features[:, block.output])
         return features
 
-    def predict(self, columns: Mapping[str, Column]) -> np.ndarray:
-        predicted: np.ndarray = self.model.predict(self.preprocess(columns))
-        return predicted
-
-    def predict_proba(self, columns: Mapping[str, Column]) -> np.ndarray:
-        probabilities: np.ndarray = self.model.predict_proba(self.preprocess(columns))
-        return probabilities
-
     def predict_both(self, columns: Mapping[str, Column], probabilities: bool
                      ) -> tuple[np.ndarray, np.ndarray | None]:
         """The model's `predict` and (if `probabilities`) `predict_proba` on one preprocessed
         input: the Pipeline would preprocess the same rows twice, to the same array."""
         features = self.preprocess(columns)
-        predicted: np.ndarray = self.model.predict(features)
-        return predicted, self.model.predict_proba(features) if probabilities else None
+        if not probabilities:
+            predicted: np.ndarray = self.model.predict(features)
+            return predicted, None
+        scores: np.ndarray = self.model.predict_proba(features)
+        if self.labels_from_probabilities:
+            return self._most_probable(scores, features), scores
+        return self.model.predict(features), scores
+
+    def _most_probable(self, probabilities: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """What `predict` gives for a `LABEL_IS_MOST_PROBABLE` model: each row's class of
+        highest probability or, if any row's highest is shared, `predict` itself (a tie's
+        label is the decision function's, which the probabilities no longer show)."""
+        top = probabilities.argmax(axis=1)
+        highest = probabilities[np.arange(len(top)), top]
+        if ((probabilities == highest[:, np.newaxis]).sum(axis=1) > 1).any():
+            predicted: np.ndarray = self.model.predict(features)
+            return predicted
+        labels: np.ndarray = self.model.classes_.take(top)
+        return labels
 
 
 def compile_pipeline(pipeline: Pipeline) -> tuple[FastPipeline | None, str]:

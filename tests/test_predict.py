@@ -328,6 +328,56 @@ def test_labels_come_from_predict_not_from_the_largest_probability(
     np.testing.assert_array_equal(labels, pipeline.predict(features))
 
 
+class _AlwaysPositive(LogisticRegression):  # type: ignore[misc]
+    """A subclass whose `predict` is not the class of highest probability."""
+
+    def predict(self, X: Any) -> Any:
+        return np.full(len(X), self.classes_[1])
+
+
+@pytest.mark.parametrize(("model", "shortcut"), [
+    (ESTIMATORS["hist_gradient_boosting"], True),
+    (ESTIMATORS["logistic_regression"], True),
+    (ESTIMATORS["random_forest"], True),
+    (ESTIMATORS["extra_trees"], True),
+    (ESTIMATORS["fixed_threshold"], False),
+    (lambda: _AlwaysPositive(max_iter=500), False),
+])
+def test_only_exact_known_classifiers_take_the_label_from_the_highest_probability(
+    service: PredictionService, raw: pd.DataFrame, model: Any, shortcut: bool
+) -> None:
+    """The shortcut saves `predict`'s pass over the model; a subclass or a wrapper may label
+    otherwise, so it calls `predict` (and the load-time proof passes either way)."""
+    pipeline = _fit(service, raw, model())
+    served = _service_for(pipeline, service, raw)
+
+    assert served.fast_path is not None, served.core
+    assert served.fast_path.labels_from_probabilities is shortcut
+    features = raw[service.features]
+    np.testing.assert_array_equal(served.predict_frame(raw)["prediction"],
+                                  pipeline.predict(features))
+
+
+def test_a_shared_highest_probability_takes_the_label_predict_gives(
+    service: PredictionService, raw: pd.DataFrame
+) -> None:
+    """A decision of 1e-20 is class 1 to `predict`, and probability 0.5 to both classes, whose
+    argmax would say class 0."""
+    pipeline = _fit(service, raw, LogisticRegression(max_iter=500))
+    model = pipeline[-1]
+    model.coef_[:] = 0.0
+    model.intercept_[:] = 1e-20
+    features = raw[service.features]
+    assert (pipeline.predict_proba(features) == 0.5).all()
+    assert (pipeline.predict(features) == 1).all()
+
+    served = _service_for(pipeline, service, raw)
+
+    assert served.fast_path is not None and served.fast_path.labels_from_probabilities
+    assert (served.predict_frame(raw)["prediction"] == 1).all()
+    assert served.predict_instance(_record(features.iloc[0])).prediction == 1
+
+
 class _ShiftedScaler(StandardScaler):  # type: ignore[misc]
     """A subclass that transforms differently: an isinstance test would take it for its base."""
 
