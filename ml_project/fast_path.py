@@ -300,11 +300,12 @@ class FastPipeline:
 
     def _most_probable(self, probabilities: np.ndarray, features: np.ndarray) -> np.ndarray:
         """What `predict` gives for a `LABEL_IS_MOST_PROBABLE` model: each row's class of
-        highest probability or, if any row's highest is shared, `predict` itself (a tie's
-        label is the decision function's, which the probabilities no longer show)."""
+        highest probability or, unless every row has exactly one (a tie, or NaN from a model
+        with NaN parameters), `predict` itself: the decision function's order, which the
+        probabilities no longer show, decides those."""
         top = probabilities.argmax(axis=1)
         highest = probabilities[np.arange(len(top)), top]
-        if ((probabilities == highest[:, np.newaxis]).sum(axis=1) > 1).any():
+        if ((probabilities == highest[:, np.newaxis]).sum(axis=1) != 1).any():
             predicted: np.ndarray = self.model.predict(features)
             return predicted
         labels: np.ndarray = self.model.classes_.take(top)

@@ -378,6 +378,31 @@ def test_a_shared_highest_probability_takes_the_label_predict_gives(
     assert served.predict_instance(_record(features.iloc[0])).prediction == 1
 
 
+def test_a_probability_that_is_not_a_number_takes_the_label_predict_gives(
+    service: PredictionService, raw: pd.DataFrame
+) -> None:
+    """A multiclass model with a NaN parameter: its softmax is NaN for every class, whose argmax
+    is the first class, while `predict` takes the argmax of the decision, where the NaN is.
+    (The load-time proof would refuse the model; the shortcut does not lean on that.)"""
+    from ml_project.fast_path import compile_pipeline
+    from ml_project.train import build_pipeline
+
+    features = raw[service.features]
+    target = pd.qcut(raw["tenure_months"], 3, labels=["low", "mid", "high"]).astype(str)
+    pipeline = build_pipeline(service.config, LogisticRegression(max_iter=500))
+    pipeline.fit(features, target)
+    pipeline[-1].intercept_[2] = np.nan
+    expected = pipeline.predict(features)
+    assert np.isnan(pipeline.predict_proba(features)).all()
+    assert (expected == pipeline.classes_[2]).all()
+
+    compiled, reason = compile_pipeline(pipeline)
+
+    assert compiled is not None and compiled.labels_from_probabilities, reason
+    labels, _ = compiled.predict_both(service._frame_columns(raw), probabilities=True)
+    np.testing.assert_array_equal(labels, expected)
+
+
 class _ShiftedScaler(StandardScaler):  # type: ignore[misc]
     """A subclass that transforms differently: an isinstance test would take it for its base."""
 
