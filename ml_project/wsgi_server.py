@@ -53,7 +53,8 @@ def serve_wsgi(app: Any, host: str, port: int, post_fork: Callable[[], None],
 def serve_forked(app: Any, host: str, port: int, post_fork: Callable[[], None], workers: int,
                  worker_class: type, **settings: Any) -> None:
     """`app` on `workers` processes of `worker_class`, forked from this one (gunicorn's master,
-    which binds the port and replaces a worker that dies), until SIGINT/SIGTERM."""
+    which replaces a worker that dies), until SIGINT/SIGTERM. One worker serves the master's
+    socket; several bind one each (`reuse_port`)."""
     server = _EmbeddedGunicorn(app, {
         "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
         "workers": workers,
@@ -62,6 +63,11 @@ def serve_forked(app: Any, host: str, port: int, post_fork: Callable[[], None], 
         "accesslog": None,  # every prediction request is in the prediction log already
         "logger_class": _GunicornLogging,
         "control_socket_disable": True,  # else a socket in $XDG_RUNTIME_DIR or ~/.gunicorn
+        # Each worker binds its own socket (SO_REUSEPORT), and the kernel spreads new
+        # connections over them. On one shared socket, whichever worker wakes first accepts every
+        # connection waiting: a few keep-alive clients (a proxy's pool, say) then all land on
+        # one worker, and the others idle.
+        "reuse_port": workers > 1,
         # The workers' garbage collectors must not touch the objects they inherit (the model,
         # every module): marking them would copy each page they sit on, unsharing ~50 MB each.
         "pre_fork": lambda arbiter, worker: gc.freeze(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
@@ -34,6 +36,9 @@ from tests.serving import (
 
 CLIENTS = 8
 REQUESTS_PER_CLIENT = 12
+# Keep-alive clients that connect at once: spread by a hash of their ports, all 16 land on one of
+# two workers once in 32,768 runs.
+KEEP_ALIVE_CLIENTS = 16
 # How long the workers of SLOW_BOOTING_SERVICE take to boot.
 BOOT_SECONDS = 3
 
@@ -105,6 +110,66 @@ def _workers(server: psutil.Process, count: int) -> list[psutil.Process]:
         assert time.monotonic() < deadline, f"{len(workers)} workers, not {count}"
         time.sleep(0.05)
     return workers
+
+
+def _listening(workers: list[psutil.Process]) -> None:
+    """Until every worker has a listening socket (its own, or the master's it inherited)."""
+    deadline = time.monotonic() + 60
+    while not all(any(c.status == psutil.CONN_LISTEN for c in w.net_connections(kind="tcp"))
+                  for w in workers):
+        assert time.monotonic() < deadline, "a worker is not listening"
+        time.sleep(0.05)
+
+
+def _keep_alive_load(base_url: str, body: bytes) -> list[int]:
+    """KEEP_ALIVE_CLIENTS connections opened at once, then REQUESTS_PER_CLIENT requests on each,
+    concurrently: as a proxy's pool of persistent connections sends them."""
+    address = urlsplit(base_url)
+    connections = [http.client.HTTPConnection(str(address.hostname), address.port, timeout=30)
+                   for _ in range(KEEP_ALIVE_CLIENTS)]
+    for connection in connections:
+        connection.connect()
+    statuses: list[int] = []
+
+    def client(connection: http.client.HTTPConnection) -> None:
+        for _ in range(REQUESTS_PER_CLIENT):
+            connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            statuses.append(response.status)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in connections]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for connection in connections:
+        connection.close()
+    return statuses
+
+
+@pytest.mark.parametrize("framework", ["fastapi", "flask"])
+def test_keep_alive_clients_that_connect_at_once_are_spread_over_the_workers(
+    framework: str, trained_project: Path, tmp_path: Path
+) -> None:
+    """On one shared socket, the worker that woke first accepted every connection waiting: a
+    few persistent clients kept one worker busy and left the other idle (the benchmark measured
+    2 workers at 0.98x one). Each worker now listens on a socket of its own (SO_REUSEPORT), and
+    the kernel spreads the connections over them."""
+    config_file = write_serving_config(trained_project, tmp_path)
+    body = json.dumps(instance(customer_id="K001", age=40, tenure_months=12)).encode()
+
+    with launch_server(config_file, tmp_path / "server.out", framework, workers=2) as (
+        base_url, server
+    ):
+        workers = _workers(server, 2)
+        _listening(workers)
+        cpu_before = [_cpu_seconds(worker) for worker in workers]
+        statuses = _keep_alive_load(base_url, body)
+        cpu_used = [_cpu_seconds(worker) - before for worker, before in zip(workers, cpu_before)]
+
+    assert statuses == [200] * (KEEP_ALIVE_CLIENTS * REQUESTS_PER_CLIENT)
+    assert min(cpu_used) > 0.1 * sum(cpu_used), cpu_used
 
 
 def _wait_until_logged(log: PredictionLog, request_ids: list[str]) -> None:
