@@ -21,6 +21,8 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger as GunicornLogger
 from gunicorn.workers.gthread import ThreadWorker
 
+logger = logging.getLogger(__name__)
+
 # Threads of each gunicorn worker, so requests are served concurrently: a connection holds a
 # thread only while its request is read and runs (idle keep-alive connections wait in the
 # worker's poller). Predictions run one at a time per worker anyway (`PredictionEndpoints`), so
@@ -54,7 +56,10 @@ def serve_forked(app: Any, host: str, port: int, post_fork: Callable[[], None], 
                  worker_class: type, **settings: Any) -> None:
     """`app` on `workers` processes of `worker_class`, forked from this one (gunicorn's master,
     which replaces a worker that dies), until SIGINT/SIGTERM. One worker serves the master's
-    socket; several bind one each (`reuse_port`)."""
+    socket; several bind one each (`reuse_port`), on the port the master holds for them."""
+    reserved = _reserve_port(host, port) if workers > 1 else None
+    if reserved is not None:
+        port = reserved.getsockname()[1]  # port 0 is a free port: the same one for every worker
     server = _EmbeddedGunicorn(app, {
         "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
         "workers": workers,
@@ -83,6 +88,26 @@ def serve_forked(app: Any, host: str, port: int, post_fork: Callable[[], None], 
         # returns; a worker, or a master that failed, exits with its own status.
         if os.getpid() != master or stop.code not in (0, None):
             raise
+    finally:
+        if reserved is not None and os.getpid() == master:
+            reserved.close()
+
+
+def _reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound to the port with SO_REUSEPORT, never listening, so it gets no connection:
+    it holds the port for the workers' own sockets while they come and go. A port in use fails
+    here, at once; in a worker, gunicorn would replace the worker that cannot bind, forever."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    reserved = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reserved.bind((host, port))
+    except OSError as err:
+        reserved.close()
+        logger.error("Cannot serve on %s port %d: %s", host, port, err)
+        raise SystemExit(1) from err
+    return reserved
 
 
 class _EmbeddedGunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn has no type hints

@@ -6,6 +6,7 @@ import asyncio
 import http.client
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -170,6 +171,29 @@ def test_keep_alive_clients_that_connect_at_once_are_spread_over_the_workers(
 
     assert statuses == [200] * (KEEP_ALIVE_CLIENTS * REQUESTS_PER_CLIENT)
     assert min(cpu_used) > 0.1 * sum(cpu_used), cpu_used
+
+
+@pytest.mark.parametrize("framework", ["fastapi", "flask"])
+def test_a_port_in_use_stops_the_launcher_at_once_on_several_workers(
+    framework: str, trained_project: Path, tmp_path: Path
+) -> None:
+    """Several workers bind a socket each, on the port the master holds for them: a port that
+    another process holds fails there, once, where each worker would fail to bind and gunicorn
+    would replace it, forever."""
+    config_file = write_serving_config(trained_project, tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "ml_project.serve", framework, "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "2", "--config", str(config_file),
+             "--root", str(config_file.parent)],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, start_new_session=True)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"Cannot serve on 127.0.0.1 port {port}: " in result.stdout + result.stderr
+    assert "Address already in use" in result.stdout + result.stderr
 
 
 def _wait_until_logged(log: PredictionLog, request_ids: list[str]) -> None:
