@@ -18,18 +18,16 @@ workers. FastAPI on one worker runs uvicorn in this process, with no master.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from threadpoolctl import ThreadpoolController
-
-from ml_project.cli import base_parser, start_run
-from ml_project.endpoints import API_KEY_ENV
-from ml_project.export import ArtifactError
-from ml_project.predict import PredictionService
-from ml_project.prediction_log import PredictionLog
+if TYPE_CHECKING:
+    from ml_project.predict import PredictionService
+    from ml_project.prediction_log import PredictionLog
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +60,35 @@ def positive_int(value: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Python's recipe for a server that loads once and forks (`gc.freeze`'s documentation):
+    no cyclic garbage collection while the start creates its long-lived objects (the libraries'
+    modules, the model, the proof), where each collection scans them all again for nothing;
+    then, just before serving, a freeze (`ready_to_serve`), so that they are never scanned
+    again, here or in a forked worker, whose pages they share."""
+    gc.disable()
+    try:
+        return _start(argv)
+    finally:
+        gc.enable()
+
+
+def ready_to_serve() -> None:
+    """Freeze what the start created and collect as usual from now on. No collection first: on
+    the shipped model it took 0.27 s to free 3,272 objects (under 1 MB) of 210,000."""
+    gc.freeze()
+    gc.enable()
+
+
+def _start(argv: list[str] | None) -> int:
+    # Imported here, with the collector off (`main`): these bring in the libraries.
+    from threadpoolctl import ThreadpoolController
+
+    from ml_project.cli import base_parser, start_run
+    from ml_project.endpoints import API_KEY_ENV
+    from ml_project.export import ArtifactError
+    from ml_project.predict import PredictionService
+    from ml_project.prediction_log import PredictionLog
+
     parser = base_parser("Start the prediction service in the foreground (Ctrl-C stops it).")
     parser.add_argument("framework", nargs="?", default="fastapi", choices=FRAMEWORKS)
     parser.add_argument("--port", type=int, default=None,
@@ -115,9 +142,12 @@ def run_fastapi(service: PredictionService, log: PredictionLog, host: str, port:
         from ml_project.asgi_workers import serve_asgi
 
         log.prepare()
+        ready_to_serve()
         serve_asgi(app, host, port, post_fork=log.after_fork, workers=workers)
         return
     import uvicorn
+
+    ready_to_serve()
 
     # uvicorn re-raises SIGTERM once it has stopped; by default that would kill this process
     # before `main` stores what the prediction log still holds. Exit normally instead.
@@ -143,9 +173,10 @@ def run_flask(service: PredictionService, log: PredictionLog, host: str, port: i
     from ml_project.flask_api import create_flask_app  # imported here: FastAPI needs neither
     from ml_project.wsgi_server import serve_wsgi
 
+    app = create_flask_app(service, log)
     log.prepare()
-    serve_wsgi(create_flask_app(service, log), host, port, post_fork=log.after_fork,
-               workers=workers)
+    ready_to_serve()
+    serve_wsgi(app, host, port, post_fork=log.after_fork, workers=workers)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import http.client
 import json
 import os
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 
+from ml_project import serve
 from ml_project.client import PredictionClient
 from ml_project.config import PROJECT_ROOT
 from ml_project.predict import PredictionService
@@ -97,6 +99,46 @@ def test_launcher_without_a_model_says_to_run_the_modelling_use_case(
     assert result.returncode == 2
     assert "run the modelling use case first" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("framework", "workers", "server"), [
+    ("fastapi", 1, "uvicorn.run"),
+    ("fastapi", 2, "ml_project.asgi_workers.serve_asgi"),
+    ("flask", 1, "ml_project.wsgi_server.serve_wsgi"),
+])
+def test_the_model_loads_without_the_garbage_collector_and_is_frozen_before_serving(
+    framework: str, workers: int, server: str, trained_project: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gc.freeze`'s recipe for a server that loads once and forks: no collection while the
+    start creates its objects, then the collector on, with them frozen, when serving begins
+    (the server is replaced by a probe that records that moment and returns)."""
+    seen: dict[str, Any] = {}
+    load = PredictionService.from_config
+
+    def loading(config: Any, alias: str = "champion") -> PredictionService:
+        seen["collecting while loading"] = gc.isenabled()
+        return load(config, alias)
+
+    def serving(*args: Any, **kwargs: Any) -> None:
+        seen["collecting while serving"] = gc.isenabled()
+        seen["frozen while serving"] = gc.get_freeze_count() > 0
+
+    monkeypatch.setattr(PredictionService, "from_config", loading)
+    monkeypatch.setattr(server, serving)
+    config_file = write_serving_config(trained_project, tmp_path)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        code = serve.main([framework, "--workers", str(workers), "--port", str(free_port()),
+                           "--config", str(config_file), "--root", str(tmp_path)])
+    finally:
+        gc.unfreeze()
+        signal.signal(signal.SIGTERM, sigterm)
+
+    assert code == 0
+    assert seen == {"collecting while loading": False, "collecting while serving": True,
+                    "frozen while serving": True}
+    assert gc.isenabled()
 
 
 def _pipenv_available() -> bool:
