@@ -41,12 +41,19 @@ SCORERS: dict[str, Scorer] = {
 }
 
 
-def cv_scorers(names: Sequence[str], positive: Any) -> dict[str, Any]:
-    """scikit-learn scorers for the search, with the same positive class as `SCORERS`: the
-    built-in "f1" assumes the label 1, which text labels do not have."""
+def cv_scorers(names: Sequence[str], positive: Any, classes: Sequence[Any] = ()
+               ) -> dict[str, Any]:
+    """scikit-learn scorers for the search, with the same positive class and classes as
+    `SCORERS`: the built-in "f1" assumes the label 1, which text labels do not have, and the
+    built-in "neg_log_loss" takes the classes from the fold's labels, so it fails on a fold
+    without a rare class (a time split keeps such folds)."""
     scorers: dict[str, Any] = {name: name for name in names}
     if "f1" in scorers:
         scorers["f1"] = metrics.make_scorer(metrics.f1_score, pos_label=positive)
+    if "neg_log_loss" in scorers and classes:
+        scorers["neg_log_loss"] = metrics.make_scorer(
+            metrics.log_loss, greater_is_better=False, response_method="predict_proba",
+            labels=sorted(classes))  # the order of `classes_` and of log_loss
     return scorers
 
 

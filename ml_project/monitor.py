@@ -107,7 +107,8 @@ class PerformanceSummary:
     baseline_source: str
     labelled_rows: int
     threshold: float
-    report: Run = field(repr=False, compare=False)
+    report: Run | None = field(repr=False, compare=False)
+    report_left_out: str | None = None  # why there is no Evidently report (`report` is None)
 
     @property
     def drop(self) -> float:
@@ -136,6 +137,7 @@ class PerformanceSummary:
                 "production": self.production,
                 "baseline": self.baseline,
                 "baseline_source": self.baseline_source,
+                "report_left_out": self.report_left_out,
             }
         )
 
@@ -306,6 +308,24 @@ def _performance_dataset(frame: pd.DataFrame, config: Config) -> Dataset:
     return Dataset.from_pandas(data, data_definition=definition)
 
 
+def _report_left_out(reference: pd.DataFrame, current: pd.DataFrame, config: Config
+                     ) -> str | None:
+    """Why Evidently's classification report cannot be made, or None: it fails (KeyError,
+    evidently 0.7) when a class of the model has no labelled row, as in a short window of a
+    rare class. The metrics and the verdict do not need it."""
+    if not config.is_classification:
+        return None
+    classes = [str(label) for label in config.columns.target_classes]
+    for name, frame in (("the labelled window", current), ("the reference sample", reference)):
+        present = set(frame[config.columns.target].astype(str))
+        missing = [label for label in classes if label not in present]
+        if missing:
+            return (f"{name} has no labelled row of the class{'es' if len(missing) > 1 else ''} "
+                    f"{', '.join(missing)}, and Evidently's classification report needs every "
+                    "class; the metrics and the verdict are computed without it")
+    return None
+
+
 def evaluate_performance(
     reference: pd.DataFrame,
     current: pd.DataFrame,
@@ -330,10 +350,14 @@ def evaluate_performance(
         source = "holdout metrics recorded at training"
     else:
         baseline, source = _score(reference, config), "the reference sample, scored now"
-    preset = ClassificationPreset() if config.is_classification else RegressionPreset()
-    snapshot = Report([preset]).run(
-        _performance_dataset(current, config), _performance_dataset(reference, config)
-    )
+    snapshot, left_out = None, _report_left_out(reference, current, config)
+    if left_out:
+        logger.warning("No performance report: %s", left_out)
+    else:
+        preset = ClassificationPreset() if config.is_classification else RegressionPreset()
+        snapshot = Report([preset]).run(
+            _performance_dataset(current, config), _performance_dataset(reference, config)
+        )
     summary = PerformanceSummary(
         metric=metric,
         production=_score(current, config),
@@ -342,6 +366,7 @@ def evaluate_performance(
         labelled_rows=len(current),
         threshold=config.monitoring.performance_drop_threshold,
         report=snapshot,
+        report_left_out=left_out,
     )
     logger.info("Performance: %s %.4f on %d labelled predictions vs %.4f (%s)", metric,
                 summary.production[metric], len(current), baseline[metric], source)

@@ -75,6 +75,8 @@ def split_holdout(raw: pd.DataFrame, config: Config) -> tuple[pd.DataFrame, pd.D
             raise ValueError("training.split 'time' needs columns.timestamp")
         ordered = raw.sort_values(timestamp, kind="stable", ignore_index=True)
         cut = int(round(len(ordered) * (1 - training.holdout_fraction)))
+        logger.info("Split %d rows into %d train and %d holdout (time: the latest by %s)",
+                    len(raw), cut, len(raw) - cut, timestamp)
         return ordered.iloc[:cut].reset_index(drop=True), ordered.iloc[cut:].reset_index(drop=True)
     stratify = raw[config.columns.target] if training.split == "stratified" else None
     train, holdout = train_test_split(
@@ -168,9 +170,47 @@ def _cv_splitter(config: Config) -> KFold | StratifiedKFold | TimeSeriesSplit:
     return KFold(training.cv_folds, shuffle=True, random_state=training.random_seed)
 
 
+class TrainingDataError(ValueError):
+    """The training rows cannot be used with this configuration; the message says what to
+    change."""
+
+
+def check_time_folds(target: pd.Series, config: Config) -> None:
+    """A time split keeps the order of the rows, so a class may be missing from a CV fold: a
+    model that never saw a class cannot give its probability, and ROC AUC is undefined on
+    validation rows of one class. Say so before training, naming the fold and the fix.
+
+    Raises:
+        TrainingDataError: such a fold.
+    """
+    if config.training.split != "time" or not config.is_classification:
+        return
+    labels = target.astype(str).to_numpy()
+    classes = [str(label) for label in config.columns.target_classes]
+    folds = config.training.cv_folds
+    fix = "use fewer training.cv_folds, or training.split: stratified"
+    for number, (fit_rows, score_rows) in enumerate(_cv_splitter(config).split(labels), start=1):
+        missing = [label for label in classes if label not in set(labels[fit_rows])]
+        if missing:
+            raise TrainingDataError(
+                f"training.split 'time': the training rows of CV fold {number} of {folds} (the "
+                f"earliest {len(fit_rows)}) have no row of the class {', '.join(missing)}, and "
+                f"a model cannot learn a class it never saw; {fix}")
+        if "roc_auc" in config.metrics and len(set(labels[score_rows])) < 2:
+            raise TrainingDataError(
+                f"training.split 'time': the validation rows of CV fold {number} of {folds} "
+                f"are all of the class {labels[score_rows][0]}, and ROC AUC is undefined on "
+                f"them; {fix}")
+
+
 def train_candidates(train: pd.DataFrame, config: Config) -> list[CandidateResult]:
-    """Grid-search every configured candidate with K-fold CV on all metrics; refit each best."""
+    """Grid-search every configured candidate with K-fold CV on all metrics; refit each best.
+
+    Raises:
+        TrainingDataError: a time split whose folds cannot be scored (`check_time_folds`).
+    """
     features, target = features_and_target(train, config)
+    check_time_folds(target, config)
     results = []
     candidates = config.training.candidates
     for number, candidate in enumerate(candidates, start=1):
@@ -183,7 +223,8 @@ def train_candidates(train: pd.DataFrame, config: Config) -> list[CandidateResul
         search = GridSearchCV(
             build_pipeline(config, build_estimator(candidate, config)),
             grid,
-            scoring=cv_scorers(config.metrics, config.positive_class),
+            scoring=cv_scorers(config.metrics, config.positive_class,
+                               config.columns.target_classes),
             refit=config.training.metric,
             cv=_cv_splitter(config),
             n_jobs=config.training.n_jobs,

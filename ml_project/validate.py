@@ -291,7 +291,9 @@ def validate_production_data(
     failed |= _pandera_failures(schema.pandera, pd.DataFrame(typed, copy=False))
     reasons = _reasons(production, schema.rules, failed)
     bad = sorted(reasons)
-    quarantined = production.iloc[bad].assign(**{REASON_COLUMN: [reasons[i] for i in bad]})
+    # text even when empty (an empty list would make it a float column, without `.str`)
+    quarantined = production.iloc[bad].assign(
+        **{REASON_COLUMN: np.array([reasons[i] for i in bad], dtype=object)})
     keep: np.ndarray | None = None
     if bad:
         keep = np.ones(len(production), dtype=bool)

@@ -58,6 +58,12 @@ def write_project(root: Path, overrides: dict[str, Any] | None = None, *,
     return config_file
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--project-root", default=None, metavar="DIR",
+                     help="the project whose project_config.yaml and data tests/test_contract.py "
+                          "checks (default: this checkout)")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Environment variables that would point a test at real stores or servers."""

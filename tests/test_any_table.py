@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,7 +20,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from ml_project.config import Config, load_config
+from ml_project.config import PROJECT_ROOT, Config, load_config
 from ml_project.export import load_pipeline
 from ml_project.ingest import read_table
 from ml_project.predict import PredictionService
@@ -162,3 +164,15 @@ def test_both_apis_accept_the_rows_id_and_timestamp_and_answer_as_the_core(
         e.prediction for e in expected]
     assert [p.get("probabilities") for p in batch.json()["predictions"]] == [
         e.probabilities for e in expected]
+
+
+def test_the_contract_tests_hold_for_the_table(project: tuple[Table, Path]) -> None:
+    """tests/test_contract.py, what a user runs on their own project, passes on this one."""
+    _, root = project
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_contract.py",
+         "--project-root", str(root)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout

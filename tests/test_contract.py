@@ -4,7 +4,8 @@ project_config.yaml and data files (the rest of the suite uses its own fixture t
 They check that the config loads, the data has the configured columns and validates, the API's
 request model says what validation enforces, and a valid row of your data gets the same answer
 by every path (batch, stream, record, the endpoints) from a small model of your own shape.
-Edit the config and data freely: these tests follow them.
+Edit the config and data freely: these tests follow them. `--project-root DIR` checks the
+project laid out in DIR instead of this checkout (tests/test_any_table.py does, on its tables).
 """
 
 from __future__ import annotations
@@ -31,8 +32,22 @@ SAMPLE_ROWS = 2000  # enough to fit a small model of your shape; large files are
 
 
 @pytest.fixture(scope="module")
-def config() -> Config:
-    return load_config("modelling", "historic", "local")
+def root(request: pytest.FixtureRequest) -> Path | None:
+    """`pytest tests/test_contract.py --project-root DIR` checks the project in DIR instead."""
+    option = request.config.getoption("--project-root")
+    return Path(option).resolve() if option else None
+
+
+def _load(run_mode: str, data_mode: str, root: Path | None) -> Config:
+    if root is None:
+        return load_config(run_mode, data_mode, "local")  # type: ignore[arg-type]
+    return load_config(run_mode, data_mode, "local",  # type: ignore[arg-type]
+                       config_file=root / "project_config.yaml", root=root)
+
+
+@pytest.fixture(scope="module")
+def config(root: Path | None) -> Config:
+    return _load("modelling", "historic", root)
 
 
 def _first_rows(source: str, config: Config) -> pd.DataFrame:
@@ -48,10 +63,10 @@ def historic(config: Config) -> pd.DataFrame:
     return _first_rows(config.data.historic, config)
 
 
-def test_the_config_loads_for_every_run_mode() -> None:
+def test_the_config_loads_for_every_run_mode(root: Path | None) -> None:
     for run_mode, data_mode in (("modelling", "historic"), ("prediction", "historic"),
                                 ("prediction", "production")):
-        assert load_config(run_mode, data_mode, "local").project_name  # type: ignore[arg-type]
+        assert _load(run_mode, data_mode, root).project_name
 
 
 def test_the_historic_data_has_every_configured_column_and_validates(

@@ -152,6 +152,7 @@ def test_evaluate_performance_compares_production_with_the_holdout(
     assert set(summary.production) == set(service.config.metrics)
     assert summary.degraded is degraded
     assert (summary.relative_drop > summary.threshold) is degraded
+    assert summary.report is not None and summary.report_left_out is None
     html = write_report_html(summary.report, tmp_path / "performance.html").read_text()
     for section in ("Classification Model Performance", "Confusion Matrix",
                     "Current: Model Quality Metrics", "Reference: Model Quality Metrics"):
@@ -187,8 +188,45 @@ def test_evaluate_performance_of_a_regression(trained_project: Path, tmp_path: P
     assert summary.baseline["r2"] == pytest.approx(1 - 1 / target.var(ddof=0))
     assert summary.production["r2"] < summary.baseline["r2"] - 0.05
     assert summary.degraded
+    assert summary.report is not None
     html = write_report_html(summary.report, tmp_path / "performance.html").read_text()
     assert "Regression" in html
+
+
+@pytest.mark.parametrize("short_of_a_class", ["window", "reference"])
+def test_a_class_with_no_labelled_row_leaves_out_the_report_not_the_verdict(
+    short_of_a_class: str, trained_project: Path, tmp_path: Path
+) -> None:
+    """Evidently's classification report fails (KeyError) when a class of the model has no
+    labelled row, as in a short window of a rare class: the metrics and the verdict stand
+    without it, and the summary says why."""
+    classes = ["rain", "snow", "sun"]
+    config = load_config(
+        "prediction", "production", "local", config_file=trained_project / "project_config.yaml",
+        root=tmp_path, overrides={"task": "multiclass_classification",
+                                  "columns": {"target_classes": classes},
+                                  "training": {"metric": "f1_macro"}},
+    )
+    rng = np.random.default_rng(0)
+
+    def scored(labels: list[str], rows: int) -> pd.DataFrame:
+        truth = rng.choice(labels, rows)
+        probabilities = rng.dirichlet(np.ones(len(classes)), rows)
+        return pd.DataFrame({"churned": truth, "prediction": truth} | {
+            f"probability_{label}": probabilities[:, i] for i, label in enumerate(classes)})
+
+    full, short = scored(classes, 300), scored(["rain", "sun"], 60)
+    reference, current = (full, short) if short_of_a_class == "window" else (short, full)
+
+    summary = evaluate_performance(reference, current, config, None)
+
+    assert summary.report is None
+    where = "the labelled window" if short_of_a_class == "window" else "the reference sample"
+    assert summary.report_left_out is not None
+    assert summary.report_left_out.startswith(f"{where} has no labelled row of the class snow")
+    assert summary.production["f1_macro"] == 1.0 and summary.baseline["f1_macro"] == 1.0
+    assert not summary.degraded
+    assert summary.to_dict()["report_left_out"] == summary.report_left_out
 
 
 def test_evaluate_performance_refuses_no_labels(

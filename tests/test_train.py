@@ -10,11 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import TimeSeriesSplit
 
 from ml_project.config import CandidateConfig, Config, load_config
 from ml_project.ingest import load_historic_data
 from ml_project.train import (
     CandidateResult,
+    TrainingDataError,
     build_estimator,
     build_leaderboard,
     build_pipeline,
@@ -150,6 +152,63 @@ def test_split_holdout_by_time_holds_out_the_latest_rows(project: Path) -> None:
     assert len(holdout) == round(len(raw) * 0.25) and len(train) + len(holdout) == len(raw)
     assert holdout["event_time"].min() >= train["event_time"].max()
     assert train["event_time"].is_monotonic_increasing
+
+
+def _time_ordered_segments(config: Config, rare_rows: slice) -> pd.DataFrame:
+    """The multiclass charge segments in time order, the class "high" only in `rare_rows`."""
+    train, _ = split_holdout(_raw(config, charge_segment=_charge_segment), config)
+    segment = train["charge_segment"].astype(object).replace("high", "mid")
+    segment.iloc[rare_rows] = "high"
+    return train.assign(charge_segment=segment)
+
+
+def test_a_time_split_scores_folds_that_lack_a_rare_class(project: Path) -> None:
+    """A time split keeps the order of the rows, so a rare class seen early may be missing from
+    later validation folds: log loss still scores them, over the model's classes."""
+    config = _config(
+        project,
+        task="multiclass_classification",
+        columns={"target": "charge_segment", "target_classes": ["low", "mid", "high"]},
+        training={"split": "time", "metric": "neg_log_loss", "candidates": [LOGISTIC]},
+    )
+    train = _time_ordered_segments(config, slice(0, 40))
+
+    result = select_best(train_candidates(train, config))
+
+    assert np.isfinite(result.cv_score) and result.cv_score < 0
+    assert result.pipeline.predict_proba(train.head(2)).shape == (2, 3)
+
+
+def test_a_time_split_whose_first_fold_never_sees_a_class_is_refused_with_the_fix(
+    project: Path
+) -> None:
+    config = _config(
+        project,
+        task="multiclass_classification",
+        columns={"target": "charge_segment", "target_classes": ["low", "mid", "high"]},
+        training={"split": "time", "metric": "f1_macro", "cv_folds": 3, "candidates": [LOGISTIC]},
+    )
+    train = _time_ordered_segments(config, slice(-40, None))
+
+    with pytest.raises(TrainingDataError, match=(
+            r"the training rows of CV fold 1 of 3 \(the earliest \d+\) have no row of the "
+            r"class high.*use fewer training.cv_folds, or training.split: stratified")):
+        train_candidates(train, config)
+
+
+def test_a_time_split_with_a_validation_fold_of_one_class_is_refused_for_roc_auc(
+    project: Path
+) -> None:
+    config = _config(project, training={"split": "time", "metric": "roc_auc", "cv_folds": 3,
+                                        "candidates": [LOGISTIC]})
+    train, _ = split_holdout(_raw(config), config)
+    _, first_validation = next(TimeSeriesSplit(n_splits=3).split(train))
+    churned = train["churned"].copy()
+    churned.iloc[first_validation] = 0
+
+    with pytest.raises(TrainingDataError, match=r"the validation rows of CV fold 1 of 3 are all "
+                                                r"of the class 0, and ROC AUC is undefined"):
+        train_candidates(train.assign(churned=churned), config)
 
 
 def test_split_holdout_stratified_keeps_the_class_balance(binary_run: Run) -> None:

@@ -58,6 +58,8 @@ def test_validate_production_data_keeps_valid_rows_and_parses_types(config: Conf
     result = validate_production_data(_production(), config, with_target=True)
 
     assert len(result.valid) == N_ROWS and result.quarantined.empty
+    # the reasons are text even when there is none (tests/test_contract.py reads them as text)
+    assert result.quarantined["quarantine_reason"].str.len().tolist() == []
     assert result.valid["event_time"].dtype == "datetime64[ns]"
     assert all(result.valid[column].dtype == float for column in config.columns.numerical)
     for column, spec in config.columns.categorical.items():

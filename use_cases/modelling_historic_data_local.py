@@ -30,6 +30,7 @@ from ml_project.tracking import (
     track_modelling_run,
 )
 from ml_project.train import (
+    TrainingDataError,
     build_leaderboard,
     build_reference_sample,
     evaluate_holdout,
@@ -70,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     raw = validation.valid
 
     train, holdout = split_holdout(raw, config)
-    results = train_candidates(train, config)
+    try:
+        results = train_candidates(train, config)
+    except TrainingDataError as err:
+        logger.error("Cannot train: %s. Nothing was trained, exported or promoted.", err)
+        return 2
     leaderboard = build_leaderboard(results, config)
     leaderboard_files = write_leaderboard(leaderboard, config)
     best = select_best(results)

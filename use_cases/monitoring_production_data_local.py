@@ -183,7 +183,7 @@ def check_performance(config: Config, service: PredictionService, reference: Ref
 def write_reports(directory: Path, drift: DriftSummary,
                   performance: PerformanceSummary | None) -> list[Path]:
     reports = [write_report_html(drift.report, directory / DRIFT_REPORT)]
-    if performance:
+    if performance and performance.report is not None:
         reports.append(write_report_html(performance.report, directory / PERFORMANCE_REPORT))
     else:
         (directory / PERFORMANCE_REPORT).unlink(missing_ok=True)  # never show a stale verdict
@@ -214,6 +214,8 @@ def print_summary(summary: dict[str, Any], drift: DriftSummary,
               f"{performance.production[metric]:.4f} vs holdout {performance.baseline[metric]:.4f},"
               f" drop {performance.drop:.4f} = {performance.relative_drop:.1%} of the holdout's"
               f" (threshold {performance.threshold:.1%}): {verdict}")
+        if performance.report_left_out:
+            print(f"  performance report: none, {performance.report_left_out}")
     if code in (EXIT_DRIFT, EXIT_DRIFT_AND_PERFORMANCE_DROP):
         print(f"ALERT: data drift in {', '.join(drift.drifted_features)}: the production data no "
               "longer looks like the training data.")
