@@ -80,11 +80,13 @@ class ColumnsConfig(_Frozen):
         if not features:
             raise ValueError("at least one numerical or categorical feature is required")
         special = [self.id, self.target] + ([self.timestamp] if self.timestamp else [])
-        clashes = sorted(set(features) & set(special)) + sorted(
-            set(self.numerical) & set(self.categorical)
+        clashes = sorted(
+            (set(features) & set(special)) | (set(self.numerical) & set(self.categorical))
+            | {name for name in special if special.count(name) > 1}
         )
-        if clashes or len(set(special)) != len(special):
-            raise ValueError(f"column names used twice: {clashes or special}")
+        if clashes:
+            raise ValueError(f"column names used twice (id, timestamp, target and features are "
+                             f"different columns): {clashes}")
         return self
 
 

@@ -130,10 +130,10 @@ def guess_feature(name: str, values: pd.Series, *, from_csv: bool) -> Guess:
                          "integer-looking codes (by the name), read as text"
                          + _missing_note(missing, rows))
         low, high = padded_range(float(seen.min()), float(seen.max()), integral=integral)
-        note = f"seen {seen.min():,.6g} .. {seen.max():,.6g}"
+        note = f"seen {seen.min():.6g} .. {seen.max():.6g}"
         p01, p99 = np.percentile(seen, [1, 99])
         if seen.max() > p99 + 3 * (p99 - p01) or seen.min() < p01 - 3 * (p99 - p01):
-            note += f", 98% within {p01:,.6g} .. {p99:,.6g}: outliers?"
+            note += f", 98% within {p01:.6g} .. {p99:.6g}: outliers?"
         if integral and n_values <= FEW_VALUES:
             note += f"; only {n_values} integer values: codes? then make it categorical"
         if not_numbers:
@@ -202,6 +202,13 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
     for name in (target, id_column, timestamp):
         if name is not None and name not in frame.columns:
             raise ValueError(f"column {name!r} not in {path}; columns: {list(frame.columns)}")
+    given = {"--target": target, "--id": id_column, "--timestamp": timestamp}
+    for name in {value for value in given.values() if value is not None}:
+        options = [option for option, value in given.items() if value == name]
+        if len(options) > 1:
+            raise ValueError(f"{' and '.join(options)} both name {name!r}: the id identifies a "
+                             "row, the timestamp orders the rows and the target is predicted, so "
+                             "each is a column of its own (a table without an id needs one added)")
     from_csv = path.suffix == ".csv"
     # The target keeps the reader's own typing (ingest gives it no dtype): numbers stay numbers.
     typed_target = pd.read_csv(path, usecols=[target])[target] if from_csv else frame[target]
@@ -215,8 +222,12 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
              "", "columns:"]
     lines.append(f"  id: {_flow(id_column)}  # "
                  + (id_note if id_column else "REVIEW no unique column found: add an identifier"))
-    lines.append(f"  timestamp: {_flow(timestamp)}  # "
-                 + (time_note if timestamp else "REVIEW no column of times found"))
+    times_as_id = not timestamp and _guess_timestamp(frame, {target}) == id_column
+    lines.append(f"  timestamp: {_flow(timestamp)}  # " + (
+        time_note if timestamp
+        else f"REVIEW {id_column}, a column of times, is the id: add an id column to your file "
+             f"to use {id_column} as the timestamp" if times_as_id
+        else "REVIEW no column of times found"))
     missing_target = int(typed_target.isna().sum())
     lines.append(f"  target: {_flow(target)}" + (
         f"  # REVIEW {missing_target} rows without a target will be quarantined"

@@ -161,6 +161,18 @@ def shown_number(number: float) -> str:
     return repr(number)
 
 
+def is_scalar_not_text(value: Any) -> bool:
+    """A bool or a number (Python's or numpy's): what a categorical feature compares as text."""
+    return isinstance(value, (bool, np.bool_, numbers.Number))
+
+
+def integer_forms(categories: frozenset[int | str]) -> list[int]:
+    """The text categories that are whole numbers written plainly ("4", not "04" or "4.0"):
+    codes, which a client may send as JSON integers (`FieldRule.as_text`)."""
+    return sorted(int(c) for c in categories
+                  if isinstance(c, str) and re.fullmatch(r"-?[0-9]+", c) and str(int(c)) == c)
+
+
 def _listed(categories: frozenset[int | str]) -> list[int | str]:
     return sorted(categories, key=lambda value: (isinstance(value, str), value))
 
@@ -175,6 +187,10 @@ class FieldRule:
     min: float | None = None
     max: float | None = None
     categories: frozenset[int | str] = frozenset()
+    # A feature's categories are text, as a file holds them: any other scalar (JSON's true, 4,
+    # 4.0; numpy's from a frame) is compared, and named, as its text, as a CSV writes it and
+    # the readers give a Parquet column ("True", "4", "4.0"). A target's classes keep their type.
+    as_text: bool = False
 
     def check(self, value: Any) -> tuple[Any, str | None]:
         """The value as the Pipeline expects it (a number as float, None -> NaN) and the reason
@@ -206,7 +222,11 @@ class FieldRule:
                 return value, f"must be <= {shown_number(self.max)}, got {shown_number(number)}"
             return number, None
         if self.kind == "categorical":
-            if self.allows(value):
+            if self.as_text and is_scalar_not_text(value):
+                value = str(value)
+                if value in self.categories:
+                    return value, None
+            elif self.allows(value):
                 return value, None
             return value, f"must be one of {_listed(self.categories)}, got {shown(value)}"
         if self.kind == "identifier":
@@ -240,7 +260,8 @@ def field_rules(config: Config) -> tuple[FieldRule, ...]:
         for name, spec in columns.numerical.items()
     )
     categorical = (
-        FieldRule(name, "categorical", spec.nullable, categories=frozenset(spec.categories))
+        FieldRule(name, "categorical", spec.nullable, categories=frozenset(spec.categories),
+                  as_text=True)
         for name, spec in columns.categorical.items()
     )
     return (*numerical, *categorical)
@@ -345,8 +366,14 @@ def build_request_model(config: Config) -> type[BaseModel]:
             example[rule.name] = rule.min if rule.min is not None else 0.0
         else:
             categories = tuple(_listed(rule.categories))
-            annotation = Literal[categories]
-            description = "One of the categories"
+            # what a client may send for them instead (`FieldRule.as_text`): codes as integers,
+            # flags as bools
+            other_forms = (*integer_forms(rule.categories),
+                           *(flag for flag in (False, True) if str(flag) in rule.categories))
+            annotation = Literal[categories + other_forms]
+            description = "One of the categories" + (
+                "; a JSON bool or number counts as its text (true as \"True\", 4 as \"4\")"
+                if other_forms else "")
             example[rule.name] = categories[0]
         annotation = annotation | None if rule.nullable else annotation
         default = None if rule.nullable else ...

@@ -40,6 +40,7 @@ from ml_project.schemas import (
     field_rules,
     identifier_rules,
     is_missing,
+    is_scalar_not_text,
     known_fields,
     parse_numbers,
     target_rule,
@@ -141,11 +142,23 @@ def _coerce(production: pd.DataFrame, rules: dict[str, FieldRule]) -> tuple[dict
         elif rule.kind == "timestamp":
             typed[name], unparsed = _timestamps(received, rule)
             failed |= {(int(row), name) for row in unparsed}
+        elif isinstance(received.dtype, pd.CategoricalDtype):
+            typed[name] = received.array
+            failed |= _wrongly_typed(name, received, rule)
         else:
-            typed[name] = received.array if isinstance(received.dtype, pd.CategoricalDtype) else (
-                received.to_numpy())
+            typed[name] = _as_text(received, rule)
             failed |= _wrongly_typed(name, received, rule)
     return typed, failed
+
+
+def _as_text(received: pd.Series, rule: FieldRule) -> np.ndarray:
+    """A categorical feature's bools and numbers as their text (`FieldRule.as_text`): a frame
+    built in memory holds them so, where a file would hold text."""
+    values = received.to_numpy()
+    if not rule.as_text or pd.api.types.infer_dtype(received, skipna=True) in ("string", "empty"):
+        return values
+    return np.array([str(value) if is_scalar_not_text(value) and not is_missing(value) else value
+                     for value in values], dtype=object)
 
 
 def _unparsed(name: str, received: pd.Series, parsed: np.ndarray) -> Cells:
@@ -194,8 +207,8 @@ def _wrongly_typed(name: str, received: pd.Series, rule: FieldRule) -> Cells:
     else:
         fine = ("string", "integer", "floating", "mixed-integer-float", "decimal", "empty")
 
-        def suspect(value: Any) -> bool:
-            return isinstance(value, (bool, np.bool_))
+        def suspect(value: Any) -> bool:  # a feature compares a bool as its text
+            return not rule.as_text and isinstance(value, (bool, np.bool_))
     if isinstance(received.dtype, pd.CategoricalDtype):
         if not any(suspect(category) for category in received.cat.categories):
             return set()

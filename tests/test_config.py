@@ -93,10 +93,13 @@ def test_load_config_names_file_and_key_of_a_bad_value(
         ),
         ({"columns": {"numerical": {"age": {"min": 90, "max": 18}}}}, r"columns\.numerical\.age"),
         ({"columns": {"categorical": {"region": {"categories": []}}}}, r"columns\.categorical"),
-        ({"columns": {"id": "age"}}, r"column names used twice: \['age'\]"),
+        ({"columns": {"id": "age"}}, r"column names used twice .*: \['age'\]"),
+        ({"columns": {"timestamp": "customer_id"}},
+         r"column names used twice .*: \['customer_id'\]$"),
     ],
     ids=["metric-for-task", "stratified-regression", "classes-regression", "binary-3-classes",
-         "time-without-timestamp", "min-above-max", "no-categories", "id-is-feature"],
+         "time-without-timestamp", "min-above-max", "no-categories", "id-is-feature",
+         "id-is-timestamp"],
 )
 def test_load_config_rejects_inconsistent_settings(
     project: Path, overrides: dict[str, Any], expected: str

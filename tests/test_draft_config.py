@@ -232,3 +232,25 @@ def test_main_writes_the_draft_and_names_a_missing_column(
 
     assert code == 0 and output.read_text() == text
     assert exit_info.value.code == 2 and "'cost' not in" in capsys.readouterr().err
+
+
+def test_one_column_given_as_two_roles_is_refused_and_times_as_the_id_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A daily table without an id (weather, prices): its only unique column is its date."""
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"date": pd.date_range("2024-01-01", periods=ROWS, freq="D").strftime(
+        "%Y-%m-%d"), "rain_mm": rng.uniform(0, 20, ROWS).round(1),
+        "weather": rng.choice(["rain", "sun", "fog"], ROWS)})
+    path = write_table(frame, tmp_path / "weather.csv")
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path), "--target", "weather", "--id", "date", "--timestamp", "date"])
+    text = draft_config(path, "weather")
+
+    assert exit_info.value.code == 2
+    assert "--id and --timestamp both name 'date'" in capsys.readouterr().err
+    columns = yaml.safe_load(text)["columns"]
+    assert (columns["id"], columns["timestamp"]) == ("date", None)
+    assert "date, a column of times, is the id: add an id column" in text
+    config_from_draft(yaml.safe_load(text), path, tmp_path)  # loads: no column used twice

@@ -91,7 +91,7 @@ def test_instance_validator_turns_none_and_absent_nullable_fields_into_nan(
         ("monthly_charges", math.inf, "must be a finite number, got inf"),
         ("contract", "weekly", "must be one of ['month-to-month', 'one-year', 'two-year']"),
         ("contract", "One-Year", "got 'One-Year'"),
-        ("region", 3, "must be one of ['east', 'north', 'south', 'west'], got 3"),
+        ("region", 3, "must be one of ['east', 'north', 'south', 'west'], got '3'"),
         ("region", None, "must not be null"),
         ("age", math.nan, "must not be null"),
         ("agee", 40, "is not a known field"),

@@ -102,7 +102,7 @@ def test_validated_categoricals_hold_exactly_the_allowed_categories(config: Conf
          "contract: must be one of ['month-to-month', 'one-year', 'two-year'], got 'weekly'"),
         ("age", "600", "age: must be <= 110, got 600"),
         ("age", True, "age: must be a number, got True"),
-        ("region", 7, "region: must be one of ['east', 'north', 'south', 'west'], got 7"),
+        ("region", 7, "region: must be one of ['east', 'north', 'south', 'west'], got '7'"),
         ("region", np.nan, "region: must not be null"),
         ("age", None, "age: must not be null"),
         ("event_time", "yesterday", "event_time: must be an ISO 8601 timestamp, got 'yesterday'"),

@@ -74,6 +74,9 @@ SCHEMES = [
     Scheme("other-names", "multiclass_classification", "plot", "measured_at", "species",
            ("setosa", "versicolor", "virginica"), "petal_mm", "stem_count", "soil",
            ("clay", "loam", "sand"), "shade"),
+    Scheme("codes", "multiclass_classification", "car", "built_at", "origin",
+           ("Europe", "Japan", "USA"), "horsepower", "weight_kg", "cylinders", ("3", "4", "8"),
+           "trim"),
 ]
 
 
@@ -109,15 +112,19 @@ def configs(scheme: Scheme, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 @pytest.fixture(scope="module")
 def services(scheme: Scheme, configs: dict[str, Config]) -> dict[str, PredictionService]:
     """A model fitted here on valid rows of the scheme, served under each policy."""
-    rows = [scheme.record(row) | {scheme.target: scheme.classes[row % len(scheme.classes)]}
-            for row in range(60)]
-    raw = validate_production_data(pd.DataFrame(rows), configs["ignore"], with_target=True).valid
-    features = list(configs["ignore"].columns.features)
-    pipeline = build_pipeline(configs["ignore"], LogisticRegression(max_iter=200))
-    pipeline.fit(raw[features], raw[scheme.target])
-    metadata = {"features": features, "model_version": "1"}
+    pipeline = _fitted(scheme, configs["ignore"])
+    metadata = {"features": list(configs["ignore"].columns.features), "model_version": "1"}
     return {policy: PredictionService(pipeline, metadata, config)
             for policy, config in configs.items()}
+
+
+def _fitted(scheme: Scheme, config: Config) -> Any:
+    rows = [scheme.record(row) | {scheme.target: scheme.classes[row % len(scheme.classes)]}
+            for row in range(60)]
+    raw = validate_production_data(pd.DataFrame(rows), config, with_target=True).valid
+    features = list(config.columns.features)
+    return build_pipeline(config, LogisticRegression(max_iter=200)).fit(raw[features],
+                                                                        raw[scheme.target])
 
 
 Verdict = dict[str, str]  # field -> reason; empty when valid
@@ -183,6 +190,10 @@ CASES: list[tuple[str, str, Any, str | None]] = [
     ("infinity-as-text", "number", "inf", "must be a finite number, got inf"),
     ("infinity-unbounded", "optional_number", "-Infinity", "must be a finite number, got -inf"),
     ("unknown-category", "category", "mars", "must be one of {categories}, got 'mars'"),
+    # a category is text: a bool or number is compared, and named, as the text a file holds
+    ("number-for-a-category", "category", 5, "must be one of {categories}, got '5'"),
+    ("float-for-a-category", "category", 4.0, "must be one of {categories}, got '4.0'"),
+    ("bool-for-a-category", "category", True, "must be one of {categories}, got 'True'"),
     ("null-category", "category", None, "must not be null"),
     ("null-nullable-category", "optional_category", None, None),
     ("integer-id", "id", 7, None),
@@ -210,6 +221,29 @@ def test_every_path_gives_the_same_verdict_in_the_same_words(
     assert by_frame(record, config, tmp_path / "one.csv") == expected
     assert by_frame(record, config, tmp_path / "one.parquet") == expected
     assert by_endpoint(record, services["ignore"]) == expected
+
+
+@pytest.mark.parametrize("value", [4, "4", np.int64(4)], ids=["json-integer", "text", "numpy"])
+def test_a_whole_number_category_may_come_as_an_integer_on_every_path(
+    value: Any, tmp_path: Path
+) -> None:
+    """Codes (cylinders 3, 4, 8; store numbers): a JSON client sends 4, a Parquet column holds
+    integers, a CSV holds text: each is the category "4", and the model gets "4"."""
+    codes = SCHEMES[-1]
+    config = _config(tmp_path, codes)
+    service = PredictionService(_fitted(codes, config), {
+        "features": list(config.columns.features), "model_version": "1"}, config)
+    record = codes.record() | {codes.category: value}
+
+    assert by_record(record, config) == {}
+    assert InstanceValidator(config).validate(record)[
+        list(config.columns.features).index(codes.category)] == "4"
+    if not isinstance(value, np.integer):  # JSON carries no numpy type
+        assert by_frame(record, config, tmp_path / "one.csv") == {}
+        assert by_frame(record, config, tmp_path / "one.parquet") == {}
+        assert by_endpoint(record, service) == {}
+    as_text = service.predict_instance(codes.record() | {codes.category: "4"})
+    assert service.predict_instance(record) == as_text
 
 
 def test_infinity_as_a_float_is_refused_by_records_and_frames_alike(
