@@ -7,11 +7,12 @@ on unknown keys, wrong types, missing files and inconsistent settings.
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 if TYPE_CHECKING:
     import sqlalchemy
@@ -41,6 +42,26 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _as_the_file_writes_them(values: Any) -> Any:
+    """Labels and categories are compared with the text of the data, but YAML reads some unquoted
+    words as other things: `[No, Yes]` would otherwise become the classes 0 and 1 in silence."""
+    if not isinstance(values, (list, tuple)):
+        return values
+    for value in values:
+        if isinstance(value, bool):
+            raise ValueError(
+                f"YAML read an unquoted value as the boolean {str(value).lower()} (it reads yes, "
+                f"no, on, off, true and false so, in any case): quote each value as your file "
+                f"writes it, e.g. ['No', 'Yes']")
+        if isinstance(value, date):
+            raise ValueError(f"YAML read an unquoted value as the date {value.isoformat()}: "
+                             f"quote it as your file writes it, e.g. '{value.isoformat()}'")
+        if value is None:
+            raise ValueError("a value is empty (YAML's ~, null or nothing between commas): "
+                             "remove it; say `nullable: true` to allow missing values")
+    return values
+
+
 class NumericalColumn(_Frozen):
     min: float | None = None
     max: float | None = None
@@ -60,6 +81,8 @@ class CategoricalColumn(_Frozen):
     categories: tuple[str, ...] = Field(min_length=1)
     nullable: bool = False
 
+    _check_categories = field_validator("categories", mode="before")(_as_the_file_writes_them)
+
 
 class ColumnsConfig(_Frozen):
     id: str
@@ -68,6 +91,8 @@ class ColumnsConfig(_Frozen):
     target_classes: tuple[int | str, ...] = ()
     numerical: dict[str, NumericalColumn] = Field(default_factory=dict)
     categorical: dict[str, CategoricalColumn] = Field(default_factory=dict)
+
+    _check_classes = field_validator("target_classes", mode="before")(_as_the_file_writes_them)
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -283,7 +308,8 @@ def _describe(err: ValidationError) -> str:
     lines = []
     for problem in err.errors():
         key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-        lines.append(f"  {key}: {problem['msg']}")
+        message = problem["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own
+        lines.append(f"  {key}: {message}")
     return "\n".join(lines)
 
 

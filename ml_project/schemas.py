@@ -237,7 +237,8 @@ class FieldRule:
             return value, f"must be text or an integer, got {shown(value)}"
         moment = parse_timestamp(value)
         if moment is None:
-            return value, f"must be an ISO 8601 timestamp, got {shown(value)}"
+            return value, (f"must be a year-first timestamp (ISO 8601, e.g. 2024-05-31T14:00:00Z), "
+                           f"got {shown(value)}")
         return moment, None
 
     def allows(self, value: Any) -> bool:

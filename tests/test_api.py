@@ -140,7 +140,8 @@ def test_predict_batch_returns_one_prediction_per_instance_in_order(
         pytest.param("/predict", instance(region=None), 422, {"region": "must not be null"},
                      "region", id="null-where-not-nullable"),
         pytest.param("/predict", instance(event_time={"at": 1}), 422,
-                     {"event_time": "must be an ISO 8601 timestamp, got {'at': 1}"}, "event_time",
+                     {"event_time": "must be a year-first timestamp (ISO 8601, e.g. "
+                                    "2024-05-31T14:00:00Z), got {'at': 1}"}, "event_time",
                      id="identifier-of-the-wrong-type"),
         pytest.param("/predict", instance(note="x" * 5000), 413, None,
                      "larger than 4000 bytes", id="body-too-large"),

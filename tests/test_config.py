@@ -8,6 +8,7 @@ from typing import Any
 
 import pydantic
 import pytest
+import yaml
 
 from ml_project.config import (
     OUTPUT_DIR_ENV,
@@ -134,6 +135,37 @@ def test_load_config_rejects_malformed_files(tmp_path: Path, content: str, expec
 
     with pytest.raises(ConfigError, match=expected):
         _load(config_file, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("key", "written", "expected"),
+    [
+        ("target_classes", "[No, Yes]",
+         r"columns\.target_classes: YAML read an unquoted value as the boolean false "
+         r"\(it reads yes, no, on, off, true and false so, in any case\): quote each value"),
+        ("target_classes", "[off, on]", r"columns\.target_classes: .*the boolean false"),
+        ("categorical", "{plan: {categories: [yes, no]}}",
+         r"columns\.categorical\.plan\.categories: YAML read .*the boolean true"),
+        ("categorical", "{day: {categories: ['2016-01-02', 2016-01-01]}}",
+         r"columns\.categorical\.day\.categories: YAML read .*the date 2016-01-01: "
+         r"quote it .*'2016-01-01'"),
+        ("categorical", "{plan: {categories: [basic, ~]}}",
+         r"plan\.categories: a value is empty .*nullable: true"),
+    ],
+    ids=["no-yes-classes", "on-off-classes", "yes-no-categories", "date-category", "null-category"],
+)
+def test_labels_and_categories_that_yaml_reads_as_other_types_are_refused_naming_the_fix(
+    project: Path, key: str, written: str, expected: str
+) -> None:
+    """Unquoted, `[No, Yes]` is two booleans to YAML, which pydantic would take for the classes
+    0 and 1: never what a file of "No"/"Yes" means."""
+    config_file = project / "project_config.yaml"
+    content = yaml.safe_load(config_file.read_text())
+    content["columns"][key] = "WRITTEN_AS_IS"
+    config_file.write_text(yaml.safe_dump(content).replace("WRITTEN_AS_IS", written))
+
+    with pytest.raises(ConfigError, match=expected):
+        _load(config_file, project)
 
 
 def test_config_is_frozen(config: Config) -> None:

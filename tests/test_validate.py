@@ -105,7 +105,8 @@ def test_validated_categoricals_hold_exactly_the_allowed_categories(config: Conf
         ("region", 7, "region: must be one of ['east', 'north', 'south', 'west'], got '7'"),
         ("region", np.nan, "region: must not be null"),
         ("age", None, "age: must not be null"),
-        ("event_time", "yesterday", "event_time: must be an ISO 8601 timestamp, got 'yesterday'"),
+        ("event_time", "yesterday", "event_time: must be a year-first timestamp (ISO 8601, e.g. "
+                                    "2024-05-31T14:00:00Z), got 'yesterday'"),
         ("customer_id", None, "customer_id: must not be null"),
         ("customer_id", 1.5, "customer_id: must be text or an integer, got 1.5"),
         ("churned", 2, "churned: must be one of [0, 1], got 2"),

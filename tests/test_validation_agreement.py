@@ -200,8 +200,11 @@ CASES: list[tuple[str, str, Any, str | None]] = [
     ("null-id", "id", None, "must not be null"),
     ("timestamp-with-offset", "timestamp", "2024-03-01T10:00:00+02:00", None),
     ("timestamp-date-only", "timestamp", "2024-03-01", None),
+    ("timestamp-year-first-slashes", "timestamp", "2024/03/01", None),
+    ("timestamp-month-first", "timestamp", "03/01/2024",
+     "must be a year-first timestamp (ISO 8601, e.g. 2024-05-31T14:00:00Z), got '03/01/2024'"),
     ("unparseable-timestamp", "timestamp", "yesterday",
-     "must be an ISO 8601 timestamp, got 'yesterday'"),
+     "must be a year-first timestamp (ISO 8601, e.g. 2024-05-31T14:00:00Z), got 'yesterday'"),
 ]
 
 
