@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from ml_project.config import Config
+from ml_project.config import PREDICTION_COLUMN, PROBABILITY_PREFIX, REASON_COLUMN, Config
 from ml_project.ingest import as_read
-from ml_project.predict import PREDICTION_COLUMN, PROBABILITY_PREFIX, PredictionService
-from ml_project.validate import REASON_COLUMN, validate_production_data
+from ml_project.predict import PredictionService
+from ml_project.validate import validate_production_data
 
 logger = logging.getLogger(__name__)
 

@@ -22,6 +22,12 @@ PREDICTION_LOG_ENV = "ML_PROJECT_PREDICTION_LOG_URL"
 OUTPUT_DIR_ENV = "ML_PROJECT_OUTPUT_DIR"
 DEFAULT_CONFIG_FILE = "project_config.yaml"
 
+# Columns the pipeline adds beside the user's (prediction files, quarantine, monitoring frames).
+PREDICTION_COLUMN = "prediction"
+PROBABILITY_PREFIX = "probability_"  # + each class
+REASON_COLUMN = "quarantine_reason"
+ADDED_COLUMNS = (PREDICTION_COLUMN, "model_version", "logged_at", REASON_COLUMN)
+
 RunMode = Literal["modelling", "prediction"]
 DataMode = Literal["historic", "production"]
 Location = Literal["local", "deployed"]
@@ -112,6 +118,12 @@ class ColumnsConfig(_Frozen):
         if clashes:
             raise ValueError(f"column names used twice (id, timestamp, target and features are "
                              f"different columns): {clashes}")
+        added = {*ADDED_COLUMNS, *(f"{PROBABILITY_PREFIX}{label}" for label in self.target_classes)}
+        taken = sorted(set(features + special) & added)
+        if taken:
+            raise ValueError(f"column names {taken} are the names of columns the pipeline adds "
+                             f"to its outputs (predictions, probabilities, quarantine reasons, "
+                             f"monitoring): rename them in your data and here")
         return self
 
 

@@ -39,10 +39,10 @@ from evidently import (
 from evidently.metrics import ValueDrift
 from evidently.presets import ClassificationPreset, DataDriftPreset, RegressionPreset
 
-from ml_project.config import Config
+from ml_project.config import PREDICTION_COLUMN, PROBABILITY_PREFIX, Config
 from ml_project.metrics import score_predictions
 from ml_project.monitoring_data import MonitoringInputError, PredictionWindow, Reference
-from ml_project.predict import PREDICTION_COLUMN, PROBABILITY_PREFIX, PredictionService
+from ml_project.predict import PredictionService
 
 logger = logging.getLogger(__name__)
 

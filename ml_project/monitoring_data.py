@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ml_project.config import Config
+from ml_project.config import PREDICTION_COLUMN, PROBABILITY_PREFIX, Config
 from ml_project.ingest import read_table
-from ml_project.predict import PREDICTION_COLUMN, PROBABILITY_PREFIX, PredictionService
+from ml_project.predict import PredictionService
 from ml_project.prediction_log import PredictionLog
 
 logger = logging.getLogger(__name__)

@@ -23,15 +23,13 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 from threadpoolctl import ThreadpoolController
 
-from ml_project.config import Config
+from ml_project.config import PREDICTION_COLUMN, PROBABILITY_PREFIX, Config
 from ml_project.export import library_versions, load_pipeline, load_reference
 from ml_project.fast_path import Column, FastPipeline, compile_pipeline
 from ml_project.schemas import InstanceValidator, InvalidInstance
 
 logger = logging.getLogger(__name__)
 
-PREDICTION_COLUMN = "prediction"
-PROBABILITY_PREFIX = "probability_"
 PROOF_ROWS = 2000  # reference rows the fast path must score exactly as the Pipeline does
 PROOF_SINGLE_ROWS = 16  # of those, scored one request at a time too
 

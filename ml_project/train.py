@@ -26,10 +26,9 @@ from sklearn.model_selection import (
 )
 from sklearn.pipeline import Pipeline
 
-from ml_project.config import CandidateConfig, Config
+from ml_project.config import PREDICTION_COLUMN, PROBABILITY_PREFIX, CandidateConfig, Config
 from ml_project.engineer import FeatureEngineer, configured_steps
 from ml_project.metrics import cv_scorers, score_predictions
-from ml_project.predict import PREDICTION_COLUMN, PROBABILITY_PREFIX
 from ml_project.preprocess import build_preprocessor
 
 logger = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from ml_project.config import Config
+from ml_project.config import REASON_COLUMN, Config
 from ml_project.schemas import (
     UNKNOWN_FIELD,
     FieldRule,
@@ -47,8 +47,6 @@ from ml_project.schemas import (
 )
 
 logger = logging.getLogger(__name__)
-
-REASON_COLUMN = "quarantine_reason"
 
 
 class DataValidationError(ValueError):

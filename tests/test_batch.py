@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from ml_project.batch import PartitionScorer, score_chunk
+from ml_project.config import REASON_COLUMN
 from ml_project.ingest import as_read
 from ml_project.predict import PredictionService
-from ml_project.validate import REASON_COLUMN
 from tests.conftest import prediction_config
 
 

@@ -97,10 +97,14 @@ def test_load_config_names_file_and_key_of_a_bad_value(
         ({"columns": {"id": "age"}}, r"column names used twice .*: \['age'\]"),
         ({"columns": {"timestamp": "customer_id"}},
          r"column names used twice .*: \['customer_id'\]$"),
+        ({"columns": {"id": "prediction"}},
+         r"column names \['prediction'\] are the names of columns the pipeline adds"),
+        ({"columns": {"numerical": {"probability_1": {}, "logged_at": {}}}},
+         r"column names \['logged_at', 'probability_1'\] are the names of columns the pipeline"),
     ],
     ids=["metric-for-task", "stratified-regression", "classes-regression", "binary-3-classes",
          "time-without-timestamp", "min-above-max", "no-categories", "id-is-feature",
-         "id-is-timestamp"],
+         "id-is-timestamp", "id-is-an-output", "features-are-outputs"],
 )
 def test_load_config_rejects_inconsistent_settings(
     project: Path, overrides: dict[str, Any], expected: str

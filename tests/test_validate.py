@@ -11,14 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml_project.config import Config, load_config
+from ml_project.config import REASON_COLUMN, Config, load_config
 from ml_project.schemas import InstanceValidator, InvalidInstance
-from ml_project.validate import (
-    REASON_COLUMN,
-    DataValidationError,
-    validate_production_data,
-    write_quarantine,
-)
+from ml_project.validate import DataValidationError, validate_production_data, write_quarantine
 
 N_ROWS = 8
 

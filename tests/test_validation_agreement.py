@@ -22,13 +22,13 @@ import pytest
 import yaml
 from sklearn.linear_model import LogisticRegression
 
-from ml_project.config import Config, load_config
+from ml_project.config import REASON_COLUMN, Config, load_config
 from ml_project.endpoints import PredictionEndpoints
 from ml_project.ingest import read_table
 from ml_project.predict import PredictionService
 from ml_project.schemas import InstanceValidator, InvalidInstance
 from ml_project.train import build_pipeline
-from ml_project.validate import REASON_COLUMN, DataValidationError, validate_production_data
+from ml_project.validate import DataValidationError, validate_production_data
 
 
 @dataclass(frozen=True)

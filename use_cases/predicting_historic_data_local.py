@@ -24,10 +24,11 @@ from tqdm import tqdm
 
 from ml_project.batch import prediction_columns, score_chunk
 from ml_project.cli import base_parser, start_run
+from ml_project.config import PREDICTION_COLUMN, PROBABILITY_PREFIX
 from ml_project.export import ArtifactError
 from ml_project.ingest import count_rows, read_in_chunks
 from ml_project.metrics import RunningScores
-from ml_project.predict import PREDICTION_COLUMN, PROBABILITY_PREFIX, PredictionService
+from ml_project.predict import PredictionService
 from ml_project.validate import DataValidationError, write_quarantine
 
 logger = logging.getLogger("predicting_historic")

@@ -30,11 +30,11 @@ import pandas as pd
 
 from ml_project.batch import PartitionScorer, prediction_columns
 from ml_project.cli import base_parser, start_run
-from ml_project.config import Config
+from ml_project.config import PREDICTION_COLUMN, REASON_COLUMN, Config
 from ml_project.export import ArtifactError
 from ml_project.ingest import as_read
-from ml_project.predict import PREDICTION_COLUMN, PredictionService
-from ml_project.validate import REASON_COLUMN, DataValidationError, validate_production_data
+from ml_project.predict import PredictionService
+from ml_project.validate import DataValidationError, validate_production_data
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
