@@ -19,6 +19,7 @@ from sklearn.pipeline import Pipeline
 from ml_project.config import PREDICTION_COLUMN, PROBABILITY_PREFIX, REASON_COLUMN, Config
 from ml_project.ingest import as_read
 from ml_project.predict import PredictionService
+from ml_project.schemas import label_key, usable_labels
 from ml_project.validate import validate_production_data
 
 logger = logging.getLogger(__name__)
@@ -49,35 +50,19 @@ def quarantine_bad_labels(
     target = config.columns.target
     if target not in valid.columns or not len(valid):
         return valid, quarantined
-    labels = valid[target]
-    if config.task == "regression":
-        numbers = pd.to_numeric(labels, errors="coerce").astype(float)
-        good = (labels.isna() | np.isfinite(numbers)).to_numpy()
-        typed = numbers
-        expected = "a finite number"
-    else:
-        classes = {_label_key(value): value for value in config.columns.target_classes}
-        keys = labels.map(_label_key, na_action="ignore")
-        good = (labels.isna() | keys.isin(list(classes))).to_numpy()
-        typed = keys.map(classes)
-        expected = f"one of {list(classes.values())}"
+    typed, good = usable_labels(valid[target], config)
+    expected = ("a finite number" if not config.is_classification
+                else f"one of {list(config.columns.target_classes)}")
     if good.all():
         return valid.assign(**{target: typed}), quarantined
     positions = np.setdiff1d(np.arange(len(chunk)), quarantined.index.to_numpy())
     bad = chunk.iloc[positions[~good]].set_axis(positions[~good])  # by position, as validation
     # the label as text: the same reason whether its chunk parsed 7 as a number or as text
-    bad = bad.assign(**{REASON_COLUMN: [f"{target}: label {_label_key(value)!r} is not "
+    bad = bad.assign(**{REASON_COLUMN: [f"{target}: label {label_key(value)!r} is not "
                                         f"{expected}" for value in bad[target]]})
     logger.warning("%d rows with an unusable label %s quarantined", len(bad), target)
     kept = valid[good].reset_index(drop=True).assign(**{target: typed[good].to_numpy()})
     return kept, pd.concat([quarantined, bad]).sort_index()
-
-
-def _label_key(value: Any) -> str:
-    """A label as text, so 1, 1.0 and "1" (a CSV's spellings of one class) are one class."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def prediction_columns(service: PredictionService) -> list[str]:

@@ -157,7 +157,7 @@ def guess_task(target: pd.Series) -> tuple[str, list[int | str], str]:
     if present.nunique() < 2:
         raise ValueError(f"target {target.name!r} has fewer than 2 distinct values")
     if pd.api.types.is_bool_dtype(present):
-        return "binary_classification", [0, 1], "true/false target"
+        return "binary_classification", ["False", "True"], "true/false target, as text"
     if pd.api.types.is_numeric_dtype(present):
         values = np.unique(present.to_numpy(dtype=float))
         integral = bool(np.all(values == np.round(values)))

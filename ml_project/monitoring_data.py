@@ -19,6 +19,7 @@ from ml_project.config import PREDICTION_COLUMN, PROBABILITY_PREFIX, Config
 from ml_project.ingest import read_table
 from ml_project.predict import PredictionService
 from ml_project.prediction_log import PredictionLog
+from ml_project.schemas import usable_labels
 
 logger = logging.getLogger(__name__)
 
@@ -136,17 +137,15 @@ def read_production_labels(config: Config) -> pd.DataFrame | None:
     missing = [name for name in (columns.id, columns.target) if name not in labels.columns]
     if missing:
         raise MonitoringInputError(f"labels file {path} lacks the columns {missing}")
-    labels = labels[[columns.id, columns.target]]
-    if config.is_classification:
-        valid = labels[columns.target].isin(list(columns.target_classes))
-    else:
-        numbers = pd.to_numeric(labels[columns.target], errors="coerce")
-        labels = labels.assign(**{columns.target: numbers})
-        valid = labels[columns.target].notna()
+    typed, usable = usable_labels(labels[columns.target], config)
+    labels = labels[[columns.id]].assign(**{columns.target: typed})
+    valid = usable & labels[columns.target].notna().to_numpy()
     if not valid.all():
         logger.warning("Ignoring %d labels with an invalid %s in %s",
                        int((~valid).sum()), columns.target, path)
-    return labels[valid].drop_duplicates(columns.id, keep="last").reset_index(drop=True)
+    # the classes' own dtype once the gaps are gone (scikit-learn's metrics refuse object ints)
+    labels = labels[valid].infer_objects()
+    return labels.drop_duplicates(columns.id, keep="last").reset_index(drop=True)
 
 
 def attach_labels(predictions: pd.DataFrame, labels: pd.DataFrame, config: Config) -> pd.DataFrame:

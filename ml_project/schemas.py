@@ -189,7 +189,8 @@ class FieldRule:
     categories: frozenset[int | str] = frozenset()
     # A feature's categories are text, as a file holds them: any other scalar (JSON's true, 4,
     # 4.0; numpy's from a frame) is compared, and named, as its text, as a CSV writes it and
-    # the readers give a Parquet column ("True", "4", "4.0"). A target's classes keep their type.
+    # the readers give a Parquet column ("True", "4", "4.0"). So are a target's classes when
+    # they are all text (a CSV's True/False target reads as bools); numbers keep their type.
     as_text: bool = False
 
     def check(self, value: Any) -> tuple[Any, str | None]:
@@ -281,10 +282,33 @@ def target_rule(config: Config) -> FieldRule:
     """A label of modelling data: one of `target_classes` (numbers or text), or a finite number
     for regression."""
     target = config.columns.target
+    classes = config.columns.target_classes
     if config.is_classification:
-        return FieldRule(target, "categorical", False,
-                         categories=frozenset(config.columns.target_classes))
+        return FieldRule(target, "categorical", False, categories=frozenset(classes),
+                         as_text=all(isinstance(label, str) for label in classes))
     return FieldRule(target, "numerical", False)
+
+
+def label_key(value: Any) -> str:
+    """A label as text, so 1, 1.0 and "1" (a CSV's spellings of one class) are one class, and
+    a bool is its text, as for a text class."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def usable_labels(labels: pd.Series, config: Config) -> tuple[pd.Series, np.ndarray]:
+    """Labels that arrive apart from their rows (a labelled batch file, monitoring's labels
+    file) as the classes' own type (for regression, floats), and which are usable: a known
+    class or a finite number. A missing label is usable: it is no label."""
+    if not config.is_classification:
+        numbers = pd.to_numeric(labels, errors="coerce").astype(float)
+        return numbers, (labels.isna() | np.isfinite(numbers)).to_numpy()
+    classes = {label_key(label): label for label in config.columns.target_classes}
+    keys = [None if is_missing(label) else label_key(label) for label in labels]
+    typed = pd.Series([None if key is None else classes.get(key) for key in keys], index=labels.index,
+                      dtype=object)  # the classes' own values: 1, never 1.0 beside a gap
+    return typed, np.array([key is None or key in classes for key in keys], dtype=bool)
 
 
 def known_fields(config: Config) -> tuple[str, ...]:

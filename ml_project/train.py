@@ -26,10 +26,17 @@ from sklearn.model_selection import (
 )
 from sklearn.pipeline import Pipeline
 
-from ml_project.config import PREDICTION_COLUMN, PROBABILITY_PREFIX, CandidateConfig, Config
+from ml_project.config import (
+    PREDICTION_COLUMN,
+    PROBABILITY_PREFIX,
+    REASON_COLUMN,
+    CandidateConfig,
+    Config,
+)
 from ml_project.engineer import FeatureEngineer, configured_steps
 from ml_project.metrics import cv_scorers, score_predictions
 from ml_project.preprocess import build_preprocessor
+from ml_project.schemas import label_key
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +179,38 @@ def _cv_splitter(config: Config) -> KFold | StratifiedKFold | TimeSeriesSplit:
 class TrainingDataError(ValueError):
     """The training rows cannot be used with this configuration; the message says what to
     change."""
+
+
+def check_training_rows(valid: pd.DataFrame, quarantined: pd.DataFrame, config: Config) -> None:
+    """Enough valid rows to hold out and cross-validate, and every class among them. A config
+    that does not describe the file quarantines most rows, so the message gives the commonest
+    reasons rows were quarantined.
+
+    Raises:
+        TrainingDataError: too few rows, or a class without enough rows.
+    """
+    folds = config.training.cv_folds
+    reasons = quarantined.get(REASON_COLUMN, pd.Series(dtype=object)).value_counts()
+    why = "" if reasons.empty else (
+        f"; {len(quarantined)} of {len(valid) + len(quarantined)} rows were quarantined, most "
+        "often for " + "; ".join(f"{reason!r} ({count} rows)" for reason, count in
+                                 reasons.head(2).items()))
+    if len(valid) < 2 * folds:
+        raise TrainingDataError(
+            f"{len(valid)} valid rows, too few to hold out {config.training.holdout_fraction:.0%} "
+            f"and cross-validate in {folds} folds (at least {2 * folds} are needed){why}")
+    if not config.is_classification:
+        return
+    counts = valid[config.columns.target].map(label_key).value_counts()
+    least = 2 if config.training.split == "stratified" else 1
+    short = [f"{label!r} ({counts.get(label_key(label), 0)})"
+             for label in config.columns.target_classes
+             if counts.get(label_key(label), 0) < least]
+    if short:
+        raise TrainingDataError(
+            f"the classes {', '.join(short)} of columns.target_classes have fewer than {least} "
+            f"valid rows, too few to learn and score them: check target_classes against the "
+            f"labels of your file{why}")
 
 
 def check_time_folds(target: pd.Series, config: Config) -> None:

@@ -84,12 +84,23 @@ def other_names_table(rng: np.random.Generator) -> pd.DataFrame:
     })
 
 
+def flag_target_table(rng: np.random.Generator) -> pd.DataFrame:
+    """A True/False target (read as bools from a CSV as from Parquet), a flag feature."""
+    return pd.DataFrame({
+        "PassengerId": [f"{i:04d}_01" for i in range(ROWS)],
+        "Age": _with_nulls(rng.integers(0, 80, ROWS).astype(float), rng, 0.05),
+        "VIP": rng.choice([True, False], ROWS),
+        "Transported": rng.choice([True, False], ROWS),
+    })
+
+
 SHAPES: dict[str, tuple[Callable[[np.random.Generator], pd.DataFrame], dict[str, Any]]] = {
     "binary": (binary_table, {"target": "churned"}),
     "multiclass": (multiclass_table, {"target": "species"}),
     "regression": (regression_table, {"target": "price", "id_column": "listing"}),
     "other_names": (other_names_table, {"target": "Returned", "id_column": "Order Ref",
                                         "timestamp": "Created At"}),
+    "flag_target": (flag_target_table, {"target": "Transported", "id_column": "PassengerId"}),
 }
 
 
@@ -168,6 +179,7 @@ def test_draft_guesses_id_timestamp_task_and_leaves_out_what_is_no_feature(
      "f1_macro"),
     ("regression", "regression", [], "neg_root_mean_squared_error"),
     ("other_names", "binary_classification", ["no", "yes"], "roc_auc"),
+    ("flag_target", "binary_classification", ["False", "True"], "roc_auc"),
 ])
 def test_draft_task_follows_the_target(shape: str, task: str, classes: list[str], metric: str,
                                        tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -309,6 +310,30 @@ def test_read_production_labels_keeps_valid_targets_and_the_latest_correction(
 
     assert labels is not None
     assert labels.set_index("customer_id")["churned"].to_dict() == {"P2": 0, "P1": 0}
+
+
+@pytest.mark.parametrize(("classes", "rows", "expected"), [
+    (["False", "True"], [("P1", True), ("P2", False), ("P3", None), ("P4", True)],
+     {"P1": "True", "P2": "False", "P4": "True"}),
+    ([0, 1], [("P1", 1.0), ("P2", 0.0), ("P3", None), ("P4", 0.5)], {"P1": 1, "P2": 0}),
+], ids=["true-false-as-text-classes", "whole-floats-as-integer-classes"])
+def test_read_production_labels_reads_a_label_as_every_other_path_reads_it(
+    trained_project: Path, tmp_path: Path, classes: list[Any], rows: list[tuple[str, object]],
+    expected: dict[str, Any]
+) -> None:
+    """A CSV's True/False labels read as bools and a column with a gap as floats: labels are
+    matched to the classes as the batch use case and validation match them."""
+    labels_file = tmp_path / "labels.csv"
+    write_labels(labels_file, rows)
+    config = config_with(trained_project, tmp_path, data={"production_labels": str(labels_file)},
+                         columns={"target_classes": classes})
+
+    labels = read_production_labels(config)
+
+    assert labels is not None
+    found = labels.set_index("customer_id")["churned"].to_dict()
+    assert found == expected
+    assert [type(label) for label in found.values()] == [type(label) for label in expected.values()]
 
 
 def test_read_production_labels_before_any_arrived_is_none(

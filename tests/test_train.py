@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import TimeSeriesSplit
 
@@ -20,6 +22,7 @@ from ml_project.train import (
     build_estimator,
     build_leaderboard,
     build_pipeline,
+    check_training_rows,
     evaluate_holdout,
     select_best,
     split_holdout,
@@ -28,6 +31,7 @@ from ml_project.train import (
 )
 from ml_project.validate import validate_production_data
 from tests.conftest import write_project
+from use_cases import modelling_historic_data_local
 
 LOGISTIC: dict[str, Any] = {
     "name": "logistic_regression",
@@ -209,6 +213,45 @@ def test_a_time_split_with_a_validation_fold_of_one_class_is_refused_for_roc_auc
     with pytest.raises(TrainingDataError, match=r"the validation rows of CV fold 1 of 3 are all "
                                                 r"of the class 0, and ROC AUC is undefined"):
         train_candidates(train.assign(churned=churned), config)
+
+
+def test_a_config_that_quarantines_every_row_stops_modelling_with_the_reasons(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Labels spelled otherwise than target_classes says: every row is quarantined, and the run
+    says why before any training (it used to die in the split with scikit-learn's message)."""
+    config_file = project / "project_config.yaml"
+    content = yaml.safe_load(config_file.read_text())
+    content["columns"]["target_classes"] = ["no", "yes"]
+    config_file.write_text(yaml.safe_dump(content))
+
+    code = modelling_historic_data_local.main(["--config", str(config_file), "--root",
+                                               str(project)])
+
+    assert code == 2
+    assert re.search(r"Cannot train: 0 valid rows, too few to hold out \d+% and cross-validate "
+                     r"in \d folds .*; (\d+) of \1 rows were quarantined, most often for "
+                     r".churned: must be one of \['no', 'yes'\], got '[01]'. \(\d+ rows\)",
+                     caplog.text), caplog.text
+    assert not (project / "data" / "model_artifacts" / "champion").exists()
+
+
+@pytest.mark.parametrize(("split", "rows_of_high", "least"), [
+    ("stratified", 1, 2), ("random", 0, 1)])
+def test_a_class_without_enough_valid_rows_is_refused_before_training(
+    project: Path, split: str, rows_of_high: int, least: int
+) -> None:
+    config = _config(project, task="multiclass_classification",
+                     columns={"target": "charge_segment", "target_classes": ["low", "mid", "high"]},
+                     training={"split": split, "metric": "f1_macro"})
+    raw = _raw(config, charge_segment=_charge_segment)
+    segment = raw["charge_segment"].astype(object).replace("high", "mid")
+    segment.iloc[:rows_of_high] = "high"
+
+    with pytest.raises(TrainingDataError, match=(
+            rf"the classes 'high' \({rows_of_high}\) of columns.target_classes have fewer than "
+            rf"{least} valid rows")):
+        check_training_rows(raw.assign(charge_segment=segment), raw.iloc[:0], config)
 
 
 def test_split_holdout_stratified_keeps_the_class_balance(binary_run: Run) -> None:

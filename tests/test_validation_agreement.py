@@ -316,12 +316,14 @@ def test_a_record_may_leave_out_its_id_and_timestamp(
 
 @pytest.mark.parametrize(("label", "reason"), [
     ("last", None), ("unknown", "must be one of {classes}, got 'unknown'"),
-    (None, "must not be null"), (True, "must be one of {classes}, got True"),
+    (None, "must not be null"), (True, "must be one of {classes}, got {true}"),
 ])
 def test_the_target_of_modelling_data_is_checked_by_its_rule(
     scheme: Scheme, configs: dict[str, Config], label: Any, reason: str | None
 ) -> None:
-    """Classes may be numbers or text labels; the message comes from the target's rule."""
+    """Classes may be numbers or text labels; the message comes from the target's rule. Text
+    classes compare a bool as its text, as a categorical feature does (a CSV's True/False
+    target reads as bools): True is "True", named so."""
     value = scheme.classes[-1] if label == "last" else label
     frame = pd.DataFrame([scheme.record(), scheme.record(1)]).assign(
         **{scheme.target: pd.Series([scheme.classes[0], value], dtype=object)})
@@ -330,8 +332,9 @@ def test_the_target_of_modelling_data_is_checked_by_its_rule(
 
     classes = sorted(scheme.classes, key=lambda c: (isinstance(c, str), c))
     reasons = result.quarantined[REASON_COLUMN].tolist()
+    true = "'True'" if all(isinstance(c, str) for c in scheme.classes) else "True"
     assert reasons == ([] if reason is None else [
-        f"{scheme.target}: {reason.format(classes=classes)}"])
+        f"{scheme.target}: {reason.format(classes=classes, true=true)}"])
     assert len(result.valid) == 2 - len(reasons)
 
 

@@ -33,6 +33,7 @@ from ml_project.train import (
     TrainingDataError,
     build_leaderboard,
     build_reference_sample,
+    check_training_rows,
     evaluate_holdout,
     select_best,
     split_holdout,
@@ -69,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     quarantine_file = write_quarantine(validation.quarantined, config, "historic_data")
     raw = validation.valid
-
-    train, holdout = split_holdout(raw, config)
     try:
+        check_training_rows(raw, validation.quarantined, config)
+        train, holdout = split_holdout(raw, config)
         results = train_candidates(train, config)
     except TrainingDataError as err:
         logger.error("Cannot train: %s. Nothing was trained, exported or promoted.", err)
