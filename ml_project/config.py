@@ -28,6 +28,14 @@ PROBABILITY_PREFIX = "probability_"  # + each class
 REASON_COLUMN = "quarantine_reason"
 ADDED_COLUMNS = (PREDICTION_COLUMN, "model_version", "logged_at", REASON_COLUMN)
 
+# Texts that mean "missing" on every path: the markers pandas' CSV reader has always read as
+# missing (written out here, so the readers, the per-request check and frame validation share
+# one list). A JSON "NA" is a null, as the same cell in a file is.
+MISSING_TEXTS = frozenset({
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+})
+
 RunMode = Literal["modelling", "prediction"]
 DataMode = Literal["historic", "production"]
 Location = Literal["local", "deployed"]
@@ -64,7 +72,10 @@ def _as_the_file_writes_them(values: Any) -> Any:
                              f"quote it as your file writes it, e.g. '{value.isoformat()}'")
         if value is None:
             raise ValueError("a value is empty (YAML's ~, null or nothing between commas): "
-                             "remove it; say `nullable: true` to allow missing values")
+                             "remove it; `nullable: true` allows missing values")
+        if isinstance(value, str) and value in MISSING_TEXTS:
+            raise ValueError(f"{value!r} means a missing value on every path, as in a CSV: "
+                             "rename it in your data, or remove it and say `nullable: true`")
     return values
 
 

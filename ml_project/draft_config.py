@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ml_project.ingest import CSV_MISSING
 from ml_project.schemas import parse_numbers
 
 MARGIN = 0.1  # ranges are widened by this share of the span seen
@@ -48,7 +49,8 @@ def read_as_received(path: Path) -> pd.DataFrame:
     """The file as ingest sees it before typing: CSV cells as text (NaN for missing), so the
     categories drafted are the very strings validation will compare; Parquet as stored."""
     if path.suffix == ".csv":
-        return pd.read_csv(path, dtype=str)
+        frame: pd.DataFrame = pd.read_csv(path, dtype=str, **CSV_MISSING)
+        return frame
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
     raise ValueError(f"unsupported data file {path}: expected .csv or .parquet")
@@ -211,7 +213,7 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
                              "each is a column of its own (a table without an id needs one added)")
     from_csv = path.suffix == ".csv"
     # The target keeps the reader's own typing (ingest gives it no dtype): numbers stay numbers.
-    typed_target = pd.read_csv(path, usecols=[target])[target] if from_csv else frame[target]
+    typed_target = pd.read_csv(path, usecols=[target], **CSV_MISSING)[target] if from_csv else frame[target]
     task, classes, task_reason = guess_task(typed_target)
     id_note = "given" if id_column else "REVIEW guessed: unique in every row, never missing"
     id_column = id_column or _guess_id(frame, {target, timestamp or ""})

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from ml_project.config import Config, database_url
+from ml_project.config import MISSING_TEXTS, Config, database_url
 from ml_project.schemas import known_fields, parse_numbers
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,10 @@ def known_columns(config: Config, *, with_target: bool = True) -> list[str]:
     """Identifier, timestamp, features and (optionally) target, in schema order."""
     names = list(known_fields(config))
     return names if with_target else names[:-1]
+
+
+# Missing cells are empty or one of the texts every path reads as missing, and no other.
+CSV_MISSING: dict[str, Any] = {"keep_default_na": False, "na_values": sorted(MISSING_TEXTS)}
 
 
 def _reader_dtypes(config: Config) -> dict[str, Any]:
@@ -69,7 +73,8 @@ def as_read(frame: pd.DataFrame, config: Config, *, text: bool) -> pd.DataFrame:
     go through the same CSV parser (its missing-value spellings, its number inference), typed
     columns (Parquet) are typed as for a Parquet file; unknown columns as configured."""
     if text:
-        frame = pd.read_csv(io.StringIO(frame.to_csv(index=False)), dtype=_reader_dtypes(config))
+        frame = pd.read_csv(io.StringIO(frame.to_csv(index=False)), dtype=_reader_dtypes(config),
+                            **CSV_MISSING)
     else:
         frame = _as_read(frame.reset_index(drop=True), config)
     return _keep_known(frame, config, "a partition")
@@ -95,7 +100,8 @@ def read_table(source: str, config: Config) -> pd.DataFrame:
     if path.suffix == ".parquet":
         return _keep_known(_as_read(pd.read_parquet(path), config), config, str(path))
     if path.suffix == ".csv":
-        return _keep_known(pd.read_csv(path, dtype=_reader_dtypes(config)), config, str(path))
+        return _keep_known(pd.read_csv(path, dtype=_reader_dtypes(config), **CSV_MISSING), config,
+                           str(path))
     raise ValueError(f"unsupported data file {path}: expected .csv or .parquet")
 
 
@@ -117,7 +123,8 @@ def read_in_chunks(path: Path, config: Config) -> Iterator[pd.DataFrame]:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=size):
             yield _keep_known(_as_read(batch.to_pandas(), config), config, str(path))
     elif path.suffix == ".csv":
-        with pd.read_csv(path, dtype=_reader_dtypes(config), chunksize=size) as reader:
+        with pd.read_csv(path, dtype=_reader_dtypes(config), chunksize=size,
+                         **CSV_MISSING) as reader:
             for chunk in reader:
                 yield _keep_known(chunk, config, str(path))
     else:

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from ml_project.config import Config
+from ml_project.config import MISSING_TEXTS, Config
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +125,14 @@ _INT_RANGE = 2**1000  # an int within converts to float without overflow
 
 
 def is_missing(value: Any) -> bool:
-    """None, NaN, pandas' NA or a not-a-time: what a JSON null means."""
+    """None, NaN, pandas' NA, a not-a-time or a text that marks a missing value in a file
+    (`MISSING_TEXTS`: "NA", "", "null", ...): what a JSON null means."""
     kind = type(value)
     if kind is float:  # the common cases first: this runs for every field of every request
         return bool(value != value)
-    if kind is str or kind is int or kind is bool:
+    if kind is str:
+        return value in MISSING_TEXTS
+    if kind is int or kind is bool:
         return False
     if value is None or value is _NA or value is _NAT:
         return True

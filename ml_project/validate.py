@@ -33,7 +33,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from ml_project.config import REASON_COLUMN, Config
+from ml_project.config import MISSING_TEXTS, REASON_COLUMN, Config
 from ml_project.schemas import (
     UNKNOWN_FIELD,
     FieldRule,
@@ -128,7 +128,7 @@ def _coerce(production: pd.DataFrame, rules: dict[str, FieldRule]) -> tuple[dict
     typed: dict[str, Any] = {}
     failed: Cells = set()
     for name, rule in rules.items():
-        received = production[name]
+        received = _missing_texts_as_nan(production[name])
         if rule.kind == "numerical":
             if pd.api.types.is_numeric_dtype(received) and not pd.api.types.is_bool_dtype(
                 received
@@ -147,6 +147,18 @@ def _coerce(production: pd.DataFrame, rules: dict[str, FieldRule]) -> tuple[dict
             typed[name] = _as_text(received, rule)
             failed |= _wrongly_typed(name, received, rule)
     return typed, failed
+
+
+def _missing_texts_as_nan(received: pd.Series) -> pd.Series:
+    """The texts every path reads as missing (`MISSING_TEXTS`) as NaN: the CSV reader has made
+    them so already, a Parquet file or a frame built in memory may hold them as text."""
+    if isinstance(received.dtype, pd.CategoricalDtype):
+        texts = [c for c in received.cat.categories if isinstance(c, str) and c in MISSING_TEXTS]
+        return received.cat.remove_categories(texts) if texts else received
+    if received.dtype != object and not pd.api.types.is_string_dtype(received):
+        return received
+    marked = received.isin(list(MISSING_TEXTS))
+    return received.mask(marked) if marked.any() else received
 
 
 def _as_text(received: pd.Series, rule: FieldRule) -> np.ndarray:

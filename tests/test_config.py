@@ -155,8 +155,11 @@ def test_load_config_rejects_malformed_files(tmp_path: Path, content: str, expec
          r"quote it .*'2016-01-01'"),
         ("categorical", "{plan: {categories: [basic, ~]}}",
          r"plan\.categories: a value is empty .*nullable: true"),
+        ("categorical", "{region: {categories: [north, 'NA']}}",
+         r"region\.categories: 'NA' means a missing value on every path, as in a CSV"),
     ],
-    ids=["no-yes-classes", "on-off-classes", "yes-no-categories", "date-category", "null-category"],
+    ids=["no-yes-classes", "on-off-classes", "yes-no-categories", "date-category", "null-category",
+         "missing-text-category"],
 )
 def test_labels_and_categories_that_yaml_reads_as_other_types_are_refused_naming_the_fix(
     project: Path, key: str, written: str, expected: str
