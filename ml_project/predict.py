@@ -24,7 +24,7 @@ from sklearn.pipeline import Pipeline
 from threadpoolctl import ThreadpoolController
 
 from ml_project.config import PREDICTION_COLUMN, PROBABILITY_PREFIX, Config
-from ml_project.export import library_versions, load_pipeline, load_reference
+from ml_project.export import ArtifactError, library_versions, load_pipeline, load_reference
 from ml_project.fast_path import Column, FastPipeline, compile_pipeline
 from ml_project.schemas import InstanceValidator, InvalidInstance
 
@@ -97,13 +97,14 @@ class PredictionService:
         self.config = config
         self.validator = InstanceValidator(config)
         self.features = list(self.validator.features)
-        expected = list(self.metadata.get("features", self.features))
-        if expected != self.features:
-            raise ValueError(
-                f"the model was trained on features {expected}, the config lists {self.features}"
-            )
         self.model_name = str(self.metadata.get("model_name", "unknown"))
         self.model_version = str(self.metadata.get("model_version", "unknown"))
+        expected = list(self.metadata.get("features", self.features))
+        if expected != self.features:
+            raise ArtifactError(
+                f"{self.model_name} version {self.model_version} was trained on the features "
+                f"{expected}, but the config lists {self.features}: run the modelling use case "
+                "for this config, or serve the model trained for it")
         self.model_sha256 = str(self.metadata.get("sha256", "unknown"))
         self.is_classification = config.is_classification
         self.has_probabilities = self.is_classification and hasattr(pipeline, "predict_proba")

@@ -42,8 +42,8 @@ from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 from sklearn.pipeline import Pipeline
 
 from ml_project.config import Config
-from ml_project.export import read_metadata, sha256_of
-from ml_project.train import CandidateResult, features_and_target
+from ml_project.export import ArtifactError, read_metadata, sha256_of
+from ml_project.train import CandidateResult, evaluate_holdout, features_and_target
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,9 @@ REFERENCE_SHA256_TAG = "reference_sha256"
 TRUSTED_TYPES_TAG = "skops_trusted_types"
 # The local artifact's sha256: the model's identity in the prediction log, whichever copy serves.
 ARTIFACT_SHA256_TAG = "artifact_sha256"
+# What a version answers for (task, target, classes, features, metric): scores compare only
+# between versions with the same contract.
+CONTRACT_TAG = "contract"
 
 
 def trusted_types(pipeline: Pipeline) -> list[str]:
@@ -190,22 +193,45 @@ def evaluation_figures(
     return figures
 
 
-def _champion_score(client: MlflowClient, config: Config) -> float | None:
-    """The holdout score of the current champion version, or None if there is none."""
+def contract(config: Config) -> str:
+    """What a model trained under this config answers for, as text to compare."""
+    columns = config.columns
+    return json.dumps({"task": config.task, "target": columns.target,
+                       "classes": [str(label) for label in columns.target_classes],
+                       "features": list(columns.features), "metric": config.training.metric})
+
+
+def champion_on_holdout(client: MlflowClient, config: Config, holdout: pd.DataFrame
+                        ) -> tuple[float | None, str]:
+    """The current champion's score on this run's holdout, and how it was had; None when there
+    is no champion, or it answers another contract, or it cannot score these rows (a champion
+    of another table, left by the demo). Scores kept from the champion's own run are not used:
+    they were measured on another holdout (older data, another split)."""
     name = config.tracking.registered_model_name
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
-        return None
-    score = champion.tags.get(f"holdout_{config.training.metric}")
-    return float(score) if score is not None else None
+        return None, "no champion yet"
+    recorded = champion.tags.get(CONTRACT_TAG)
+    if recorded is not None and recorded != contract(config):
+        return None, (f"version {champion.version} was trained for another task, target, "
+                      "classes, features or metric: not comparable")
+    from ml_project.registry import load_registered_pipeline  # registry imports this module
+    try:
+        pipeline = load_registered_pipeline(config)[0]
+        score = evaluate_holdout(pipeline, holdout, config, label="Champion on this holdout")
+    except (ArtifactError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return None, f"version {champion.version} cannot score this holdout ({err})"
+    return score[config.training.metric], f"version {champion.version} on this holdout"
 
 
 def promote(
     client: MlflowClient, config: Config, version: str, score: float,
+    previous: tuple[float | None, str],
     before_alias: Callable[[str, float | None], None] | None = None,
 ) -> tuple[str, float | None]:
-    """Champion moves to `version` only if it beats the current champion; else challenger.
+    """Champion moves to `version` only if it beats the current champion (`previous`: its
+    score on the same holdout, and how it was had); else challenger.
 
     `before_alias(alias, previous)` runs once the alias is decided and before it moves (the
     local export): a kill in between leaves the local champion ahead of the registry, which
@@ -213,17 +239,18 @@ def promote(
     """
     name = config.tracking.registered_model_name
     client.set_model_version_tag(name, version, f"holdout_{config.training.metric}", str(score))
-    previous = _champion_score(client, config)
-    alias = CHAMPION if previous is None or score > previous else CHALLENGER
+    client.set_model_version_tag(name, version, CONTRACT_TAG, contract(config))
+    previous_score, how = previous
+    alias = CHAMPION if previous_score is None or score > previous_score else CHALLENGER
     if before_alias is not None:
-        before_alias(alias, previous)
+        before_alias(alias, previous_score)
     client.set_registered_model_alias(name, alias, version)
     logger.info(
-        "Registered %s version %s as %s (holdout %s %.4f vs champion %s)",
+        "Registered %s version %s as %s (holdout %s %.4f vs champion: %s)",
         name, version, alias, config.training.metric, score,
-        "none" if previous is None else f"{previous:.4f}",
+        how if previous_score is None else f"{previous_score:.4f}, {how}",
     )
-    return alias, previous
+    return alias, previous_score
 
 
 def track_modelling_run(
@@ -333,13 +360,15 @@ def _track(
         for path in leaderboard_files.values():
             mlflow.log_artifact(str(path), artifact_path="leaderboard")
         for context, frame in (("training", train), ("holdout", holdout)):
-            with warnings.catch_warnings():  # a local path matches two equivalent source types
+            # A local path matches two equivalent source types; integer columns in the schema
+            # MLflow infers for the dataset are the data's own (its hint concerns serving).
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 dataset = from_pandas(
                     frame, source=data_source, targets=config.columns.target,
                     name=f"historic_{context}",
                 )
-            mlflow.log_input(dataset, context=context)
+                mlflow.log_input(dataset, context=context)
         for result in results:
             with mlflow.start_run(experiment_id=experiment_id, run_name=result.name, nested=True):
                 mlflow.log_params({"candidate": result.name, **result.params})
@@ -384,7 +413,8 @@ def _track(
                 client.set_model_version_tag(name, version, ARTIFACT_SHA256_TAG,
                                              str(exported["sha256"]))
 
-        alias, previous = promote(client, config, version, score, export_first)
+        alias, previous = promote(client, config, version, score,
+                                  champion_on_holdout(client, config, holdout), export_first)
         mlflow.set_tag("registered_version", version)
         mlflow.set_tag("alias", alias)
     return TrackingOutcome(run.info.run_id, version, alias, previous, types)

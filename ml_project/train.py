@@ -311,14 +311,15 @@ def select_best(results: list[CandidateResult]) -> CandidateResult:
     return max(results, key=lambda result: result.cv_score)
 
 
-def evaluate_holdout(pipeline: Pipeline, holdout: pd.DataFrame, config: Config) -> dict[str, float]:
+def evaluate_holdout(pipeline: Pipeline, holdout: pd.DataFrame, config: Config,
+                     label: str = "Holdout") -> dict[str, float]:
     """Every leaderboard metric on the holdout (same definitions as batch scoring reports)."""
     features, target = features_and_target(holdout, config)
     probabilities = pipeline.predict_proba(features) if config.is_classification else None
     classes = list(pipeline.classes_) if config.is_classification else []
     metrics = score_predictions(config.metrics, target.to_numpy(), pipeline.predict(features),
                                 probabilities, classes, config.positive_class)
-    logger.info("Holdout: %s", ", ".join(f"{k} = {v:.4f}" for k, v in metrics.items()))
+    logger.info("%s: %s", label, ", ".join(f"{k} = {v:.4f}" for k, v in metrics.items()))
     return metrics
 
 

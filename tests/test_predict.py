@@ -217,6 +217,19 @@ def test_from_config_without_an_artifact_tells_the_user_to_train(tmp_path: Path)
         PredictionService.from_config(prediction_config(tmp_path))
 
 
+def test_a_model_trained_on_other_features_is_refused_naming_the_fix(
+    service: PredictionService
+) -> None:
+    """A champion left from another table (the demo's): an error the use cases and servers
+    report in one line, not a traceback."""
+    metadata = {**service.metadata, "features": ["tenure", "plan"]}
+
+    with pytest.raises(ArtifactError, match=(
+            rf"version {service.model_version} was trained on the features \['tenure', 'plan'\], "
+            r"but the config lists \[.*\]: run the modelling use case for this config")):
+        PredictionService(service.pipeline, metadata, service.config)
+
+
 def test_registry_source_loads_the_champion(
     trained_project: Path, service: PredictionService, raw: pd.DataFrame
 ) -> None:

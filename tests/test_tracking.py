@@ -75,10 +75,10 @@ class Modelled:
         )
 
 
-def _modelled(root: Path, candidate: dict[str, Any]) -> Modelled:
+def _modelled(root: Path, candidate: dict[str, Any], **training: Any) -> Modelled:
     config = load_config(
         "modelling", "historic", "local", config_file=root / "project_config.yaml", root=root,
-        overrides={"training": {"candidates": [candidate]}},
+        overrides={"training": {"candidates": [candidate], **training}},
     )
     raw = validate_production_data(load_historic_data(config), config, with_target=True).valid
     train, holdout = split_holdout(raw, config)
@@ -118,6 +118,35 @@ def test_track_modelling_run_promotes_only_a_model_that_beats_the_champion(
     model = client.get_registered_model(history.weak.config.tracking.registered_model_name)
     aliases = {alias: str(version) for alias, version in model.aliases.items()}
     assert aliases == {CHAMPION: second.model_version, CHALLENGER: third.model_version}
+
+
+def test_the_champion_is_compared_on_the_new_holdout_and_one_of_another_contract_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scores recorded by the champion's own run were measured on its holdout: another split
+    (new data, a retraining) would compare unlike with like, so the champion is scored again on
+    the new run's holdout. A champion trained for another contract (the demo's, before a new
+    table) cannot be compared at all, and is replaced."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    write_project(tmp_path, n_historic=600)
+    strong = _modelled(tmp_path, STRONG)
+    first = strong.track()
+    champion = select_best(strong.results).pipeline
+
+    reshuffled = _modelled(tmp_path, WEAK, random_seed=11)
+    second = reshuffled.track()
+
+    metric = strong.config.training.metric
+    on_new_holdout = evaluate_holdout(champion, reshuffled.holdout, strong.config)[metric]
+    on_own_holdout = evaluate_holdout(champion, strong.holdout, strong.config)[metric]
+    assert on_new_holdout != pytest.approx(on_own_holdout)
+    assert (first.alias, second.alias) == (CHAMPION, CHALLENGER)
+    assert second.previous_champion_score == pytest.approx(on_new_holdout)
+
+    other_contract = _modelled(tmp_path, WEAK, metric="accuracy")
+    third = other_contract.track()
+
+    assert (third.alias, third.previous_champion_score) == (CHAMPION, None)
 
 
 def test_track_modelling_run_logs_the_run_with_candidates_plots_and_model(
