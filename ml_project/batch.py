@@ -19,7 +19,7 @@ from sklearn.pipeline import Pipeline
 from ml_project.config import PREDICTION_COLUMN, PROBABILITY_PREFIX, REASON_COLUMN, Config
 from ml_project.ingest import as_read
 from ml_project.predict import PredictionService
-from ml_project.schemas import label_key, usable_labels
+from ml_project.schemas import LabelRule
 from ml_project.validate import validate_production_data
 
 logger = logging.getLogger(__name__)
@@ -50,16 +50,15 @@ def quarantine_bad_labels(
     target = config.columns.target
     if target not in valid.columns or not len(valid):
         return valid, quarantined
-    typed, good = usable_labels(valid[target], config)
-    expected = ("a finite number" if not config.is_classification
-                else f"one of {list(config.columns.target_classes)}")
+    rule = LabelRule(config)
+    typed, good = rule.typed(valid[target])
     if good.all():
         return valid.assign(**{target: typed}), quarantined
     positions = np.setdiff1d(np.arange(len(chunk)), quarantined.index.to_numpy())
     bad = chunk.iloc[positions[~good]].set_axis(positions[~good])  # by position, as validation
     # the label as text: the same reason whether its chunk parsed 7 as a number or as text
-    bad = bad.assign(**{REASON_COLUMN: [f"{target}: label {label_key(value)!r} is not "
-                                        f"{expected}" for value in bad[target]]})
+    bad = bad.assign(**{REASON_COLUMN: [f"{target}: {rule.check(value)[1]}"
+                                        for value in bad[target]]})
     logger.warning("%d rows with an unusable label %s quarantined", len(bad), target)
     kept = valid[good].reset_index(drop=True).assign(**{target: typed[good].to_numpy()})
     return kept, pd.concat([quarantined, bad]).sort_index()

@@ -19,7 +19,7 @@ from ml_project.config import PREDICTION_COLUMN, PROBABILITY_PREFIX, Config
 from ml_project.ingest import read_table
 from ml_project.predict import PredictionService
 from ml_project.prediction_log import PredictionLog
-from ml_project.schemas import usable_labels
+from ml_project.schemas import LabelRule
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def read_production_labels(config: Config) -> pd.DataFrame | None:
     missing = [name for name in (columns.id, columns.target) if name not in labels.columns]
     if missing:
         raise MonitoringInputError(f"labels file {path} lacks the columns {missing}")
-    typed, usable = usable_labels(labels[columns.target], config)
+    typed, usable = LabelRule(config).typed(labels[columns.target])
     labels = labels[[columns.id]].assign(**{columns.target: typed})
     valid = usable & labels[columns.target].notna().to_numpy()
     if not valid.all():

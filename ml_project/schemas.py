@@ -300,18 +300,44 @@ def label_key(value: Any) -> str:
     return str(value)
 
 
-def usable_labels(labels: pd.Series, config: Config) -> tuple[pd.Series, np.ndarray]:
-    """Labels that arrive apart from their rows (a labelled batch file, monitoring's labels
-    file) as the classes' own type (for regression, floats), and which are usable: a known
-    class or a finite number. A missing label is usable: it is no label."""
-    if not config.is_classification:
-        numbers = pd.to_numeric(labels, errors="coerce").astype(float)
-        return numbers, (labels.isna() | np.isfinite(numbers)).to_numpy()
-    classes = {label_key(label): label for label in config.columns.target_classes}
-    keys = [None if is_missing(label) else label_key(label) for label in labels]
-    typed = pd.Series([None if key is None else classes.get(key) for key in keys], index=labels.index,
-                      dtype=object)  # the classes' own values: 1, never 1.0 beside a gap
-    return typed, np.array([key is None or key in classes for key in keys], dtype=bool)
+class LabelRule:
+    """A label that comes with a row to score (a labelled batch file, a request, the stream,
+    monitoring's labels file): not used to predict, but when given it must be usable, on every
+    path with the same words: a class (1, 1.0 and "1" are one class; True is "True") or, for
+    regression, a finite number. A missing label is no label."""
+
+    def __init__(self, config: Config) -> None:
+        self.target = config.columns.target
+        self.classes: dict[str, Any] | None = None
+        expected = "a finite number"
+        if config.is_classification:
+            self.classes = {label_key(label): label for label in config.columns.target_classes}
+            expected = f"one of {list(config.columns.target_classes)}"
+        self.expected = expected
+
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        """The label as the classes' own value (a float for regression; None when missing) and
+        why it is unusable, or None."""
+        if is_missing(value):
+            return None, None
+        if self.classes is None:
+            number = parse_number(value)
+            if number is not None and math.isfinite(number):
+                return number, None
+        elif (key := label_key(value)) in self.classes:
+            return self.classes[key], None
+        return value, f"label {label_key(value)!r} is not {self.expected}"
+
+    def typed(self, labels: pd.Series) -> tuple[pd.Series, np.ndarray]:
+        """A column of labels checked: their values (NaN or None where missing or unusable) and
+        which are usable."""
+        checked = [self.check(label) for label in labels]
+        usable = np.array([error is None for _, error in checked], dtype=bool)
+        values = [value if error is None else None for value, error in checked]
+        if self.classes is None:
+            return pd.Series(values, index=labels.index, dtype=float), usable
+        # the classes' own values: 1, never 1.0 beside a gap
+        return pd.Series(values, index=labels.index, dtype=object), usable
 
 
 def known_fields(config: Config) -> tuple[str, ...]:
@@ -333,7 +359,8 @@ class InstanceValidator:
     """The per-record check: the rules pandera checks frames by, without a DataFrame.
 
     The id and timestamp are optional and passed through to the log, but must be valid when
-    given; the target is known (a labelled row is welcome) and not used. Any other field is
+    given; the target is known (a labelled row is welcome), not used, and checked as a labelled
+    file's labels are (`LabelRule`). Any other field is
     ignored (`validation.unknown_fields: ignore`, logged at debug) or an error (`reject`), so a
     misspelt feature name can be made to fail loudly.
     """
@@ -345,6 +372,7 @@ class InstanceValidator:
         self.passthrough = frozenset(rule.name for rule in self.identifiers)
         self._known = frozenset(known_fields(config))
         self.target = config.columns.target
+        self.label = LabelRule(config)
         self.reject_unknown = config.validation.unknown_fields == "reject"
 
     def validate(self, record: Mapping[str, Any]) -> list[Any]:
@@ -370,7 +398,12 @@ class InstanceValidator:
                 error = rule.check(record[rule.name])[1]
                 if error:
                     errors[rule.name] = error
-        if len(record) > known + (self.target in record):
+        labelled = self.target in record
+        if labelled:
+            error = self.label.check(record[self.target])[1]
+            if error:
+                errors[self.target] = error
+        if len(record) > known + labelled:
             unknown = [str(field) for field in record if field not in self._known]
             if self.reject_unknown:
                 errors.update(dict.fromkeys(unknown, UNKNOWN_FIELD))

@@ -22,6 +22,7 @@ import pytest
 import yaml
 from sklearn.linear_model import LogisticRegression
 
+from ml_project.batch import score_chunk
 from ml_project.config import REASON_COLUMN, Config, load_config
 from ml_project.endpoints import PredictionEndpoints
 from ml_project.ingest import read_table
@@ -310,6 +311,45 @@ def test_id_timestamp_and_target_are_known_fields_on_every_path(
     assert by_frame(record, config, tmp_path / "one.csv") == {}
     assert by_frame(record, config, tmp_path / "one.parquet") == {}
     assert by_endpoint(record, services[policy]) == {}
+
+
+def by_labelled_file(record: dict[str, Any], service: PredictionService, path: Path) -> Verdict:
+    """The verdict of the batch use case's chunk scorer on a one-row labelled file."""
+    frame = pd.DataFrame([record])
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+    scored = score_chunk(read_table(str(path), service.config), service, service.config)
+    if scored.quarantined.empty:
+        assert len(scored.valid) == 1
+        return {}
+    reasons = scored.quarantined[REASON_COLUMN].iloc[0].split("; ")
+    return dict(reason.split(": ", 1) for reason in reasons)
+
+
+@pytest.mark.parametrize(("label", "reason"), [
+    ("last", None), ("first-as-text", None), (None, None),
+    ("unknown", "label 'unknown' is not one of {classes}"),
+    (2.5, "label '2.5' is not one of {classes}"),
+], ids=["a-class", "a-class-as-text", "no-label", "unknown-label", "fraction"])
+def test_a_label_given_with_a_row_to_score_is_checked_alike_on_every_path(
+    scheme: Scheme, services: dict[str, PredictionService], tmp_path: Path, label: Any,
+    reason: str | None
+) -> None:
+    """Not used to predict, but a labelled row's label must be usable wherever it comes: a
+    batch file's row is quarantined for it, a request refused, in the same words."""
+    value = {"last": scheme.classes[-1], "first-as-text": str(scheme.classes[0])}.get(
+        label, label) if isinstance(label, str) else label
+    record = scheme.record() | {scheme.target: value}
+    expected = {} if reason is None else {
+        scheme.target: reason.format(classes=list(scheme.classes))}
+    service = services["ignore"]
+
+    assert by_record(record, service.config) == expected
+    assert by_labelled_file(record, service, tmp_path / "one.csv") == expected
+    assert by_labelled_file(record, service, tmp_path / "one.parquet") == expected
+    assert by_endpoint(record, service) == expected
 
 
 def test_a_record_may_leave_out_its_id_and_timestamp(
