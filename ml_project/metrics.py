@@ -28,9 +28,12 @@ def _roc_auc(y: np.ndarray, probabilities: np.ndarray | None, classes: Sequence[
 SCORERS: dict[str, Scorer] = {
     "roc_auc": lambda y, pred, proba, classes, positive: _roc_auc(y, proba, classes, positive),
     "accuracy": lambda y, pred, proba, classes, positive: metrics.accuracy_score(y, pred),
-    "f1": lambda y, pred, proba, classes, positive: metrics.f1_score(y, pred, pos_label=positive),
-    "f1_macro": lambda y, pred, proba, classes, positive: metrics.f1_score(y, pred,
-                                                                           average="macro"),
+    # zero_division=0.0: the value scikit-learn gives anyway for a class neither labelled nor
+    # predicted (and `RunningScores` too), without its warning on every small window
+    "f1": lambda y, pred, proba, classes, positive: metrics.f1_score(
+        y, pred, pos_label=positive, zero_division=0.0),
+    "f1_macro": lambda y, pred, proba, classes, positive: metrics.f1_score(
+        y, pred, average="macro", zero_division=0.0),
     "neg_log_loss": lambda y, pred, proba, classes, positive: -metrics.log_loss(
         y, proba, labels=classes),
     "neg_root_mean_squared_error": lambda y, pred, proba, classes, positive:

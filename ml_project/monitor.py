@@ -18,14 +18,17 @@ an upgrade touches this file only. The serving path never imports this module.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 from evidently import (
     BinaryClassification,
@@ -38,6 +41,7 @@ from evidently import (
 )
 from evidently.metrics import ValueDrift
 from evidently.presets import ClassificationPreset, DataDriftPreset, RegressionPreset
+from sklearn.exceptions import UndefinedMetricWarning
 
 from ml_project.config import PREDICTION_COLUMN, PROBABILITY_PREFIX, Config
 from ml_project.metrics import score_predictions
@@ -208,10 +212,11 @@ def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, config: Config)
         include_tests=True,  # the per-column tests carry Evidently's drifted / not drifted verdict
     )
     columns = features + watched
-    snapshot = report.run(
-        _drift_dataset(current, columns, definition, categorical),
-        _drift_dataset(reference, columns, definition, categorical),
-    )
+    with _quiet_report():
+        snapshot = report.run(
+            _drift_dataset(current, columns, definition, categorical),
+            _drift_dataset(reference, columns, definition, categorical),
+        )
     results = json.loads(snapshot.json())
     share = next(
         float(metric["value"]["share"]) for metric in results["metrics"]
@@ -308,6 +313,17 @@ def _performance_dataset(frame: pd.DataFrame, config: Config) -> Dataset:
     return Dataset.from_pandas(data, data_definition=definition)
 
 
+@contextlib.contextmanager
+def _quiet_report() -> Iterator[None]:
+    """Evidently's reports compute per-bucket statistics that scikit-learn and numpy warn about
+    on small buckets (a class never predicted, one row in a bin: "R^2 score is not well-defined",
+    "Precision is ill-defined", a divide by zero). The report shows those cells as undefined and
+    the verdict is computed apart (`_score`): the warnings only bury the summary."""
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        yield
+
+
 def _report_left_out(reference: pd.DataFrame, current: pd.DataFrame, config: Config
                      ) -> str | None:
     """Why Evidently's classification report cannot be made, or None: it fails (KeyError,
@@ -355,9 +371,10 @@ def evaluate_performance(
         logger.warning("No performance report: %s", left_out)
     else:
         preset = ClassificationPreset() if config.is_classification else RegressionPreset()
-        snapshot = Report([preset]).run(
-            _performance_dataset(current, config), _performance_dataset(reference, config)
-        )
+        with _quiet_report():
+            snapshot = Report([preset]).run(
+                _performance_dataset(current, config), _performance_dataset(reference, config)
+            )
     summary = PerformanceSummary(
         metric=metric,
         production=_score(current, config),

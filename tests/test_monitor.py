@@ -10,12 +10,14 @@ import json
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.exceptions import UndefinedMetricWarning
 
 from ml_project.config import Config, load_config
 from ml_project.log_records import LogRecord, new_request_id
@@ -158,6 +160,25 @@ def test_evaluate_performance_compares_production_with_the_holdout(
     for section in ("Classification Model Performance", "Confusion Matrix",
                     "Current: Model Quality Metrics", "Reference: Model Quality Metrics"):
         assert section in html
+
+
+def test_a_window_where_a_class_is_neither_labelled_nor_predicted_scores_without_warnings(
+    service: PredictionService, reference: Reference
+) -> None:
+    """F1 of a class neither labelled nor predicted is 0 (as scikit-learn sets it, and as the
+    batch use case's running scores compute it); its warning on each small window, and those of
+    the Evidently reports' per-class cells, would only bury the summary."""
+    current = scored_production(service, drift=0.0, n_rows=300).assign(prediction=0, churned=0)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = evaluate_performance(reference.sample, current, service.config,
+                                       service.metadata["holdout_metrics"])
+
+    assert not [w for w in caught if issubclass(w.category, (UndefinedMetricWarning,
+                                                               RuntimeWarning))], [
+        (w.category.__name__, str(w.message)[:100], w.filename) for w in caught]
+    assert summary.production["f1"] == 0.0
 
 
 def test_evaluate_performance_rescores_the_holdout_without_recorded_metrics(
