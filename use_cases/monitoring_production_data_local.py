@@ -197,9 +197,11 @@ def print_summary(summary: dict[str, Any], drift: DriftSummary,
     print(f"\nMonitoring {model['name']} version {model['version']}: {window['requests']} "
           f"requests logged {window['first_logged_at']} .. {window['last_logged_at']} "
           f"({window['predicted']} predicted, {window['rejected']} rejected)")
-    print(f"  {'column':<22} {'method':<32} {'score':>7} {'threshold':>9}  drift")
-    for column in (*drift.features, *drift.predictions):
-        print(f"  {column.column:<22} {column.method:<32} {column.score:>7.3f} "
+    rows = (*drift.features, *drift.predictions)
+    width = max([22, *(len(column.column) for column in rows)])  # a long name keeps its row
+    print(f"  {'column':<{width}} {'method':<32} {'score':>7} {'threshold':>9}  drift")
+    for column in rows:
+        print(f"  {column.column:<{width}} {column.method:<32} {column.score:>7.3f} "
               f"{column.threshold:>9.3f}  {'DRIFT' if column.drifted else 'ok'}")
     verdict = "DATA DRIFT" if drift.detected else "ok"
     print(f"  drifted features: {len(drift.drifted_features)} of {len(drift.features)} "
