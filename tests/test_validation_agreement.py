@@ -139,23 +139,32 @@ def by_record(record: dict[str, Any], config: Config) -> Verdict:
     return {}
 
 
-def by_frame(record: dict[str, Any], config: Config, path: Path) -> Verdict:
-    """The verdict on a one-row file: a quarantine reason split per field, or the file refused."""
+def _one_row_file(record: dict[str, Any], path: Path) -> Path:
     frame = pd.DataFrame([record])
     if path.suffix == ".csv":
         frame.to_csv(path, index=False)
     else:
         frame.to_parquet(path, index=False)
+    return path
+
+
+def _verdict(valid: pd.DataFrame, quarantined: pd.DataFrame) -> Verdict:
+    """A one-row result as field -> reason: its quarantine reason split per field."""
+    if quarantined.empty:
+        assert len(valid) == 1
+        return {}
+    reasons = quarantined[REASON_COLUMN].iloc[0].split("; ")
+    return dict(reason.split(": ", 1) for reason in reasons)
+
+
+def by_frame(record: dict[str, Any], config: Config, path: Path) -> Verdict:
+    """The verdict on a one-row file: a quarantine reason split per field, or the file refused."""
     try:
-        result = validate_production_data(read_table(str(path), config), config,
-                                          with_target=False)
+        result = validate_production_data(read_table(str(_one_row_file(record, path)), config),
+                                          config, with_target=False)
     except DataValidationError as err:
         return {"file": str(err)}
-    if result.quarantined.empty:
-        assert len(result.valid) == 1
-        return {}
-    reasons = result.quarantined[REASON_COLUMN].iloc[0].split("; ")
-    return dict(reason.split(": ", 1) for reason in reasons)
+    return _verdict(result.valid, result.quarantined)
 
 
 def by_endpoint(record: dict[str, Any], service: PredictionService) -> Verdict:
@@ -315,17 +324,9 @@ def test_id_timestamp_and_target_are_known_fields_on_every_path(
 
 def by_labelled_file(record: dict[str, Any], service: PredictionService, path: Path) -> Verdict:
     """The verdict of the batch use case's chunk scorer on a one-row labelled file."""
-    frame = pd.DataFrame([record])
-    if path.suffix == ".csv":
-        frame.to_csv(path, index=False)
-    else:
-        frame.to_parquet(path, index=False)
-    scored = score_chunk(read_table(str(path), service.config), service, service.config)
-    if scored.quarantined.empty:
-        assert len(scored.valid) == 1
-        return {}
-    reasons = scored.quarantined[REASON_COLUMN].iloc[0].split("; ")
-    return dict(reason.split(": ", 1) for reason in reasons)
+    frame = read_table(str(_one_row_file(record, path)), service.config)
+    scored = score_chunk(frame, service, service.config)
+    return _verdict(scored.valid, scored.quarantined)
 
 
 @pytest.mark.parametrize(("label", "reason"), [
