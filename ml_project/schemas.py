@@ -20,7 +20,7 @@ import numbers
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,7 @@ NUMBER_TEXT = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?i:i
 _NUMBER = re.compile(NUMBER_TEXT)
 NUMBER_NOTE = ('A number. A number as text ("42", " 4.2e1 ") is read as that number, the same '
                'range applies')
+MISSING_NOTE = 'as is a text that means missing in a file ("NA", "", "null", ...)'
 
 
 def parse_number(value: Any) -> float | None:
@@ -420,9 +421,11 @@ def build_request_model(config: Config) -> type[BaseModel]:
     description of each numerical field says: JSON Schema cannot bound the number a text holds."""
     fields: dict[str, Any] = {}
     example: dict[str, Any] = {}
+    missing_texts: Any = Literal[tuple(sorted(MISSING_TEXTS))]
     for rule in field_rules(config):
         if rule.kind == "numerical":
-            annotation: Any = float
+            # the range on the number itself: a union with null or texts would lose it
+            annotation: Any = Annotated[float, Field(ge=rule.min, le=rule.max)]
             description = NUMBER_NOTE
             example[rule.name] = rule.min if rule.min is not None else 0.0
         else:
@@ -436,16 +439,30 @@ def build_request_model(config: Config) -> type[BaseModel]:
                 "; a JSON bool or number counts as its text (true as \"True\", 4 as \"4\")"
                 if other_forms else "")
             example[rule.name] = categories[0]
-        annotation = annotation | None if rule.nullable else annotation
-        default = None if rule.nullable else ...
-        fields[rule.name] = (annotation, Field(default, ge=rule.min, le=rule.max,
+        if rule.nullable:
+            annotation = annotation | None | missing_texts
+            description += f"; null, or left out, is a missing value, {MISSING_NOTE}"
+        fields[rule.name] = (annotation, Field(None if rule.nullable else ...,
                                                description=description))
     # Optional, but never null when given (a frame refuses a row without them).
-    fields[config.columns.id] = (str | int, Field(None, description="Echoed in the log"))
+    not_missing: dict[str, Any] = {"not": {"enum": sorted(MISSING_TEXTS)}}
+    fields[config.columns.id] = (str | int, Field(
+        None, description="Echoed in the log; not a text that means missing",
+        json_schema_extra=not_missing))
     if config.columns.timestamp:
         fields[config.columns.timestamp] = (str, Field(
-            None, description="Event time, ISO 8601", json_schema_extra={"format": "date-time"}))
-    fields[config.columns.target] = (Any, Field(None, description="A label: accepted, not used"))
+            None, description="Event time, year first (ISO 8601)",
+            json_schema_extra={"format": "date-time", **not_missing}))
+    label = LabelRule(config)
+    labels: Any = float
+    if label.classes is not None:  # the classes, their text, and what counts as their text
+        texts = frozenset(label.classes)
+        forms = [*label.classes.values(), *texts, *integer_forms(texts),
+                 *(flag for flag in (False, True) if str(flag) in texts)]
+        labels = Literal[tuple({(type(form), form): form for form in forms}.values())]
+    fields[config.columns.target] = (labels | None | missing_texts, Field(
+        None, description=f"A label, not used: {label.expected} when given; null, or left out, "
+                          f"is no label, {MISSING_NOTE}"))
     extra: Literal["forbid", "ignore"] = (
         "forbid" if config.validation.unknown_fields == "reject" else "ignore"
     )
