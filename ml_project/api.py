@@ -37,7 +37,7 @@ from ml_project.endpoints import (
 )
 from ml_project.predict import PredictionService
 from ml_project.prediction_log import PredictionLog
-from ml_project.schemas import build_request_model
+from ml_project.request_model import build_request_model
 
 logger = logging.getLogger(__name__)
 

@@ -213,7 +213,8 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
                              "each is a column of its own (a table without an id needs one added)")
     from_csv = path.suffix == ".csv"
     # The target keeps the reader's own typing (ingest gives it no dtype): numbers stay numbers.
-    typed_target = pd.read_csv(path, usecols=[target], **CSV_MISSING)[target] if from_csv else frame[target]
+    typed_target = (pd.read_csv(path, usecols=[target], **CSV_MISSING)[target] if from_csv
+                    else frame[target])
     task, classes, task_reason = guess_task(typed_target)
     id_note = "given" if id_column else "REVIEW guessed: unique in every row, never missing"
     id_column = id_column or _guess_id(frame, {target, timestamp or ""})

@@ -137,9 +137,9 @@ def read_production_labels(config: Config) -> pd.DataFrame | None:
     missing = [name for name in (columns.id, columns.target) if name not in labels.columns]
     if missing:
         raise MonitoringInputError(f"labels file {path} lacks the columns {missing}")
-    typed, usable = LabelRule(config).typed(labels[columns.target])
+    typed, _ = LabelRule(config).typed(labels[columns.target])  # None where missing or unusable
     labels = labels[[columns.id]].assign(**{columns.target: typed})
-    valid = usable & labels[columns.target].notna().to_numpy()
+    valid = labels[columns.target].notna().to_numpy()
     if not valid.all():
         logger.warning("Ignoring %d labels with an invalid %s in %s",
                        int((~valid).sum()), columns.target, path)

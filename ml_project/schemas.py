@@ -5,8 +5,8 @@ both its check and its wording.
   every path reports (the stream, both APIs, every cloud handler, and the batch quarantine);
 - `field_rules(config)`, `identifier_rules(config)`, `target_rule(config)`: the rules;
 - `parse_number` / `parse_numbers`: the one way text becomes a number (one value or a column);
-- `InstanceValidator`: the per-record check (microseconds, no DataFrame);
-- `build_request_model(config)`: the Pydantic model the FastAPI docs show.
+- `InstanceValidator`: the per-record check (microseconds, no DataFrame).
+`request_model.py` documents the same rules as the Pydantic model the FastAPI docs show.
 `validate.py` builds the pandera schema for whole frames from the same rules, and takes the
 reason for every failing cell from `FieldRule.check`. This module imports neither pandera nor
 mlflow: it is on the serving path.
@@ -20,13 +20,12 @@ import numbers
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ml_project.config import MISSING_TEXTS, Config
 
@@ -43,11 +42,6 @@ REQUIRED = "is required"
 BLANKS = " \t\n\r\f\v"
 NUMBER_TEXT = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?i:inf(?:inity)?)"
 _NUMBER = re.compile(NUMBER_TEXT)
-NUMBER_NOTE = ('A number. A number as text ("42", " 4.2e1 ") is read as that number, the same '
-               'range applies')
-MISSING_NOTE = 'as is a text that means missing in a file ("NA", "", "null", ...)'
-
-
 def parse_number(value: Any) -> float | None:
     """A number, or a number as text, as a float; None if it is not one (a bool is not)."""
     if type(value) is float:
@@ -177,7 +171,7 @@ def integer_forms(categories: frozenset[int | str]) -> list[int]:
                   if isinstance(c, str) and re.fullmatch(r"-?[0-9]+", c) and str(int(c)) == c)
 
 
-def _listed(categories: frozenset[int | str]) -> list[int | str]:
+def listed(categories: frozenset[int | str]) -> list[int | str]:
     return sorted(categories, key=lambda value: (isinstance(value, str), value))
 
 
@@ -233,7 +227,7 @@ class FieldRule:
                     return value, None
             elif self.allows(value):
                 return value, None
-            return value, f"must be one of {_listed(self.categories)}, got {shown(value)}"
+            return value, f"must be one of {listed(self.categories)}, got {shown(value)}"
         if self.kind == "identifier":
             if isinstance(value, str) or (
                 isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -308,7 +302,6 @@ class LabelRule:
     regression, a finite number. A missing label is no label."""
 
     def __init__(self, config: Config) -> None:
-        self.target = config.columns.target
         self.classes: dict[str, Any] | None = None
         expected = "a finite number"
         if config.is_classification:
@@ -413,61 +406,3 @@ class InstanceValidator:
         if errors:
             raise InvalidInstance(errors)
         return values
-
-
-def build_request_model(config: Config) -> type[BaseModel]:
-    """The Pydantic model of one production instance, for the API docs: the fields, types,
-    ranges and categories the validator checks. A number may come as text ("42"), as the
-    description of each numerical field says: JSON Schema cannot bound the number a text holds."""
-    fields: dict[str, Any] = {}
-    example: dict[str, Any] = {}
-    missing_texts: Any = Literal[tuple(sorted(MISSING_TEXTS))]
-    for rule in field_rules(config):
-        if rule.kind == "numerical":
-            # the range on the number itself: a union with null or texts would lose it
-            annotation: Any = Annotated[float, Field(ge=rule.min, le=rule.max)]
-            description = NUMBER_NOTE
-            example[rule.name] = rule.min if rule.min is not None else 0.0
-        else:
-            categories = tuple(_listed(rule.categories))
-            # what a client may send for them instead (`FieldRule.as_text`): codes as integers,
-            # flags as bools
-            other_forms = (*integer_forms(rule.categories),
-                           *(flag for flag in (False, True) if str(flag) in rule.categories))
-            annotation = Literal[categories + other_forms]
-            description = "One of the categories" + (
-                "; a JSON bool or number counts as its text (true as \"True\", 4 as \"4\")"
-                if other_forms else "")
-            example[rule.name] = categories[0]
-        if rule.nullable:
-            annotation = annotation | None | missing_texts
-            description += f"; null, or left out, is a missing value, {MISSING_NOTE}"
-        fields[rule.name] = (annotation, Field(None if rule.nullable else ...,
-                                               description=description))
-    # Optional, but never null when given (a frame refuses a row without them).
-    not_missing: dict[str, Any] = {"not": {"enum": sorted(MISSING_TEXTS)}}
-    fields[config.columns.id] = (str | int, Field(
-        None, description="Echoed in the log; not a text that means missing",
-        json_schema_extra=not_missing))
-    if config.columns.timestamp:
-        fields[config.columns.timestamp] = (str, Field(
-            None, description="Event time, year first (ISO 8601)",
-            json_schema_extra={"format": "date-time", **not_missing}))
-    label = LabelRule(config)
-    labels: Any = float
-    if label.classes is not None:  # the classes, their text, and what counts as their text
-        texts = frozenset(label.classes)
-        forms = [*label.classes.values(), *texts, *integer_forms(texts),
-                 *(flag for flag in (False, True) if str(flag) in texts)]
-        labels = Literal[tuple({(type(form), form): form for form in forms}.values())]
-    fields[config.columns.target] = (labels | None | missing_texts, Field(
-        None, description=f"A label, not used: {label.expected} when given; null, or left out, "
-                          f"is no label, {MISSING_NOTE}"))
-    extra: Literal["forbid", "ignore"] = (
-        "forbid" if config.validation.unknown_fields == "reject" else "ignore"
-    )
-    return create_model(
-        "PredictionRequest",
-        __config__=ConfigDict(extra=extra, json_schema_extra={"examples": [example]}),
-        **fields,
-    )

@@ -202,10 +202,9 @@ def check_training_rows(valid: pd.DataFrame, quarantined: pd.DataFrame, config: 
     if not config.is_classification:
         return
     counts = valid[config.columns.target].map(label_key).value_counts()
+    rows = {label: int(counts.get(label_key(label), 0)) for label in config.columns.target_classes}
     least = 2 if config.training.split == "stratified" else 1
-    short = [f"{label!r} ({counts.get(label_key(label), 0)})"
-             for label in config.columns.target_classes
-             if counts.get(label_key(label), 0) < least]
+    short = [f"{label!r} ({count})" for label, count in rows.items() if count < least]
     if short:
         raise TrainingDataError(
             f"the classes {', '.join(short)} of columns.target_classes have fewer than {least} "

@@ -23,7 +23,7 @@ from ml_project.config import Config
 from ml_project.flask_api import create_flask_app
 from ml_project.predict import PredictionService
 from ml_project.prediction_log import PredictionLog
-from ml_project.schemas import build_request_model
+from ml_project.request_model import build_request_model
 from ml_project.validate import validate_production_data
 from tests.serving import (
     INSTANCE,

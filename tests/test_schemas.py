@@ -18,10 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ml_project.config import Config, ValidationConfig
+from ml_project.request_model import build_request_model
 from ml_project.schemas import (
     InstanceValidator,
     InvalidInstance,
-    build_request_model,
     field_rules,
     parse_number,
     parse_numbers,

@@ -414,7 +414,7 @@ def test_the_request_model_documents_numbers_as_text_and_optional_identifiers(
 ) -> None:
     """What the OpenAPI document shows: numbers with their range and a note that text numbers
     are read, identifiers optional but never null, the target known."""
-    from ml_project.schemas import build_request_model
+    from ml_project.request_model import build_request_model
 
     schema = build_request_model(configs["ignore"]).model_json_schema()
     properties = schema["properties"]
