@@ -25,6 +25,7 @@ from ml_project.predict import PredictionService
 from ml_project.prediction_log import PredictionLog
 from ml_project.request_model import build_request_model
 from ml_project.validate import validate_production_data
+from tests.conftest import PROBABILITY_TOLERANCE
 from tests.serving import (
     INSTANCE,
     instance,
@@ -40,7 +41,6 @@ FACTORIES: dict[str, Callable[..., FastAPI | Flask]] = {
     "fastapi": create_app,
     "flask": create_flask_app,
 }
-BLAS_TOLERANCE = 1e-12  # one row vs many can differ in the last bit (see tests/test_predict.py)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_predict_batch_returns_one_prediction_per_instance_in_order(
     expected = service.predict_records(instances)
     assert [p["prediction"] for p in predictions] == [e.prediction for e in expected]
     for answer, core in zip(predictions, expected):
-        assert answer["probabilities"] == pytest.approx(core.probabilities, abs=BLAS_TOLERANCE)
+        assert answer["probabilities"] == pytest.approx(core.probabilities, abs=PROBABILITY_TOLERANCE)
         assert answer["model_version"] == core.model_version
 
 
@@ -231,7 +231,7 @@ def test_json_null_and_absent_fields_predict_like_missing_values_in_the_batch_pa
         assert [p["prediction"] for p in predictions] == batch_path["prediction"].tolist(), name
         for answer, (_, row) in zip(predictions, batch_path.iterrows()):
             expected = {"0": row["probability_0"], "1": row["probability_1"]}
-            assert answer["probabilities"] == pytest.approx(expected, abs=BLAS_TOLERANCE), name
+            assert answer["probabilities"] == pytest.approx(expected, abs=PROBABILITY_TOLERANCE), name
 
 
 @pytest.mark.parametrize("framework", FACTORIES)

@@ -31,7 +31,7 @@ from ml_project.predict import PredictionService
 from ml_project.preprocess import build_preprocessor
 from ml_project.schemas import InvalidInstance
 from ml_project.validate import validate_production_data
-from tests.conftest import prediction_config
+from tests.conftest import PROBABILITY_TOLERANCE, prediction_config
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +65,8 @@ def test_predict_frame_equals_the_plain_pipeline_on_every_row(
 
 # A model's predict_proba on one row and on many can differ in the last bit (BLAS kernels
 # differ by shape), for the bare Pipeline too. So: exact equality with the Pipeline on the same
-# rows, and equal labels with probabilities within 1e-12 across single-row and batch paths.
-BLAS_TOLERANCE = 1e-12
+# rows, and equal labels with probabilities within PROBABILITY_TOLERANCE across single-row and
+# batch paths.
 
 
 def test_predict_instance_equals_the_pipeline_on_the_same_row_including_nulls(
@@ -90,7 +90,7 @@ def test_predict_instance_agrees_with_the_batch_for_every_row(
         single = service.predict_instance(_record(row))
         assert single.prediction == expected["prediction"]
         assert single.probabilities is not None
-        assert single.probabilities["1"] == pytest.approx(expected["probability_1"], abs=BLAS_TOLERANCE)
+        assert single.probabilities["1"] == pytest.approx(expected["probability_1"], abs=PROBABILITY_TOLERANCE)
 
 
 def test_predict_records_equals_predict_frame_on_the_same_rows(
@@ -204,7 +204,7 @@ def test_stream_records_get_the_same_predictions_as_the_batch(
         expected = by_id.loc[record["customer_id"]]
         assert result.prediction == expected["prediction"]
         assert result.probabilities is not None
-        assert result.probabilities["1"] == pytest.approx(expected["probability_1"], abs=BLAS_TOLERANCE)
+        assert result.probabilities["1"] == pytest.approx(expected["probability_1"], abs=PROBABILITY_TOLERANCE)
         predicted += 1
     assert predicted == len(batch)
 

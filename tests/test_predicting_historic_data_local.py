@@ -14,7 +14,7 @@ import pytest
 from ml_project.config import PROJECT_ROOT
 from ml_project.predict import PredictionService
 from tests.churn_data import generate_historic_data
-from tests.conftest import prediction_config
+from tests.conftest import PROBABILITY_TOLERANCE, prediction_config
 from use_cases import predicting_historic_data_local
 
 
@@ -44,7 +44,8 @@ def test_chunked_scoring_equals_the_in_memory_pipeline(project: Path, chunk_size
     valid = source[source["customer_id"].isin(predictions["customer_id"])]
     expected = service.pipeline.predict_proba(valid[service.features].astype(
         {c: float for c in ("tenure_months", "age")}))[:, 1]
-    np.testing.assert_allclose(predictions["probability_1"], expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(predictions["probability_1"], expected, rtol=0,
+                               atol=PROBABILITY_TOLERANCE)
     assert (predictions["model_version"].astype(str) == service.model_version).all()
 
 
