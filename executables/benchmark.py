@@ -347,7 +347,7 @@ def server_specs(names: Sequence[str], config: Config, config_file: Path, held_o
                                                      "true"}, port, requests, right)
             continue
         else:
-            command = [sys.executable, "-m", "ml_project.serve", name, "--port", str(port),
+            command = [sys.executable, "-m", "ml_project.serving.launcher", name, "--port", str(port),
                        "--host", "127.0.0.1", "--workers", str(workers),
                        "--config", str(config_file), "--root", str(config.root)]
             requests = [_http_request("/predict", port, json.dumps(r).encode())

@@ -54,7 +54,7 @@ setsid "$python_bin" -m mlflow ui --backend-store-uri "sqlite:///$work/mlflow.db
   --host 127.0.0.1 --port "$ui_port" >"$work/mlflow_ui.log" 2>&1 &
 servers+=($!)
 api_port=$(free_port)
-setsid "$python_bin" -m ml_project.serve fastapi --port "$api_port" --root "$work" \
+setsid "$python_bin" -m ml_project.serving.launcher fastapi --port "$api_port" --root "$work" \
   >"$work/api.log" 2>&1 &
 servers+=($!)
 wait_for "http://127.0.0.1:$ui_port/health"

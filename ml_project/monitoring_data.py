@@ -18,7 +18,7 @@ import pandas as pd
 from ml_project.config import PREDICTION_COLUMN, PROBABILITY_PREFIX, Config
 from ml_project.ingest import read_table
 from ml_project.predict import PredictionService
-from ml_project.prediction_log import PredictionLog
+from ml_project.prediction_log.log import PredictionLog
 from ml_project.schemas import LabelRule
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Sequence
 
 import requests
 
-from ml_project.client import PredictionClient
+from ml_project.serving.client import PredictionClient
 from ml_project.config import PROJECT_ROOT
 from tests.serving import instance
 

@@ -17,11 +17,11 @@ from typing import Any, Iterator, NamedTuple
 import pytest
 import requests
 
-from ml_project.api import create_app
-from ml_project.endpoints import API_KEY_ENV
+from ml_project.serving.fastapi_app import create_app
+from ml_project.serving.endpoints import API_KEY_ENV
 from ml_project.predict import PredictionService
-from ml_project.prediction_log import PredictionLog
-from ml_project.serverless import Route, ServerlessApp
+from ml_project.prediction_log.log import PredictionLog
+from ml_project.serving.serverless import Route, ServerlessApp
 from tests.serving import (
     INSTANCE,
     instance,

@@ -2,7 +2,7 @@
 
 `serve_in_thread` runs an app on 127.0.0.1 on a free port in a thread and stops it afterwards;
 the socket is bound before the server starts, so no other process can take the port.
-`launch_server` runs the launcher (`python -m ml_project.serve`) as a process, as in production.
+`launch_server` runs the launcher (`python -m ml_project.serving.launcher`) as a process, as in production.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from fastapi import FastAPI
 from flask import Flask
 from werkzeug.serving import make_server
 
-from ml_project.client import PredictionClient
+from ml_project.serving.client import PredictionClient
 from ml_project.config import PROJECT_ROOT, Config, _merge, load_config
-from ml_project.endpoints import API_KEY_ENV
+from ml_project.serving.endpoints import API_KEY_ENV
 from ml_project.ingest import stream_production_instances
 from ml_project.schemas import InstanceValidator, InvalidInstance
 
@@ -116,7 +116,7 @@ def launch_server(config_file: Path, output: Path, framework: str = "fastapi",
     port = free_port()
     with output.open("w") as output_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ml_project.serve", framework, "--host", "127.0.0.1",
+            [sys.executable, "-m", "ml_project.serving.launcher", framework, "--host", "127.0.0.1",
              "--port", str(port), "--workers", str(workers), "--config", str(config_file),
              "--root", str(config_file.parent)],
             cwd=PROJECT_ROOT, stdout=output_file, stderr=subprocess.STDOUT,

@@ -24,7 +24,7 @@ from ml_project.config import PROJECT_ROOT, Config, load_config
 from ml_project.export import load_pipeline
 from ml_project.ingest import read_table
 from ml_project.predict import PredictionService
-from ml_project.prediction_log import PredictionLog
+from ml_project.prediction_log.log import PredictionLog
 from tests.serving import launch_server
 from tests.tables import SHAPES, Table
 from use_cases import (

@@ -14,7 +14,7 @@ from urllib.parse import urljoin
 import pytest
 import requests
 
-from ml_project.api import create_app
+from ml_project.serving.fastapi_app import create_app
 from tests.serving import serve_in_thread
 
 # src/href attributes, `url: '...'` in Swagger UI's set-up and ReDoc's spec-url.

@@ -1,4 +1,4 @@
-"""`ml_project.aws_deploy`, the AWS deploy scripts' shared steps, run in this process (the bundle
+"""`deployment.aws_deploy`, the AWS deploy scripts' shared steps, run in this process (the bundle
 tests run the same scripts as subprocesses): without an account, a region or a Docker engine the
 exact commands are printed and nothing runs; with all three, every step runs in order and the
 first failure stops them. Stand-in `docker`, `aws` and `terraform` programs record their calls.

@@ -20,7 +20,7 @@ import requests
 
 from deployment.cloud_setup import bundle_dir
 from ml_project.config import load_config
-from ml_project.sagemaker import DEFAULT_PORT, PORT_ENV
+from ml_project.serving.sagemaker import DEFAULT_PORT, PORT_ENV
 from tests.deployment_helpers import (
     PREDICT_REQUESTS,
     BundleVirtualenvs,

@@ -95,7 +95,7 @@ def test_dockerfile_is_multi_stage_non_root_and_its_paths_are_in_the_bundle(bund
     user = [arguments for name, arguments in parsed if name == "USER"][-1]
     assert user not in ("root", "0")
     command = exec_form([arguments for name, arguments in parsed if name == "CMD"][-1])
-    assert command[:3] == ["python", "-m", "ml_project.serve"]
+    assert command[:3] == ["python", "-m", "ml_project.serving.launcher"]
     assert (bundle / "ml_project" / "serve.py").is_file()
     healthcheck = [arguments for name, arguments in parsed if name == "HEALTHCHECK"][-1]
     assert "/health" in healthcheck

@@ -56,7 +56,7 @@ def test_app_yaml_names_the_locked_python_and_the_local_launcher(
     python_version = lock["_meta"]["requires"]["python_version"]
 
     assert app_yaml["runtime"] == "python" + python_version.replace(".", "")
-    assert app_yaml["entrypoint"].startswith("python -m ml_project.serve fastapi ")
+    assert app_yaml["entrypoint"].startswith("python -m ml_project.serving.launcher fastapi ")
     assert "$PORT" in app_yaml["entrypoint"]
     ignored = (bundle / ".gcloudignore").read_text().splitlines()
     for shipped in ("ml_project/", "project_config.yaml", "requirements.txt", "data/", "main.py"):

@@ -33,7 +33,7 @@ def test_procfile_starts_the_local_launcher_on_herokus_port(bundle: Path) -> Non
                      if line.strip() and not line.startswith("#"))
 
     assert list(processes) == ["web"]
-    assert "python -m ml_project.serve fastapi" in processes["web"]
+    assert "python -m ml_project.serving.launcher fastapi" in processes["web"]
     assert "--host 0.0.0.0" in processes["web"] and "--port $PORT" in processes["web"]
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from ml_project.config import PROBABILITY_PREFIX, Config, load_config
-from ml_project.endpoints import PredictionEndpoints
+from ml_project.serving.endpoints import PredictionEndpoints
 from ml_project.metrics import score_predictions
 from ml_project.monitor import detect_drift
 from ml_project.monitoring_data import load_reference_data

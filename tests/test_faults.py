@@ -30,11 +30,11 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from ml_project.api import create_app
+from ml_project.serving.fastapi_app import create_app
 from ml_project.config import PROJECT_ROOT
 from ml_project.export import METADATA_FILE, ArtifactError, load_pipeline, read_metadata
 from ml_project.predict import PredictionService
-from ml_project.prediction_log import PredictionLog
+from ml_project.prediction_log.log import PredictionLog
 from tests.churn_data import write_example_data
 from tests.conftest import prediction_config, write_project
 from tests.serving import (
@@ -111,7 +111,7 @@ def test_damaged_artifact_stops_the_launcher_and_the_use_cases_with_one_message(
     arguments = ["--config", str(project / "project_config.yaml"), "--root", str(project)]
 
     launcher = subprocess.run(
-        [sys.executable, "-m", "ml_project.serve", "fastapi", "--port", str(free_port()),
+        [sys.executable, "-m", "ml_project.serving.launcher", "fastapi", "--port", str(free_port()),
          *arguments],
         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120,
     )

@@ -8,8 +8,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from ml_project.lambda_events import event_request, handle_event, proxy_response
-from ml_project.serverless import ServerlessApp
+from ml_project.serving.lambda_events import event_request, handle_event, proxy_response
+from ml_project.serving.serverless import ServerlessApp
 from tests.serverless_cases import (
     CASE_IDS,
     CASES,
@@ -103,7 +103,7 @@ def test_a_named_stage_is_removed_from_the_path_and_only_a_whole_segment() -> No
 
 
 def test_a_reply_that_is_not_utf8_goes_back_base64_encoded() -> None:
-    from ml_project.endpoints import Reply
+    from ml_project.serving.endpoints import Reply
 
     response = proxy_response(Reply(200, b"\xff\x00"))
     assert response["isBase64Encoded"] is True

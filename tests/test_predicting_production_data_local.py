@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ml_project.prediction_log import PredictionLog
+from ml_project.prediction_log.log import PredictionLog
 from tests.conftest import prediction_config
 from use_cases import predicting_production_data_local
 

@@ -21,10 +21,10 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.pool import QueuePool
 
 from ml_project.config import PROJECT_ROOT
-from ml_project.log_records import LogRecord, new_request_id
-from ml_project.log_spill import REJECTED_FILE
-from ml_project.log_table import insert_or_ignore
-from ml_project.prediction_log import BATCH_WAIT_SECONDS, PredictionLog
+from ml_project.prediction_log.records import LogRecord, new_request_id
+from ml_project.prediction_log.spill import REJECTED_FILE
+from ml_project.prediction_log.table import insert_or_ignore
+from ml_project.prediction_log.log import BATCH_WAIT_SECONDS, PredictionLog
 
 
 def _record(i: int, error: str | None = None, request_id: str | None = None,
@@ -242,8 +242,8 @@ def test_a_full_queue_and_an_unwritable_spill_folder_are_counted_never_raised(
 WRITER = """
 import sys
 from pathlib import Path
-from ml_project.log_records import LogRecord
-from ml_project.prediction_log import PredictionLog
+from ml_project.prediction_log.records import LogRecord
+from ml_project.prediction_log.log import PredictionLog
 database, spill, name, count = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 log = PredictionLog(f"sqlite:///{database}", spill, lock_timeout_seconds=10)
 for i in range(count):

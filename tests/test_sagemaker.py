@@ -13,15 +13,15 @@ import pytest
 from werkzeug.test import Client
 
 from ml_project.config import Config
-from ml_project.endpoints import API_KEY_ENV
-from ml_project.sagemaker import (
+from ml_project.serving.endpoints import API_KEY_ENV
+from ml_project.serving.sagemaker import (
     DEFAULT_PORT,
     SAGEMAKER_ROUTES,
     bind_port,
     csv_instances,
     wsgi_app,
 )
-from ml_project.serverless import Request, ServerlessApp
+from ml_project.serving.serverless import Request, ServerlessApp
 from tests.serverless_cases import (
     KEY,
     MAX_BODY_BYTES,

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ml_project.config import Config, ValidationConfig
-from ml_project.request_model import build_request_model
+from ml_project.serving.request_model import build_request_model
 from ml_project.schemas import (
     InstanceValidator,
     InvalidInstance,

@@ -28,15 +28,15 @@ from typing import Any
 import pytest
 import requests
 
-from ml_project.api import create_app
-from ml_project.client import PredictionClient
+from ml_project.serving.fastapi_app import create_app
+from ml_project.serving.client import PredictionClient
 from ml_project.config import PROJECT_ROOT
-from ml_project.endpoints import API_KEY_ENV, API_KEY_HEADER
+from ml_project.serving.endpoints import API_KEY_ENV, API_KEY_HEADER
 from ml_project.export import ArtifactError, read_metadata
-from ml_project.flask_api import create_flask_app
+from ml_project.serving.flask_app import create_flask_app
 from ml_project.monitoring_data import read_prediction_window
 from ml_project.predict import PredictionService
-from ml_project.prediction_log import PredictionLog
+from ml_project.prediction_log.log import PredictionLog
 from tests.conftest import prediction_config, write_project
 from tests.serving import (
     INSTANCE,
@@ -146,10 +146,10 @@ def test_a_body_declared_over_the_limit_is_refused_before_it_is_sent(
 AUDITED_SERVER = """
 import json, sys
 from pathlib import Path
-from ml_project import serve
+from ml_project.serving import launcher as serve
 from ml_project.config import load_config
 from ml_project.predict import PredictionService
-from ml_project.prediction_log import PredictionLog
+from ml_project.prediction_log.log import PredictionLog
 
 config_file, framework, port, audit_file = sys.argv[1:]
 config = load_config("prediction", "production", "local", config_file=Path(config_file),

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import requests
 
-from ml_project import serve
-from ml_project.client import PredictionClient
+from ml_project.serving import launcher as serve
+from ml_project.serving.client import PredictionClient
 from ml_project.config import PROJECT_ROOT
 from ml_project.predict import PredictionService
-from ml_project.prediction_log import PredictionLog
-from ml_project.wsgi_server import THREADS as FLASK_THREADS
+from ml_project.prediction_log.log import PredictionLog
+from ml_project.serving.wsgi_server import THREADS as FLASK_THREADS
 from tests.serving import (
     BOOT_STOP_SECONDS,
     INSTANCE,
@@ -46,7 +46,10 @@ def test_serving_path_imports_no_mlflow_evidently_pandera_or_plotting(
     config_file = write_serving_config(trained_project, tmp_path)
     code = f"""
 import json, sys
-from ml_project import api, endpoints, flask_api, serve
+from ml_project.serving import endpoints
+from ml_project.serving import fastapi_app as api
+from ml_project.serving import flask_app as flask_api
+from ml_project.serving import launcher as serve
 from ml_project.config import load_config
 from ml_project.predict import PredictionService
 config = load_config("prediction", "production", "local", config_file={str(config_file)!r},
@@ -91,7 +94,7 @@ def test_launcher_without_a_model_says_to_run_the_modelling_use_case(
     )
 
     result = subprocess.run(
-        [sys.executable, "-m", "ml_project.serve", "--port", str(free_port()),
+        [sys.executable, "-m", "ml_project.serving.launcher", "--port", str(free_port()),
          "--config", str(config_file), "--root", str(tmp_path)],
         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120,
     )

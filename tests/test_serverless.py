@@ -13,9 +13,9 @@ from typing import Iterator
 
 import pytest
 
-from ml_project.endpoints import API_KEY_ENV, Reply
+from ml_project.serving.endpoints import API_KEY_ENV, Reply
 from ml_project.export import ArtifactError
-from ml_project.serverless import Request, ServerlessApp, app_for, header_map
+from ml_project.serving.serverless import Request, ServerlessApp, app_for, header_map
 from tests.serverless_cases import (
     CASE_IDS,
     CASES,
@@ -127,9 +127,9 @@ def test_the_serverless_path_imports_no_web_framework_or_training_package(bundle
     code = f"""
 import json, sys
 from pathlib import Path
-from ml_project.lambda_events import handle_event
-from ml_project.sagemaker import SAGEMAKER_ROUTES
-from ml_project.serverless import Request, ServerlessApp
+from ml_project.serving.lambda_events import handle_event
+from ml_project.serving.sagemaker import SAGEMAKER_ROUTES
+from ml_project.serving.serverless import Request, ServerlessApp
 app = ServerlessApp.load(Path({str(bundle)!r}), routes=SAGEMAKER_ROUTES)
 body = json.dumps({INSTANCE!r})
 assert handle_event(app, {{"instance": {INSTANCE!r}}})["statusCode"] == 200

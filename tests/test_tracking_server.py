@@ -22,7 +22,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from ml_project.config import PROJECT_ROOT, _merge
-from ml_project.prediction_log import PredictionLog
+from ml_project.prediction_log.log import PredictionLog
 from ml_project.tracking import CHAMPION
 from tests.conftest import FAST_TRAINING, prediction_config, write_project
 from tests.serving import free_port

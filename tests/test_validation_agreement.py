@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 
 from ml_project.batch import score_chunk
 from ml_project.config import REASON_COLUMN, Config, load_config
-from ml_project.endpoints import PredictionEndpoints
+from ml_project.serving.endpoints import PredictionEndpoints
 from ml_project.ingest import read_table
 from ml_project.predict import PredictionService
 from ml_project.schemas import InstanceValidator, InvalidInstance
@@ -414,7 +414,7 @@ def test_the_request_model_documents_numbers_as_text_and_optional_identifiers(
 ) -> None:
     """What the OpenAPI document shows: numbers with their range and a note that text numbers
     are read, identifiers optional but never null, the target known."""
-    from ml_project.request_model import build_request_model
+    from ml_project.serving.request_model import build_request_model
 
     schema = build_request_model(configs["ignore"]).model_json_schema()
     properties = schema["properties"]

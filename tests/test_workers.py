@@ -19,12 +19,12 @@ import psutil
 import pytest
 import requests
 
-from ml_project.asgi_workers import UnblockStopSignalsAtStartup
+from ml_project.serving.asgi_workers import UnblockStopSignalsAtStartup
 from ml_project.config import PROJECT_ROOT
 from ml_project.predict import PredictionService
-from ml_project.prediction_log import PredictionLog
-from ml_project.serve import WORKERS_ENV, default_workers, main
-from ml_project.wsgi_server import STOP_SIGNALS
+from ml_project.prediction_log.log import PredictionLog
+from ml_project.serving.launcher import WORKERS_ENV, default_workers, main
+from ml_project.serving.wsgi_server import STOP_SIGNALS
 from tests.serving import (
     BOOT_STOP_SECONDS,
     free_port,
@@ -48,8 +48,8 @@ BOOT_SECONDS = 3
 SLOW_BOOTING_SERVICE = """
 import sys, time
 from pathlib import Path
-from ml_project.asgi_workers import serve_asgi
-from ml_project.wsgi_server import serve_wsgi
+from ml_project.serving.asgi_workers import serve_asgi
+from ml_project.serving.wsgi_server import serve_wsgi
 
 kind, port, marker, boot_seconds = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), float(
     sys.argv[4])
@@ -186,7 +186,7 @@ def test_a_port_in_use_stops_the_launcher_at_once_on_several_workers(
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "ml_project.serve", framework, "--host", "127.0.0.1",
+            [sys.executable, "-m", "ml_project.serving.launcher", framework, "--host", "127.0.0.1",
              "--port", str(port), "--workers", "2", "--config", str(config_file),
              "--root", str(config_file.parent)],
             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, start_new_session=True)

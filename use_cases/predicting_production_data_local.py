@@ -17,7 +17,7 @@ from ml_project.cli import add_stream_options, base_parser, start_run
 from ml_project.export import ArtifactError
 from ml_project.ingest import stream_production_instances
 from ml_project.predict import PredictionService
-from ml_project.prediction_log import PredictionLog, predict_and_log
+from ml_project.prediction_log.log import PredictionLog, predict_and_log
 
 logger = logging.getLogger("predicting_production")
 

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit
 
 from ml_project.cli import add_stream_options, base_parser, start_run
-from ml_project.client import Answer, PredictionClient, format_latencies
+from ml_project.serving.client import Answer, PredictionClient, format_latencies
 from ml_project.config import Config
 from ml_project.export import ArtifactError
 from ml_project.ingest import stream_production_instances
@@ -136,7 +136,7 @@ def start_service(config: Config, args: argparse.Namespace) -> Iterator[str]:
     The server's output goes to output/logs/prediction_service.out (its log file is there too).
     """
     port = free_port()
-    command = [sys.executable, "-m", "ml_project.serve", "fastapi", "--host", LOCALHOST,
+    command = [sys.executable, "-m", "ml_project.serving.launcher", "fastapi", "--host", LOCALHOST,
                "--port", str(port)]
     for option, value in (("--config", args.config), ("--root", args.root)):
         if value is not None:

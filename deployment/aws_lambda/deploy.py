@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ml_project.aws_deploy import (
+from deployment.aws_deploy import (
     REGION_PLACEHOLDER,
     Step,
     add_image_options,

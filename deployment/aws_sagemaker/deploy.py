@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from ml_project.aws_deploy import (
+from deployment.aws_deploy import (
     REGION_PLACEHOLDER,
     Step,
     add_image_options,

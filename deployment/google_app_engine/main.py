@@ -11,9 +11,9 @@ from flask import Flask
 
 from ml_project.cli import configure_logging
 from ml_project.config import load_config
-from ml_project.flask_api import create_flask_app
+from ml_project.serving.flask_app import create_flask_app
 from ml_project.predict import PredictionService
-from ml_project.prediction_log import PredictionLog
+from ml_project.prediction_log.log import PredictionLog
 
 
 def create_app() -> Flask:

@@ -3,7 +3,7 @@
 Deployed with `--entry-point prediction_service` (main.tf does), it answers every route of the
 local API (`/predict`, `/predict/batch`, `/health`, `/ready`, `/model`) under the function's
 URL, with the same status and bytes: the request goes through the one serverless router
-(`ml_project/serverless.py`). The model is loaded by the first request an instance serves and
+(`ml_project/serving/serverless.py`). The model is loaded by the first request an instance serves and
 kept for the next ones. Run it locally as Cloud Functions does:
 
     functions-framework --target prediction_service --source main.py --port 8080
@@ -16,7 +16,7 @@ from pathlib import Path
 import flask
 import functions_framework
 
-from ml_project.serverless import Request, app_for, header_map
+from ml_project.serving.serverless import Request, app_for, header_map
 
 BUNDLE = Path(__file__).resolve().parent
 

@@ -6,7 +6,7 @@ inferred rule is marked `# REVIEW`: ranges widened by a margin, categories as se
 timestamp and task guessed. The draft validates the file it came from; whether it describes the
 data you will receive is for you to decide.
 
-    python -m ml_project.draft_config DATA_FILE --target COLUMN [--id COL] [--timestamp COL]
+    python -m executables.draft_config DATA_FILE --target COLUMN [--id COL] [--timestamp COL]
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
     id_column = id_column or _guess_id(frame, {target, timestamp or ""})
     time_note = "given" if timestamp else "REVIEW guessed: ISO 8601 times, never missing"
     timestamp = timestamp or _guess_timestamp(frame, {target, id_column or ""})
-    lines = [f"# Drafted by ml_project.draft_config from {path.name} ({len(frame):,} rows).",
+    lines = [f"# Drafted by executables.draft_config from {path.name} ({len(frame):,} rows).",
              "# Every line marked REVIEW is a guess from this one file: check it before use.",
              "", "columns:"]
     lines.append(f"  id: {_flow(id_column)}  # "

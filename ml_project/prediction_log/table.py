@@ -11,7 +11,7 @@ import sqlalchemy
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from ml_project import log_spill
+from ml_project.prediction_log import spill
 
 # A new table name for the schema with record keys and model identity: a log database written
 # by an earlier version keeps its old `predictions` table untouched beside it.
@@ -71,7 +71,7 @@ def check_row(value: Any) -> dict[str, Any]:
         if item is None and name in OPTIONAL:
             row[name] = None
         elif isinstance(item, kind) and not isinstance(item, bool):
-            row[name] = log_spill.storable(item) if isinstance(item, str) else item
+            row[name] = spill.storable(item) if isinstance(item, str) else item
         else:
             raise ValueError(f"field {name!r} is {type(item).__name__}, not a "
                              f"{getattr(kind, '__name__', 'number')}")

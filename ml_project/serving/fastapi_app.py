@@ -22,7 +22,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ml_project.cli import escape_for_log
-from ml_project.endpoints import (
+from ml_project.serving.endpoints import (
     API_KEY_HEADER,
     BATCH_FIELD,
     BatchPredictionResponse,
@@ -36,8 +36,8 @@ from ml_project.endpoints import (
     internal_error_reply,
 )
 from ml_project.predict import PredictionService
-from ml_project.prediction_log import PredictionLog
-from ml_project.request_model import build_request_model
+from ml_project.prediction_log.log import PredictionLog
+from ml_project.serving.request_model import build_request_model
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Mapping
 
 from ml_project.cli import LOG_FORMAT, OneLineFormatter, escape_for_log
 from ml_project.config import DEFAULT_CONFIG_FILE, load_config
-from ml_project.endpoints import (
+from ml_project.serving.endpoints import (
     API_KEY_HEADER,
     PredictionEndpoints,
     Reply,
@@ -34,7 +34,7 @@ from ml_project.endpoints import (
     internal_error_reply,
 )
 from ml_project.predict import PredictionService
-from ml_project.prediction_log import PredictionLog
+from ml_project.prediction_log.log import PredictionLog
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from ml_project import log_spill
+from ml_project.prediction_log import spill
 from ml_project.predict import Prediction, PredictionService
 
 MAX_DEPTH = 32  # deeper input is logged as a placeholder: the log is not a place to recurse
@@ -33,24 +33,24 @@ def _clean(value: Any, depth: int = 0) -> Any:
     if isinstance(value, float):
         return None if math.isnan(value) else value
     if isinstance(value, str):
-        return log_spill.storable(value)
+        return spill.storable(value)
     if isinstance(value, (Mapping, list, tuple)):
         if depth >= MAX_DEPTH:
             return f"<nested deeper than {MAX_DEPTH} levels>"
         if isinstance(value, Mapping):
-            return {log_spill.storable(str(k)): _clean(v, depth + 1) for k, v in value.items()}
+            return {spill.storable(str(k)): _clean(v, depth + 1) for k, v in value.items()}
         return [_clean(v, depth + 1) for v in value]
     if hasattr(value, "item"):  # a numpy scalar
         return _clean(value.item(), depth)
-    return log_spill.storable(str(value))
+    return spill.storable(str(value))
 
 
 def _text(value: Any) -> str | None:
-    return None if value is None else log_spill.storable(str(value))
+    return None if value is None else spill.storable(str(value))
 
 
 def _json_text(value: Any) -> str | None:
-    return None if value is None else log_spill.encode_line(_clean(value))[:-1].decode("ascii")
+    return None if value is None else spill.encode_line(_clean(value))[:-1].decode("ascii")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Start the prediction service in the foreground: FastAPI on uvicorn, or Flask on gunicorn.
 
     bash executables/start_prediction_service.sh [fastapi|flask] [PORT] [--workers N]
-    pipenv run python -m ml_project.serve [fastapi|flask] [--port PORT] [--host HOST] [--workers N]
+    pipenv run python -m ml_project.serving.launcher [fastapi|flask] [--port PORT] [--host HOST] [--workers N]
 
 Without --port it binds $PORT when set (Heroku, App Engine, Cloud Run set it), else 8000.
 
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ml_project.predict import PredictionService
-    from ml_project.prediction_log import PredictionLog
+    from ml_project.prediction_log.log import PredictionLog
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +84,10 @@ def _start(argv: list[str] | None) -> int:
     from threadpoolctl import ThreadpoolController
 
     from ml_project.cli import base_parser, start_run
-    from ml_project.endpoints import API_KEY_ENV
+    from ml_project.serving.endpoints import API_KEY_ENV
     from ml_project.export import ArtifactError
     from ml_project.predict import PredictionService
-    from ml_project.prediction_log import PredictionLog
+    from ml_project.prediction_log.log import PredictionLog
 
     parser = base_parser("Start the prediction service in the foreground (Ctrl-C stops it).")
     parser.add_argument("framework", nargs="?", default="fastapi", choices=FRAMEWORKS)
@@ -135,11 +135,11 @@ def run_fastapi(service: PredictionService, log: PredictionLog, host: str, port:
                 workers: int = 1) -> None:
     """Until SIGINT/SIGTERM; uvicorn then finishes the requests in flight. Several workers:
     uvicorn workers forked by gunicorn (`asgi_workers`), as `run_flask` forks Flask's."""
-    from ml_project.api import create_app  # imported here: a Flask server needs no FastAPI
+    from ml_project.serving.fastapi_app import create_app  # imported here: a Flask server needs no FastAPI
 
     app = create_app(service, log)
     if workers > 1:
-        from ml_project.asgi_workers import serve_asgi
+        from ml_project.serving.asgi_workers import serve_asgi
 
         log.prepare()
         ready_to_serve()
@@ -170,8 +170,8 @@ def run_flask(service: PredictionService, log: PredictionLog, host: str, port: i
     (`main`), and the workers run it on one OpenMP thread per request (`PredictionService`).
     The same holds for FastAPI's workers.
     """
-    from ml_project.flask_api import create_flask_app  # imported here: FastAPI needs neither
-    from ml_project.wsgi_server import serve_wsgi
+    from ml_project.serving.flask_app import create_flask_app  # imported here: FastAPI needs neither
+    from ml_project.serving.wsgi_server import serve_wsgi
 
     app = create_flask_app(service, log)
     log.prepare()

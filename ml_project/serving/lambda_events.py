@@ -22,8 +22,8 @@ import binascii
 import json
 from typing import Any, Mapping
 
-from ml_project.endpoints import BATCH_FIELD, Reply, error_reply
-from ml_project.serverless import Request, ServerlessApp, header_map
+from ml_project.serving.endpoints import BATCH_FIELD, Reply, error_reply
+from ml_project.serving.serverless import Request, ServerlessApp, header_map
 
 DIRECT_INSTANCE = "instance"
 DIRECT_HEADERS = "headers"

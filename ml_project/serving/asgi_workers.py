@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from uvicorn_worker import UvicornWorker
 
-from ml_project.wsgi_server import serve_forked, unblock_stop_signals
+from ml_project.serving.wsgi_server import serve_forked, unblock_stop_signals
 
 
 def serve_asgi(app: Any, host: str, port: int, post_fork: Callable[[], None],

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import requests
 
 from ml_project.config import Config
-from ml_project.endpoints import API_KEY_ENV, API_KEY_HEADER
+from ml_project.serving.endpoints import API_KEY_ENV, API_KEY_HEADER
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
 from ml_project.cli import escape_for_log
-from ml_project.endpoints import (
+from ml_project.serving.endpoints import (
     API_KEY_HEADER,
     PredictionEndpoints,
     Reply,
@@ -24,7 +24,7 @@ from ml_project.endpoints import (
     internal_error_reply,
 )
 from ml_project.predict import PredictionService
-from ml_project.prediction_log import PredictionLog
+from ml_project.prediction_log.log import PredictionLog
 
 logger = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import sqlalchemy
 from sqlalchemy.exc import SQLAlchemyError
 
-from ml_project import log_spill
+from ml_project.prediction_log import spill
 from ml_project.config import Config, database_url
-from ml_project.log_records import LogRecord, log_record, new_request_id
-from ml_project.log_table import (
+from ml_project.prediction_log.records import LogRecord, log_record, new_request_id
+from ml_project.prediction_log.table import (
     METADATA,
     PREDICTIONS,
     SCHEMA_LOCK_KEY,
@@ -98,7 +98,7 @@ class PredictionLog:
         self._queue: queue.Queue[Any] = queue.Queue(self.queue_size)
         self._writer: threading.Thread | None = None
         self._starting = threading.Lock()
-        self._spill = log_spill.SpillFile(self.spill_dir)
+        self._spill = spill.SpillFile(self.spill_dir)
         self._held: list[dict[str, Any]] = []  # spilled nowhere yet (the spill folder failed)
         self._retry_at = 0.0
         self._replay_due = True  # a previous run (or a dead process) may have left spill files
@@ -250,16 +250,16 @@ class PredictionLog:
     def _replay_spills(self) -> None:
         """Store every waiting spill file (any process's) once, then delete it."""
         self._replay_due = False
-        for path in log_spill.spill_files(self.spill_dir):
-            claimed = log_spill.claim(path)
+        for path in spill.spill_files(self.spill_dir):
+            claimed = spill.claim(path)
             if claimed is None:
                 continue
             stored = 0
             rejects: list[tuple[str, bytes]] = []
             try:
-                with log_spill.open_claimed(claimed) as handle:
+                with spill.open_claimed(claimed) as handle:
                     rows: list[dict[str, Any]] = []
-                    for row, reason, line in log_spill.parse_lines(handle, check_row):
+                    for row, reason, line in spill.parse_lines(handle, check_row):
                         if row is None:
                             rejects.append((reason or "unreadable", line))
                         else:
@@ -269,7 +269,7 @@ class PredictionLog:
                             stored, rows = stored + len(rows), []
                     self._insert(rows)
                     stored += len(rows)
-                log_spill.reject_lines(self.spill_dir, claimed, rejects)
+                spill.reject_lines(self.spill_dir, claimed, rejects)
             except UNAVAILABLE:
                 self._replay_due = True  # the claimed file stays; the next replay takes it
                 raise
@@ -290,9 +290,9 @@ class PredictionLog:
             raise
         except (SQLAlchemyError, ValueError) as err:
             if len(rows) == 1:
-                log_spill.reject_lines(self.spill_dir, Path("database"), [
+                spill.reject_lines(self.spill_dir, Path("database"), [
                     (f"{type(err).__name__}: {str(err).splitlines()[0]}",
-                     log_spill.encode_line(rows[0])[:-1])])
+                     spill.encode_line(rows[0])[:-1])])
                 self._count("rejected_rows", 1)
                 return
             for row in rows:
@@ -351,7 +351,7 @@ class PredictionLog:
 
     def spill_files(self) -> list[Path]:
         """The spill files waiting for a replay (any process's)."""
-        return log_spill.spill_files(self.spill_dir)
+        return spill.spill_files(self.spill_dir)
 
     # Life cycle -------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from ml_project.config import Config
-from ml_project.endpoints import (
+from ml_project.serving.endpoints import (
     BATCH_FIELD,
     PredictionEndpoints,
     ReadyResponse,
@@ -39,7 +39,7 @@ from ml_project.endpoints import (
     reply,
 )
 from ml_project.export import ArtifactError
-from ml_project.serverless import (
+from ml_project.serving.serverless import (
     ROUTES,
     Request,
     Route,
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     except ArtifactError as err:
         logger.error("Cannot start: %s", err)
         return 2
-    from ml_project.wsgi_server import serve_wsgi  # imported here: gunicorn only to serve
+    from ml_project.serving.wsgi_server import serve_wsgi  # imported here: gunicorn only to serve
 
     log = app.endpoints.log
     logger.info("SageMaker contract on http://%s:%d (/ping, /invocations)", args.host, port)
