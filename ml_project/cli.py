@@ -11,9 +11,18 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from ml_project.config import Config, ConfigError, DataMode, Location, RunMode, load_config
+from ml_project.config import (
+    DEFAULT_CONFIG_FILE,
+    PROJECT_ROOT,
+    Config,
+    ConfigError,
+    DataMode,
+    Location,
+    RunMode,
+    load_config,
+)
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -58,11 +67,22 @@ def start_run(
     location: Location,
     run_name: str,
     overrides: Mapping[str, Any] | None = None,
+    check: Callable[[Config], None] | None = None,
 ) -> tuple[Config, Path]:
-    """The Config for this run (exit 2 naming the bad key if it is invalid) and its log file."""
+    """The Config for this run (exit 2 naming the bad key if it is invalid) and its log file.
+
+    `check` is a stage's own check of the config (a modelling run's `check_training_config`),
+    reported as an invalid configuration too.
+    """
     try:
         config = load_config(run_mode, data_mode, location, config_file=args.config,
                              root=args.root, overrides=overrides)
+        if check is not None:
+            try:
+                check(config)
+            except ConfigError as err:
+                file = args.config or PROJECT_ROOT / DEFAULT_CONFIG_FILE
+                raise ConfigError(f"{file}: invalid configuration:\n  {err}") from err
     except ConfigError as err:
         parser.exit(2, f"error: {err}\n")
     return config, configure_logging(config, run_name, verbose=args.verbose)

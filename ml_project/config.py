@@ -256,18 +256,6 @@ class Config(_Frozen):
             raise ValueError(f"training.candidates: names used twice: {names}")
         return self
 
-    @model_validator(mode="after")
-    def _check_modelling(self) -> Config:
-        """A modelling run imports what it will train with now, not minutes into training:
-        every feature step and candidate, each checked against the columns and the task."""
-        if self.run_mode == "modelling":
-            from ml_project.engineer import configured_steps  # imports the user's modules
-            from ml_project.train import check_candidates
-
-            configured_steps(self)
-            check_candidates(self)
-        return self
-
     @property
     def is_classification(self) -> bool:
         return self.task != "regression"

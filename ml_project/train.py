@@ -32,6 +32,7 @@ from ml_project.config import (
     REASON_COLUMN,
     CandidateConfig,
     Config,
+    ConfigError,
 )
 from ml_project.engineer import FeatureEngineer, configured_steps
 from ml_project.metrics import cv_scorers, score_predictions
@@ -102,8 +103,12 @@ def _import_estimator_class(path: str, where: str) -> type:
         estimator_class = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError, ValueError) as err:
         raise ValueError(f"{where}: cannot import {path!r} ({err})") from err
-    if not isinstance(estimator_class, type):
-        raise ValueError(f"{where}: {path!r} is not a class")
+    # Checked before anything named in the config is called: an estimator class has fit and
+    # get_params (scikit-learn's API, which LightGBM's and XGBoost's classes follow too).
+    if not isinstance(estimator_class, type) or not all(
+            callable(getattr(estimator_class, method, None)) for method in ("fit", "get_params")):
+        raise ValueError(f"{where}: {path!r} is not an estimator class (one with fit and "
+                         "get_params, as scikit-learn's)")
     return estimator_class
 
 
@@ -140,11 +145,30 @@ def build_estimator(candidate: CandidateConfig, config: Config) -> BaseEstimator
                         f"training.candidates.{candidate.name}")
 
 
+def check_training_config(config: Config) -> None:
+    """What the config names as code, imported and checked before any data is read or any model
+    trained: every feature step against the columns, every candidate against the task and its
+    search. The modelling use case runs it right after loading the config.
+
+    Raises:
+        ConfigError: naming the key and what is wrong with it.
+    """
+    try:
+        configured_steps(config)
+        check_candidates(config)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
 def check_candidates(config: Config) -> None:
-    """Every candidate builds and suits the task: a classifier for classification, a regressor
-    for regression. Raises ValueError naming the candidate otherwise."""
+    """Every candidate builds, suits the task (a classifier for classification, a regressor for
+    regression) and takes every key its search varies. Raises ValueError naming the candidate."""
     for candidate in config.training.candidates:
         estimator = build_estimator(candidate, config)
+        unknown = sorted(set(candidate.search) - set(estimator.get_params()))
+        if unknown:
+            raise ValueError(f"training.candidates.{candidate.name}.search: {candidate.estimator} "
+                             f"takes no parameter {', '.join(unknown)}")
         if config.is_classification and not is_classifier(estimator):
             raise ValueError(f"training.candidates.{candidate.name}: {candidate.estimator} is not a"
                              f" classifier, and the task is {config.task}")
@@ -369,15 +393,13 @@ def _markdown_table(frame: pd.DataFrame) -> str:
 
 
 def _plot_leaderboard(leaderboard: pd.DataFrame, metric: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # here: training without a leaderboard needs no plots
 
     board = leaderboard.iloc[::-1]
     labels = [f"{c} ({p})" for c, p in zip(board["candidate"], board["params"])]
     colours = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(leaderboard["candidate"]))}
-    figure, axis = plt.subplots(figsize=(9, 0.4 * len(board) + 1.5))
+    figure = Figure(figsize=(9, 0.4 * len(board) + 1.5))
+    axis = figure.subplots()
     axis.barh(
         labels,
         board[f"mean_{metric}"],
@@ -392,4 +414,3 @@ def _plot_leaderboard(leaderboard: pd.DataFrame, metric: str, path: Path) -> Non
     axis.set_title("Leaderboard: every candidate and setting")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from ml_project.config import (
     ConfigError,
     load_config,
 )
-from tests.tables import SHAPES
 
 
 def _load(config_file: Path, root: Path, **overrides: Any) -> Config:
@@ -240,47 +238,3 @@ def test_resolve_makes_relative_paths_absolute_and_keeps_urls(
     config: Config, value: str, expected: str
 ) -> None:
     assert config.resolve(value) == expected.format(root=config.root)
-
-
-@pytest.mark.parametrize(("table", "candidate", "problem"), [
-    ("houses", {"name": "churny", "estimator": "sklearn.linear_model.LogisticRegression"},
-     "training.candidates.churny: sklearn.linear_model.LogisticRegression is not a regressor"),
-    ("loans", {"name": "ridge", "estimator": "sklearn.linear_model.Ridge"},
-     "training.candidates.ridge: sklearn.linear_model.Ridge is not a classifier"),
-    ("loans", {"name": "svm", "estimator": "sklearn.svm.SVC"},
-     "training.candidates.svm: sklearn.svm.SVC has no predict_proba"),
-    ("loans", {"name": "typo", "estimator": "sklearn.ensemble.RandomForrestClassifier"},
-     "training.candidates.typo: cannot import 'sklearn.ensemble.RandomForrestClassifier'"),
-    ("loans", {"name": "bad_param", "estimator": "sklearn.linear_model.LogisticRegression",
-               "params": {"colour": "blue"}},
-     "training.candidates.bad_param: sklearn.linear_model.LogisticRegression does not take"),
-])
-def test_load_config_refuses_a_candidate_that_does_not_suit_the_task_naming_it(
-    tmp_path: Path, table: str, candidate: dict[str, Any], problem: str
-) -> None:
-    """Found at load, not after minutes of training a classifier on a regression target."""
-    config_file = SHAPES[table](rows=50).write(tmp_path)
-
-    with pytest.raises(ConfigError, match=re.escape(problem)):
-        load_config("modelling", "historic", "local", config_file=config_file, root=tmp_path,
-                    overrides={"training": {"candidates": [candidate]}})
-    load_config("prediction", "production", "local", config_file=config_file, root=tmp_path,
-                overrides={"training": {"candidates": [candidate]}})  # serving trains nothing
-
-
-def test_a_nested_estimator_param_is_built_from_its_dotted_path(tmp_path: Path) -> None:
-    from ml_project.train import build_estimator
-
-    config_file = SHAPES["loans"](rows=50).write(tmp_path)
-    tuned = {"name": "tuned", "estimator": "sklearn.model_selection.FixedThresholdClassifier",
-             "params": {"threshold": 0.3, "estimator": {
-                 "estimator": "sklearn.linear_model.LogisticRegression",
-                 "params": {"C": 0.5}}}}
-    config = load_config("modelling", "historic", "local", config_file=config_file,
-                         root=tmp_path, overrides={"training": {"candidates": [tuned]}})
-
-    estimator = build_estimator(config.training.candidates[0], config)
-
-    assert type(estimator).__name__ == "FixedThresholdClassifier"
-    assert estimator.get_params()["estimator__C"] == 0.5
-    assert estimator.get_params()["estimator__random_state"] == config.training.random_seed

@@ -26,6 +26,7 @@ from ml_project.engineer import (
     support_calls_per_year,
     tenure_band,
 )
+from ml_project.train import check_training_config
 
 
 def _columns(**values: list[float]) -> dict[str, np.ndarray]:
@@ -114,25 +115,27 @@ def test_feature_step_rejects_output_that_breaks_its_declaration(
     ("tenure_band", r"cannot import 'tenure_band'"),
     ("ml_project.engineer.engineered_columns", r"is not a feature step; decorate the function"),
 ])
-def test_load_config_rejects_a_step_that_is_not_an_importable_feature_step(
+def test_check_training_config_rejects_a_step_that_is_not_an_importable_feature_step(
     project: Path, step: str, match: str
 ) -> None:
+    config = load_config("modelling", "historic", "local",
+                         config_file=project / "project_config.yaml", root=project,
+                         overrides={"engineering": {"steps": [step]}})
+
     with pytest.raises(ConfigError, match=match):
-        load_config(
-            "modelling", "historic", "local", config_file=project / "project_config.yaml",
-            root=project, overrides={"engineering": {"steps": [step]}},
-        )
+        check_training_config(config)
 
 
-def test_load_config_checks_step_inputs_against_the_features(project: Path) -> None:
+def test_check_training_config_checks_step_inputs_against_the_features(project: Path) -> None:
     content = yaml.safe_load((project / "project_config.yaml").read_text())
     del content["columns"]["numerical"]["support_calls"]
     (project / "reduced.yaml").write_text(yaml.safe_dump(content))
+    config = load_config("modelling", "historic", "local", config_file=project / "reduced.yaml",
+                         root=project)
 
     expected = r"support_calls_per_year needs columns \['support_calls'\]"
     with pytest.raises(ConfigError, match=expected):
-        load_config("modelling", "historic", "local", config_file=project / "reduced.yaml",
-                    root=project)
+        check_training_config(config)
 
 
 def test_a_feature_step_of_the_users_own_module_is_found_by_its_dotted_path(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 
 from ml_project.export import load_pipeline
+from tests.conftest import write_project
+from use_cases import modelling_historic_data_local
 
 
 def test_modelling_use_case_leaves_artifact_leaderboard_quarantine_and_champion(
@@ -31,3 +35,32 @@ def test_modelling_use_case_leaves_artifact_leaderboard_quarantine_and_champion(
     champion = client.get_model_version_by_alias("churn_model", "champion")
     assert str(champion.version) == metadata["model_version"]
     assert list(root.glob("output/logs/modelling-*.log"))
+
+
+def trap(**params: object) -> None:
+    """Named as a candidate below: calling it would leave a mark."""
+    Path(os.environ[TRAP_MARKER]).touch()
+
+
+TRAP_MARKER = "ML_PROJECT_TEST_TRAP_MARKER"
+
+
+def test_a_candidate_that_is_not_an_estimator_stops_the_run_before_anything_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config names code to import: a modelling run checks it first and calls nothing that
+    is not an estimator class (here a function that would write a file)."""
+    marker = tmp_path / "called"
+    monkeypatch.setenv(TRAP_MARKER, str(marker))
+    config_file = write_project(tmp_path, {"training": {"candidates": [
+        {"name": "trap", "estimator": f"{__name__}.trap"}]}})
+    (tmp_path / "data" / "historic_data.csv").unlink()  # reading data would fail differently
+
+    with pytest.raises(SystemExit) as stopped:
+        modelling_historic_data_local.main(["--config", str(config_file), "--root", str(tmp_path)])
+
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert f"{config_file}: invalid configuration" in error
+    assert f"training.candidates.trap: '{__name__}.trap' is not an estimator class" in error
+    assert not marker.exists() and not (tmp_path / "mlflow.db").exists()

@@ -14,7 +14,7 @@ import yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import TimeSeriesSplit
 
-from ml_project.config import CandidateConfig, Config, load_config
+from ml_project.config import CandidateConfig, Config, ConfigError, load_config
 from ml_project.ingest import load_historic_data
 from ml_project.train import (
     CandidateResult,
@@ -22,6 +22,7 @@ from ml_project.train import (
     build_estimator,
     build_leaderboard,
     build_pipeline,
+    check_training_config,
     check_training_rows,
     evaluate_holdout,
     select_best,
@@ -31,6 +32,7 @@ from ml_project.train import (
 )
 from ml_project.validate import validate_production_data
 from tests.conftest import write_project
+from tests.tables import SHAPES
 from use_cases import modelling_historic_data_local
 
 LOGISTIC: dict[str, Any] = {
@@ -332,3 +334,53 @@ def test_build_pipeline_is_engineer_preprocess_model(config: Config) -> None:
     pipeline = build_pipeline(config, LogisticRegression())
 
     assert [name for name, _ in pipeline.steps] == ["engineer", "preprocess", "model"]
+
+
+@pytest.mark.parametrize(("table", "candidate", "problem"), [
+    ("houses", {"name": "churny", "estimator": "sklearn.linear_model.LogisticRegression"},
+     "training.candidates.churny: sklearn.linear_model.LogisticRegression is not a regressor"),
+    ("loans", {"name": "ridge", "estimator": "sklearn.linear_model.Ridge"},
+     "training.candidates.ridge: sklearn.linear_model.Ridge is not a classifier"),
+    ("loans", {"name": "svm", "estimator": "sklearn.svm.SVC"},
+     "training.candidates.svm: sklearn.svm.SVC has no predict_proba"),
+    ("loans", {"name": "typo", "estimator": "sklearn.ensemble.RandomForrestClassifier"},
+     "training.candidates.typo: cannot import 'sklearn.ensemble.RandomForrestClassifier'"),
+    ("loans", {"name": "bad_param", "estimator": "sklearn.linear_model.LogisticRegression",
+               "params": {"colour": "blue"}},
+     "training.candidates.bad_param: sklearn.linear_model.LogisticRegression does not take"),
+    ("loans", {"name": "bad_search", "estimator": "sklearn.linear_model.LogisticRegression",
+               "search": {"C": [1.0], "depth": [2, 3]}},
+     "training.candidates.bad_search.search: sklearn.linear_model.LogisticRegression takes no "
+     "parameter depth"),
+    ("loans", {"name": "not_a_class", "estimator": "os.getcwd"},
+     "training.candidates.not_a_class: 'os.getcwd' is not an estimator class"),
+    ("loans", {"name": "not_an_estimator", "estimator": "collections.OrderedDict"},
+     "training.candidates.not_an_estimator: 'collections.OrderedDict' is not an estimator class"),
+])
+def test_check_training_config_refuses_a_candidate_that_does_not_suit_the_task_naming_it(
+    tmp_path: Path, table: str, candidate: dict[str, Any], problem: str
+) -> None:
+    """Found before any data is read, not after minutes of training a classifier on a
+    regression target; loading the config imports nothing it names (serving trains nothing)."""
+    config_file = SHAPES[table](rows=50).write(tmp_path)
+    config = load_config("modelling", "historic", "local", config_file=config_file,
+                         root=tmp_path, overrides={"training": {"candidates": [candidate]}})
+
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        check_training_config(config)
+
+
+def test_a_nested_estimator_param_is_built_from_its_dotted_path(tmp_path: Path) -> None:
+    config_file = SHAPES["loans"](rows=50).write(tmp_path)
+    tuned = {"name": "tuned", "estimator": "sklearn.model_selection.FixedThresholdClassifier",
+             "params": {"threshold": 0.3, "estimator": {
+                 "estimator": "sklearn.linear_model.LogisticRegression",
+                 "params": {"C": 0.5}}}}
+    config = load_config("modelling", "historic", "local", config_file=config_file,
+                         root=tmp_path, overrides={"training": {"candidates": [tuned]}})
+
+    estimator = build_estimator(config.training.candidates[0], config)
+
+    assert type(estimator).__name__ == "FixedThresholdClassifier"
+    assert estimator.get_params()["estimator__C"] == 0.5
+    assert estimator.get_params()["estimator__random_state"] == config.training.random_seed
