@@ -10,9 +10,10 @@ Layout of an artifact folder (e.g. data/model_artifacts/champion/):
 
 Export is atomic: the artifact is written under a name of its own and synced to disk, then
 metadata.json is replaced in one rename. A run killed at any moment (or a power cut) leaves
-metadata.json pointing at a complete artifact, the previous one or the new one. Loading verifies the checksum before unpickling, so
-a tampered or truncated file is refused, never executed. Serving imports this module: it must
-not import mlflow, pandera or plotting.
+metadata.json pointing at a complete artifact, the previous one or the new one. Loading
+verifies the checksum before unpickling, so a tampered or truncated file is refused, never
+executed. metadata.json's content is this module's too (`model_metadata`): the contract every
+loader reads. Serving imports this module: it must not import mlflow, pandera or plotting.
 """
 
 from __future__ import annotations
@@ -23,13 +24,18 @@ import os
 import platform
 import subprocess  # only git, with fixed arguments (git_commit)  # nosec B404
 import tempfile
+import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
 import joblib
+import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
+
+from ml_project.config import Config
+from ml_project.schemas import field_rules
 
 METADATA_FILE = "metadata.json"
 LIBRARIES = ("scikit-learn", "pandas", "numpy", "joblib")
@@ -73,6 +79,56 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return versions
+
+
+def native(value: Any) -> Any:
+    """numpy scalars to plain Python, so results serialise to JSON unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def model_metadata(
+    config: Config,
+    pipeline: Pipeline,
+    *,
+    candidate: str,
+    params: Mapping[str, Any],
+    cv_score: float,
+    holdout_metrics: Mapping[str, float],
+    train: pd.DataFrame,
+    model_version: str,
+    alias: str,
+    run_id: str,
+    trusted_types: Sequence[str],
+    extra_labelled_data: str | None = None,
+) -> dict[str, Any]:
+    """metadata.json's content (before the files' checksums): what the model is and answers
+    for, the data and code it was trained with, how it scored, and where its registered copy
+    is. Serving reads the features, classes and schema from here; monitoring the holdout
+    metrics; the registry model source the trusted types."""
+    return {
+        "model_name": config.tracking.registered_model_name,
+        "model_version": model_version,
+        "alias": alias,
+        "mlflow_run_id": run_id,
+        "candidate": candidate,
+        "params": dict(params),
+        "task": config.task,
+        "target": config.columns.target,
+        "classes": [native(c) for c in getattr(pipeline, "classes_", [])],
+        "features": list(config.columns.features),
+        "schema": [rule.__dict__ | {"categories": sorted(rule.categories)}
+                   for rule in field_rules(config)],
+        "metric": config.training.metric,
+        "cv_score": cv_score,
+        "holdout_metrics": dict(holdout_metrics),
+        "training_rows": len(train),
+        "training_data_sha256": hash_frame(train),
+        "git_commit": git_commit(config.root),
+        "libraries": library_versions(),
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "extra_labelled_data": extra_labelled_data,
+        "skops_trusted_types": list(trusted_types),
+    }
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -24,7 +24,13 @@ from sklearn.pipeline import Pipeline
 from threadpoolctl import ThreadpoolController
 
 from ml_project.config import PREDICTION_COLUMN, PROBABILITY_PREFIX, Config
-from ml_project.export import ArtifactError, library_versions, load_pipeline, load_reference
+from ml_project.export import (
+    ArtifactError,
+    library_versions,
+    load_pipeline,
+    load_reference,
+    native,
+)
 from ml_project.fast_path import Column, FastPipeline, compile_pipeline
 from ml_project.schemas import InstanceValidator, InvalidInstance
 
@@ -39,11 +45,6 @@ class Prediction:
     prediction: Any
     probabilities: dict[str, float] | None
     model_version: str
-
-
-def native(value: Any) -> Any:
-    """numpy scalars to plain Python, so results serialise to JSON unchanged."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _typed(column: pd.Series, dtype: type) -> Column:

@@ -1,9 +1,11 @@
-"""The model registry's reading side: load a registered champion safely, and repair what a
-killed modelling run left (`reconcile_champion`). Writing (runs, registration, promotion) is in
-`tracking.py`.
+"""The MLflow store and its model registry: connect to it, load a registered version safely,
+compare a new model with the champion on the same holdout and move the aliases, and repair
+what a killed modelling run left. The modelling run's own logging is `tracking.py`.
 
-Only the registry model source and the modelling run import this module; serving from the
-local artifact never does.
+The store is `sqlite:///mlflow.db` at the project root unless MLFLOW_TRACKING_URI says
+otherwise; artifacts go to `mlruns/` beside it, or through the server when the URI is one
+(`executables/start_tracking_server.sh`). Only modelling, monitoring and the registry model
+source import this module; serving from the local artifact never does.
 """
 
 from __future__ import annotations
@@ -12,34 +14,134 @@ import json
 import logging
 import os
 import socket
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import pandas as pd
+import requests
 import skops.io
+import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sklearn.pipeline import Pipeline
 
 from ml_project.config import Config
 from ml_project.export import ArtifactError, read_metadata, sha256_of
-from ml_project.tracking import (
-    ARTIFACT_SHA256_TAG,
-    CHAMPION,
-    MODEL_FILE_SHA256_TAG,
-    OWNER_TAG,
-    REFERENCE_ARTIFACT,
-    REFERENCE_SHA256_TAG,
-    TRUSTED_TYPES_TAG,
-    TrackingError,
-    model_file,
-    redact_password,
-    use_store,
-)
+from ml_project.train import evaluate_holdout
 
 logger = logging.getLogger(__name__)
 
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+SERVER_CHECK_TIMEOUT_SECONDS = 10
+TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
+REFERENCE_ARTIFACT = "reference"  # the run's folder holding the reference sample
+# Registered-version tags that let a loader trust exactly what this project logged.
+MODEL_FILE_SHA256_TAG = "model_file_sha256"
+REFERENCE_SHA256_TAG = "reference_sha256"
+TRUSTED_TYPES_TAG = "skops_trusted_types"
+# The local artifact's sha256: the model's identity in the prediction log, whichever copy serves.
+ARTIFACT_SHA256_TAG = "artifact_sha256"
+# What a version answers for (task, target, classes, features, metric): scores compare only
+# between versions with the same contract.
+CONTRACT_TAG = "contract"
+OWNER_TAG = "ml_project.owner"  # host:pid of the process running a modelling run
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or refused a write."""
+
+
+def redact_password(uri: str) -> str:
+    """`uri` fit for messages: MLFLOW_TRACKING_URI may carry a password (user:password@host)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@contextmanager
+def store_failures(config: Config, during: str) -> Iterator[None]:
+    """Whatever the store raises inside, as one TrackingError naming the store and `during`:
+    mlflow raises many types for a store that is down or refuses a write."""
+    try:
+        yield
+    except TrackingError:
+        raise
+    except Exception as err:
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise TrackingError(
+            f"MLflow tracking store {redact_password(config.tracking_uri)} failed {during} "
+            f"({type(err).__name__}: {first_line[:300]})"
+        ) from err
+
+
+def use_store(uri: str) -> None:
+    """Point this process's MLflow at `uri` without exporting it: mlflow.set_tracking_uri also
+    writes MLFLOW_TRACKING_URI, which would then override every Config loaded later."""
+    exported = os.environ.get(TRACKING_URI_VARIABLE)
+    mlflow.set_tracking_uri(uri)
+    if exported is None:
+        os.environ.pop(TRACKING_URI_VARIABLE, None)
+    else:
+        os.environ[TRACKING_URI_VARIABLE] = exported
+
+
+def _check_server(uri: str) -> None:
+    """Fail in seconds: MLflow retries a refused connection with backoff for about 4 minutes."""
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_TIMEOUT_SECONDS)
+    except requests.RequestException as err:  # any HTTP answer, even an error, means it is up
+        raise TrackingError(
+            f"MLflow tracking store {redact_password(uri)} is unreachable: {err}"
+        ) from err
+
+
+def connect(config: Config) -> str:
+    """Point MLflow at the configured store and check it answers; returns the experiment id,
+    creating the experiment if needed: its artifacts beside a local store, or where a tracking
+    server says (a folder on this machine would hold files no other machine could load)."""
+    if config.tracking_uri.startswith(("http://", "https://")):
+        _check_server(config.tracking_uri)
+    use_store(config.tracking_uri)
+    name = config.tracking.experiment_name
+    try:
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        on_server = config.tracking_uri.startswith(("http://", "https://", "databricks"))
+        location = None if on_server else (config.root / "mlruns").as_uri()
+        return str(mlflow.create_experiment(name, artifact_location=location))
+    except Exception as err:  # mlflow raises many types for an unreachable store
+        raise TrackingError(
+            f"MLflow tracking store {redact_password(config.tracking_uri)} is unreachable: {err}"
+        ) from err
+
+
+def owner() -> str:
+    """This process, as a run's OWNER_TAG records it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def model_file(model_directory: str) -> Path:
+    """The serialised model inside a downloaded MLflow sklearn model folder."""
+    flavor = yaml.safe_load((Path(model_directory) / "MLmodel").read_text())["flavors"]["sklearn"]
+    return Path(model_directory) / str(flavor["pickled_model"])
+
+
+def contract(config: Config) -> str:
+    """What a model trained under this config answers for, as text to compare."""
+    columns = config.columns
+    return json.dumps({"task": config.task, "target": columns.target,
+                       "classes": [str(label) for label in columns.target_classes],
+                       "features": list(columns.features), "metric": config.training.metric})
+
+
+# Loading -------------------------------------------------------------------------------------
 
 def load_registered_pipeline(
     config: Config, alias: str = CHAMPION
@@ -96,6 +198,65 @@ def _registered_reference(run_id: str, expected_sha256: str | None) -> pd.DataFr
     return pd.read_parquet(path)
 
 
+# Promotion -----------------------------------------------------------------------------------
+
+def champion_on_holdout(config: Config, holdout: pd.DataFrame) -> tuple[float | None, str]:
+    """The current champion's score on this run's holdout, and how it was had; None when there
+    is no champion, or it answers another contract, or it cannot score these rows (a champion
+    of another table, left by the demo). Scores kept from the champion's own run are not used:
+    they were measured on another holdout (older data, another split)."""
+    name = config.tracking.registered_model_name
+    with store_failures(config, "while reading the champion"):
+        try:
+            champion = MlflowClient(config.tracking_uri).get_model_version_by_alias(
+                name, CHAMPION)
+        except MlflowException:
+            return None, "no champion yet"
+    recorded = champion.tags.get(CONTRACT_TAG)
+    if recorded is not None and recorded != contract(config):
+        return None, (f"version {champion.version} was trained for another task, target, "
+                      "classes, features or metric: not comparable")
+    try:
+        pipeline = load_registered_pipeline(config)[0]
+        score = evaluate_holdout(pipeline, holdout, config, label="Champion on this holdout")
+    except (ArtifactError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return None, f"version {champion.version} cannot score this holdout ({err})"
+    return score[config.training.metric], f"version {champion.version} on this holdout"
+
+
+def alias_for(score: float, champion_score: float | None) -> str:
+    """The promotion rule: champion only for a model that beats the champion on the same
+    holdout (or when there is none to beat), else challenger."""
+    return CHAMPION if champion_score is None or score > champion_score else CHALLENGER
+
+
+def promote(config: Config, *, run_id: str, version: str, alias: str, score: float,
+            champion: tuple[float | None, str], artifact_sha256: str) -> None:
+    """Record on the version what it answers for and how it scored, then move `alias` to it.
+
+    Call after the local export: a kill in between leaves the local champion ahead of the
+    registry, which `reconcile_champion` completes at the next start.
+    """
+    name = config.tracking.registered_model_name
+    client = MlflowClient(config.tracking_uri)
+    with store_failures(config, f"during run {run_id}"):
+        for key, value in {f"holdout_{config.training.metric}": str(score),
+                           CONTRACT_TAG: contract(config),
+                           ARTIFACT_SHA256_TAG: artifact_sha256}.items():
+            client.set_model_version_tag(name, version, key, value)
+        client.set_registered_model_alias(name, alias, version)
+        client.set_tag(run_id, "registered_version", version)
+        client.set_tag(run_id, "alias", alias)
+    champion_score, how = champion
+    logger.info(
+        "Registered %s version %s as %s (holdout %s %.4f vs champion: %s)",
+        name, version, alias, config.training.metric, score,
+        how if champion_score is None else f"{champion_score:.4f}, {how}",
+    )
+
+
+# Repair --------------------------------------------------------------------------------------
+
 def reconcile_champion(config: Config) -> None:
     """Repair what a killed modelling run can leave: call at the start of every modelling run.
 
@@ -103,18 +264,13 @@ def reconcile_champion(config: Config) -> None:
     - a local champion exported by a run killed before it moved the registry's alias (export
       comes first, see `promote`) gets the alias now, so both name the same version. A local
       champion behind the registry (the alias moved by hand) is reported, never overwritten.
+    Connects first (`connect`): an unreachable store fails here, in seconds.
     Raises TrackingError if the store fails.
     """
-    try:
+    connect(config)
+    with store_failures(config, "while reconciling the champion"):
         _fail_orphan_runs(config)
         _complete_promotion(config)
-    except TrackingError:
-        raise
-    except Exception as err:  # mlflow raises many types for a failing store
-        raise TrackingError(
-            f"MLflow tracking store {redact_password(config.tracking_uri)} failed while "
-            f"reconciling the champion: {type(err).__name__}: {err}"
-        ) from err
 
 
 def _fail_orphan_runs(config: Config) -> None:
@@ -160,6 +316,7 @@ def _complete_promotion(config: Config) -> None:
         version = client.get_model_version(name, local_version)
         if version.run_id != local.get("mlflow_run_id"):
             return  # not the version this artifact came from: leave both as they are
+        client.set_model_version_tag(name, local_version, ARTIFACT_SHA256_TAG, str(local["sha256"]))
         client.set_registered_model_alias(name, CHAMPION, local_version)
         logger.warning("Moved %s@%s to version %s, as the local champion: the run that exported "
                        "it was stopped before it moved the alias", name, CHAMPION, local_version)

@@ -1,155 +1,26 @@
-"""MLflow tracking against a real sqlite store in tmp_path: runs, registry, champion/challenger,
-and an unreachable store failing fast so nothing is exported or promoted."""
+"""The modelling run in a real sqlite MLflow store in tmp_path: what it logs, the version it
+registers, and a run that fails inside ending FAILED."""
 
 from __future__ import annotations
 
 import json
-import socket
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
 
-import pandas as pd
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ml_project.config import Config, load_config
-from ml_project.export import ArtifactError
-from ml_project.ingest import load_historic_data
-from ml_project.registry import load_registered_pipeline
-from ml_project.tracking import (
-    CHALLENGER,
-    CHAMPION,
-    MODEL_FILE_SHA256_TAG,
-    TRUSTED_TYPES_TAG,
-    TrackingError,
-    TrackingOutcome,
-    connect,
-    track_modelling_run,
-)
-from ml_project.train import (
-    CandidateResult,
-    build_leaderboard,
-    build_reference_sample,
-    evaluate_holdout,
-    features_and_target,
-    select_best,
-    split_holdout,
-    train_candidates,
-    write_leaderboard,
-)
-from ml_project.validate import validate_production_data
-from tests.conftest import write_project
-from use_cases import modelling_historic_data_local
-
-WEAK = {"name": "prior", "estimator": "sklearn.dummy.DummyClassifier",
-        "params": {"strategy": "prior"}}
-STRONG = {"name": "logistic_regression", "estimator": "sklearn.linear_model.LogisticRegression",
-          "params": {"max_iter": 500}}
-
-
-@dataclass(frozen=True)
-class Modelled:
-    """A trained modelling run, ready to be tracked."""
-
-    config: Config
-    results: list[CandidateResult]
-    train: pd.DataFrame
-    holdout: pd.DataFrame
-
-    def track(self) -> TrackingOutcome:
-        best = select_best(self.results)
-        return track_modelling_run(
-            self.config,
-            results=self.results,
-            best=best,
-            leaderboard_files=write_leaderboard(
-                build_leaderboard(self.results, self.config), self.config
-            ),
-            holdout_metrics=evaluate_holdout(best.pipeline, self.holdout, self.config),
-            train=self.train,
-            holdout=self.holdout,
-            data_source=self.config.resolve(self.config.data.historic),
-            quarantined_rows=0,
-            reference=build_reference_sample(best.pipeline, self.holdout, self.config),
-        )
-
-
-def _modelled(root: Path, candidate: dict[str, Any], **training: Any) -> Modelled:
-    config = load_config(
-        "modelling", "historic", "local", config_file=root / "project_config.yaml", root=root,
-        overrides={"training": {"candidates": [candidate], **training}},
-    )
-    raw = validate_production_data(load_historic_data(config), config, with_target=True).valid
-    train, holdout = split_holdout(raw, config)
-    return Modelled(config, train_candidates(train, config), train, holdout)
-
-
-@dataclass(frozen=True)
-class History:
-    """One store in which a weak model, then a strong one, then the weak one again were tracked."""
-
-    weak: Modelled
-    strong: Modelled
-    outcomes: list[TrackingOutcome]
+from ml_project.registry import CHAMPION, MODEL_FILE_SHA256_TAG, TRUSTED_TYPES_TAG, TrackingError
+from ml_project.tracking import log_modelling_run, modelling_run
+from tests.tracked import History, tracked_history
 
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> History:
-    root = tmp_path_factory.mktemp("tracked")
-    write_project(root, n_historic=600)
-    with pytest.MonkeyPatch.context() as patch:  # module scope: before the autouse clean-up
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        weak, strong = _modelled(root, WEAK), _modelled(root, STRONG)
-        return History(weak, strong, [weak.track(), strong.track(), weak.track()])
+    return tracked_history(tmp_path_factory.mktemp("tracked"))
 
 
-def test_track_modelling_run_promotes_only_a_model_that_beats_the_champion(
-    history: History,
-) -> None:
-    first, second, third = history.outcomes
-
-    assert (first.alias, first.previous_champion_score) == (CHAMPION, None)
-    assert second.alias == CHAMPION
-    assert second.previous_champion_score == pytest.approx(0.5)  # the class prior's ROC AUC
-    assert third.alias == CHALLENGER
-    assert third.previous_champion_score is not None and third.previous_champion_score > 0.7
-    client = MlflowClient(history.weak.config.tracking_uri)
-    model = client.get_registered_model(history.weak.config.tracking.registered_model_name)
-    aliases = {alias: str(version) for alias, version in model.aliases.items()}
-    assert aliases == {CHAMPION: second.model_version, CHALLENGER: third.model_version}
-
-
-def test_the_champion_is_compared_on_the_new_holdout_and_one_of_another_contract_is_replaced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Scores recorded by the champion's own run were measured on its holdout: another split
-    (new data, a retraining) would compare unlike with like, so the champion is scored again on
-    the new run's holdout. A champion trained for another contract (the demo's, before a new
-    table) cannot be compared at all, and is replaced."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    write_project(tmp_path, n_historic=600)
-    strong = _modelled(tmp_path, STRONG)
-    first = strong.track()
-    champion = select_best(strong.results).pipeline
-
-    reshuffled = _modelled(tmp_path, WEAK, random_seed=11)
-    second = reshuffled.track()
-
-    metric = strong.config.training.metric
-    on_new_holdout = evaluate_holdout(champion, reshuffled.holdout, strong.config)[metric]
-    on_own_holdout = evaluate_holdout(champion, strong.holdout, strong.config)[metric]
-    assert on_new_holdout != pytest.approx(on_own_holdout)
-    assert (first.alias, second.alias) == (CHAMPION, CHALLENGER)
-    assert second.previous_champion_score == pytest.approx(on_new_holdout)
-
-    other_contract = _modelled(tmp_path, WEAK, metric="accuracy")
-    third = other_contract.track()
-
-    assert (third.alias, third.previous_champion_score) == (CHAMPION, None)
-
-
-def test_track_modelling_run_logs_the_run_with_candidates_plots_and_model(
+def test_log_modelling_run_logs_the_run_with_candidates_plots_and_model(
     history: History,
 ) -> None:
     strong, outcome = history.strong, history.outcomes[1]
@@ -170,24 +41,6 @@ def test_track_modelling_run_logs_the_run_with_candidates_plots_and_model(
     assert [child.data.params["candidate"] for child in children] == ["logistic_regression"]
 
 
-def test_load_registered_pipeline_returns_the_champion(history: History) -> None:
-    strong = history.strong
-
-    pipeline, metadata, reference = load_registered_pipeline(strong.config)
-
-    assert metadata["model_version"] == history.outcomes[1].model_version
-    assert metadata["alias"] == CHAMPION
-    features, _ = features_and_target(strong.holdout, strong.config)
-    best = select_best(strong.results).pipeline
-    expected = best.predict_proba(features)
-    pd.testing.assert_frame_equal(
-        pd.DataFrame(pipeline.predict_proba(features)), pd.DataFrame(expected)
-    )
-    assert reference is not None
-    pd.testing.assert_frame_equal(reference, build_reference_sample(best, strong.holdout,
-                                                                     strong.config))
-
-
 def test_registered_version_records_its_checksum_and_the_types_it_trusts(
     history: History
 ) -> None:
@@ -199,85 +52,26 @@ def test_registered_version_records_its_checksum_and_the_types_it_trusts(
     assert json.loads(version.tags[TRUSTED_TYPES_TAG]) == history.outcomes[1].trusted_types
 
 
-def test_load_registered_pipeline_refuses_a_model_file_that_does_not_match_its_checksum(
-    history: History
+def test_a_run_that_fails_inside_ends_failed_and_a_store_failure_is_one_tracking_error(
+    history: History, tmp_path: Path
 ) -> None:
-    """The file is compared with the checksum recorded at registration before anything of it
-    is deserialised (here the record is changed, which is the same mismatch as a file replaced
-    in the artifact store)."""
-    config = history.strong.config
-    client = MlflowClient(config.tracking_uri)
-    name = config.tracking.registered_model_name
-    version = client.get_model_version_by_alias(name, CHAMPION)
-    original = version.tags[MODEL_FILE_SHA256_TAG]
-    client.set_model_version_tag(name, version.version, MODEL_FILE_SHA256_TAG, "0" * 64)
-    try:
-        with pytest.raises(ArtifactError, match="does not match the checksum recorded"):
-            load_registered_pipeline(config)
-    finally:
-        client.set_model_version_tag(name, version.version, MODEL_FILE_SHA256_TAG, original)
+    """Whatever fails inside the run (here the artifact store, a file where its folder was)
+    ends it FAILED, and the store's failure is one TrackingError naming the run."""
+    strong = history.strong
+    artifacts = tmp_path / "artifacts"
+    artifacts.write_text("not a folder")
+    config = strong.config.model_copy(update={"tracking": strong.config.tracking.model_copy(
+        update={"experiment_name": "broken"})})
+    mlflow.set_tracking_uri(config.tracking_uri)
+    mlflow.create_experiment("broken", artifact_location=artifacts.as_uri())
+    best = max(strong.results, key=lambda result: result.cv_score)
 
+    with pytest.raises(TrackingError, match=r"failed during run \w+ \(") as failed:
+        with modelling_run(config, best.name) as run_id:
+            log_modelling_run(run_id, config, results=strong.results, best=best,
+                              leaderboard_files={}, holdout_metrics={"roc_auc": 0.5},
+                              train=strong.train, holdout=strong.holdout, data_source="x",
+                              quarantined_rows=0, reference=strong.holdout)
 
-def test_connect_leaves_later_configs_pointing_at_their_own_store(tmp_path: Path) -> None:
-    """MLflow exports the URI it is given to the environment, where Config would read it back."""
-    first, second = tmp_path / "first", tmp_path / "second"
-    configs = []
-    for root in (first, second):
-        write_project(root, n_historic=100, n_production=20)
-        configs.append(load_config(
-            "modelling", "historic", "local", config_file=root / "project_config.yaml", root=root
-        ))
-
-    connect(configs[0])
-
-    assert configs[1].tracking_uri == f"sqlite:///{second / 'mlflow.db'}"
-    connect(configs[1])
-    assert (second / "mlflow.db").is_file()
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A local port that is bound but not listening: every connection is refused."""
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        yield held.getsockname()[1]
-
-
-def _unreachable_uri(kind: str, tmp_path: Path, port: int) -> str:
-    if kind == "http-closed-port":
-        return f"http://127.0.0.1:{port}"
-    if kind == "sqlite-under-a-file":
-        (tmp_path / "not_a_folder").write_text("a file where a folder should be")
-        return f"sqlite:///{tmp_path / 'not_a_folder' / 'mlflow.db'}"
-    (tmp_path / "mlflow.db").write_text("not a database")
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-
-@pytest.mark.parametrize("kind", ["http-closed-port", "sqlite-under-a-file", "sqlite-not-a-db"])
-def test_connect_raises_tracking_error_for_an_unreachable_store(
-    project: Path, closed_port: int, monkeypatch: pytest.MonkeyPatch, kind: str
-) -> None:
-    uri = _unreachable_uri(kind, project, closed_port)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    config = load_config(
-        "modelling", "historic", "local", config_file=project / "project_config.yaml", root=project
-    )
-
-    with pytest.raises(TrackingError, match=f"MLflow tracking store {uri} is unreachable"):
-        connect(config)
-
-
-def test_modelling_use_case_with_unreachable_store_exits_non_zero_and_exports_nothing(
-    tmp_path: Path, closed_port: int, monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    config_file = write_project(tmp_path, n_historic=600)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port}")
-
-    code = modelling_historic_data_local.main(
-        ["--config", str(config_file), "--root", str(tmp_path)]
-    )
-
-    assert code != 0
-    assert not (tmp_path / "data" / "model_artifacts").exists()
-    assert "unreachable" in caplog.text and "exported or promoted" in caplog.text
+    assert run_id in str(failed.value)
+    assert MlflowClient(config.tracking_uri).get_run(run_id).info.status == "FAILED"

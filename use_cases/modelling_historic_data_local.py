@@ -1,38 +1,41 @@
-"""Modelling run on historic data, locally: validate, train, select, track, register, export.
+"""Modelling run on historic data, locally: validate, split, search, select, evaluate, register,
+export, promote.
 
     pipenv run python use_cases/modelling_historic_data_local.py [--extra-labelled-data PATH]
 
 `--extra-labelled-data` appends labelled production rows (the historic columns, target
 included; the monitoring use case writes such a file) to the historic data before validation.
+Exit codes: 0 done, 2 bad config or data (nothing trained), 3 the tracking store failed
+(nothing promoted).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from ml_project.cli import base_parser, start_run
 from ml_project.config import Config
-from ml_project.export import export_pipeline, git_commit, hash_frame, library_versions
+from ml_project.export import export_pipeline, model_metadata, sha256_of
 from ml_project.ingest import load_historic_data, read_table
-from ml_project.predict import native
-from ml_project.registry import reconcile_champion
-from ml_project.schemas import field_rules
-from ml_project.tracking import (
+from ml_project.registry import (
     CHAMPION,
     TrackingError,
-    TrackingOutcome,
-    connect,
+    alias_for,
+    champion_on_holdout,
+    promote,
+    reconcile_champion,
     redact_password,
-    track_modelling_run,
 )
+from ml_project.tracking import log_modelling_run, modelling_run
 from ml_project.train import (
-    TrainingDataError,
     build_leaderboard,
     build_reference_sample,
+    check_training_config,
     check_training_rows,
     evaluate_holdout,
     select_best,
@@ -45,6 +48,23 @@ from ml_project.validate import DataValidationError, validate_production_data, w
 logger = logging.getLogger("modelling")
 
 
+@dataclass(frozen=True)
+class Modelled:
+    """What a modelling run made: the registered version, where it went and how it scored."""
+
+    candidate: str
+    params: dict[str, object]
+    model_version: str
+    alias: str
+    metric: str
+    holdout_score: float
+    champion_score: float | None  # the champion it was compared with, on the same holdout
+    artifact: Path
+    leaderboard: Path
+    quarantine: Path
+    quarantined_rows: int
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument(
@@ -52,99 +72,85 @@ def main(argv: list[str] | None = None) -> int:
         help="CSV/Parquet of labelled production rows appended to the historic data",
     )
     args = parser.parse_args(argv)
-    config, log_file = start_run(parser, args, "modelling", "historic", "local", "modelling")
+    config, log_file = start_run(parser, args, "modelling", "historic", "local", "modelling",
+                                 check=check_training_config)
     started = time.perf_counter()
     try:
-        connect(config)  # an unreachable store fails now, not after minutes of training
-        reconcile_champion(config)  # repair what a run killed half-way left
-    except TrackingError as err:
-        logger.error("%s. Nothing was trained, exported or promoted.", err)
-        return 3
-    try:
-        production = load_historic_data(config)
-        if args.extra_labelled_data:
-            production = append_labelled_data(production, args.extra_labelled_data, config)
-        validation = validate_production_data(production, config, with_target=True)
-    except (FileNotFoundError, ValueError, DataValidationError) as err:
-        logger.error("Cannot use the historic data: %s", err)
-        return 2
-    quarantine_file = write_quarantine(validation.quarantined, config, "historic_data")
-    raw = validation.valid
-    try:
-        check_training_rows(raw, validation.quarantined, config)
-        train, holdout = split_holdout(raw, config)
-        results = train_candidates(train, config)
-    except TrainingDataError as err:
+        modelled = model(config, args.extra_labelled_data)
+    except (FileNotFoundError, ValueError) as err:  # DataValidationError, TrainingDataError too
         logger.error("Cannot train: %s. Nothing was trained, exported or promoted.", err)
         return 2
-    leaderboard = build_leaderboard(results, config)
-    leaderboard_files = write_leaderboard(leaderboard, config)
-    best = select_best(results)
-    holdout_metrics = evaluate_holdout(best.pipeline, holdout, config)
-    reference = build_reference_sample(best.pipeline, holdout, config)
-
-    artifacts: list[Path] = []
-
-    def export(outcome: TrackingOutcome) -> None:
-        """Called by the tracking before the registry's alias moves: the local copy first."""
-        metadata = {
-            "model_name": config.tracking.registered_model_name,
-            "model_version": outcome.model_version,
-            "alias": outcome.alias,
-            "mlflow_run_id": outcome.run_id,
-            "candidate": best.name,
-            "params": best.params,
-            "task": config.task,
-            "target": config.columns.target,
-            "classes": [native(c) for c in getattr(best.pipeline, "classes_", [])],
-            "features": list(config.columns.features),
-            "schema": [rule.__dict__ | {"categories": sorted(rule.categories)} for rule in field_rules(config)],
-            "metric": config.training.metric,
-            "cv_score": best.cv_score,
-            "holdout_metrics": holdout_metrics,
-            "training_rows": len(train),
-            "training_data_sha256": hash_frame(train),
-            "git_commit": git_commit(config.root),
-            "libraries": library_versions(),
-            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "extra_labelled_data": str(args.extra_labelled_data) if args.extra_labelled_data else None,
-            "skops_trusted_types": outcome.trusted_types,
-        }
-        artifacts.append(export_pipeline(best.pipeline, metadata,
-                                         config.model_artifacts_dir / outcome.alias, reference))
-
-    try:
-        outcome = track_modelling_run(
-            config,
-            results=results,
-            best=best,
-            leaderboard_files=leaderboard_files,
-            holdout_metrics=holdout_metrics,
-            train=train,
-            holdout=holdout,
-            data_source=config.resolve(config.data.historic),
-            quarantined_rows=len(validation.quarantined),
-            reference=reference,
-            export=export,
-        )
     except TrackingError as err:
-        logger.error("%s. Nothing was promoted.", err)
+        logger.error("%s", err)
         return 3
-    [artifact] = artifacts
-    elapsed = time.perf_counter() - started
 
-    print(f"\nModelling finished in {elapsed:.0f} s. Best: {best.name} {best.params}")
-    print(f"  holdout {config.training.metric}: {holdout_metrics[config.training.metric]:.4f}")
-    print(f"  registered: {config.tracking.registered_model_name} version {outcome.model_version}"
-          f" -> @{outcome.alias}"
-          + ("" if outcome.alias == CHAMPION else " (did not beat the champion)"))
-    print(f"  artifact:    {artifact} (+ metadata.json)")
-    print(f"  leaderboard: {leaderboard_files['md']} (.csv, .png)")
-    print(f"  quarantine:  {quarantine_file} ({len(validation.quarantined)} rows)")
+    print(f"\nModelling finished in {time.perf_counter() - started:.0f} s. Best: "
+          f"{modelled.candidate} {modelled.params}")
+    print(f"  holdout {modelled.metric}: {modelled.holdout_score:.4f}")
+    print(f"  registered: {config.tracking.registered_model_name} version "
+          f"{modelled.model_version} -> @{modelled.alias}"
+          + ("" if modelled.alias == CHAMPION else " (did not beat the champion)"))
+    print(f"  artifact:    {modelled.artifact} (+ metadata.json)")
+    print(f"  leaderboard: {modelled.leaderboard} (.csv, .png)")
+    print(f"  quarantine:  {modelled.quarantine} ({modelled.quarantined_rows} rows)")
     print(f"  log:         {log_file}")
     print(f"  MLflow:      pipenv run mlflow ui --backend-store-uri "
           f"{redact_password(config.tracking_uri)}")
     return 0
+
+
+def model(config: Config, extra_labelled_data: Path | None = None) -> Modelled:
+    """The modelling stages in order, on the historic data (plus `extra_labelled_data`).
+    The monitoring use case retrains by calling this.
+
+    Raises:
+        TrackingError: the store is unreachable (before any training) or failed later.
+        DataValidationError, TrainingDataError, FileNotFoundError: the data cannot train.
+    """
+    left = "Nothing was trained, exported or promoted."  # if the store fails
+    try:
+        reconcile_champion(config)  # an unreachable store fails now, not after the training
+        production = load_historic_data(config)
+        if extra_labelled_data is not None:
+            production = append_labelled_data(production, extra_labelled_data, config)
+        validation = validate_production_data(production, config, with_target=True)
+        quarantine = write_quarantine(validation.quarantined, config, "historic_data")
+        check_training_rows(validation.valid, validation.quarantined, config)
+        train, holdout = split_holdout(validation.valid, config)
+        results = train_candidates(train, config)
+        leaderboard = write_leaderboard(build_leaderboard(results, config), config)
+        best = select_best(results)
+        holdout_metrics = evaluate_holdout(best.pipeline, holdout, config)
+        reference = build_reference_sample(best.pipeline, holdout, config)
+        score = holdout_metrics[config.training.metric]
+
+        left = "Nothing was exported or promoted."
+        with modelling_run(config, best.name) as run_id:
+            registered = log_modelling_run(
+                run_id, config, results=results, best=best, leaderboard_files=leaderboard,
+                holdout_metrics=holdout_metrics, train=train, holdout=holdout,
+                data_source=config.resolve(config.data.historic),
+                quarantined_rows=len(validation.quarantined), reference=reference)
+            champion = champion_on_holdout(config, holdout)
+            alias = alias_for(score, champion[0])
+            metadata = model_metadata(
+                config, best.pipeline, candidate=best.name, params=best.params,
+                cv_score=best.cv_score, holdout_metrics=holdout_metrics, train=train,
+                model_version=registered.version, alias=alias, run_id=run_id,
+                trusted_types=registered.trusted_types,
+                extra_labelled_data=str(extra_labelled_data) if extra_labelled_data else None)
+            # The local copy first: a kill before the alias moves is repaired by the next run.
+            artifact = export_pipeline(best.pipeline, metadata,
+                                       config.model_artifacts_dir / alias, reference)
+            left = (f"Version {registered.version} is exported to {artifact.parent} but not yet "
+                    f"@{alias} in the registry: the next modelling run moves the alias.")
+            promote(config, run_id=run_id, version=registered.version, alias=alias,
+                    score=score, champion=champion, artifact_sha256=sha256_of(artifact))
+    except TrackingError as err:
+        raise TrackingError(f"{err}. {left}") from err
+    return Modelled(best.name, best.params, registered.version, alias, config.training.metric,
+                    score, champion[0], artifact, leaderboard["md"], quarantine,
+                    len(validation.quarantined))
 
 
 def append_labelled_data(historic: pd.DataFrame, path: Path, config: Config) -> pd.DataFrame:

@@ -24,19 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from mlflow.exceptions import MlflowException
 
 from ml_project.cli import base_parser, start_run
-from ml_project.config import Config
-from ml_project.export import ArtifactError, read_metadata
+from ml_project.config import Config, load_config
+from ml_project.export import ArtifactError
 from ml_project.monitor import (
     DriftSummary,
     PerformanceSummary,
@@ -56,7 +53,10 @@ from ml_project.monitoring_data import (
     read_production_labels,
 )
 from ml_project.predict import PredictionService
-from ml_project.tracking import CHALLENGER, CHAMPION, TrackingError, connect, log_artifacts_to_run
+from ml_project.registry import CHAMPION, TrackingError
+from ml_project.tracking import log_artifacts_to_run
+from ml_project.train import check_training_config
+from use_cases.modelling_historic_data_local import model
 
 logger = logging.getLogger("monitoring")
 
@@ -71,7 +71,6 @@ DRIFT_REPORT = "drift_report.html"
 PERFORMANCE_REPORT = "performance_report.html"
 SUMMARY_FILE = "monitoring_summary.json"
 LABELLED_PRODUCTION_FILE = "labelled_production_data.csv"
-MODELLING_USE_CASE = "modelling_historic_data_local.py"
 
 
 def utc_timestamp(value: str) -> str:
@@ -226,7 +225,7 @@ def print_summary(summary: dict[str, Any], drift: DriftSummary,
 
 
 def retrain(config: Config, args: argparse.Namespace, directory: Path) -> dict[str, Any] | None:
-    """Run the modelling use case on historic plus labelled production data; the promotion rule
+    """The modelling use case on historic plus labelled production data; the promotion rule
     decides whether the new version becomes champion. Returns the outcome, None on failure."""
     extra = labelled_production_data(config)
     if extra.empty:
@@ -235,50 +234,30 @@ def retrain(config: Config, args: argparse.Namespace, directory: Path) -> dict[s
         return None
     extra_file = directory / LABELLED_PRODUCTION_FILE
     extra.to_csv(extra_file, index=False)
-    before = exported_models(config)
-    command = [sys.executable, str(Path(__file__).with_name(MODELLING_USE_CASE)),
-               "--extra-labelled-data", str(extra_file), "--root", str(config.root)]
-    command += ["--config", str(args.config)] if args.config else []
-    command += ["--verbose"] if args.verbose else []
     logger.info("Retraining on historic data plus %d labelled production rows", len(extra))
-    # A process of its own: the modelling run owns its logging, and a crash cannot take this one.
-    if subprocess.run(command, check=False).returncode != 0:
-        logger.error("Retraining failed: see the modelling output above")
+    try:
+        modelling = load_config("modelling", "historic", "local", config_file=args.config,
+                                root=config.root)
+        check_training_config(modelling)
+        modelled = model(modelling, extra_file)
+    except Exception:  # whatever failed, this run's verdict stands and is reported
+        logger.exception("Retraining failed")
         return None
-    after = exported_models(config)
-    alias = next(alias for alias in (CHAMPION, CHALLENGER)
-                 if alias in after and after[alias] != before.get(alias))
-    new, previous = after[alias], before.get(CHAMPION)
-    metric = str(new["metric"])
-    outcome = {
+    metric, previous = modelled.metric, modelled.champion_score
+    beaten = f"the champion (holdout {metric} {previous:.4f})" if previous is not None \
+        else "no comparable champion"
+    verdict = (f"beats {beaten}: it is the new champion; restart the prediction service"
+               if modelled.alias == CHAMPION else f"does not beat {beaten}: it is the challenger")
+    print(f"RETRAINED: version {modelled.model_version} (holdout {metric} "
+          f"{modelled.holdout_score:.4f}) {verdict}.")
+    return {
         "extra_labelled_rows": len(extra),
-        "model_version": new["model_version"],
-        "alias": alias,
+        "model_version": modelled.model_version,
+        "alias": modelled.alias,
         "metric": metric,
-        "holdout_score": new["holdout_metrics"][metric],
-        "previous_champion_version": previous["model_version"] if previous else None,
-        "previous_champion_score": previous["holdout_metrics"][metric] if previous else None,
+        "holdout_score": modelled.holdout_score,
+        "previous_champion_score": previous,
     }
-    beaten = (f"version {previous['model_version']} (holdout {metric} "
-              f"{outcome['previous_champion_score']:.4f})" if previous else "no champion")
-    if alias == CHAMPION:
-        verdict = f"beats {beaten}: it is the new champion; restart the prediction service"
-    else:
-        verdict = f"does not beat the champion, {beaten}: it is the challenger"
-    print(f"RETRAINED: version {new['model_version']} (holdout {metric} "
-          f"{outcome['holdout_score']:.4f}) {verdict}.")
-    return outcome
-
-
-def exported_models(config: Config) -> dict[str, dict[str, Any]]:
-    """The metadata of each exported alias, to tell which one a retraining replaced."""
-    models = {}
-    for alias in (CHAMPION, CHALLENGER):
-        try:
-            models[alias] = read_metadata(config.model_artifacts_dir / alias)
-        except ArtifactError:
-            continue
-    return models
 
 
 def attach_to_model_run(config: Config, run_id: str | None, paths: list[Path]) -> None:
@@ -289,9 +268,8 @@ def attach_to_model_run(config: Config, run_id: str | None, paths: list[Path]) -
         return
     artifact_path = f"monitoring/{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        connect(config)
         log_artifacts_to_run(run_id, paths, artifact_path, config)
-    except (TrackingError, MlflowException, OSError) as err:
+    except TrackingError as err:
         logger.warning("Reports not logged to MLflow (%s); they are in %s", err, paths[0].parent)
         return
     logger.info("Reports logged to MLflow run %s under %s", run_id, artifact_path)
