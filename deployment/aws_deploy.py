@@ -1,6 +1,7 @@
 """Build, push and deploy a bundle's image on AWS, or print the exact commands to do it.
 
-Used by the bundles' `deploy.py` (aws_lambda, aws_sagemaker). Nothing runs unless the caller
+Used by `deployment/aws_lambda/deploy.py` and `deployment/aws_sagemaker/deploy.py`, which run
+from the checkout on a bundle that `cloud_setup.sh` built (tooling: never shipped in one). Nothing runs unless the caller
 named an account (`--aws-account-id`) and a Docker engine answers (`docker info`): otherwise
 every command is printed, with the values given and placeholders for the rest, and the exit
 code is 0, the files being ready. No account id, role or credential is ever written to a file.
@@ -34,6 +35,13 @@ class Step:
     def text(self) -> str:
         line = shlex.join(self.command)
         return f"{shlex.join(self.stdin_from)} | {line}" if self.stdin_from else line
+
+
+def add_bundle_option(parser: argparse.ArgumentParser, provider: str) -> None:
+    """--bundle: the folder `cloud_setup.sh PROVIDER` built."""
+    default = Path("output") / "deployment" / provider
+    parser.add_argument("--bundle", type=Path, default=default,
+                        help="the bundle folder cloud_setup.sh built (default: %(default)s)")
 
 
 def add_image_options(parser: argparse.ArgumentParser, default_name: str) -> None:

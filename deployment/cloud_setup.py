@@ -4,8 +4,11 @@ needs, and nothing of training, tracking or monitoring.
     bash executables/cloud_setup.sh PROVIDER [--clean] [provider options]
 
 The bundle, `output/deployment/PROVIDER/` (output/ is git-ignored, so the checkout stays clean):
-    every file of deployment/PROVIDER/    copied as is, modes kept (Procfile, app.yaml, Dockerfile)
-    ml_project/                           the package's .py files
+    every file of deployment/PROVIDER/    copied as is, modes kept (Procfile, app.yaml, Dockerfile),
+                                          but deploy.py, which runs from the checkout
+    ml_project/                           the package's modules the provider's entry point can
+                                          import (`serving_modules`): serving, never training,
+                                          tracking or monitoring
     project_config.yaml                   the project's config (see `bundle_config_text`)
     <paths.model_artifacts>/champion/     the exported champion: metadata.json and the files it
                                           names, checksums verified, at the config's own path
@@ -22,8 +25,10 @@ removes the bundle folder; building always starts from an empty folder, so runni
 from __future__ import annotations
 
 import argparse
+import ast
 import fnmatch
 import json
+import re
 import shutil
 import subprocess  # nosec B404
 import sys
@@ -51,6 +56,12 @@ MODELLING_HINT = "pipenv run python use_cases/modelling_historic_data_local.py"
 # Pipfile sections that are not package categories, and the lock's name for [dev-packages].
 PIPFILE_SECTIONS = {"source", "requires", "scripts", "pipenv"}
 LOCK_NAMES = {"packages": "default", "dev-packages": "develop"}
+# Provider files that are tooling, run from the checkout (`run_deploy_script`), never shipped.
+NOT_SHIPPED = ("deploy.py",)
+# The one import on the serving path a bundle never takes: `prediction.model_source: registry`
+# (the bundle's config always serves the local champion it carries, `bundle_config_text`).
+NOT_FOLLOWED = ("ml_project.registry",)
+MODULE_NAME = re.compile(rf"\b{PACKAGE}(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 
 class SetupError(RuntimeError):
@@ -131,9 +142,10 @@ def read_pipfile(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return categories, lock
 
 
-def champion_files(config: Config) -> tuple[Path, list[str]]:
-    """The champion's folder and the files to ship (metadata.json and the files it names),
-    after their checksums match: a bundle never carries a model that would not load."""
+def champion_files(config: Config) -> tuple[Path, list[str], dict[str, Any]]:
+    """The champion's folder, the files to ship (metadata.json and the files it names), after
+    their checksums match (a bundle never carries a model that would not load), and its
+    metadata."""
     from ml_project.export import ArtifactError, read_metadata, sha256_of
 
     directory = config.model_artifacts_dir / ALIAS
@@ -151,7 +163,7 @@ def champion_files(config: Config) -> tuple[Path, list[str]]:
             raise SetupError(f"{path} is missing or does not match its checksum: re-run the "
                              f"modelling use case ({MODELLING_HINT})")
         names.append(path.name)
-    return directory, names
+    return directory, names, metadata
 
 
 def artifacts_location(config: Config) -> Path:
@@ -185,12 +197,84 @@ def bundle_config_text(config_file: Path, config: Config) -> str:
     return header + yaml.safe_dump(content, sort_keys=False)
 
 
-def copy_package(source: Path, target: Path) -> None:
-    """The package's .py files, no caches."""
-    for path in sorted(source.rglob("*.py")):
-        if "__pycache__" in path.parts:
+def module_file(package_root: Path, name: str) -> Path | None:
+    """The file of module `name` (`ml_project.serving.launcher`) under the folder holding the
+    package, a package's `__init__.py` for a package; None if `name` is no module of it (a
+    name after the module, as in `ml_project.engineer.tenure_band`)."""
+    path = package_root.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(path: Path, name: str) -> tuple[set[str], set[Path]]:
+    """The package's modules that module `name` (at `path`) imports anywhere in it, functions
+    included (`import ml_project.x`, `from ml_project.x import y`: y itself, if a module), and
+    the files beside it that it names (`gunicorn.conf.py`, which the launcher reads)."""
+    found: set[str] = set()
+    files: set[Path] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and node.value.endswith(".py") and "/" not in node.value \
+                and (path.parent / node.value).is_file():
+            files.add(path.parent / node.value)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: against this module's package, a level up per dot
+                package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, *([base] if base else [])])
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {module for module in found if module.split(".")[0] == PACKAGE}, files
+
+
+def serving_modules(package_root: Path, roots: set[str]) -> list[Path]:
+    """The package's files that the modules `roots` import, directly or not (the packages'
+    `__init__.py` files included, and the files a module names beside it), without following
+    NOT_FOLLOWED."""
+    seen: set[str] = set()
+    files: set[Path] = set()
+    waiting = sorted(roots)
+    while waiting:
+        name = waiting.pop()
+        if name in seen or name in NOT_FOLLOWED:
             continue
-        destination = target / path.relative_to(source)
+        seen.add(name)
+        path = module_file(package_root, name)
+        if path is None:
+            continue
+        files.add(path)
+        parts = name.split(".")
+        waiting += [".".join(parts[:end]) for end in range(1, len(parts))]  # its packages
+        modules, named = imported_modules(path, name)
+        files.update(named)
+        waiting += sorted(modules - seen)
+    return sorted(files)
+
+
+def entry_modules(provider_files: Path, metadata: dict[str, Any]) -> set[str]:
+    """What a bundle's entry point runs of the package: every module the provider's files name
+    (a Procfile's command, an app.yaml entrypoint, a handler's imports), and every module of the
+    package the artifact's pickle refers to (a feature step's, a custom estimator's: the types
+    skops would have to trust, recorded at training)."""
+    names: set[str] = set()
+    for path in provider_files.rglob("*"):
+        if path.is_file() and path.name not in NOT_SHIPPED and "__pycache__" not in path.parts:
+            names.update(MODULE_NAME.findall(path.read_text(errors="replace")))
+    for type_name in metadata.get("skops_trusted_types") or ():
+        parts = str(type_name).split(".")
+        names.update(".".join(parts[:end]) for end in range(2, len(parts)) if parts[0] == PACKAGE)
+    return names
+
+
+def copy_package(root: Path, files: list[Path], target: Path) -> None:
+    """The package's files given, at their place under `target`."""
+    for path in files:
+        destination = target / path.relative_to(root)
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, destination)
 
@@ -208,14 +292,15 @@ def build(root: Path, provider: str, config_file: Path) -> Bundle:
                              root=root)
     except ConfigError as err:
         raise SetupError(str(err)) from err
-    champion, names = champion_files(config)
+    champion, names, metadata = champion_files(config)
+    package = serving_modules(root, entry_modules(provider_files, metadata))
     pipfile, lock = read_pipfile(root)
     requirements = serving_requirements(pipfile, lock, provider)
 
     directory = bundle_dir(root, provider)
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    copy_package(root / PACKAGE, directory / PACKAGE)
+    copy_package(root, package, directory)
     (directory / CONFIG_FILE).write_text(bundle_config_text(config_file, config))
     artifacts = directory / artifacts_location(config) / ALIAS
     artifacts.mkdir(parents=True)
@@ -225,7 +310,7 @@ def build(root: Path, provider: str, config_file: Path) -> Bundle:
         "# Serving dependencies only, pinned from Pipfile.lock by executables/cloud_setup.sh\n"
         + "\n".join(requirements) + "\n")
     for path in sorted(provider_files.rglob("*")):
-        if path.is_dir() or "__pycache__" in path.parts:
+        if path.is_dir() or "__pycache__" in path.parts or path.name in NOT_SHIPPED:
             continue
         destination = directory / path.relative_to(provider_files)
         if destination.exists():
@@ -291,15 +376,17 @@ def add_sagemaker_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_deploy_script(bundle: Bundle, args: argparse.Namespace) -> int:
-    """The bundle's own deploy.py with the options given: it pushes and deploys only with an
-    explicit --aws-account-id and a Docker engine, else it prints the commands (exit 0)."""
-    forwarded = []
+    """The provider's deploy.py, from the checkout, on the bundle, with the options given: it
+    pushes and deploys only with an explicit --aws-account-id and a Docker engine, else it
+    prints the commands (exit 0)."""
+    forwarded = ["--bundle", str(bundle.directory)]
     for option in ("aws_account_id", "region", "name", "image_tag", "role_arn", "instance_type"):
         value = getattr(args, option, None)
         if value is not None:
             forwarded += [f"--{option.replace('_', '-')}", str(value)]
-    return subprocess.run([sys.executable, "deploy.py", *forwarded],  # nosec B603
-                          cwd=bundle.directory).returncode
+    module = f"deployment.{bundle.provider}.deploy"
+    return subprocess.run([sys.executable, "-m", module, *forwarded],  # nosec B603
+                          cwd=bundle.root).returncode
 
 
 HOOKS.update({

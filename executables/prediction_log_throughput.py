@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ml_project.config import database_url
-from ml_project.prediction_log.records import LogRecord
 from ml_project.prediction_log.log import PredictionLog
+from ml_project.prediction_log.records import LogRecord
 
 INPUT: dict[str, Any] = {  # a request of the shipped example's size
     "customer_id": "C000001", "event_time": "2026-01-01T00:16:17", "tenure_months": 36,

@@ -150,9 +150,9 @@ def local_api_answers(trained_project: Path, tmp_path_factory: pytest.TempPathFa
                       ) -> list[tuple[int, str, bytes]]:
     """What the local FastAPI app answers to tests.deployment_helpers.PREDICT_REQUESTS: the
     bytes every deployed provider must send back too."""
-    from ml_project.serving.fastapi_app import create_app
     from ml_project.predict import PredictionService
     from ml_project.prediction_log.log import PredictionLog
+    from ml_project.serving.fastapi_app import create_app
     from tests.deployment_helpers import answers
     from tests.serving import load_serving_config, serve_in_thread, write_serving_config
 

@@ -19,12 +19,12 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import requests
 
-from ml_project.serving.client import PredictionClient
 from ml_project.config import PROJECT_ROOT
+from ml_project.serving.client import PredictionClient
 from tests.serving import instance
 
 # What cloud_setup.sh reads from a checkout, besides the config and the trained champion.
@@ -74,6 +74,21 @@ def run_cloud_setup(project: Path, *arguments: str) -> subprocess.CompletedProce
     environment["VIRTUAL_ENV"] = sys.prefix
     return subprocess.run(["bash", "executables/cloud_setup.sh", *arguments], cwd=project,
                           env=environment, capture_output=True, text=True, timeout=300)
+
+
+def run_deploy_script(project: Path, provider: str, *arguments: str, tools: Path | None = None,
+                      variables: Mapping[str, str] | None = None
+                      ) -> subprocess.CompletedProcess[str]:
+    """`python -m deployment.PROVIDER.deploy ARGUMENTS` as cloud_setup.sh runs it: from the
+    checkout `project`, with this test run's Python (tooling, never shipped in a bundle), the
+    `tools` folder first on PATH and `variables` set."""
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in LEAKING_VARIABLES}
+    if tools is not None:
+        environment["PATH"] = f"{tools}{os.pathsep}{environment.get('PATH', '')}"
+    return subprocess.run([sys.executable, "-m", f"deployment.{provider}.deploy", *arguments],
+                          cwd=project, env={**environment, **(variables or {})},
+                          capture_output=True, text=True, timeout=120)
 
 
 def git_status(project: Path, *options: str) -> str:

@@ -101,6 +101,18 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
     return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in logical]
 
 
+def image_environment(parsed: list[tuple[str, str]]) -> dict[str, str]:
+    """The final stage's ENV (KEY=VALUE pairs)."""
+    final = parsed[max(i for i, (name, _) in enumerate(parsed) if name == "FROM"):]
+    environment: dict[str, str] = {}
+    for name, arguments in final:
+        if name == "ENV":
+            for pair in shlex.split(arguments):
+                key, _, value = pair.partition("=")
+                environment[key] = value
+    return environment
+
+
 def copy_sources(parsed: list[tuple[str, str]]) -> list[str]:
     """The build-context paths the COPY instructions read (not those from other stages)."""
     sources = []

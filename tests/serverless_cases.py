@@ -1,9 +1,10 @@
-"""The requests every serverless handler must answer as the local API does, and how to compare.
+"""The requests every cloud entry point must answer as the local API does, and how to compare.
 
 A case is (name, method, path, body, headers). `local_answers` sends each to a running local
 API; `comparable` reduces an answer to what must be identical: status, content type, Allow
 header and the JSON body without its request id (and, for /health, without the counters, which
-depend on what each process has served and written).
+depend on what each process has served and written). The event builders make the Lambda events
+API Gateway and Function URLs send for a case.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from typing import Any, Iterator, NamedTuple
 
 import pytest
 import requests
+from fastapi import FastAPI
+from flask import Flask
 
-from ml_project.serving.fastapi_app import create_app
-from ml_project.serving.endpoints import API_KEY_ENV
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
-from ml_project.serving.serverless import Route, ServerlessApp
+from ml_project.serving.bundle import load_bundle
+from ml_project.serving.endpoints import API_KEY_ENV
+from ml_project.serving.fastapi_app import create_app
+from ml_project.serving.flask_app import create_flask_app
 from tests.serving import (
     INSTANCE,
     instance,
@@ -126,12 +130,19 @@ def local_api(bundle: Path) -> Iterator[dict[str, Comparable]]:
         log.close()
 
 
-def keyed_app(bundle: Path, routes: dict[str, tuple[str, Route]] | None = None) -> ServerlessApp:
-    """The serverless app over `bundle`, requiring the API key KEY."""
+def keyed_app(bundle: Path) -> FastAPI:
+    """The FastAPI app over `bundle`'s service, as a cloud entry point creates it, requiring
+    the API key KEY."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(API_KEY_ENV, KEY)
-        return ServerlessApp.load(bundle) if routes is None else ServerlessApp.load(
-            bundle, routes=routes)
+        return create_app(*load_bundle(bundle))
+
+
+def keyed_flask_app(bundle: Path) -> Flask:
+    """The same, as the Flask app."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(API_KEY_ENV, KEY)
+        return create_flask_app(*load_bundle(bundle))
 
 
 # Lambda events as API Gateway and Function URLs send them (the fields the handler reads, and
@@ -154,8 +165,9 @@ def rest_api_event(case: Case) -> dict[str, Any]:
     }
 
 
-def http_api_event(case: Case, stage: str = "prod", base64: bool = False) -> dict[str, Any]:
-    """API Gateway HTTP API, payload 2.0; a named stage prefixes rawPath."""
+def http_api_event(case: Case, stage: str = "$default", base64: bool = False) -> dict[str, Any]:
+    """API Gateway HTTP API, payload 2.0, its default stage (main.tf's); a named stage prefixes
+    rawPath and the path."""
     prefix = "" if stage == "$default" else f"/{stage}"
     body: str | None = _text_body(case)
     if base64 and case.body:
@@ -203,10 +215,11 @@ EVENT_SHAPES = {
 
 
 def proxy_comparable(response: dict[str, Any], method: str) -> Comparable:
-    """A proxy response reduced as `comparable` reduces an HTTP answer."""
+    """A proxy response reduced as `comparable` reduces an HTTP answer (header names in any
+    case, as HTTP has them)."""
     body = response["body"].encode()
     if response.get("isBase64Encoded"):
         body = b64.b64decode(body)
-    headers = response["headers"]
-    return comparable(response["statusCode"], headers["Content-Type"], headers.get("Allow"),
-                      b"" if method == "HEAD" else body)
+    headers = {name.lower(): value for name, value in (response.get("headers") or {}).items()}
+    return comparable(response["statusCode"], headers.get("content-type", ""),
+                      headers.get("allow"), b"" if method == "HEAD" else body)

@@ -17,7 +17,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import psutil
 import uvicorn
@@ -26,11 +26,11 @@ from fastapi import FastAPI
 from flask import Flask
 from werkzeug.serving import make_server
 
-from ml_project.serving.client import PredictionClient
 from ml_project.config import PROJECT_ROOT, Config, _merge, load_config
-from ml_project.serving.endpoints import API_KEY_ENV
 from ml_project.ingest import stream_production_instances
 from ml_project.schemas import InstanceValidator, InvalidInstance
+from ml_project.serving.client import PredictionClient
+from ml_project.serving.endpoints import API_KEY_ENV
 
 
 def write_serving_config(trained_project: Path, root: Path, overrides: dict[str, Any] | None = None
@@ -108,17 +108,18 @@ def serve_in_thread(app: FastAPI | Flask) -> Iterator[str]:
 
 @contextmanager
 def launch_server(config_file: Path, output: Path, framework: str = "fastapi",
-                  environment: dict[str, str] | None = None, workers: int = 1
-                  ) -> Iterator[tuple[str, psutil.Process]]:
-    """The launcher on 127.0.0.1 and a free port with `workers` worker processes, its output in
-    `output`, rooted at the config file's folder; yields the base URL once /ready answers, and
-    the server process. Stopped with SIGTERM, as a container runtime would."""
+                  environment: dict[str, str] | None = None, workers: int = 1,
+                  arguments: Sequence[str] = ()) -> Iterator[tuple[str, psutil.Process]]:
+    """The launcher on 127.0.0.1 and a free port with `workers` worker processes (and further
+    `arguments`), its output in `output`, rooted at the config file's folder; yields the base
+    URL once /ready answers, and the server process. Stopped with SIGTERM, as a container
+    runtime would."""
     port = free_port()
     with output.open("w") as output_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "ml_project.serving.launcher", framework, "--host", "127.0.0.1",
              "--port", str(port), "--workers", str(workers), "--config", str(config_file),
-             "--root", str(config_file.parent)],
+             "--root", str(config_file.parent), *arguments],
             cwd=PROJECT_ROOT, stdout=output_file, stderr=subprocess.STDOUT,
             env={**os.environ, **(environment or {})}, start_new_session=True,
         )
@@ -155,7 +156,7 @@ INSTANCE: dict[str, Any] = {
 }
 
 
-# From a stop signal to the exit when a worker is still booting: its boot plus the stop, far
+# From a stop signal to the exit when a worker may still be booting: its boot plus the stop, far
 # under gunicorn's graceful_timeout (30 s), which is what a lost stop signal costs.
 BOOT_STOP_SECONDS = 15
 

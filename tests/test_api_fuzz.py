@@ -28,10 +28,10 @@ import requests
 import schemathesis
 from schemathesis.engine import Status, events
 
-from ml_project.serving.fastapi_app import create_app
-from ml_project.serving.endpoints import API_KEY_ENV, API_KEY_HEADER
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
+from ml_project.serving.endpoints import API_KEY_ENV, API_KEY_HEADER
+from ml_project.serving.fastapi_app import create_app
 from tests.serving import (
     launch_server,
     load_serving_config,

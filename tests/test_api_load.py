@@ -21,10 +21,10 @@ from typing import Any
 import psutil
 import pytest
 
-from ml_project.serving.client import Answer, PredictionClient, format_latencies
 from ml_project.ingest import stream_production_instances
 from ml_project.prediction_log.log import PredictionLog
 from ml_project.schemas import InstanceValidator, InvalidInstance
+from ml_project.serving.client import Answer, PredictionClient, format_latencies
 from tests.serving import launch_server, load_serving_config, write_serving_config
 
 CLIENTS = 8

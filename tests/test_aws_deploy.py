@@ -6,7 +6,7 @@ first failure stops them. Stand-in `docker`, `aws` and `terraform` programs reco
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from pathlib import Path
 from types import ModuleType
 
@@ -16,12 +16,9 @@ from ml_project.config import PROJECT_ROOT
 
 
 def deploy_script(provider: str) -> ModuleType:
-    path = PROJECT_ROOT / "deployment" / provider / "deploy.py"
-    spec = importlib.util.spec_from_file_location(f"deploy_{provider}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """`deployment.PROVIDER.deploy`, the module `python -m` runs from the checkout."""
+    assert (PROJECT_ROOT / "deployment" / provider / "deploy.py").is_file()
+    return importlib.import_module(f"deployment.{provider}.deploy")
 
 
 def stand_ins(folder: Path, calls: Path, failing: str = "") -> None:
@@ -86,3 +83,24 @@ def test_with_account_region_and_engine_every_step_runs_and_a_failure_stops_them
     monkeypatch.setenv("PATH", str(tmp_path / "failing"))
     assert deploy_script("aws_lambda").main(arguments) == 1
     assert "error: failed: terraform" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("provider", ["aws_lambda", "aws_sagemaker"])
+def test_the_bundle_is_the_build_context_by_default_the_checkouts_own(
+    provider: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Run from the checkout: --bundle names the folder cloud_setup.sh built, by default
+    output/deployment/PROVIDER; the image is built from it (and Terraform runs in it)."""
+    stand_ins(tmp_path / "bin", tmp_path / "calls.txt")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    elsewhere = tmp_path / "bundle"
+
+    for arguments, folder in (([], f"output/deployment/{provider}"),
+                              (["--bundle", str(elsewhere)], str(elsewhere))):
+        assert deploy_script(provider).main(["--region", "eu-west-1", *arguments]) == 0
+        printed = capsys.readouterr().out
+        assert f"docker build --platform linux/amd64 -t ml-project:latest {folder}\n" in printed
+        if provider == "aws_lambda":
+            assert f"terraform -chdir={folder} apply" in printed
+    assert not (tmp_path / "calls.txt").exists()

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
+import subprocess
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -20,18 +23,50 @@ from deployment.cloud_setup import (
     PROVIDERS,
     bundle_config_text,
     bundle_dir,
+    entry_modules,
     main,
     read_pipfile,
+    serving_modules,
     serving_requirements,
 )
-from ml_project.config import PROJECT_ROOT, load_config
+from ml_project.config import OUTPUT_DIR_ENV, PREDICTION_LOG_ENV, PROJECT_ROOT, load_config
+from tests import entry_modes
 from tests.conftest import write_project
-from tests.deployment_helpers import git_status, make_deployable_project, run_cloud_setup
+from tests.deployment_helpers import (
+    PREDICT_REQUESTS,
+    BundleVirtualenvs,
+    bundle_environment,
+    git_status,
+    make_deployable_project,
+    run_cloud_setup,
+)
+from tests.provider_checks import python_with_extras
 
 # Packages of training, tracking, monitoring, plotting: never on a deployed server.
 TRAINING_PACKAGES = {"mlflow", "mlflow-skinny", "mlflow-tracing", "evidently", "pandera",
                      "matplotlib", "skops", "tqdm", "lightgbm", "ml-project"}
+# The package's modules of training, tracking and monitoring: never in a bundle either.
+TRAINING_MODULES = {f"ml_project.{name}" for name in (
+    "train", "tracking", "registry", "monitor", "monitoring_data", "validate", "batch", "ingest",
+    "metrics")}
+# Provider files that are tooling, run from the checkout on the bundle: never in it.
+TOOLING = {"deploy.py"}
 PROVIDERS_HERE = [name for name in PROVIDERS if (PROJECT_ROOT / "deployment" / name).is_dir()]
+# Every way a provider's files run the bundle (tests/entry_modes.py runs each): the launcher in
+# both frameworks wherever a file runs it (a Procfile, app.yaml's entrypoint, a CMD, `serve`),
+# and each imported entry point (a handler, a function, a WSGI `main:app`).
+ENTRY_MODES = {
+    "heroku": ("launcher:fastapi", "launcher:flask"),
+    "google_app_engine": ("launcher:fastapi", "launcher:flask", "wsgi_main"),
+    "google_cloud_function": ("cloud_function",),
+    "aws_lambda": ("lambda_handler",),
+    "aws_sagemaker": ("sagemaker_serve", "launcher:flask"),
+    "container": ("launcher:fastapi", "launcher:flask"),
+}
+# The provider file each imported entry mode runs (the launcher modes run the package's own).
+MODE_FILES = {"sagemaker_serve": "serve", "lambda_handler": "lambda_function.py",
+              "cloud_function": "main.py", "wsgi_main": "main.py"}
+MODULE_NAME = re.compile(r"\bml_project(?:\.[A-Za-z_]\w*)+")
 
 
 def lock() -> dict[str, dict[str, dict[str, str]]]:
@@ -107,22 +142,199 @@ def test_bundle_holds_the_provider_files_the_package_the_config_and_the_champion
     provider_files = deployable_project / "deployment" / provider
     for source in (path for path in provider_files.rglob("*") if path.is_file()):
         copy = bundle / source.relative_to(provider_files)
+        if source.name in TOOLING:
+            assert not copy.exists(), copy  # run from the checkout, on the bundle
+            continue
         assert copy.read_bytes() == source.read_bytes()
         assert stat.S_IMODE(copy.stat().st_mode) == stat.S_IMODE(source.stat().st_mode)
-    package = deployable_project / "ml_project"
-    assert sorted(p.relative_to(bundle) for p in (bundle / "ml_project").rglob("*")
-                  if p.is_file()) == sorted(p.relative_to(deployable_project)
-                                            for p in package.rglob("*.py"))
+    assert not (bundle / "deployment").exists()  # nor the tooling it imports
+    shipped = package_files(bundle)
+    assert shipped and all(name.endswith(".py") for name in shipped)
+    for name in shipped:  # the checkout's own files, unchanged
+        assert (bundle / name).read_bytes() == (deployable_project / name).read_bytes(), name
+    for name in named_modules(provider_files):  # what a provider file runs is there
+        path = name.replace(".", "/")
+        assert {f"{path}.py", f"{path}/__init__.py"} & shipped, name
+    assert not TRAINING_MODULES & shipped_modules(shipped)
     config_file = deployable_project / "project_config.yaml"
     assert (bundle / "project_config.yaml").read_bytes() == config_file.read_bytes()
     champion = deployable_project / "data" / "model_artifacts" / "champion"
     metadata = json.loads((champion / "metadata.json").read_text())
-    shipped = sorted(path.name for path in (bundle / "data/model_artifacts/champion").iterdir())
-    assert shipped == sorted(["metadata.json", metadata["artifact_file"],
-                              metadata["reference_file"]])
-    for name in shipped:
+    shipped_artifacts = sorted(path.name for path in
+                               (bundle / "data/model_artifacts/champion").iterdir())
+    assert shipped_artifacts == sorted(["metadata.json", metadata["artifact_file"],
+                                        metadata["reference_file"]])
+    for name in shipped_artifacts:
         assert (bundle / "data/model_artifacts/champion" / name).read_bytes() == (
             champion / name).read_bytes()
+
+
+def package_files(bundle: Path) -> set[str]:
+    """The bundle's files of the package, relative to the bundle (`ml_project/cli.py`)."""
+    return {path.relative_to(bundle).as_posix() for path in (bundle / "ml_project").rglob("*")
+            if path.is_file()}
+
+
+def is_module(name: str) -> bool:
+    """A file Python imports as a module (`gunicorn.conf.py` is read by path instead)."""
+    return all(part.isidentifier() for part in name.removesuffix(".py").split("/"))
+
+
+def shipped_modules(files: set[str]) -> set[str]:
+    """The module names of package files; a package's `__init__.py` is the package."""
+    return {name.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+            for name in files if is_module(name)}
+
+
+def named_modules(provider_files: Path) -> set[str]:
+    """The package's modules the provider's shipped files name (imports, commands)."""
+    return {name for path in provider_files.rglob("*")
+            if path.is_file() and path.name not in TOOLING
+            for name in MODULE_NAME.findall(path.read_text(errors="replace"))}
+
+
+def test_every_provider_has_its_entry_modes() -> None:
+    """Each provider's modes are the ways its files run the bundle, every mode is used."""
+    assert set(ENTRY_MODES) == set(PROVIDERS_HERE)
+    assert {mode for modes in ENTRY_MODES.values() for mode in modes} == set(entry_modes.MODES)
+    for provider, modes in ENTRY_MODES.items():
+        provider_files = PROJECT_ROOT / "deployment" / provider
+        runs_launcher = "ml_project.serving.launcher" in named_modules(provider_files)
+        frameworks = {mode for mode in modes if mode.startswith("launcher:")}
+        if "sagemaker_serve" in modes:  # `serve` runs the launcher with FastAPI
+            frameworks.add("launcher:fastapi")
+        assert runs_launcher == (frameworks == {"launcher:fastapi", "launcher:flask"}), provider
+        for mode in modes:
+            if mode in MODE_FILES:
+                assert (provider_files / MODE_FILES[mode]).is_file(), (provider, mode)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {path.relative_to(folder).as_posix(): path.read_bytes()
+            for path in folder.rglob("*") if path.is_file()}
+
+
+def run_entry_mode(python: Path, bundle: Path, mode: str, output: Path) -> dict[str, Any]:
+    """tests/entry_modes.py MODE in the bundle's virtualenv, the bundle as working directory;
+    what it writes goes to `output`."""
+    output.mkdir()
+    environment = bundle_environment(python, **{
+        OUTPUT_DIR_ENV: str(output), PREDICTION_LOG_ENV: f"sqlite:///{output / 'log.db'}",
+        "PYTHONDONTWRITEBYTECODE": "1"})
+    code = f"import runpy; runpy.run_path({entry_modes.__file__!r}, run_name='__main__')"
+    result = subprocess.run([str(python), "-c", code, mode, PREDICT_REQUESTS[0][1].decode()],
+                            cwd=bundle, env=environment, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, f"{mode}:\n{result.stdout}\n{result.stderr}"
+    lines = [line for line in result.stdout.splitlines()
+             if line.startswith(entry_modes.RESULT_MARKER)]
+    assert lines, f"{mode}:\n{result.stdout}\n{result.stderr}"
+    outcome: dict[str, Any] = json.loads(lines[-1].removeprefix(entry_modes.RESULT_MARKER))
+    return outcome
+
+
+def test_a_bundle_ships_only_what_serving_imports(
+    built: tuple[str, Path], bundle_virtualenvs: BundleVirtualenvs, tmp_path: Path
+) -> None:
+    """Each entry mode the provider's files offer, run in the bundle's own virtualenv until it
+    answered a prediction: together they import every module the bundle ships, and the bundle
+    ships nothing else (a file beside them only if the launcher reads it)."""
+    provider, bundle = built
+    python = python_with_extras(bundle_virtualenvs, bundle / "requirements.txt", provider,
+                                tmp_path)
+    shipped = package_files(bundle)
+    assert not TRAINING_MODULES & shipped_modules(shipped)
+    before = snapshot(bundle)
+
+    imported: set[str] = set()
+    read: set[str] = set()
+    for mode in ENTRY_MODES[provider]:
+        outcome = run_entry_mode(python, bundle, mode, tmp_path / mode.replace(":", "-"))
+        assert outcome["status"] == 200, mode
+        assert outcome["package_file"] == str((bundle / "ml_project" / "__init__.py").resolve())
+        imported |= set(outcome["modules"])
+        read |= set(outcome["files"])
+
+    modules = shipped_modules(shipped)
+    assert imported == modules, (f"shipped, never imported: {sorted(modules - imported)}; "
+                                 f"imported, not shipped: {sorted(imported - modules)}")
+    assert read == {name for name in shipped if not is_module(name)}
+    assert snapshot(bundle) == before  # every mode wrote where the environment said
+
+
+def write_files(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+def test_serving_modules_follow_every_import_of_the_entry_modules_but_the_registry(
+    tmp_path: Path
+) -> None:
+    """Relative and absolute imports, at the top, in functions or for type checking only; the
+    packages of each module; a file a module names beside it. Not the registry (a bundle always
+    serves the champion it carries), nor what only it imports, nor anything not imported."""
+    write_files(tmp_path, {
+        "ml_project/__init__.py": "",
+        "ml_project/serving/__init__.py": "",
+        "ml_project/serving/entry.py": (
+            "from __future__ import annotations\n"
+            "from typing import TYPE_CHECKING\n"
+            "from . import core\n"
+            "from ..config import Config\n"
+            "SETTINGS = 'server.conf.py'\n"
+            "if TYPE_CHECKING:\n"
+            "    from ml_project.typing_only import Alias\n"
+            "def later():\n"
+            "    import ml_project.lazy\n"
+            "    from ml_project.registry import load\n"),
+        "ml_project/serving/core.py": "import json\nfrom ml_project import helpers\n",
+        "ml_project/serving/server.conf.py": "workers = 2\n",
+        "ml_project/serving/unused.py": "",
+        "ml_project/config.py": "",
+        "ml_project/helpers.py": "from ml_project.helpers import *  # itself: no loop\n",
+        "ml_project/lazy.py": "",
+        "ml_project/typing_only.py": "",
+        "ml_project/registry.py": "import ml_project.train\n",
+        "ml_project/train.py": "",
+    })
+
+    files = serving_modules(tmp_path, {"ml_project.serving.entry"})
+
+    assert sorted(path.relative_to(tmp_path).as_posix() for path in files) == [
+        "ml_project/__init__.py", "ml_project/config.py", "ml_project/helpers.py",
+        "ml_project/lazy.py", "ml_project/serving/__init__.py", "ml_project/serving/core.py",
+        "ml_project/serving/entry.py", "ml_project/serving/server.conf.py",
+        "ml_project/typing_only.py"]
+
+
+def test_entry_modules_are_what_the_provider_files_name_and_the_models_package_types(
+    tmp_path: Path
+) -> None:
+    """A model whose pickle refers to a module of the package (a custom feature step) gets it
+    shipped; the deploy tooling's imports, compiled caches (which the bundle does not get) and
+    other libraries' types do not count."""
+    provider = tmp_path / "deployment" / "somewhere"
+    write_files(provider, {
+        "Procfile": "web: python -m ml_project.serving.launcher fastapi --port $PORT\n",
+        "handler.py": "from ml_project.serving.bundle import app_of\n",
+        "deploy.py": "from ml_project.tracking import log_run\n",
+        "__pycache__/handler.cpython-311.pyc": "ml_project.monitor (a stale compiled copy)",
+    })
+    metadata = {"skops_trusted_types": ["ml_project.custom_steps.Ratio", "sklearn.pipeline.Pipeline",
+                                        "ml_project.engineer.tenure_band", "numpy.dtype"]}
+
+    names = entry_modules(provider, metadata)
+
+    assert {"ml_project.serving.launcher", "ml_project.serving.bundle", "ml_project.custom_steps",
+            "ml_project.engineer"} <= names
+    assert all(name.startswith("ml_project.") for name in names)
+    assert not any(name.startswith(("ml_project.tracking", "ml_project.monitor"))
+                   for name in names)
+    shipped = serving_modules(PROJECT_ROOT, names)
+    assert PROJECT_ROOT / "ml_project" / "engineer.py" in shipped
+    assert not {PROJECT_ROOT / "ml_project" / f"{name.split('.')[-1]}.py"
+                for name in TRAINING_MODULES} & set(shipped)
 
 
 def test_requirements_are_the_serving_set_pinned_at_the_trained_versions(

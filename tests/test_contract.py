@@ -21,11 +21,11 @@ from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from ml_project.config import Config, load_config
-from ml_project.serving.endpoints import PredictionEndpoints
 from ml_project.ingest import read_in_chunks, stream_production_instances
 from ml_project.predict import PredictionService
-from ml_project.serving.request_model import build_request_model
 from ml_project.schemas import InstanceValidator, InvalidInstance
+from ml_project.serving.endpoints import PredictionEndpoints
+from ml_project.serving.request_model import build_request_model
 from ml_project.train import build_pipeline, build_reference_sample, split_holdout
 from ml_project.validate import validate_production_data
 

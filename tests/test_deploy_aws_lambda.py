@@ -1,13 +1,15 @@
 """The Lambda function, proven without an AWS account or a Docker engine: the bundle's handler,
-in a virtualenv holding exactly the bundle's requirements.txt (awslambdaric included), answers
-REST API (1.0), HTTP API (2.0), Function URL and direct events read from JSON files with the
-local API's bytes; the Dockerfile lints and names only bundle files; main.tf parses; nothing is
-pushed without an explicit account id and a Docker engine, and then the right commands run."""
+in a virtualenv holding exactly the bundle's requirements.txt (awslambdaric and Mangum
+included), answers REST API (1.0), HTTP API (2.0), Function URL, load balancer and direct events
+read from JSON files with the local API's bytes, and malformed events with a 4xx, never an
+exception; the Dockerfile lints and names only bundle files; main.tf parses; the deploy script
+(run from the checkout on the bundle, never shipped in it) pushes nothing without an explicit
+account id and a Docker engine, and then the right commands run."""
 
 from __future__ import annotations
 
+import base64
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -20,7 +22,9 @@ from tests.deployment_helpers import (
     PREDICT_REQUESTS,
     BundleVirtualenvs,
     bundle_environment,
+    git_status,
     run_cloud_setup,
+    run_deploy_script,
     without_request_id,
 )
 from tests.provider_checks import (
@@ -47,8 +51,21 @@ from tests.serverless_cases import (
 )
 
 PROVIDER = "aws_lambda"
+
+
+def load_balancer_event(case: Case) -> dict[str, Any]:
+    """An Application Load Balancer's event for a Lambda target (multi-value headers off)."""
+    return {
+        "requestContext": {"elb": {"targetGroupArn": "arn:aws:elasticloadbalancing:eu-west-1:"
+                                                     "000000000000:targetgroup/ml-project/0"}},
+        "httpMethod": case.method, "path": case.path, "queryStringParameters": {},
+        "headers": {name.lower(): value for name, value in case.headers.items()},
+        "body": case.body.decode("utf-8"), "isBase64Encoded": False,
+    }
+
+
 SHAPES = {"rest_api_v1": rest_api_event, "http_api_v2": http_api_event,
-          "function_url": function_url_event}
+          "function_url": function_url_event, "load_balancer": load_balancer_event}
 
 
 @pytest.fixture(scope="module")
@@ -79,31 +96,109 @@ def events_for(path: str, body: bytes) -> dict[str, dict[str, Any]]:
     return events
 
 
-def test_the_bundle_handler_answers_every_event_shape_as_the_local_api(
-    bundle: Path, python: Path, local_api_answers: list[tuple[int, str, bytes]], tmp_path: Path
-) -> None:
-    files: list[Path] = []
-    expected: list[tuple[str, tuple[int, str, bytes]]] = []
-    for (path, body), answer in zip(PREDICT_REQUESTS, local_api_answers):
-        for shape, event in events_for(path, body).items():
-            file = tmp_path / f"{len(files)}-{shape}.json"
-            file.write_text(json.dumps(event))
-            files.append(file)
-            expected.append((shape, answer))
-    assert {shape for shape, _ in expected} == {*SHAPES, "direct"}
-
+def invoke_local(python: Path, bundle: Path, events: list[Any], folder: Path
+                 ) -> tuple[list[dict[str, Any]], str]:
+    """The bundle's invoke_local.py on `events` (one JSON file each): the handler's responses,
+    in order, and what it logged. It exits 0: no event raised out of the handler."""
+    folder.mkdir()
+    files = []
+    for number, event in enumerate(events):
+        files.append(folder / f"{number}.json")
+        files[-1].write_text(json.dumps(event))
     result = subprocess.run([str(python), "invoke_local.py", *map(str, files)], cwd=bundle,
                             env=bundle_environment(python), capture_output=True, text=True,
                             timeout=300)
-
     assert result.returncode == 0, result.stderr
     responses = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(responses) == len(files)
-    for response, (shape, (status, content_type, body)) in zip(responses, expected):
-        got = (response["statusCode"], response["headers"]["Content-Type"],
-               without_request_id(response["body"].encode()))
-        assert got == (status, content_type, body), shape
-    assert result.stderr.count("Serving ") == 1  # loaded once for all the events
+    assert len(responses) == len(events), result.stdout
+    return responses, result.stderr
+
+
+def proxy_answer(response: dict[str, Any]) -> tuple[int, str, bytes]:
+    """Status, content type and body of a proxy response, as `answers` reads an HTTP answer:
+    header names in any case (HTTP's), the body decoded if the response says it is base64."""
+    headers = {name.lower(): value for name, value in response["headers"].items()}
+    body = response["body"].encode()
+    if response["isBase64Encoded"]:
+        body = base64.b64decode(body)
+    return response["statusCode"], headers["content-type"], without_request_id(body)
+
+
+def test_the_bundle_handler_answers_every_event_shape_as_the_local_api(
+    bundle: Path, python: Path, local_api_answers: list[tuple[int, str, bytes]], tmp_path: Path
+) -> None:
+    events: list[dict[str, Any]] = []
+    expected: list[tuple[str, tuple[int, str, bytes]]] = []
+    for (path, body), answer in zip(PREDICT_REQUESTS, local_api_answers):
+        for shape, event in events_for(path, body).items():
+            events.append(event)
+            expected.append((shape, answer))
+    assert {shape for shape, _ in expected} == {*SHAPES, "direct"}
+
+    responses, logged = invoke_local(python, bundle, events, tmp_path / "events")
+
+    for response, (shape, answer) in zip(responses, expected):
+        assert proxy_answer(response) == answer, shape
+    assert logged.count("Serving ") == 1  # loaded once for all the events
+
+
+PREDICT_CASE = Case("/predict", "POST", "/predict", PREDICT_REQUESTS[0][1],
+                    {"Content-Type": "application/json"})
+
+
+def changed(event: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    """A copy of `event` with the field at `path` set to `value`, or removed for `...`."""
+    copy: dict[str, Any] = json.loads(json.dumps(event))
+    target = copy
+    for key in path[:-1]:
+        target = target[key]
+    if value is ...:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return copy
+
+
+# Events no source sends: each field of the wrong type (or missing) that the handler reads.
+MALFORMED: dict[str, Any] = {
+    "rest-headers-not-a-mapping": changed(rest_api_event(PREDICT_CASE), ("headers",), ["x"]),
+    "http-headers-not-a-mapping": changed(http_api_event(PREDICT_CASE), ("headers",), "x"),
+    "direct-headers-not-a-mapping": {"instance": {}, "headers": ["X-API-Key"]},
+    "rest-multi-value-headers-a-list": changed(rest_api_event(PREDICT_CASE),
+                                               ("multiValueHeaders",), [["Content-Type"]]),
+    # A REST API event carries each header twice, and multiValueHeaders is what is read.
+    "rest-int-header-value": changed(changed(rest_api_event(PREDICT_CASE),
+                                             ("headers", "Content-Type"), 41),
+                                     ("multiValueHeaders", "Content-Type"), [41]),
+    "http-int-header-value": changed(http_api_event(PREDICT_CASE), ("headers", "content-type"),
+                                     41),
+    "load-balancer-int-header-value": changed(load_balancer_event(PREDICT_CASE),
+                                              ("headers", "content-type"), 41),
+    "http-without-method": changed(http_api_event(PREDICT_CASE),
+                                   ("requestContext", "http", "method"), ...),
+    "http-base64-flag-a-string": changed(http_api_event(PREDICT_CASE), ("isBase64Encoded",),
+                                         "false"),
+    "rest-base64-flag-a-string": changed(rest_api_event(PREDICT_CASE), ("isBase64Encoded",),
+                                         "false"),
+    "an-array": [PREDICT_REQUESTS[0][1].decode()],
+    "a-string": "POST /predict",
+    "a-number": 41,
+    "null": None,
+    "a-boolean": True,
+    "an-object-of-no-known-shape": {"body": PREDICT_REQUESTS[0][1].decode()},
+}
+
+
+def test_malformed_events_get_a_4xx_proxy_response_never_an_exception(
+    bundle: Path, python: Path, tmp_path: Path
+) -> None:
+    responses, _ = invoke_local(python, bundle, list(MALFORMED.values()), tmp_path / "events")
+
+    for name, response in zip(MALFORMED, responses):
+        status, content_type, body = proxy_answer(response)
+        assert 400 <= status < 500, (name, response)
+        assert content_type == "application/json", name
+        assert json.loads(body)["detail"], name
 
 
 def test_the_handler_loads_the_model_at_init_inside_lambda(bundle: Path, python: Path) -> None:
@@ -183,19 +278,25 @@ def fake_tools(directory: Path, docker_engine: bool) -> Path:
     return calls
 
 
+def test_the_deploy_script_is_tooling_of_the_checkout_not_of_the_bundle(
+    deployable_project: Path, bundle: Path
+) -> None:
+    assert (deployable_project / "deployment" / PROVIDER / "deploy.py").is_file()
+    assert not (bundle / "deploy.py").exists()
+    assert not (bundle / "deployment").exists()  # nor what it imports (aws_deploy.py)
+
+
 @pytest.mark.parametrize("docker_engine", [False, True], ids=["no-engine", "engine"])
 def test_an_account_id_pushes_and_deploys_only_with_a_docker_engine(
-    bundle: Path, python: Path, tmp_path: Path, docker_engine: bool
+    deployable_project: Path, bundle: Path, tmp_path: Path, docker_engine: bool
 ) -> None:
     calls = fake_tools(tmp_path / "bin", docker_engine)
-    environment = bundle_environment(python)
-    environment["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{environment['PATH']}"
     account = "000000000000"  # a stand-in, not an account
     before = snapshot(bundle)
 
-    result = subprocess.run(
-        [str(python), "deploy.py", "--aws-account-id", account, "--region", "eu-west-1"],
-        cwd=bundle, env=environment, capture_output=True, text=True, timeout=120)
+    result = run_deploy_script(deployable_project, PROVIDER, "--bundle", str(bundle),
+                               "--aws-account-id", account, "--region", "eu-west-1",
+                               tools=tmp_path / "bin")
 
     assert result.returncode == 0, result.stderr
     ran = calls.read_text().splitlines() if calls.exists() else []
@@ -208,5 +309,7 @@ def test_an_account_id_pushes_and_deploys_only_with_a_docker_engine(
         ["docker", "info"], ["terraform", f"-chdir={bundle}"], ["terraform", f"-chdir={bundle}"],
         ["aws", "ecr"], ["docker", "login"], ["docker", "build"], ["docker", "tag"],
         ["docker", "push"], ["terraform", f"-chdir={bundle}"], ["terraform", f"-chdir={bundle}"]]
+    assert f"docker build --platform linux/amd64 -t ml-project:latest {bundle}" in ran
     assert f"docker push {image}" in ran
     assert snapshot(bundle) == before  # nothing written: the account id is in no file
+    assert git_status(deployable_project) == ""  # nor in the checkout

@@ -28,7 +28,7 @@ from tests.deployment_helpers import (
     run_cloud_setup,
     running,
 )
-from tests.provider_checks import instructions
+from tests.provider_checks import image_environment, instructions
 from tests.serving import free_port
 
 KUBERNETES = PROJECT_ROOT / "deployment" / "kubernetes"
@@ -40,18 +40,6 @@ def bundle(deployable_project: Path) -> Path:
     result = run_cloud_setup(deployable_project, "container")
     assert result.returncode == 0, result.stderr
     return bundle_dir(deployable_project, "container")
-
-
-def image_environment(parsed: list[tuple[str, str]]) -> dict[str, str]:
-    """The final stage's ENV (KEY=VALUE pairs)."""
-    final = parsed[max(i for i, (name, _) in enumerate(parsed) if name == "FROM"):]
-    environment: dict[str, str] = {}
-    for name, arguments in final:
-        if name == "ENV":
-            for pair in shlex.split(arguments):
-                key, _, value = pair.partition("=")
-                environment[key] = value
-    return environment
 
 
 def exec_form(arguments: str) -> list[str]:
@@ -96,7 +84,7 @@ def test_dockerfile_is_multi_stage_non_root_and_its_paths_are_in_the_bundle(bund
     assert user not in ("root", "0")
     command = exec_form([arguments for name, arguments in parsed if name == "CMD"][-1])
     assert command[:3] == ["python", "-m", "ml_project.serving.launcher"]
-    assert (bundle / "ml_project" / "serve.py").is_file()
+    assert (bundle / command[2].replace(".", "/")).with_suffix(".py").is_file()
     healthcheck = [arguments for name, arguments in parsed if name == "HEALTHCHECK"][-1]
     assert "/health" in healthcheck
     exposed = [arguments for name, arguments in parsed if name == "EXPOSE"][-1]

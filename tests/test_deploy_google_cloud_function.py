@@ -58,8 +58,8 @@ def test_the_zip_holds_what_the_function_runs_and_nothing_of_terraform(bundle: P
         names = set(archive.namelist())
     shipped = {path.relative_to(bundle).as_posix() for path in bundle.rglob("*")
                if path.is_file() and "__pycache__" not in path.parts}
-    assert {"main.py", "requirements.txt", "project_config.yaml",
-            "ml_project/serving/serverless.py"} <= names
+    assert {"main.py", "requirements.txt", "project_config.yaml", "ml_project/serving/bundle.py",
+            "ml_project/serving/flask_app.py"} <= names
     assert any(name.endswith("/champion/metadata.json") for name in names)
     assert names == shipped - {FUNCTION_ZIP, "main.tf", ".gcloudignore"}
 

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from ml_project.config import Config, load_config
 from executables.draft_config import draft_config, main, padded_range
+from ml_project.config import Config, load_config
 from ml_project.ingest import read_table
 from ml_project.validate import validate_production_data
 from tests.conftest import FIXTURE_CONFIG

@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 
 from ml_project.config import PROBABILITY_PREFIX, Config, load_config
-from ml_project.serving.endpoints import PredictionEndpoints
 from ml_project.metrics import score_predictions
 from ml_project.monitor import detect_drift
 from ml_project.monitoring_data import load_reference_data
 from ml_project.predict import PredictionService
+from ml_project.serving.endpoints import PredictionEndpoints
 from tests.conftest import write_project
 from tests.tables import houses
 from use_cases import modelling_historic_data_local

@@ -30,11 +30,11 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from ml_project.serving.fastapi_app import create_app
 from ml_project.config import PROJECT_ROOT
 from ml_project.export import METADATA_FILE, ArtifactError, load_pipeline, read_metadata
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
+from ml_project.serving.fastapi_app import create_app
 from tests.churn_data import write_example_data
 from tests.conftest import prediction_config, write_project
 from tests.serving import (

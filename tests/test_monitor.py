@@ -20,7 +20,6 @@ import pytest
 from sklearn.exceptions import UndefinedMetricWarning
 
 from ml_project.config import Config, load_config
-from ml_project.prediction_log.records import LogRecord, new_request_id
 from ml_project.monitor import detect_drift, evaluate_performance, write_report_html
 from ml_project.monitoring_data import (
     MonitoringInputError,
@@ -33,6 +32,7 @@ from ml_project.monitoring_data import (
 )
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
+from ml_project.prediction_log.records import LogRecord, new_request_id
 from ml_project.schemas import InvalidInstance
 from ml_project.validate import validate_production_data
 from tests.churn_data import generate_production_data

@@ -20,9 +20,9 @@ from mlflow.tracking import MlflowClient
 
 from ml_project.config import Config, _merge
 from ml_project.ingest import stream_production_instances
-from ml_project.prediction_log.records import LogRecord, new_request_id
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
+from ml_project.prediction_log.records import LogRecord, new_request_id
 from ml_project.schemas import InvalidInstance
 from tests.churn_data import generate_production_data
 from tests.conftest import prediction_config, write_project

@@ -16,10 +16,10 @@ from typing import Iterator
 
 import pytest
 
-from ml_project.serving.fastapi_app import create_app
-from ml_project.serving.client import PredictionClient
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
+from ml_project.serving.client import PredictionClient
+from ml_project.serving.fastapi_app import create_app
 from tests.serving import (
     INSTANCE,
     free_port,

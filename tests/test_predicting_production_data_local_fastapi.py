@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from ml_project.serving.fastapi_app import create_app
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
+from ml_project.serving.fastapi_app import create_app
 from tests.serving import (
     free_port,
     load_serving_config,

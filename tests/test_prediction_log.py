@@ -21,10 +21,10 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.pool import QueuePool
 
 from ml_project.config import PROJECT_ROOT
+from ml_project.prediction_log.log import BATCH_WAIT_SECONDS, PredictionLog
 from ml_project.prediction_log.records import LogRecord, new_request_id
 from ml_project.prediction_log.spill import REJECTED_FILE
 from ml_project.prediction_log.table import insert_or_ignore
-from ml_project.prediction_log.log import BATCH_WAIT_SECONDS, PredictionLog
 
 
 def _record(i: int, error: str | None = None, request_id: str | None = None,

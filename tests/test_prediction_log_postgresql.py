@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from ml_project.serving.fastapi_app import create_app
 from ml_project.config import PROJECT_ROOT
-from ml_project.prediction_log.records import LogRecord
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
+from ml_project.prediction_log.records import LogRecord
+from ml_project.serving.fastapi_app import create_app
 from tests.conftest import prediction_config
 from tests.postgres import PostgresServer
 from tests.serving import (

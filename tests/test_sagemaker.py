@@ -1,5 +1,6 @@
-"""The SageMaker contract: /ping, and /invocations with JSON (as /predict and /predict/batch
-answer it) and CSV (the same predictions as the same rows in JSON)."""
+"""The SageMaker contract, routes of both apps: /ping, and /invocations with JSON (as /predict
+and /predict/batch answer it) and CSV (the same predictions as the same rows in JSON), answered
+alike by FastAPI and Flask on real servers."""
 
 from __future__ import annotations
 
@@ -10,29 +11,22 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from werkzeug.test import Client
+import requests
 
 from ml_project.config import Config
-from ml_project.serving.endpoints import API_KEY_ENV
-from ml_project.serving.sagemaker import (
-    DEFAULT_PORT,
-    SAGEMAKER_ROUTES,
-    bind_port,
-    csv_instances,
-    wsgi_app,
-)
-from ml_project.serving.serverless import Request, ServerlessApp
+from ml_project.serving.sagemaker import csv_instances, media_type
 from tests.serverless_cases import (
     KEY,
     MAX_BODY_BYTES,
     Comparable,
     keyed_app,
+    keyed_flask_app,
     local_api,
     write_bundle,
 )
-from tests.serving import INSTANCE, instance, load_serving_config
+from tests.serving import INSTANCE, instance, load_serving_config, serve_in_thread
 
-HEADERS = {"x-api-key": KEY}
+HEADERS = {"X-API-Key": KEY}
 BATCH = [instance(), instance(customer_id="C2", contract="two-year", tenure_months=3),
          instance(customer_id="C3", total_charges=None, internet_service=None)]
 
@@ -53,21 +47,22 @@ def local(bundle: Path) -> Iterator[dict[str, Comparable]]:
         yield answers
 
 
-@pytest.fixture(scope="module")
-def app(bundle: Path) -> Iterator[ServerlessApp]:
-    app = keyed_app(bundle, SAGEMAKER_ROUTES)
-    yield app
-    if app.endpoints.log is not None:
-        app.endpoints.log.close()
+@pytest.fixture(scope="module", params=["fastapi", "flask"])
+def url(request: pytest.FixtureRequest, bundle: Path) -> Iterator[str]:
+    """A real server of each app, keyed."""
+    app = keyed_app(bundle) if request.param == "fastapi" else keyed_flask_app(bundle)
+    with serve_in_thread(app) as base_url:
+        yield base_url
 
 
-def invoke(app: ServerlessApp, body: bytes, content_type: str | None = "application/json",
+def invoke(url: str, body: bytes, content_type: str | None = "application/json",
            headers: dict[str, str] = HEADERS) -> tuple[int, Any]:
-    more = {"content-type": content_type} if content_type else {}
-    reply = app.handle(Request("POST", "/invocations", {**headers, **more}, body))
-    content = json.loads(reply.body)
+    more = {"Content-Type": content_type} if content_type else {}
+    answer = requests.post(f"{url}/invocations", data=body, headers={**headers, **more},
+                           timeout=30)
+    content = answer.json()
     content.pop("request_id", None)
-    return reply.status, content
+    return answer.status_code, content
 
 
 def as_csv(instances: list[dict[str, Any]], columns: list[str], header: bool) -> bytes:
@@ -80,10 +75,10 @@ def as_csv(instances: list[dict[str, Any]], columns: list[str], header: bool) ->
     return text.getvalue().encode()
 
 
-def test_ping_is_200_once_the_model_is_loaded_and_needs_no_key(app: ServerlessApp) -> None:
-    reply = app.handle(Request("GET", "/ping", {}, b""))
-    assert reply.status == 200
-    assert json.loads(reply.body)["status"] == "ready"
+def test_ping_is_200_once_the_model_is_loaded_and_needs_no_key(url: str) -> None:
+    answer = requests.get(f"{url}/ping", timeout=30)
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "ready"
 
 
 @pytest.mark.parametrize(("case", "body"), [
@@ -98,23 +93,22 @@ def test_ping_is_200_once_the_model_is_loaded_and_needs_no_key(app: ServerlessAp
 @pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
                                           None])
 def test_json_invocations_answer_as_predict_or_predict_batch(
-    app: ServerlessApp, local: dict[str, Comparable], case: str, body: bytes,
-    content_type: str | None
+    url: str, local: dict[str, Comparable], case: str, body: bytes, content_type: str | None
 ) -> None:
-    status, content = invoke(app, body, content_type)
+    status, content = invoke(url, body, content_type)
     assert (status, "application/json", None, content) == local[case]
 
 
 @pytest.mark.parametrize("header", [False, True], ids=["no-header", "header"])
 def test_csv_rows_get_the_predictions_of_the_same_rows_in_json(
-    app: ServerlessApp, config: Config, header: bool
+    url: str, config: Config, header: bool
 ) -> None:
     features = list(config.columns.features)
     columns = features if not header else [config.columns.id, *reversed(features)]
     csv_body = as_csv(BATCH, columns, header)
-    by_csv = invoke(app, csv_body, "text/csv")
+    by_csv = invoke(url, csv_body, "text/csv")
     rows = [{name: item.get(name) for name in features} for item in BATCH]
-    by_json = invoke(app, json.dumps({"instances": rows}).encode())
+    by_json = invoke(url, json.dumps({"instances": rows}).encode())
     assert by_csv[0] == 200
     assert by_csv == by_json
     assert len(by_csv[1]["predictions"]) == len(BATCH)
@@ -143,40 +137,21 @@ def test_csv_empty_cells_are_missing_values_and_a_header_is_told_by_its_names(
     pytest.param(b"<x/>", "application/xml", HEADERS, 415, "text/csv", id="xml"),
 ])
 def test_invocations_refuse_what_they_cannot_read_with_a_4xx_saying_why(
-    app: ServerlessApp, body: bytes, content_type: str, headers: dict[str, str], status: int,
+    url: str, body: bytes, content_type: str, headers: dict[str, str], status: int,
     detail: str
 ) -> None:
-    got_status, content = invoke(app, body, content_type, headers)
+    got_status, content = invoke(url, body, content_type, headers)
     assert got_status == status
     assert detail in content["detail"]
 
 
-def test_the_wsgi_app_reads_headers_and_limits_the_body(app: ServerlessApp) -> None:
-    client = Client(wsgi_app(app))
-    answer = client.post("/invocations", data=json.dumps(INSTANCE),
-                         headers={"Content-Type": "application/json", "X-API-Key": KEY})
-    assert answer.status_code == 200
-    assert "prediction" in answer.json  # type: ignore[operator]
-    too_large = client.post("/predict", data=b"{" + b" " * MAX_BODY_BYTES + b"}",
-                            headers={"X-API-Key": KEY})
-    assert too_large.status_code == 413
-    wrong = client.get("/invocations")
+def test_only_post_reaches_invocations(url: str) -> None:
+    wrong = requests.get(f"{url}/invocations", headers=HEADERS, timeout=30)
     assert (wrong.status_code, wrong.headers["Allow"]) == (405, "POST")
 
 
-def test_the_port_is_8080_unless_sagemaker_sets_another() -> None:
-    assert DEFAULT_PORT == 8080
-    assert bind_port({}) == 8080
-    assert bind_port({"SAGEMAKER_BIND_TO_PORT": "9123"}) == 9123
-
-
-def test_the_api_key_is_read_when_the_app_loads(bundle: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(API_KEY_ENV, raising=False)
-    open_app = ServerlessApp.load(bundle, routes=SAGEMAKER_ROUTES)
-    try:
-        status, _ = invoke(open_app, json.dumps(INSTANCE).encode(), headers={})
-        assert status == 200
-    finally:
-        if open_app.endpoints.log is not None:
-            open_app.endpoints.log.close()
+@pytest.mark.parametrize(("header", "kind"), [
+    ("text/csv; charset=utf-8", "text/csv"), ("Application/JSON", "application/json"),
+    (None, ""), ("", "")])
+def test_the_media_type_is_read_without_parameters_or_case(header: str | None, kind: str) -> None:
+    assert media_type(header) == kind

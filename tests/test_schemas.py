@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ml_project.config import Config, ValidationConfig
-from ml_project.serving.request_model import build_request_model
 from ml_project.schemas import (
     InstanceValidator,
     InvalidInstance,
@@ -26,6 +25,7 @@ from ml_project.schemas import (
     parse_number,
     parse_numbers,
 )
+from ml_project.serving.request_model import build_request_model
 
 VALID_RECORD: dict[str, Any] = {
     "customer_id": "C1",

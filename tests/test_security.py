@@ -28,15 +28,15 @@ from typing import Any
 import pytest
 import requests
 
-from ml_project.serving.fastapi_app import create_app
-from ml_project.serving.client import PredictionClient
 from ml_project.config import PROJECT_ROOT
-from ml_project.serving.endpoints import API_KEY_ENV, API_KEY_HEADER
 from ml_project.export import ArtifactError, read_metadata
-from ml_project.serving.flask_app import create_flask_app
 from ml_project.monitoring_data import read_prediction_window
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
+from ml_project.serving.client import PredictionClient
+from ml_project.serving.endpoints import API_KEY_ENV, API_KEY_HEADER
+from ml_project.serving.fastapi_app import create_app
+from ml_project.serving.flask_app import create_flask_app
 from tests.conftest import prediction_config, write_project
 from tests.serving import (
     INSTANCE,
@@ -146,7 +146,7 @@ def test_a_body_declared_over_the_limit_is_refused_before_it_is_sent(
 AUDITED_SERVER = """
 import json, sys
 from pathlib import Path
-from ml_project.serving import launcher as serve
+from ml_project.serving import launcher
 from ml_project.config import load_config
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
@@ -165,8 +165,8 @@ def record(event, arguments):
         audit.write(json.dumps([event, [str(a) for a in arguments[:2]]]) + "\\n")
 
 sys.addaudithook(record)
-run = serve.run_fastapi if framework == "fastapi" else serve.run_flask
-run(service, log, "127.0.0.1", int(port))
+launcher.serve_in_process(launcher.create_asgi_app(framework, service, log), "127.0.0.1",
+                          int(port))
 """
 
 

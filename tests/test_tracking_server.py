@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from ml_project.config import PROJECT_ROOT, _merge
 from ml_project.prediction_log.log import PredictionLog
-from ml_project.tracking import CHAMPION
+from ml_project.registry import CHAMPION
 from tests.conftest import FAST_TRAINING, prediction_config, write_project
 from tests.serving import free_port
 from use_cases import (

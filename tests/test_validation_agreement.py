@@ -24,10 +24,10 @@ from sklearn.linear_model import LogisticRegression
 
 from ml_project.batch import score_chunk
 from ml_project.config import REASON_COLUMN, Config, load_config
-from ml_project.serving.endpoints import PredictionEndpoints
 from ml_project.ingest import read_table
 from ml_project.predict import PredictionService
 from ml_project.schemas import InstanceValidator, InvalidInstance
+from ml_project.serving.endpoints import PredictionEndpoints
 from ml_project.train import build_pipeline
 from ml_project.validate import DataValidationError, validate_production_data
 

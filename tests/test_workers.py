@@ -1,10 +1,11 @@
-"""The service on several worker processes: real launchers on free ports, stopped by the test."""
+"""The service on several worker processes (gunicorn's master in the launcher, uvicorn workers
+as uvicorn-worker ships them): real launchers on free ports, stopped by the test."""
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -19,15 +20,12 @@ import psutil
 import pytest
 import requests
 
-from ml_project.serving.asgi_workers import UnblockStopSignalsAtStartup
 from ml_project.config import PROJECT_ROOT
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
-from ml_project.serving.launcher import WORKERS_ENV, default_workers, main
-from ml_project.serving.wsgi_server import STOP_SIGNALS
+from ml_project.serving.launcher import GUNICORN_CONFIG, WORKERS_ENV, default_workers, main
 from tests.serving import (
     BOOT_STOP_SECONDS,
-    free_port,
     instance,
     launch_server,
     load_serving_config,
@@ -40,45 +38,6 @@ REQUESTS_PER_CLIENT = 12
 # Keep-alive clients that connect at once: spread by a hash of their ports, all 16 land on one of
 # two workers once in 32,768 runs.
 KEEP_ALIVE_CLIENTS = 16
-# How long the workers of SLOW_BOOTING_SERVICE take to boot.
-BOOT_SECONDS = 3
-
-# A service on gunicorn whose workers take BOOT_SECONDS to boot (their post_fork), with trivial
-# apps: what is tested is the stop of a worker that is not yet serving.
-SLOW_BOOTING_SERVICE = """
-import sys, time
-from pathlib import Path
-from ml_project.serving.asgi_workers import serve_asgi
-from ml_project.serving.wsgi_server import serve_wsgi
-
-kind, port, marker, boot_seconds = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), float(
-    sys.argv[4])
-
-def wsgi_app(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"ok"]
-
-async def asgi_app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            await send({"type": message["type"] + ".complete"})
-            if message["type"] == "lifespan.shutdown":
-                return
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"ok"})
-
-def booting():
-    marker.write_text("booting")
-    time.sleep(boot_seconds)
-
-if kind == "asgi":
-    serve_asgi(asgi_app, "127.0.0.1", port, booting, workers=1)
-else:
-    serve_wsgi(wsgi_app, "127.0.0.1", port, booting, workers=1)
-"""
-
-
 def _cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
@@ -285,55 +244,52 @@ def test_a_worker_count_below_one_or_not_a_number_stops_the_launcher(
     assert "workers >= 1" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
-def test_a_stop_while_a_worker_boots_waits_for_its_boot_not_the_graceful_timeout(
-    kind: str, tmp_path: Path
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_as_soon_as_the_service_answers_ends_it_in_seconds(
+    signum: signal.Signals, trained_project: Path, tmp_path: Path
 ) -> None:
-    """SIGTERM reaches the master while its worker is still booting (the service just started,
-    or a dead worker is being replaced, as a container runtime may stop it at any moment): the
-    worker stops once booted, and all exit cleanly, instead of the master waiting 30 s."""
-    marker = tmp_path / "booting"
-    service = subprocess.Popen(
-        [sys.executable, "-c", SLOW_BOOTING_SERVICE, kind, str(free_port()), str(marker),
-         str(BOOT_SECONDS)],
-        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert service.poll() is None and time.monotonic() < deadline, service.stdout
-            time.sleep(0.01)
-        workers = psutil.Process(service.pid).children()
-        service.send_signal(signal.SIGTERM)
+    """A stop that comes while the second worker may still be booting (the service just
+    started, as a container runtime may stop it at any moment): every process exits cleanly,
+    far under gunicorn's graceful_timeout (30 s), which is what a lost stop signal costs."""
+    config_file = write_serving_config(trained_project, tmp_path)
+    with launch_server(config_file, tmp_path / "server.out", "fastapi", workers=2) as (
+        _, server
+    ):
+        workers = server.children()
+        if signum == signal.SIGTERM:
+            server.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(server.pid, signal.SIGINT)  # Ctrl-C: the whole process group
         stopped_at = time.monotonic()
-        code = service.wait(timeout=60)
+        code = server.wait(timeout=60)
         stop_seconds = time.monotonic() - stopped_at
-    finally:
-        if service.poll() is None:
-            service.kill()
-            service.wait()
-    output = service.stdout.read() if service.stdout else ""
+    output = (tmp_path / "server.out").read_text()
 
     assert code == 0, output
     assert stop_seconds < BOOT_STOP_SECONDS, (stop_seconds, output)
-    assert len(workers) == 1 and not workers[0].is_running()
+    assert workers and not any(worker.is_running() for worker in workers)
     assert "Traceback" not in output, output
 
 
-@pytest.mark.parametrize("scope_type", ["lifespan", "http"])
-def test_uvicorn_workers_unblock_the_stop_signals_when_the_lifespan_starts(scope_type: str) -> None:
-    """In a worker, uvicorn's signal handlers are in place once it starts the app's lifespan:
-    only then may a stop signal held since the fork be delivered. Everything reaches the app."""
-    received: list[str] = []
+def test_the_gunicorn_config_file_is_read_and_an_unknown_setting_is_named(
+    trained_project: Path, tmp_path: Path
+) -> None:
+    """A user's gunicorn config (here the shipped one plus `max_requests`, which makes a worker
+    restart after that many requests, and a misspelt setting) runs as gunicorn would run it."""
+    config_file = write_serving_config(trained_project, tmp_path)
+    own = tmp_path / "gunicorn.conf.py"
+    own.write_text(GUNICORN_CONFIG.read_text() + "\nmax_requests = 5\nkeep_alive = 2\n")
+    with launch_server(config_file, tmp_path / "server.out", "fastapi", workers=2,
+                       arguments=["--gunicorn-config", str(own)]) as (base_url, server):
+        first = {worker.pid for worker in _workers(server, 2)}
+        for item in [instance(customer_id=f"M{i:02d}") for i in range(30)]:
+            assert requests.post(f"{base_url}/predict", json=item, timeout=30,
+                                 headers={"Connection": "close"}).status_code == 200
+        deadline = time.monotonic() + 30
+        while first & {worker.pid for worker in _workers(server, 2)} == first:
+            assert time.monotonic() < deadline, "no worker was restarted after max_requests"
+            time.sleep(0.05)
+    output = (tmp_path / "server.out").read_text()
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        received.append(scope["type"])
-
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        asyncio.run(UnblockStopSignalsAtStartup(app)({"type": scope_type}, None, None))
-        still_blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set()) & STOP_SIGNALS
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-    assert received == [scope_type]
-    assert still_blocked == (set() if scope_type == "lifespan" else STOP_SIGNALS)
+    assert "gunicorn has no setting 'keep_alive'" in output, output
+    assert "Traceback" not in output, output

@@ -16,8 +16,8 @@ from contextlib import closing
 from pathlib import Path
 
 from ml_project.cli import add_stream_options, base_parser, start_run
-from ml_project.serving.client import PredictionClient, format_latencies
 from ml_project.ingest import stream_production_instances
+from ml_project.serving.client import PredictionClient, format_latencies
 
 logger = logging.getLogger("predicting_production_deployed")
 

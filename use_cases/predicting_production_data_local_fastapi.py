@@ -23,12 +23,12 @@ from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit
 
 from ml_project.cli import add_stream_options, base_parser, start_run
-from ml_project.serving.client import Answer, PredictionClient, format_latencies
 from ml_project.config import Config
 from ml_project.export import ArtifactError
 from ml_project.ingest import stream_production_instances
 from ml_project.predict import PredictionService
 from ml_project.schemas import InvalidInstance
+from ml_project.serving.client import Answer, PredictionClient, format_latencies
 
 logger = logging.getLogger("predicting_production_fastapi")
 

@@ -1,10 +1,10 @@
 """Push the SageMaker image and create a real-time endpoint, or print the exact commands.
 
-    python deploy.py --aws-account-id ID --region REGION --role-arn ARN \
-        [--instance-type ml.m5.large] [--name NAME] [--image-tag TAG]
+    python -m deployment.aws_sagemaker.deploy [--bundle DIR] --aws-account-id ID \
+        --region REGION --role-arn ARN [--instance-type ml.m5.large] [--name NAME] [--image-tag TAG]
 
-Run in the bundle folder. The execution role and instance type come from the options or from
-SAGEMAKER_ROLE_ARN and SAGEMAKER_INSTANCE_TYPE. It acts only with an explicit
+Run from the checkout, on the bundle `cloud_setup.sh aws_sagemaker` built. The execution role
+and instance type come from the options or from SAGEMAKER_ROLE_ARN and SAGEMAKER_INSTANCE_TYPE. It acts only with an explicit
 --aws-account-id, a region, a role and a Docker engine that answers; otherwise it prints the
 commands and exits 0. The model is baked into the image: no model.tar.gz, no S3 bucket.
 """
@@ -16,11 +16,11 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 from deployment.aws_deploy import (
     REGION_PLACEHOLDER,
     Step,
+    add_bundle_option,
     add_image_options,
     image_uri,
     missing_for_running,
@@ -28,7 +28,7 @@ from deployment.aws_deploy import (
     run_or_print,
 )
 
-BUNDLE = Path(__file__).resolve().parent
+PROVIDER = "aws_sagemaker"
 DEFAULT_NAME = "ml-project"
 DEFAULT_INSTANCE_TYPE = "ml.m5.large"
 
@@ -42,7 +42,7 @@ def steps(args: argparse.Namespace) -> list[Step]:
                            "InitialInstanceCount": 1, "InstanceType": args.instance_type}])
     create_or_update = "update-endpoint" if args.update else "create-endpoint"
     return [
-        *push_steps(BUNDLE, args),
+        *push_steps(args.bundle, args),
         Step(["aws", "sagemaker", "create-model", "--model-name", version,
               "--primary-container", container, "--execution-role-arn",
               args.role_arn or "YOUR_EXECUTION_ROLE_ARN", *region]),
@@ -57,6 +57,7 @@ def steps(args: argparse.Namespace) -> list[Step]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_bundle_option(parser, PROVIDER)
     add_image_options(parser, DEFAULT_NAME)
     parser.add_argument("--role-arn", default=os.environ.get("SAGEMAKER_ROLE_ARN"),
                         help="execution role SageMaker assumes (default: $SAGEMAKER_ROLE_ARN)")

@@ -7,21 +7,19 @@ does. App Engine imports this module once per worker process, so the model is lo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flask import Flask
 
-from ml_project.cli import configure_logging
-from ml_project.config import load_config
+from ml_project.serving.bundle import app_of
 from ml_project.serving.flask_app import create_flask_app
-from ml_project.predict import PredictionService
-from ml_project.prediction_log.log import PredictionLog
+
+BUNDLE = Path(__file__).resolve().parent
 
 
 def create_app() -> Flask:
-    """The served app: config from the bundle's project_config.yaml, the champion it carries."""
-    config = load_config("prediction", "production", "deployed")
-    configure_logging(config, "serving_app_engine")
-    service = PredictionService.from_config(config)
-    return create_flask_app(service, PredictionLog.from_config(config))
+    """The served app: the bundle's config and the champion it carries."""
+    return app_of(BUNDLE, create_flask_app)
 
 
 app = create_app()

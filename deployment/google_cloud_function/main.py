@@ -1,9 +1,9 @@
 """Google Cloud Functions (2nd gen) entry: `prediction_service`, an HTTP function.
 
 Deployed with `--entry-point prediction_service` (main.tf does), it answers every route of the
-local API (`/predict`, `/predict/batch`, `/health`, `/ready`, `/model`) under the function's
-URL, with the same status and bytes: the request goes through the one serverless router
-(`ml_project/serving/serverless.py`). The model is loaded by the first request an instance serves and
+local API under the function's URL, with the same status and bytes: functions-framework hands
+the request to the bundle's Flask app (`ml_project/serving/flask_app.py`) as it is, and sends
+back what the app answers. The model is loaded by the first request an instance serves and
 kept for the next ones. Run it locally as Cloud Functions does:
 
     functions-framework --target prediction_service --source main.py --port 8080
@@ -15,25 +15,14 @@ from pathlib import Path
 
 import flask
 import functions_framework
+from werkzeug.wrappers import Response
 
-from ml_project.serving.serverless import Request, app_for, header_map
+from ml_project.serving.bundle import app_of
+from ml_project.serving.flask_app import create_flask_app
 
 BUNDLE = Path(__file__).resolve().parent
 
 
 @functions_framework.http
-def prediction_service(request: flask.Request) -> flask.Response:
-    app = app_for(BUNDLE)
-    reply = app.handle(Request(request.method, request.path, header_map(request.headers.items()),
-                               _read_body(request, app.max_body_bytes)))
-    headers = {"Allow": reply.allow} if reply.allow is not None else None
-    return flask.Response(reply.body, status=reply.status, mimetype=reply.media_type,
-                          headers=headers)
-
-
-def _read_body(request: flask.Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it is known to exceed `limit` bytes (never buffered past)."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
-    body = request.stream.read(limit + 1)
-    return None if len(body) > limit else body
+def prediction_service(request: flask.Request) -> Response:
+    return Response.from_app(app_of(BUNDLE, create_flask_app), request.environ)

@@ -28,8 +28,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import sqlalchemy
 from sqlalchemy.exc import SQLAlchemyError
 
-from ml_project.prediction_log import spill
 from ml_project.config import Config, database_url
+from ml_project.predict import Prediction, PredictionService
+from ml_project.prediction_log import spill
 from ml_project.prediction_log.records import LogRecord, log_record, new_request_id
 from ml_project.prediction_log.table import (
     METADATA,
@@ -40,7 +41,6 @@ from ml_project.prediction_log.table import (
     insert_or_ignore,
     sqlite_pragmas,
 )
-from ml_project.predict import Prediction, PredictionService
 from ml_project.schemas import InvalidInstance
 
 logger = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from ml_project.prediction_log import spill
 from ml_project.predict import Prediction, PredictionService
+from ml_project.prediction_log import spill
 
 MAX_DEPTH = 32  # deeper input is logged as a placeholder: the log is not a place to recurse
 

@@ -31,9 +31,9 @@ from typing import Any, Mapping, Sequence
 from pydantic import BaseModel
 
 from ml_project.cli import escape_for_log
-from ml_project.prediction_log.records import log_record, new_request_id
 from ml_project.predict import Prediction, PredictionService
 from ml_project.prediction_log.log import PredictionLog
+from ml_project.prediction_log.records import log_record, new_request_id
 from ml_project.schemas import InvalidInstance
 
 logger = logging.getLogger(__name__)

@@ -1,9 +1,11 @@
 """The Flask app over the one prediction core: `create_flask_app(service)`.
 
-The same routes, statuses and bodies as the FastAPI app (`api.py`): both are thin adapters over
-`PredictionEndpoints`; only reading the request and sending the reply differ. Werkzeug's own
-errors (404, 405) and any fault no route caught (500) answer in the same JSON as FastAPI's;
-HEAD and OPTIONS are refused (405) as FastAPI refuses them.
+The same routes, statuses and bodies as the FastAPI app (`fastapi_app.py`): both are thin
+adapters over `PredictionEndpoints`; only reading the request and sending the reply differ.
+Werkzeug's own errors (404, 405) and any fault no route caught (500) answer in the same JSON as
+FastAPI's; HEAD and OPTIONS are refused (405) as FastAPI refuses them. It is a WSGI app: the
+launcher serves it on uvicorn through `asgi.wsgi_as_asgi`; any WSGI host (App Engine's
+gunicorn, the Cloud Function's functions-framework) serves it as it is.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
 from ml_project.cli import escape_for_log
+from ml_project.predict import PredictionService
+from ml_project.prediction_log.log import PredictionLog
 from ml_project.serving.endpoints import (
     API_KEY_HEADER,
     PredictionEndpoints,
@@ -23,8 +27,7 @@ from ml_project.serving.endpoints import (
     error_reply,
     internal_error_reply,
 )
-from ml_project.predict import PredictionService
-from ml_project.prediction_log.log import PredictionLog
+from ml_project.serving.sagemaker import invocations, ping
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,8 @@ def create_flask_app(service: PredictionService | None, log: PredictionLog | Non
     default the prediction log the config names."""
     endpoints = PredictionEndpoints.create(service, log)
     app = Flask(__name__)
+    # `//predict` is not found, as in FastAPI, rather than a redirect to /predict.
+    app.url_map.merge_slashes = False
     app.extensions["prediction_endpoints"] = endpoints
 
     @app.get("/health")
@@ -58,6 +63,16 @@ def create_flask_app(service: PredictionService | None, log: PredictionLog | Non
     def predict_batch() -> Response:
         body = _read_body(endpoints.max_body_bytes)
         return _send(endpoints.predict_batch(body, request.headers.get(API_KEY_HEADER)))
+
+    @app.get("/ping")
+    def sagemaker_ping() -> Response:
+        return _send(ping(endpoints))
+
+    @app.post("/invocations")
+    def sagemaker_invocations() -> Response:
+        body = _read_body(endpoints.max_body_bytes)
+        return _send(invocations(endpoints, body, request.headers.get("Content-Type"),
+                                 request.headers.get(API_KEY_HEADER)))
 
     @app.before_request
     def refuse_head_and_options() -> Response | None:

@@ -1,18 +1,21 @@
-"""Start the prediction service in the foreground: FastAPI on uvicorn, or Flask on gunicorn.
+"""Start the prediction service in the foreground: the FastAPI or the Flask app on uvicorn.
 
     bash executables/start_prediction_service.sh [fastapi|flask] [PORT] [--workers N]
-    pipenv run python -m ml_project.serving.launcher [fastapi|flask] [--port PORT] [--host HOST] [--workers N]
+    python -m ml_project.serving.launcher [fastapi|flask] [--port PORT] [--host HOST]
+        [--workers N] [--gunicorn-config FILE]
 
 Without --port it binds $PORT when set (Heroku, App Engine, Cloud Run set it), else 8000.
 
 The model is loaded here, once, before the port is bound: a missing or tampered artifact stops
 the start with a message saying what to do, rather than a server that cannot answer. Workers
 (--workers, else $WEB_CONCURRENCY, else the CPUs this process may use): one worker process
-predicts one request at a time, so a CPU-bound model needs one per core. gunicorn, embedded in
-this process, makes it the master (it binds the port and replaces a worker that dies) and forks
-the workers, which serve the app created here, so the model loaded here is shared with them,
-never loaded again: Flask on gthread workers (a pool of threads each), FastAPI on uvicorn
-workers. FastAPI on one worker runs uvicorn in this process, with no master.
+predicts one request at a time, so a CPU-bound model needs one per core. One worker is uvicorn
+in this process. Several: gunicorn, embedded as a custom application (its documented
+`BaseApplication`), makes this process their master and forks them after the model is loaded,
+so they share it; each runs uvicorn (uvicorn-worker's `UvicornWorker`, as shipped) and the
+master replaces one that dies. gunicorn's settings come from `gunicorn.conf.py` beside this
+module. Either way uvicorn reads every request, body included, on its event loop, answers
+pipelined requests in order, and on SIGTERM or Ctrl-C finishes the requests in flight.
 """
 
 from __future__ import annotations
@@ -21,13 +24,18 @@ import argparse
 import gc
 import logging
 import os
+import runpy
 import signal
+import socket
+import types
+from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
     from ml_project.predict import PredictionService
     from ml_project.prediction_log.log import PredictionLog
+    from ml_project.serving.asgi import ASGIApp
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +44,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 # The variable gunicorn, uvicorn and hosting platforms (Heroku, Render) already use.
 WORKERS_ENV = "WEB_CONCURRENCY"
+GUNICORN_CONFIG = Path(__file__).with_name("gunicorn.conf.py")
 
 
 def default_workers() -> int:
@@ -84,10 +93,10 @@ def _start(argv: list[str] | None) -> int:
     from threadpoolctl import ThreadpoolController
 
     from ml_project.cli import base_parser, start_run
-    from ml_project.serving.endpoints import API_KEY_ENV
     from ml_project.export import ArtifactError
     from ml_project.predict import PredictionService
     from ml_project.prediction_log.log import PredictionLog
+    from ml_project.serving.endpoints import API_KEY_ENV
 
     parser = base_parser("Start the prediction service in the foreground (Ctrl-C stops it).")
     parser.add_argument("framework", nargs="?", default="fastapi", choices=FRAMEWORKS)
@@ -97,6 +106,8 @@ def _start(argv: list[str] | None) -> int:
                         help=f"interface to bind (default: $HOST, else {DEFAULT_HOST})")
     parser.add_argument("--workers", type=positive_int, default=None,
                         help=f"worker processes (default: ${WORKERS_ENV}, else the CPU count)")
+    parser.add_argument("--gunicorn-config", type=Path, default=GUNICORN_CONFIG,
+                        help="gunicorn's settings for several workers (default: %(default)s)")
     args = parser.parse_args(argv)
     host = args.host or os.environ.get("HOST") or DEFAULT_HOST
     port = args.port if args.port is not None else int(os.environ.get("PORT") or DEFAULT_PORT)
@@ -104,6 +115,10 @@ def _start(argv: list[str] | None) -> int:
         workers = args.workers or default_workers()
     except argparse.ArgumentTypeError as err:
         parser.error(f"{WORKERS_ENV}: {err}")
+    try:
+        settings = read_gunicorn_config(args.gunicorn_config) if workers > 1 else {}
+    except FileNotFoundError as err:
+        parser.error(str(err))
     config, _ = start_run(
         parser, args, "prediction", "production", "local", f"serving_{args.framework}"
     )
@@ -122,61 +137,118 @@ def _start(argv: list[str] | None) -> int:
                 args.framework, workers, "" if workers == 1 else "s", host, port,
                 "required" if os.environ.get(API_KEY_ENV) else "not required", log.url)
     try:
-        if args.framework == "fastapi":
-            run_fastapi(service, log, host, port, workers)
+        app = create_asgi_app(args.framework, service, log)
+        if workers == 1:
+            serve_in_process(app, host, port)
         else:
-            run_flask(service, log, host, port, workers)
+            log.prepare()  # the table, before workers race to create it
+            return serve_on_workers(app, host, port, workers, settings)
     finally:
         log.close()
     return 0
 
 
-def run_fastapi(service: PredictionService, log: PredictionLog, host: str, port: int,
-                workers: int = 1) -> None:
-    """Until SIGINT/SIGTERM; uvicorn then finishes the requests in flight. Several workers:
-    uvicorn workers forked by gunicorn (`asgi_workers`), as `run_flask` forks Flask's."""
-    from ml_project.serving.fastapi_app import create_app  # imported here: a Flask server needs no FastAPI
+def create_asgi_app(framework: str, service: PredictionService, log: PredictionLog) -> ASGIApp:
+    """The app uvicorn serves; only the chosen framework is imported."""
+    if framework == "fastapi":
+        from ml_project.serving.fastapi_app import create_app
 
-    app = create_app(service, log)
-    if workers > 1:
-        from ml_project.serving.asgi_workers import serve_asgi
+        return create_app(service, log)
+    from ml_project.serving.asgi import wsgi_as_asgi
+    from ml_project.serving.flask_app import create_flask_app
 
-        log.prepare()
-        ready_to_serve()
-        serve_asgi(app, host, port, post_fork=log.after_fork, workers=workers)
-        return
+    flask_app = create_flask_app(service, log)
+    return wsgi_as_asgi(flask_app, flask_app.extensions["prediction_endpoints"])
+
+
+def serve_in_process(app: ASGIApp, host: str, port: int) -> None:
+    """uvicorn in this process until SIGINT/SIGTERM; the requests in flight then finish."""
     import uvicorn
 
     ready_to_serve()
-
     # uvicorn re-raises SIGTERM once it has stopped; by default that would kill this process
-    # before `main` stores what the prediction log still holds. Exit normally instead.
+    # before `main` closes the log. Exit normally instead.
     signal.signal(signal.SIGTERM, _exit_normally)
     # log_config=None: uvicorn's loggers go to the handlers configure_logging set up.
     # workers=1: uvicorn would otherwise read WEB_CONCURRENCY itself.
-    uvicorn.run(app, host=host, port=port, log_config=None, workers=1)
+    # access_log=False: every prediction request is in the prediction log already.
+    uvicorn.run(app, host=host, port=port, log_config=None, workers=1, lifespan="on",
+                access_log=False)
 
 
 def _exit_normally(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def run_flask(service: PredictionService, log: PredictionLog, host: str, port: int,
-              workers: int = 1) -> None:
-    """Until SIGINT/SIGTERM, on gunicorn (`wsgi_server`); it then finishes the requests in flight.
+def read_gunicorn_config(path: Path) -> dict[str, Any]:
+    """The settings and hooks a gunicorn config file defines (its public names, modules left
+    out), as gunicorn's own `-c FILE` reads one: by running it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"gunicorn config file not found: {path}")
+    names = runpy.run_path(str(path))
+    return {name: value for name, value in names.items()
+            if not name.startswith("_") and not isinstance(value, types.ModuleType)}
 
-    OpenMP is fork-safe here: libgomp hangs a child that runs OpenMP on several threads after
-    its parent did, but this process (the master) runs the model on one OpenMP thread only
-    (`main`), and the workers run it on one OpenMP thread per request (`PredictionService`).
-    The same holds for FastAPI's workers.
-    """
-    from ml_project.serving.flask_app import create_flask_app  # imported here: FastAPI needs neither
-    from ml_project.serving.wsgi_server import serve_wsgi
 
-    app = create_flask_app(service, log)
-    log.prepare()
+def serve_on_workers(app: ASGIApp, host: str, port: int, workers: int,
+                     settings: Mapping[str, Any]) -> int:
+    """gunicorn in this process, master of `workers` uvicorn workers forked from it, until
+    SIGINT/SIGTERM; returns its exit status. `settings`: gunicorn's, from its config file."""
+    from gunicorn.app.base import BaseApplication
+
+    reserved = _reserve_port(host, port) if settings.get("reuse_port") else None
+    if reserved is not None:
+        port = reserved.getsockname()[1]  # port 0 is a free port: the same one for every worker
+    options = {**settings, "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
+               "workers": workers}
+
+    class Service(BaseApplication):  # type: ignore[misc]  # gunicorn has no type hints
+        """gunicorn's custom application, as its documentation shows it: the settings given,
+        and the app already loaded in this process (workers import and load nothing)."""
+
+        def load_config(self) -> None:
+            for name, value in options.items():
+                if name in self.cfg.settings:
+                    self.cfg.set(name, value)
+                else:
+                    logger.warning("gunicorn has no setting %r (its config file names it); "
+                                   "ignored", name)
+
+        def load(self) -> ASGIApp:
+            return app
+
     ready_to_serve()
-    serve_wsgi(app, host, port, post_fork=log.after_fork, workers=workers)
+    master = os.getpid()
+    try:
+        Service().run()
+    except SystemExit as stop:
+        # gunicorn ends its processes with sys.exit: the master once it has stopped, and each
+        # worker, a fork of this process unwinding this same stack. A worker exits with its own
+        # status; the master returns its status to `main`, which closes the log.
+        if os.getpid() != master:
+            raise
+        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+    finally:
+        if reserved is not None and os.getpid() == master:
+            reserved.close()
+    return 0
+
+
+def _reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound to the port with SO_REUSEPORT, never listening, so it gets no connection:
+    it holds the port for the workers' own sockets while they come and go. A port in use fails
+    here, at once; in a worker, gunicorn would replace the worker that cannot bind, forever."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    reserved = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reserved.bind((host, port))
+    except OSError as err:
+        reserved.close()
+        logger.error("Cannot serve on %s port %d: %s", host, port, err)
+        raise SystemExit(1) from err
+    return reserved
 
 
 if __name__ == "__main__":

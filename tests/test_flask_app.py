@@ -14,12 +14,12 @@ import requests
 from fastapi import FastAPI
 from flask import Flask
 
-from ml_project.serving.fastapi_app import create_app
 from ml_project.config import Config
-from ml_project.serving.endpoints import API_KEY_ENV
-from ml_project.serving.flask_app import create_flask_app
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
+from ml_project.serving.endpoints import API_KEY_ENV
+from ml_project.serving.fastapi_app import create_app
+from ml_project.serving.flask_app import create_flask_app
 from tests.serving import (
     INSTANCE,
     instance,

@@ -1,4 +1,6 @@
-"""The launcher and the start command: real processes, real ports, stopped by the test."""
+"""The launcher and the start command: real processes, real ports, stopped by the test. Both
+frameworks run on uvicorn (one worker: in the launcher's process); tests/test_workers.py has
+the service on several gunicorn-forked workers."""
 
 from __future__ import annotations
 
@@ -19,12 +21,12 @@ from typing import Any
 import pytest
 import requests
 
-from ml_project.serving import launcher as serve
-from ml_project.serving.client import PredictionClient
 from ml_project.config import PROJECT_ROOT
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
-from ml_project.serving.wsgi_server import THREADS as FLASK_THREADS
+from ml_project.serving import launcher
+from ml_project.serving.asgi import THREADS as FLASK_THREADS
+from ml_project.serving.client import PredictionClient
 from tests.serving import (
     BOOT_STOP_SECONDS,
     INSTANCE,
@@ -46,17 +48,14 @@ def test_serving_path_imports_no_mlflow_evidently_pandera_or_plotting(
     config_file = write_serving_config(trained_project, tmp_path)
     code = f"""
 import json, sys
-from ml_project.serving import endpoints
-from ml_project.serving import fastapi_app as api
-from ml_project.serving import flask_app as flask_api
-from ml_project.serving import launcher as serve
+from ml_project.serving import asgi, endpoints, fastapi_app, flask_app, launcher, sagemaker
 from ml_project.config import load_config
 from ml_project.predict import PredictionService
 config = load_config("prediction", "production", "local", config_file={str(config_file)!r},
                      root={str(tmp_path)!r})
 service = PredictionService.from_config(config)
-app = api.create_app(service)
-flask_api.create_flask_app(service)
+app = fastapi_app.create_app(service)
+flask_app.create_flask_app(service)
 reply = app.state.endpoints.predict(json.dumps({INSTANCE!r}).encode(), None)
 assert reply.status == 200, reply
 print(sorted({{name.split(".")[0] for name in sys.modules}} & set({HEAVY_MODULES!r})))
@@ -69,14 +68,14 @@ print(sorted({{name.split(".")[0] for name in sys.modules}} & set({HEAVY_MODULES
 
 
 @pytest.mark.parametrize(("modules", "absent"), [
-    ("serve, api", ["flask", "gunicorn"]),  # FastAPI on uvicorn
-    ("serve, flask_api, wsgi_server", ["fastapi", "uvicorn"]),  # Flask on gunicorn
+    ("launcher, fastapi_app", ["flask", "werkzeug", "a2wsgi", "gunicorn"]),  # FastAPI
+    ("launcher, flask_app, asgi", ["fastapi", "starlette", "gunicorn"]),  # Flask
 ])
 def test_each_server_imports_only_its_own_framework(modules: str, absent: list[str]) -> None:
     """Cold start: one framework's server never pays for the other's imports."""
     code = f"""
 import sys
-from ml_project import {modules}
+from ml_project.serving import {modules}
 print(sorted({{name.split(".")[0] for name in sys.modules}} & set({absent!r})))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -106,8 +105,9 @@ def test_launcher_without_a_model_says_to_run_the_modelling_use_case(
 
 @pytest.mark.parametrize(("framework", "workers", "server"), [
     ("fastapi", 1, "uvicorn.run"),
-    ("fastapi", 2, "ml_project.asgi_workers.serve_asgi"),
-    ("flask", 1, "ml_project.wsgi_server.serve_wsgi"),
+    ("flask", 1, "uvicorn.run"),
+    ("fastapi", 2, "gunicorn.app.base.BaseApplication.run"),
+    ("flask", 2, "gunicorn.app.base.BaseApplication.run"),
 ])
 def test_the_model_loads_without_the_garbage_collector_and_is_frozen_before_serving(
     framework: str, workers: int, server: str, trained_project: Path, tmp_path: Path,
@@ -132,7 +132,7 @@ def test_the_model_loads_without_the_garbage_collector_and_is_frozen_before_serv
     config_file = write_serving_config(trained_project, tmp_path)
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
-        code = serve.main([framework, "--workers", str(workers), "--port", str(free_port()),
+        code = launcher.main([framework, "--workers", str(workers), "--port", str(free_port()),
                            "--config", str(config_file), "--root", str(tmp_path)])
     finally:
         gc.unfreeze()
@@ -144,11 +144,13 @@ def test_the_model_loads_without_the_garbage_collector_and_is_frozen_before_serv
     assert gc.isenabled()
 
 
-def _pipenv_available() -> bool:
-    return bool(shutil.which("pipenv")) or (PROJECT_ROOT / ".tools" / "bin" / "pipenv").is_file()
+def _environment_found() -> bool:
+    """What the start command runs: the project's .venv, or Pipenv to find the environment."""
+    return (PROJECT_ROOT / ".venv" / "bin" / "python").is_file() or bool(
+        shutil.which("pipenv")) or (PROJECT_ROOT / ".tools" / "bin" / "pipenv").is_file()
 
 
-@pytest.mark.skipif(not _pipenv_available(), reason="pipenv is not installed")
+@pytest.mark.skipif(not _environment_found(), reason="neither .venv nor pipenv is installed")
 @pytest.mark.parametrize("framework", ["fastapi", "flask"])
 def test_start_command_serves_in_the_foreground_until_interrupted(
     trained_project: Path, tmp_path: Path, framework: str
@@ -183,7 +185,7 @@ def test_start_command_serves_in_the_foreground_until_interrupted(
         requests.get(f"http://127.0.0.1:{port}/health", timeout=5)
 
 
-# Flask on gunicorn -------------------------------------------------------------------------------
+# Both frameworks on uvicorn, one worker ---------------------------------------------------------
 
 KEEP_ALIVE_CLIENTS = 4
 REQUESTS_PER_CLIENT = 10
@@ -208,8 +210,9 @@ def _keep_alive_client(base_url: str, instances: list[dict[str, Any]], answers: 
     connection.close()
 
 
-def test_flask_on_gunicorn_answers_right_concurrently_over_keep_alive_and_logs_every_request(
-    trained_project: Path, tmp_path: Path
+@pytest.mark.parametrize("framework", ["fastapi", "flask"])
+def test_the_service_answers_right_concurrently_over_keep_alive_and_logs_every_request(
+    framework: str, trained_project: Path, tmp_path: Path
 ) -> None:
     config_file = write_serving_config(trained_project, tmp_path)
     config = load_serving_config(config_file)
@@ -218,8 +221,8 @@ def test_flask_on_gunicorn_answers_right_concurrently_over_keep_alive_and_logs_e
                  for i in range(KEEP_ALIVE_CLIENTS * REQUESTS_PER_CLIENT)]
     answers: Answers = []
 
-    with launch_server(config_file, tmp_path / "server.out", "flask") as (base_url, server):
-        workers = server.children()
+    with launch_server(config_file, tmp_path / "server.out", framework) as (base_url, server):
+        children = server.children()
         health = requests.get(f"{base_url}/health", timeout=30)
         ready = requests.get(f"{base_url}/ready", timeout=30)
         single = requests.post(f"{base_url}/predict", json=INSTANCE, timeout=30)
@@ -239,9 +242,9 @@ def test_flask_on_gunicorn_answers_right_concurrently_over_keep_alive_and_logs_e
     records = log.read()
     log.close()
 
-    # One gthread worker, forked from the launcher (gunicorn's master), which loaded the model.
-    assert len(workers) == 1, workers
-    assert "Using worker: _GthreadWorker" in server_output and "Traceback" not in server_output
+    # One worker: uvicorn in the launcher's own process, which loaded the model.
+    assert children == [], children
+    assert "Traceback" not in server_output
     assert (health.status_code, health.json()["status"]) == (200, "alive")
     assert ready.json() == {"status": "ready", "model_version": service.model_version}
     expected = service.predict_instance(INSTANCE)
@@ -254,7 +257,7 @@ def test_flask_on_gunicorn_answers_right_concurrently_over_keep_alive_and_logs_e
     for item, status, body, kept_alive in answers:
         assert status == 200 and kept_alive
         assert body["probabilities"] == service.predict_instance(item).probabilities
-    # The worker's writes landed in the log database: one record per instance, none lost.
+    # Every record landed in the log database at the stop: one per instance, none lost.
     sent = [single.json()["request_id"]] + [batch.json()["request_id"]] * 3 + [
         body["request_id"] for _, _, body, _ in answers]
     assert sorted(record["request_id"] for record in records) == sorted(sent)
@@ -263,14 +266,14 @@ def test_flask_on_gunicorn_answers_right_concurrently_over_keep_alive_and_logs_e
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_flask_on_gunicorn_finishes_the_request_in_flight_then_stops_cleanly(
-    trained_project: Path, tmp_path: Path, signum: signal.Signals
+@pytest.mark.parametrize("framework", ["fastapi", "flask"])
+def test_the_service_finishes_the_request_in_flight_then_stops_cleanly(
+    framework: str, signum: signal.Signals, trained_project: Path, tmp_path: Path
 ) -> None:
     """SIGTERM to the launcher, as a container runtime sends; SIGINT to its process group, as
     Ctrl-C in a terminal does. An idle keep-alive connection is open too."""
     config_file = write_serving_config(trained_project, tmp_path)
-    with launch_server(config_file, tmp_path / "server.out", "flask") as (base_url, server):
-        worker = server.children()[0]
+    with launch_server(config_file, tmp_path / "server.out", framework) as (base_url, server):
         idle = requests.Session()
         assert idle.get(f"{base_url}/health", timeout=30).ok  # then left open, idle
 
@@ -294,78 +297,76 @@ def test_flask_on_gunicorn_finishes_the_request_in_flight_then_stops_cleanly(
     request_id = json.loads(body)["request_id"]
     assert [record["request_id"] for record in records] == [request_id]
     assert code == 0, server_output
-    # The idle keep-alive connection did not hold the stop up (gunicorn alone: 30 s).
+    # The idle keep-alive connection did not hold the stop up.
     assert stop_seconds < STOP_SECONDS, stop_seconds
-    assert not worker.is_running()
     assert "Traceback" not in server_output, server_output
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{base_url}/health", timeout=5)
 
 
-def test_flask_worker_threads_serve_requests_concurrently(
-    trained_project: Path, tmp_path: Path
+def _pipelined(base_url: str, bodies: list[bytes], timeout: float = 10
+               ) -> list[tuple[bytes, bytes]]:
+    """Send every request on one connection before reading any answer (HTTP/1.1 pipelining);
+    return each answer's status line and body, in the order they came."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(b"".join(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body) for body in bodies))
+        stream = sock.makefile("rb")
+        answers = []
+        for _ in bodies:
+            status, length = stream.readline(), 0
+            while (line := stream.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            answers.append((status.strip(), stream.read(length)))
+    return answers
+
+
+@pytest.mark.parametrize("count", [2, 5, 10])
+@pytest.mark.parametrize("framework", ["fastapi", "flask"])
+def test_pipelined_requests_are_answered_in_order_and_each_logged_once(
+    framework: str, count: int, trained_project: Path, tmp_path: Path
 ) -> None:
-    """With FLASK_THREADS - 1 requests in flight (their bodies arrive slowly), one more is
-    answered at once: the one worker process serves requests on its threads concurrently."""
+    """HTTP/1.1 pipelining: every request sent on one connection before any answer is read
+    gets its answer, in order (gunicorn's gthread worker answered 1 and dropped the rest)."""
     config_file = write_serving_config(trained_project, tmp_path)
-    body = json.dumps(INSTANCE).encode()
-    with launch_server(config_file, tmp_path / "server.out", "flask") as (base_url, _):
-        host, port = base_url.removeprefix("http://").split(":")
-        slow = [socket.create_connection((host, int(port)), timeout=30)
-                for _ in range(FLASK_THREADS - 1)]
-        for sock in slow:
-            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n"
-                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                         % len(body) + body[:20])
-        time.sleep(0.5)  # FLASK_THREADS - 1 threads now wait for the rest of their bodies
-        fast = requests.post(f"{base_url}/predict", json=INSTANCE, timeout=10)
-        for sock in slow:
-            sock.sendall(body[20:])
-            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-            sock.close()
+    config = load_serving_config(config_file)
+    service = PredictionService.from_config(config)
+    instances = [instance(customer_id=f"P{i:03d}", age=20 + i) for i in range(count)]
 
-    assert fast.status_code == 200
-
-
-def test_flask_worker_killed_is_replaced_by_a_fork_of_the_launcher_without_reloading_the_model(
-    trained_project: Path, tmp_path: Path
-) -> None:
-    """SIGKILL the worker, as the OOM killer would: gunicorn's master forks a new one from the
-    launcher, which still holds the model and the log, and the service answers again."""
-    config_file = write_serving_config(trained_project, tmp_path)
-    with launch_server(config_file, tmp_path / "server.out", "flask") as (base_url, server):
-        killed = server.children()[0]
-        killed.kill()
-        deadline = time.monotonic() + 30
-        while [p.pid for p in server.children()] in ([], [killed.pid]):
-            assert time.monotonic() < deadline, "no new worker"
-            time.sleep(0.05)
-        client = PredictionClient(base_url, max_retries=0)
-        ready = client.wait_until_ready(30)
-        answer = client.predict(INSTANCE)
-        client.close()
-    server_output = (tmp_path / "server.out").read_text()
-    log = PredictionLog.from_config(load_serving_config(config_file))
+    with launch_server(config_file, tmp_path / "server.out", framework) as (base_url, _):
+        pipelined = _pipelined(base_url, [json.dumps(item).encode() for item in instances])
+    answers = [json.loads(body) for _, body in pipelined]
+    log = PredictionLog.from_config(config)
     records = log.read()
     log.close()
 
-    assert ready.ok and answer.ok, server_output
-    assert server_output.count("ml_project.predict: Loaded ") == 1  # by the launcher, once
-    assert [record["request_id"] for record in records] == [answer.body["request_id"]]
+    assert [status for status, _ in pipelined] == [b"HTTP/1.1 200 OK"] * count
+    assert [answer["probabilities"] for answer in answers] == [
+        service.predict_instance(item).probabilities for item in instances]
+    assert [record["request_id"] for record in records] == [
+        answer["request_id"] for answer in answers]
+    assert [record["instance_id"] for record in records] == [
+        item["customer_id"] for item in instances]
 
 
 @pytest.mark.parametrize("framework", ["fastapi", "flask"])
 def test_stalled_clients_cannot_starve_the_service(
     framework: str, trained_project: Path, tmp_path: Path
 ) -> None:
-    """8 connections each declare a 1,000-byte body and send 10 bytes, then stall: /health and
-    a prediction from another client are still answered at once."""
+    """Twice as many connections as the Flask app has threads each declare a 1,000-byte body,
+    send 10 bytes and stall: /health and a prediction from another client are still answered at
+    once. uvicorn reads every body on its event loop, before the app runs: a stalled client
+    holds a socket, never a thread."""
     config_file = write_serving_config(trained_project, tmp_path)
     with launch_server(config_file, tmp_path / "server.out", framework) as (base_url, _):
         host, port = base_url.removeprefix("http://").split(":")
         stalled = []
         try:
-            for _ in range(8):
+            for _ in range(2 * FLASK_THREADS):
                 connection = socket.create_connection((host, int(port)), timeout=10)
                 connection.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                    b"Content-Type: application/json\r\n"
@@ -376,8 +377,38 @@ def test_stalled_clients_cannot_starve_the_service(
             health = requests.get(f"{base_url}/health", timeout=5)
             prediction = requests.post(f"{base_url}/predict", json=INSTANCE, timeout=5)
             elapsed = time.perf_counter() - started
+            # A stalled body that finally arrives is answered too.
+            late = stalled.pop()
+            late.sendall(b"}" + b" " * 989)
+            late_answer = late.recv(65536)
+            late.close()
         finally:
             for connection in stalled:
                 connection.close()
     assert (health.status_code, prediction.status_code) == (200, 200)
     assert elapsed < 2
+    assert late_answer.startswith(b"HTTP/1.1 422"), late_answer
+
+
+def test_a_missing_gunicorn_config_file_stops_the_launcher_naming_it(
+    trained_project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_file = write_serving_config(trained_project, tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        launcher.main(["fastapi", "--workers", "2", "--gunicorn-config",
+                       str(tmp_path / "nowhere.conf.py"), "--config", str(config_file),
+                       "--root", str(tmp_path)])
+    assert stop.value.code == 2
+    assert f"gunicorn config file not found: {tmp_path / 'nowhere.conf.py'}" in \
+        capsys.readouterr().err
+
+
+def test_the_gunicorn_config_file_holds_gunicorn_settings_and_hooks_only() -> None:
+    """Every name the shipped gunicorn.conf.py defines is one of gunicorn's settings (its
+    server hooks are settings too), so nothing in it is ignored."""
+    from gunicorn.config import Config as GunicornConfig
+
+    settings = launcher.read_gunicorn_config(launcher.GUNICORN_CONFIG)
+
+    assert settings and set(settings) <= set(GunicornConfig().settings), settings
+    assert settings["worker_class"] == "uvicorn_worker.UvicornWorker"

@@ -1,6 +1,6 @@
 """The prediction service over real HTTP: FastAPI (uvicorn) and Flask (werkzeug) on 127.0.0.1.
 
-Behaviour tests run against both apps; tests/test_flask_api.py checks they answer alike.
+Behaviour tests run against both apps; tests/test_flask_app.py checks they answer alike.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import requests
 from fastapi import FastAPI
 from flask import Flask
 
-from ml_project.serving.fastapi_app import create_app
 from ml_project.config import Config
-from ml_project.serving.flask_app import create_flask_app
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
+from ml_project.serving.fastapi_app import create_app
+from ml_project.serving.flask_app import create_flask_app
 from ml_project.serving.request_model import build_request_model
 from ml_project.validate import validate_production_data
 from tests.conftest import PROBABILITY_TOLERANCE

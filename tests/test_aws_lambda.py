@@ -1,0 +1,170 @@
+"""The Lambda handler (Mangum over the FastAPI app): every event shape API Gateway and Function
+URLs send answers as the local API does; direct invocations too; and an event no source sends,
+or with a field of the wrong type, gets a 4xx, never an exception out of the handler."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from fastapi import FastAPI
+
+from ml_project.serving.aws_lambda import BASE_PATH_ENV, LambdaHandler, lambda_handler
+from ml_project.serving.bundle import load_bundle
+from ml_project.serving.endpoints import API_KEY_ENV
+from ml_project.serving.fastapi_app import create_app
+from tests.serverless_cases import (
+    CASE_IDS,
+    CASES,
+    EVENT_SHAPES,
+    KEY,
+    Case,
+    Comparable,
+    direct_event,
+    http_api_event,
+    keyed_app,
+    local_api,
+    proxy_comparable,
+    rest_api_event,
+    write_bundle,
+)
+from tests.serving import INSTANCE
+
+
+@pytest.fixture(scope="module")
+def bundle(trained_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_bundle(trained_project, tmp_path_factory.mktemp("aws_lambda"))
+
+
+@pytest.fixture(scope="module")
+def local(bundle: Path) -> Iterator[dict[str, Comparable]]:
+    with local_api(bundle) as answers:
+        yield answers
+
+
+@pytest.fixture(scope="module")
+def app(bundle: Path) -> Iterator[FastAPI]:
+    app = keyed_app(bundle)
+    yield app
+    app.state.endpoints.log.close()
+
+
+@pytest.fixture(scope="module")
+def handler(app: FastAPI) -> LambdaHandler:
+    return lambda_handler(app)
+
+
+@pytest.mark.parametrize("shape", list(EVENT_SHAPES))
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_every_event_shape_answers_like_the_local_api(
+    handler: LambdaHandler, local: dict[str, Comparable], case: Case, shape: str
+) -> None:
+    build: Callable[[Case], dict[str, Any]] = EVENT_SHAPES[shape]
+    response = handler(build(case), None)
+    assert {"statusCode", "body", "isBase64Encoded"} <= set(response)
+    assert proxy_comparable(response, case.method) == local[case.name]
+
+
+def test_a_named_http_api_stage_is_removed_by_its_base_path(
+    app: FastAPI, local: dict[str, Comparable], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A named stage prefixes the path: ML_PROJECT_API_BASE_PATH tells Mangum to remove it."""
+    case = next(case for case in CASES if case.name == "ready")
+    monkeypatch.setenv(BASE_PATH_ENV, "/prod")
+    staged = lambda_handler(app)
+    assert proxy_comparable(staged(http_api_event(case, stage="prod"), None), "GET") == \
+        local["ready"]
+
+
+DIRECT = [case for case in CASES if direct_event(case) is not None]
+
+
+@pytest.mark.parametrize("case", DIRECT, ids=[case.name for case in DIRECT])
+def test_direct_invocations_answer_like_the_local_api(
+    handler: LambdaHandler, local: dict[str, Comparable], case: Case
+) -> None:
+    assert proxy_comparable(handler(direct_event(case), None), "POST") == local[case.name]
+
+
+def test_direct_invocations_cover_one_instance_batches_and_rejections() -> None:
+    assert {case.name for case in DIRECT} >= {"predict", "batch", "invalid", "batch-invalid",
+                                              "no-key"}
+
+
+PREDICT = next(case for case in CASES if case.name == "predict")
+
+
+def _changed(event: dict[str, Any], *path: str, value: Any) -> dict[str, Any]:
+    """`event` with the field at `path` set to `value` (or removed, for `...`)."""
+    event = copy.deepcopy(event)
+    target = event
+    for key in path[:-1]:
+        target = target[key]
+    if value is ...:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return event
+
+
+MALFORMED = {
+    "not-an-object": [INSTANCE],
+    "no-known-shape": {"rows": [INSTANCE]},
+    "direct-headers-not-object": {"instance": INSTANCE, "headers": "key"},
+    "rest-headers-not-mapping": _changed(rest_api_event(PREDICT), "headers", value=["x"]),
+    "rest-multi-value-headers-a-list": _changed(rest_api_event(PREDICT), "multiValueHeaders",
+                                                value=[["X-API-Key", KEY]]),
+    "rest-int-header-value": _changed(_changed(rest_api_event(PREDICT), "multiValueHeaders",
+                                               value=None), "headers", value={
+        "X-API-Key": 41, "Content-Type": "application/json"}),
+    "rest-int-multi-value": _changed(rest_api_event(PREDICT), "multiValueHeaders", value={
+        "X-API-Key": [41], "Content-Type": ["application/json"]}),
+    "rest-no-method": _changed(rest_api_event(PREDICT), "httpMethod", value=...),
+    "http-headers-not-mapping": _changed(http_api_event(PREDICT), "headers", value="x"),
+    "http-int-header-value": _changed(http_api_event(PREDICT), "headers", value={
+        "x-api-key": 41, "content-type": "application/json"}),
+    "http-dict-header-value": _changed(http_api_event(PREDICT), "headers", value={
+        "x-api-key": {"a": 1}, "content-type": "application/json"}),
+    "http-no-method": _changed(http_api_event(PREDICT), "requestContext", "http", "method",
+                               value=...),
+    "http-http-not-object": _changed(http_api_event(PREDICT), "requestContext", "http",
+                                     value="GET"),
+    "base64-not-base64": {**http_api_event(PREDICT), "isBase64Encoded": True, "body": "*not*"},
+    "base64-flag-a-string": {**http_api_event(PREDICT), "isBase64Encoded": "false"},
+}
+
+
+@pytest.mark.parametrize("event", list(MALFORMED.values()), ids=list(MALFORMED))
+def test_an_event_no_source_sends_gets_a_4xx_never_an_exception(
+    handler: LambdaHandler, event: Any
+) -> None:
+    response = handler(event, None)
+
+    assert 400 <= response["statusCode"] < 500, response
+    assert json.loads(response["body"])["detail"]
+
+
+def test_an_event_the_adapter_cannot_read_is_a_400_naming_the_shapes(
+    handler: LambdaHandler
+) -> None:
+    response = handler(MALFORMED["no-known-shape"], None)
+    assert response["statusCode"] == 400
+    assert "send an API Gateway, Function URL or load balancer event" in response["body"]
+
+
+def test_a_fault_of_the_app_is_the_local_apis_json_500(bundle: Path) -> None:
+    """The server's own state broken (the served model replaced by an object that is no model):
+    the app's own 500, through the adapter, as the local API sends it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(API_KEY_ENV, raising=False)
+        broken = create_app(*load_bundle(bundle))
+    broken.state.endpoints.service = object()
+    try:
+        response = lambda_handler(broken)(http_api_event(PREDICT), None)
+    finally:
+        broken.state.endpoints.log.close()
+    assert (response["statusCode"], response["body"]) == (
+        500, '{"detail":"Internal Server Error"}')
