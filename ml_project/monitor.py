@@ -21,10 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import warnings
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -45,120 +42,10 @@ from sklearn.exceptions import UndefinedMetricWarning
 
 from ml_project.config import PREDICTION_COLUMN, PROBABILITY_PREFIX, Config
 from ml_project.metrics import score_predictions
-from ml_project.monitoring_data import MonitoringInputError, PredictionWindow, Reference
-from ml_project.predict import PredictionService
+from ml_project.monitoring_data import MonitoringInputError
+from ml_project.monitoring_summary import ColumnDrift, DriftSummary, PerformanceSummary
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ColumnDrift:
-    column: str
-    method: str
-    score: float
-    threshold: float
-    drifted: bool
-
-
-@dataclass(frozen=True)
-class DriftSummary:
-    """Per-column drift of the inputs and of the predictions; the share counts inputs only."""
-
-    features: tuple[ColumnDrift, ...]
-    predictions: tuple[ColumnDrift, ...]
-    drifted_share: float
-    threshold: float
-    reference_rows: int
-    current_rows: int
-    report: Run = field(repr=False, compare=False)
-
-    @property
-    def detected(self) -> bool:
-        """Evidently's rule, so the verdict here and the report's headline always agree."""
-        return self.drifted_share >= self.threshold
-
-    @property
-    def drifted_features(self) -> list[str]:
-        return [drift.column for drift in self.features if drift.drifted]
-
-    def to_dict(self) -> dict[str, Any]:
-        return _json_object(
-            {
-                "detected": self.detected,
-                "drifted_share": self.drifted_share,
-                "threshold": self.threshold,
-                "drifted_features": self.drifted_features,
-                "reference_rows": self.reference_rows,
-                "current_rows": self.current_rows,
-                "features": [asdict(drift) for drift in self.features],
-                "predictions": [asdict(drift) for drift in self.predictions],
-            }
-        )
-
-
-@dataclass(frozen=True)
-class PerformanceSummary:
-    """Every configured metric on labelled production predictions and on the holdout.
-
-    Metrics follow scikit-learn's sign convention (greater is better), so a drop is always
-    `baseline - production`; it is judged relative to the baseline's size (`relative_drop`), so
-    one threshold means the same for ROC AUC, accuracy and an RMSE in any unit.
-    """
-
-    metric: str
-    production: dict[str, float]
-    baseline: dict[str, float]
-    baseline_source: str
-    labelled_rows: int
-    threshold: float
-    report: Run | None = field(repr=False, compare=False)
-    report_left_out: str | None = None  # why there is no Evidently report (`report` is None)
-
-    @property
-    def drop(self) -> float:
-        return self.baseline[self.metric] - self.production[self.metric]
-
-    @property
-    def relative_drop(self) -> float:
-        """The drop as a share of the baseline's magnitude (0.05: 5% worse than the holdout)."""
-        scale = abs(self.baseline[self.metric])
-        return self.drop / scale if scale > 0 else self.drop
-
-    @property
-    def degraded(self) -> bool:
-        """False when the metric is undefined (NaN), e.g. labels of one class only."""
-        return bool(self.relative_drop > self.threshold)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _json_object(
-            {
-                "metric": self.metric,
-                "degraded": self.degraded,
-                "drop": self.drop,
-                "relative_drop": self.relative_drop,
-                "threshold": self.threshold,
-                "labelled_rows": self.labelled_rows,
-                "production": self.production,
-                "baseline": self.baseline,
-                "baseline_source": self.baseline_source,
-                "report_left_out": self.report_left_out,
-            }
-        )
-
-
-def _json_object(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {str(key): _json_safe(value) for key, value in values.items()}
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN is not JSON: an undefined metric is written as null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, Mapping):
-        return _json_object(value)
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    return value
 
 
 # --- Drift and performance: Evidently's reports, our verdicts -----------------------------------
@@ -395,35 +282,3 @@ def write_report_html(report: Run, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     report.save_html(str(path))
     return path
-
-
-def monitoring_summary(
-    window: PredictionWindow,
-    drift: DriftSummary,
-    performance: PerformanceSummary | None,
-    reference: Reference,
-    service: PredictionService,
-) -> dict[str, Any]:
-    """What a scheduler, a dashboard or a person needs from one monitoring run, as JSON."""
-    first, last = window.period
-    return _json_object(
-        {
-            "generated_at": datetime.now(timezone.utc).isoformat(),
-            "model": {
-                "name": service.metadata.get("model_name"),
-                "version": service.model_version,
-                "mlflow_run_id": service.metadata.get("mlflow_run_id"),
-            },
-            "window": {
-                "requests": window.requests,
-                "predicted": len(window.predictions),
-                "rejected": window.rejected,
-                "first_logged_at": first,
-                "last_logged_at": last,
-                "model_versions": window.model_versions,
-            },
-            "reference": {"rows": len(reference.sample), "source": reference.source},
-            "drift": drift.to_dict(),
-            "performance": performance.to_dict() if performance else None,
-        }
-    )

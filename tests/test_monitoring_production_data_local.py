@@ -20,6 +20,14 @@ from mlflow.tracking import MlflowClient
 
 from ml_project.config import Config, _merge
 from ml_project.ingest import stream_production_instances
+from ml_project.monitoring_summary import (
+    EXIT_BAD_INPUT,
+    EXIT_DRIFT,
+    EXIT_DRIFT_AND_PERFORMANCE_DROP,
+    EXIT_OK,
+    EXIT_PERFORMANCE_DROP,
+    EXIT_RETRAINING_FAILED,
+)
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
 from ml_project.prediction_log.records import LogRecord, new_request_id
@@ -29,12 +37,6 @@ from tests.conftest import prediction_config, write_project
 from use_cases import modelling_historic_data_local
 from use_cases.monitoring_production_data_local import (
     DRIFT_REPORT,
-    EXIT_BAD_INPUT,
-    EXIT_DRIFT,
-    EXIT_DRIFT_AND_PERFORMANCE_DROP,
-    EXIT_OK,
-    EXIT_PERFORMANCE_DROP,
-    EXIT_RETRAINING_FAILED,
     PERFORMANCE_REPORT,
     SUMMARY_FILE,
     main,

@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from ml_project.config import PROJECT_ROOT
+from ml_project.monitoring_summary import EXIT_BAD_INPUT
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
 from ml_project.prediction_log.records import LogRecord
@@ -37,7 +38,7 @@ from tests.serving import (
     write_serving_config,
 )
 from use_cases import monitoring_production_data_local
-from use_cases.monitoring_production_data_local import EXIT_BAD_INPUT, SUMMARY_FILE
+from use_cases.monitoring_production_data_local import SUMMARY_FILE
 
 URL_VARIABLE = "ML_PROJECT_PREDICTION_LOG_URL"
 

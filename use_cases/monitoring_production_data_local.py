@@ -34,14 +34,7 @@ import pandas as pd
 from ml_project.cli import base_parser, start_run
 from ml_project.config import Config, load_config
 from ml_project.export import ArtifactError
-from ml_project.monitor import (
-    DriftSummary,
-    PerformanceSummary,
-    detect_drift,
-    evaluate_performance,
-    monitoring_summary,
-    write_report_html,
-)
+from ml_project.monitor import detect_drift, evaluate_performance, write_report_html
 from ml_project.monitoring_data import (
     MonitoringInputError,
     PredictionWindow,
@@ -52,6 +45,16 @@ from ml_project.monitoring_data import (
     read_prediction_window,
     read_production_labels,
 )
+from ml_project.monitoring_summary import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    EXIT_RETRAINING_FAILED,
+    DriftSummary,
+    PerformanceSummary,
+    exit_code,
+    monitoring_summary,
+    summary_table,
+)
 from ml_project.predict import PredictionService
 from ml_project.registry import CHAMPION, TrackingError
 from ml_project.tracking import log_artifacts_to_run
@@ -59,13 +62,6 @@ from ml_project.train import check_training_config
 from use_cases.modelling_historic_data_local import model
 
 logger = logging.getLogger("monitoring")
-
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
-EXIT_DRIFT = 10
-EXIT_PERFORMANCE_DROP = 11
-EXIT_DRIFT_AND_PERFORMANCE_DROP = 12
-EXIT_RETRAINING_FAILED = 13
 
 DRIFT_REPORT = "drift_report.html"
 PERFORMANCE_REPORT = "performance_report.html"
@@ -89,15 +85,6 @@ def positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
     return number
-
-
-def exit_code(drift: DriftSummary, performance: PerformanceSummary | None) -> int:
-    degraded = performance is not None and performance.degraded
-    if drift.detected and degraded:
-        return EXIT_DRIFT_AND_PERFORMANCE_DROP
-    if drift.detected:
-        return EXIT_DRIFT
-    return EXIT_PERFORMANCE_DROP if degraded else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     reports = write_reports(directory, drift, performance)
     code = exit_code(drift, performance)
     summary = monitoring_summary(window, drift, performance, reference, service)
-    print_summary(summary, drift, performance, code, config)
+    print(summary_table(summary, drift, performance, code, config))
 
     retraining = None
     if args.retrain_on_drift and code != EXIT_OK:
@@ -187,41 +174,6 @@ def write_reports(directory: Path, drift: DriftSummary,
     else:
         (directory / PERFORMANCE_REPORT).unlink(missing_ok=True)  # never show a stale verdict
     return reports
-
-
-def print_summary(summary: dict[str, Any], drift: DriftSummary,
-                  performance: PerformanceSummary | None, code: int, config: Config) -> None:
-    """The short table a person reads in the terminal; the JSON summary has everything."""
-    model, window = summary["model"], summary["window"]
-    print(f"\nMonitoring {model['name']} version {model['version']}: {window['requests']} "
-          f"requests logged {window['first_logged_at']} .. {window['last_logged_at']} "
-          f"({window['predicted']} predicted, {window['rejected']} rejected)")
-    rows = (*drift.features, *drift.predictions)
-    width = max([22, *(len(column.column) for column in rows)])  # a long name keeps its row
-    print(f"  {'column':<{width}} {'method':<32} {'score':>7} {'threshold':>9}  drift")
-    for column in rows:
-        print(f"  {column.column:<{width}} {column.method:<32} {column.score:>7.3f} "
-              f"{column.threshold:>9.3f}  {'DRIFT' if column.drifted else 'ok'}")
-    verdict = "DATA DRIFT" if drift.detected else "ok"
-    print(f"  drifted features: {len(drift.drifted_features)} of {len(drift.features)} "
-          f"(share {drift.drifted_share:.2f}, threshold {drift.threshold:.2f}): {verdict}")
-    if performance is None:
-        print(f"  performance: no verdict (fewer than {config.monitoring.min_labelled_records} "
-              "labelled predictions in the window)")
-    else:
-        metric = performance.metric
-        verdict = "PERFORMANCE DROP" if performance.degraded else "ok"
-        print(f"  performance ({metric}, {performance.labelled_rows} labelled): production "
-              f"{performance.production[metric]:.4f} vs holdout {performance.baseline[metric]:.4f},"
-              f" drop {performance.drop:.4f} = {performance.relative_drop:.1%} of the holdout's"
-              f" (threshold {performance.threshold:.1%}): {verdict}")
-        if performance.report_left_out:
-            print(f"  performance report: none, {performance.report_left_out}")
-    if code in (EXIT_DRIFT, EXIT_DRIFT_AND_PERFORMANCE_DROP):
-        print(f"ALERT: data drift in {', '.join(drift.drifted_features)}: the production data no "
-              "longer looks like the training data.")
-    if code in (EXIT_PERFORMANCE_DROP, EXIT_DRIFT_AND_PERFORMANCE_DROP):
-        print("ALERT: the model performs worse in production than on its holdout.")
 
 
 def retrain(config: Config, args: argparse.Namespace, directory: Path) -> dict[str, Any] | None:
