@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rename the package (ml_project, or whatever pyproject.toml names now) to NEW_NAME everywhere:
+# Rename the package (ml_project, or whatever pyproject.toml's [project] name is now) to NEW_NAME:
 # the folder (git mv), imports, pyproject.toml, the Pipfile entry and its lock, configs,
 # deployment files, docs, scripts and tests; environment variables (ML_PROJECT_API_KEY...) too.
 # Refuses a dirty git tree, so `git diff` shows exactly what it changed and `git checkout .`
@@ -48,7 +48,7 @@ def pipfile_hash(text: str) -> str:
 
 
 new = sys.argv[1]
-old = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["setuptools"]["packages"][0]
+old = tomllib.loads(Path("pyproject.toml").read_text())["project"]["name"]
 sys.path = [entry for entry in sys.path if entry not in ("", ".")]  # installed modules only
 if not re.fullmatch(r"[a-z][a-z0-9_]*", new):
     fail(f"{new!r} is not a lowercase Python identifier (a-z, 0-9 and _, starting with a letter)")

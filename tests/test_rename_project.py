@@ -47,7 +47,8 @@ def test_rename_changes_every_reference_and_the_copy_passes_its_tests(copy: Path
                                 "-e", "ML_PROJECT_[A-Z*]", "-P"], cwd=copy, capture_output=True,
                                text=True).stdout
     assert leftovers == ""
-    assert 'packages = ["acme_churn"]' in (copy / "pyproject.toml").read_text()
+    pyproject = (copy / "pyproject.toml").read_text()
+    assert 'name = "acme_churn"' in pyproject and '"acme_churn*"' in pyproject
     assert "acme-churn = {path" in (copy / "Pipfile").read_text()
     assert all("from acme_churn." in path.read_text()
                for path in (copy / "use_cases").glob("[!_]*.py"))
