@@ -14,17 +14,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.pool import QueuePool
 
 from ml_project.config import PROJECT_ROOT
 from ml_project.prediction_log.log import BATCH_WAIT_SECONDS, PredictionLog
 from ml_project.prediction_log.records import LogRecord, new_request_id
 from ml_project.prediction_log.spill import REJECTED_FILE
-from ml_project.prediction_log.table import insert_or_ignore
 
 
 def _record(i: int, error: str | None = None, request_id: str | None = None,
@@ -208,17 +205,7 @@ def test_torn_undecodable_and_foreign_lines_are_moved_aside_and_never_block_the_
     log.close()
 
 
-def test_an_old_schema_database_is_left_as_is_and_the_log_works_beside_it(tmp_path: Path) -> None:
-    database = tmp_path / "log.db"
-    with sqlite3.connect(database) as old:
-        old.execute("CREATE TABLE predictions (record_id INTEGER PRIMARY KEY, request_id TEXT)")
-        old.execute("INSERT INTO predictions (request_id) VALUES ('old')")
-    log = _log(tmp_path)
-    log.append([_record(0)])
-    assert _ids(log) == ["C0"]
-    log.close()
-    with sqlite3.connect(database) as old:
-        assert old.execute("SELECT count(*) FROM predictions").fetchone() == (1,)
+
 
 
 def test_a_full_queue_and_an_unwritable_spill_folder_are_counted_never_raised(
@@ -314,10 +301,3 @@ def test_a_forked_child_writes_through_connections_of_its_own_and_the_parent_kee
     assert pooled == 1
     assert [row["instance_id"] for row in rows] == ["C0", "C1", "C2", "C3"]
     assert not log.spill_files()
-
-
-def test_replays_insert_or_ignore_in_postgresql_too() -> None:
-    """The statement a PostgreSQL log runs (no server here: its compiled SQL)."""
-    dialect: Any = postgresql.dialect
-    sql = str(insert_or_ignore("postgresql").compile(dialect=dialect()))
-    assert "ON CONFLICT (record_key) DO NOTHING" in sql

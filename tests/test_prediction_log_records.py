@@ -1,0 +1,69 @@
+"""One record of the prediction log: whatever a client sent becomes a row every store and spill
+file can hold, keyed by request and instance, with the model's identity."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from ml_project.prediction_log.records import MAX_DEPTH, LogRecord, log_record, new_request_id
+
+
+def _row(**fields: Any) -> dict[str, Any]:
+    record = LogRecord(**{"request_id": "r1", "source": "api", "input": {},
+                          "model_version": "3", **fields})
+    return record.to_row()
+
+
+def test_a_row_has_a_unique_key_per_instance_of_a_request() -> None:
+    rows = [_row(instance_index=i) for i in range(3)]
+    assert [row["record_key"] for row in rows] == ["r1:0", "r1:1", "r1:2"]
+    assert len({new_request_id() for _ in range(1000)}) == 1000
+
+
+@pytest.mark.parametrize(("value", "stored"), [
+    ("\ud800", "\\ud800"),  # a lone surrogate, which no UTF-8 encoder takes
+    ("a\x00b", "a\\x00b"),  # NUL, which PostgreSQL's text refuses
+    ("plain text é", "plain text é"),
+])
+def test_text_any_store_can_hold_is_kept_and_the_rest_escaped(value: str, stored: str) -> None:
+    row = _row(instance_id=value, error=value, input={value: value})
+    assert row["instance_id"] == stored and row["error"] == stored
+    assert json.loads(row["input"]) == {stored: stored}
+    json.dumps(row).encode("utf-8")  # every field encodes
+
+
+def test_nan_is_stored_as_null_and_numpy_scalars_as_numbers() -> None:
+    import numpy as np
+
+    row = _row(input={"age": math.nan, "count": np.int64(4), "share": np.float32(0.5)},
+               probabilities={"0": 0.25, "1": 0.75})
+    assert json.loads(row["input"]) == {"age": None, "count": 4, "share": 0.5}
+    assert json.loads(row["probabilities"]) == {"0": 0.25, "1": 0.75}
+
+
+def test_nesting_deeper_than_the_limit_is_stored_as_a_placeholder() -> None:
+    value: list[object] = []
+    for _ in range(5000):
+        value = [value]
+    stored = json.loads(_row(input={"age": value})["input"])["age"]
+    for _ in range(MAX_DEPTH - 1):
+        stored = stored[0]
+    assert stored == f"<nested deeper than {MAX_DEPTH} levels>"
+
+
+def test_log_record_takes_the_id_and_the_models_identity_from_the_service() -> None:
+    service: Any = SimpleNamespace(
+        config=SimpleNamespace(columns=SimpleNamespace(id="customer_id")),
+        model_version="7", metadata={"model_name": "churn", "sha256": "f" * 64})
+    record = log_record(service, {"customer_id": 1234, "age": 3}, request_id="r9",
+                        source="stream", latency_ms=1.5, instance_index=2)
+    row = record.to_row()
+    assert (row["instance_id"], row["model_version"], row["model_name"], row["model_sha256"]) \
+        == ("1234", "7", "churn", "f" * 64)
+    assert (row["record_key"], row["source"], row["latency_ms"]) == ("r9:2", "stream", 1.5)
+    assert log_record(None, {}, request_id="r", source="api", latency_ms=0).model_version is None
