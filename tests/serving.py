@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -185,3 +186,45 @@ def send_slowly_and_stop(base_url: str, server: psutil.Process, stop: Callable[[
         while chunk := sock.recv(65536):
             answer += chunk
     return answer, stopped_at
+
+
+@contextmanager
+def stub_server(post_statuses: list[int]) -> Iterator[tuple[str, list[str | None]]]:
+    """Answers POSTs with the given statuses in turn (then 200) and every GET with 200.
+    Yields its URL and the X-API-Key header of every POST it received."""
+    statuses = iter(post_statuses)
+    received: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self._send(200, {"status": "ready", "model_name": "stub", "model_version": "7"})
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            received.append(self.headers.get("X-API-Key"))
+            status = next(statuses, 200)
+            body: dict[str, object] = (
+                {"prediction": 1, "model_version": "7"} if status == 200 else {"detail": "no"}
+            )
+            self._send(status, body)
+
+        def _send(self, status: int, body: dict[str, object]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", received
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

@@ -6,117 +6,21 @@ failures (503 twice, then 200; a 422 that must not be retried).
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
-from ml_project.serving.client import PredictionClient
 from ml_project.serving.fastapi_app import create_app
 from tests.serving import (
-    INSTANCE,
-    free_port,
     load_serving_config,
     sample_size_and_rejections,
     serve_in_thread,
+    stub_server,
     write_serving_config,
 )
 from use_cases import predicting_production_data_deployed_server
-
-
-@contextmanager
-def stub_server(post_statuses: list[int]) -> Iterator[tuple[str, list[str | None]]]:
-    """Answers POSTs with the given statuses in turn (then 200) and every GET with 200.
-    Yields its URL and the X-API-Key header of every POST it received."""
-    statuses = iter(post_statuses)
-    received: list[str | None] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self._send(200, {"status": "ready", "model_name": "stub", "model_version": "7"})
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            received.append(self.headers.get("X-API-Key"))
-            status = next(statuses, 200)
-            body: dict[str, object] = (
-                {"prediction": 1, "model_version": "7"} if status == 200 else {"detail": "no"}
-            )
-            self._send(status, body)
-
-        def _send(self, status: int, body: dict[str, object]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-
-@pytest.fixture
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The client's backoff delays, recorded instead of slept. Only this thread's: threads other
-    tests left running (py4j's finalizer after a Spark session, log writers) sleep for real."""
-    delays: list[float] = []
-    real_sleep, test_thread = time.sleep, threading.get_ident()
-
-    def sleep(seconds: float) -> None:
-        if threading.get_ident() == test_thread:
-            delays.append(seconds)
-        else:
-            real_sleep(seconds)
-
-    monkeypatch.setattr(time, "sleep", sleep)
-    return delays
-
-
-def test_client_retries_5xx_with_exponential_backoff_then_succeeds(sleeps: list[float]) -> None:
-    with stub_server([503, 503]) as (url, received):
-        client = PredictionClient(url, api_key="k", max_retries=3, backoff_seconds=0.25)
-        answer = client.predict(INSTANCE)
-
-    assert answer.ok and answer.attempts == 3
-    assert answer.body == {"prediction": 1, "model_version": "7"}
-    assert sleeps == [0.25, 0.5]
-    assert received == ["k", "k", "k"]
-
-
-def test_client_never_retries_a_4xx(sleeps: list[float]) -> None:
-    with stub_server([422]) as (url, received):
-        answer = PredictionClient(url, max_retries=3).predict(INSTANCE)
-
-    assert answer.rejected and answer.status == 422 and answer.attempts == 1
-    assert len(received) == 1
-    assert sleeps == []
-
-
-def test_client_retries_connection_errors_then_reports_the_failure(sleeps: list[float]) -> None:
-    answer = PredictionClient(f"http://127.0.0.1:{free_port()}", max_retries=2,
-                              backoff_seconds=0.1).predict(INSTANCE)
-
-    assert answer.failed and answer.status is None and answer.attempts == 3
-    assert answer.error is not None and "ConnectionError" in answer.error
-    assert sleeps == [0.1, 0.2]
 
 
 def test_main_streams_to_the_server_with_the_api_key_and_summarises(

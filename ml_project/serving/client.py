@@ -2,8 +2,10 @@
 
 The use cases that stream production data over HTTP, to a local or a deployed server, share it.
 It retries only what a second try may fix: connection errors, timeouts and 5xx (a 503 while a
-replica loads its model, a 502 from a proxy). A 4xx is the request's own fault and comes back at
-once. Retrying a prediction is safe: it changes nothing but adds a record to the server's log.
+replica loads its model, a 502 from a proxy), after urllib3's exponential backoff or the
+server's Retry-After. A 4xx is the request's own fault and comes back at once. Retrying a
+prediction is safe: it changes nothing but adds a record to the server's log. The retry policy
+is urllib3's own `Retry`, mounted on the requests session.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from ml_project.config import Config
 from ml_project.serving.endpoints import API_KEY_ENV, API_KEY_HEADER
@@ -23,6 +27,7 @@ from ml_project.serving.endpoints import API_KEY_ENV, API_KEY_HEADER
 logger = logging.getLogger(__name__)
 
 SERVER_URL_ENV = "ML_PROJECT_SERVER_URL"
+RETRIED_STATUSES = frozenset(range(500, 600))
 
 
 @dataclass(frozen=True)
@@ -65,9 +70,8 @@ class PredictionClient:
         self.timeout_seconds = timeout_seconds
         self.max_retries = max_retries
         self.backoff_seconds = backoff_seconds
-        self.session = requests.Session()
-        if api_key:
-            self.session.headers[API_KEY_HEADER] = api_key
+        self.headers = {API_KEY_HEADER: api_key} if api_key else {}
+        self._sessions: dict[int, requests.Session] = {}
 
     @classmethod
     def from_config(
@@ -95,31 +99,33 @@ class PredictionClient:
     def request(
         self, method: str, path: str, payload: Any = None, *, retries: int | None = None
     ) -> Answer:
-        """Send, retrying connection errors, timeouts and 5xx after 1, 2, 4... x backoff."""
+        """Send, retrying connection errors, timeouts and 5xx with exponential backoff."""
         retries = self.max_retries if retries is None else retries
         started = time.perf_counter()
-        attempt = 0
-        while True:
-            attempt += 1
-            status, body, error = self._send(method, path, payload)
-            if error is None or attempt > retries:
-                return Answer(status, body, _since(started), attempt, error)
-            delay = self.backoff_seconds * 2 ** (attempt - 1)
-            logger.warning("%s %s: %s; retry %d of %d in %.2f s", method, path, error, attempt,
-                           retries, delay)
-            time.sleep(delay)
-
-    def _send(self, method: str, path: str, payload: Any) -> tuple[int | None, Any, str | None]:
-        """One attempt: status, body, and the reason to retry (None if the answer is final)."""
         try:
-            response = self.session.request(method, self.base_url + path, json=payload,
-                                            timeout=self.timeout_seconds)
+            response = self._session(retries).request(
+                method, self.base_url + path, json=payload, timeout=self.timeout_seconds)
         except (requests.ConnectionError, requests.Timeout) as err:
-            return None, None, f"{type(err).__name__}: {err}"
+            return Answer(None, None, _since(started), retries + 1, f"{type(err).__name__}: {err}")
+        history = response.raw.retries.history if response.raw.retries else ()
         body = _json_or_text(response)
-        if response.status_code >= 500:
-            return response.status_code, body, f"HTTP {response.status_code}: {body}"
-        return response.status_code, body, None
+        error = f"HTTP {response.status_code}: {body}" if response.status_code >= 500 else None
+        return Answer(response.status_code, body, _since(started), len(history) + 1, error)
+
+    def _session(self, retries: int) -> requests.Session:
+        """The session that retries `retries` times (one per count, sharing the headers):
+        urllib3's policy retries any method after a connection error, a timeout or a 5xx,
+        waiting 0, 2, 4... x backoff (or the server's Retry-After), and returns the last
+        answer as it is."""
+        if retries not in self._sessions:
+            session = requests.Session()
+            session.headers.update(self.headers)
+            retry = Retry(total=retries, status_forcelist=RETRIED_STATUSES, allowed_methods=None,
+                          backoff_factor=self.backoff_seconds, raise_on_status=False)
+            for scheme in ("http://", "https://"):
+                session.mount(scheme, HTTPAdapter(max_retries=retry))
+            self._sessions[retries] = session
+        return self._sessions[retries]
 
     def wait_until_ready(
         self, timeout_seconds: float, *, give_up: Callable[[], bool] | None = None
@@ -134,7 +140,8 @@ class PredictionClient:
             time.sleep(0.1)
 
     def close(self) -> None:
-        self.session.close()
+        for session in self._sessions.values():
+            session.close()
 
 
 def _json_or_text(response: requests.Response) -> Any:

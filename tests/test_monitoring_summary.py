@@ -1,0 +1,90 @@
+"""What one monitoring run concluded: the exit code of each combination of alerts, a summary
+that is JSON (an undefined metric is null), and the table a person reads."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+
+from ml_project.monitoring_summary import (
+    EXIT_DRIFT,
+    EXIT_DRIFT_AND_PERFORMANCE_DROP,
+    EXIT_OK,
+    EXIT_PERFORMANCE_DROP,
+    ColumnDrift,
+    DriftSummary,
+    PerformanceSummary,
+    exit_code,
+    json_safe,
+    summary_table,
+)
+
+
+def _drift(share: float) -> DriftSummary:
+    columns = (ColumnDrift("age", "wasserstein", 0.3, 0.1, True),
+               ColumnDrift("a_column_with_a_name_longer_than_the_table", "chisquare", 0.5, 0.05,
+                           False))
+    return DriftSummary(columns, (ColumnDrift("prediction", "jensenshannon", 0.0, 0.1, False),),
+                        share, 0.3, 100, 50, report=None)
+
+
+def _performance(production: float, baseline: float = 0.8) -> PerformanceSummary:
+    return PerformanceSummary("roc_auc", {"roc_auc": production}, {"roc_auc": baseline},
+                              "holdout", 120, 0.05, report=None)
+
+
+@pytest.mark.parametrize(("share", "production", "code"), [
+    (0.0, 0.8, EXIT_OK), (0.5, 0.8, EXIT_DRIFT), (0.0, 0.5, EXIT_PERFORMANCE_DROP),
+    (0.5, 0.5, EXIT_DRIFT_AND_PERFORMANCE_DROP), (0.5, None, EXIT_DRIFT), (0.0, None, EXIT_OK),
+    (0.0, math.nan, EXIT_OK),  # an undefined metric (labels of one class) is no verdict
+])
+def test_exit_code_says_which_alert_was_raised(
+    share: float, production: float | None, code: int
+) -> None:
+    performance = None if production is None else _performance(production)
+    assert exit_code(_drift(share), performance) == code
+
+
+def test_the_drop_is_relative_to_the_holdout_so_one_threshold_fits_every_metric() -> None:
+    small, large = _performance(0.78, 0.8), _performance(0.70, 0.8)
+    assert small.drop == pytest.approx(0.02) and small.relative_drop == pytest.approx(0.025)
+    assert not small.degraded and large.degraded  # threshold 5% of the holdout's ROC AUC
+    rmse = PerformanceSummary("neg_root_mean_squared_error", {"neg_root_mean_squared_error": -110},
+                              {"neg_root_mean_squared_error": -100}, "holdout", 120, 0.05,
+                              report=None)
+    assert rmse.relative_drop == pytest.approx(0.1) and rmse.degraded  # 10% worse, any unit
+
+
+def test_a_summary_is_json_with_undefined_values_as_null() -> None:
+    value: Any = {"roc_auc": math.nan, "nested": [1.0, {"f1": math.nan}]}
+    assert json.loads(json.dumps(json_safe(value), allow_nan=False)) == {
+        "roc_auc": None, "nested": [1.0, {"f1": None}]}
+    assert json.loads(json.dumps(_performance(math.nan).to_dict(), allow_nan=False))
+
+
+def test_the_table_names_each_column_its_verdict_and_the_alerts(
+    tmp_path: Any
+) -> None:
+    from ml_project.config import load_config
+    from tests.conftest import write_project
+
+    config = load_config("prediction", "production", "local",
+                         config_file=write_project(tmp_path, n_historic=50, n_production=10),
+                         root=tmp_path)
+    summary = {"model": {"name": "churn", "version": "3"},
+               "window": {"requests": 50, "first_logged_at": "a", "last_logged_at": "b",
+                          "predicted": 48, "rejected": 2}}
+    table = summary_table(summary, _drift(0.5), _performance(0.5), EXIT_DRIFT_AND_PERFORMANCE_DROP,
+                          config)
+    lines = table.splitlines()
+
+    assert "Monitoring churn version 3: 50 requests" in table
+    assert any(line.split()[:1] == ["age"] and line.endswith("DRIFT") for line in lines)
+    long_row = next(line for line in lines if "a_column_with_a_name" in line)
+    assert long_row.endswith("ok") and long_row.split()[1] == "chisquare"
+    assert "ALERT: data drift in age" in table
+    assert "ALERT: the model performs worse in production than on its holdout." in table
+    assert "performance (roc_auc, 120 labelled)" in table
