@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import requests
 
@@ -144,6 +145,24 @@ def test_the_model_loads_without_the_garbage_collector_and_is_frozen_before_serv
     assert gc.isenabled()
 
 
+def _every_process_listening(launcher: psutil.Process) -> None:
+    """Until the server's every process that serves has a listening socket (the launcher's own
+    uvicorn, or each gunicorn worker: the master listens on nothing)."""
+    deadline = time.monotonic() + 60
+    while True:
+        tree = [launcher, *launcher.children(recursive=True)]
+        serving = [p for p in tree if p.name().startswith("python")]
+        workers = [p for p in serving if p.pid != serving[0].pid] or serving
+        try:
+            if workers and all(any(c.status == psutil.CONN_LISTEN
+                                   for c in p.net_connections(kind="tcp")) for p in workers):
+                return
+        except psutil.NoSuchProcess:
+            pass
+        assert time.monotonic() < deadline, "a worker is not listening"
+        time.sleep(0.05)
+
+
 def _environment_found() -> bool:
     """What the start command runs: the project's .venv, or Pipenv to find the environment."""
     return (PROJECT_ROOT / ".venv" / "bin" / "python").is_file() or bool(
@@ -168,6 +187,7 @@ def test_start_command_serves_in_the_foreground_until_interrupted(
         ready = client.wait_until_ready(90, give_up=lambda: process.poll() is not None)
         answer = client.predict(INSTANCE)
         client.close()
+        _every_process_listening(psutil.Process(process.pid))  # a worker per CPU: all booted
     finally:
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
         interrupted_at = time.monotonic()
@@ -179,7 +199,7 @@ def test_start_command_serves_in_the_foreground_until_interrupted(
     assert ready.ok, server_output
     assert answer.ok and answer.body["model_version"] == ready.body["model_version"]
     assert code == 0, server_output
-    # Not gunicorn's graceful_timeout (30 s), even when a worker was still booting.
+    # Not gunicorn's graceful_timeout (30 s): every process stops at once.
     assert stop_seconds < BOOT_STOP_SECONDS, (stop_seconds, server_output)
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/health", timeout=5)
@@ -401,6 +421,19 @@ def test_a_missing_gunicorn_config_file_stops_the_launcher_naming_it(
     assert stop.value.code == 2
     assert f"gunicorn config file not found: {tmp_path / 'nowhere.conf.py'}" in \
         capsys.readouterr().err
+
+
+def test_a_gunicorn_config_file_that_fails_stops_the_launcher_naming_it(
+    trained_project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_file = write_serving_config(trained_project, tmp_path)
+    broken = tmp_path / "gunicorn.conf.py"
+    broken.write_text("workers = undefined_name\n")
+    with pytest.raises(SystemExit) as stop:
+        launcher.main(["fastapi", "--workers", "2", "--gunicorn-config", str(broken),
+                       "--config", str(config_file), "--root", str(tmp_path)])
+    assert stop.value.code == 2
+    assert f"gunicorn config file {broken}: NameError" in capsys.readouterr().err
 
 
 def test_the_gunicorn_config_file_holds_gunicorn_settings_and_hooks_only() -> None:

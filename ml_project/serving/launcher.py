@@ -45,6 +45,12 @@ DEFAULT_PORT = 8000
 # The variable gunicorn, uvicorn and hosting platforms (Heroku, Render) already use.
 WORKERS_ENV = "WEB_CONCURRENCY"
 GUNICORN_CONFIG = Path(__file__).with_name("gunicorn.conf.py")
+# The signals that stop the service. A worker forked with the master's handlers for them would
+# only queue one in the master's state as it copied it, boot and serve on, and the master would
+# wait its graceful_timeout (30 s) to kill it: `_hold_stop_signals_across_forks`.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+_forking = False  # gunicorn is forking workers in this process
+_fork_hooks: list[None] = []  # one entry once the fork hooks are registered
 
 
 def default_workers() -> int:
@@ -117,7 +123,7 @@ def _start(argv: list[str] | None) -> int:
         parser.error(f"{WORKERS_ENV}: {err}")
     try:
         settings = read_gunicorn_config(args.gunicorn_config) if workers > 1 else {}
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     config, _ = start_run(
         parser, args, "prediction", "production", "local", f"serving_{args.framework}"
@@ -185,7 +191,10 @@ def read_gunicorn_config(path: Path) -> dict[str, Any]:
     out), as gunicorn's own `-c FILE` reads one: by running it."""
     if not path.is_file():
         raise FileNotFoundError(f"gunicorn config file not found: {path}")
-    names = runpy.run_path(str(path))
+    try:
+        names = runpy.run_path(str(path))
+    except Exception as err:  # whatever the file's own code raises
+        raise ValueError(f"gunicorn config file {path}: {type(err).__name__}: {err}") from err
     return {name: value for name, value in names.items()
             if not name.startswith("_") and not isinstance(value, types.ModuleType)}
 
@@ -218,7 +227,10 @@ def serve_on_workers(app: ASGIApp, host: str, port: int, workers: int,
             return app
 
     ready_to_serve()
+    _hold_stop_signals_across_forks()
     master = os.getpid()
+    global _forking
+    _forking = True
     try:
         Service().run()
     except SystemExit as stop:
@@ -229,9 +241,39 @@ def serve_on_workers(app: ASGIApp, host: str, port: int, workers: int,
             raise
         return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
     finally:
+        _forking = False
         if reserved is not None and os.getpid() == master:
             reserved.close()
     return 0
+
+
+def _hold_stop_signals_across_forks() -> None:
+    """A stop signal that comes while gunicorn forks a worker is held, and the worker starts
+    with the default action for it: the one that comes before the worker class installs its own
+    handlers stops the booting worker at once (nothing is in flight yet), never lost. Python's
+    documented fork hooks (`os.register_at_fork`), around gunicorn's fork; the master gets a
+    signal held during a fork as soon as the fork is done. Registered once; they act only while
+    `serve_on_workers` runs."""
+    if _fork_hooks:
+        return
+    held: list[set[int | signal.Signals]] = []
+
+    def before() -> None:
+        if _forking:
+            held.append(signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS))
+
+    def in_parent() -> None:
+        if held:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held.pop())
+
+    def in_child() -> None:
+        if held:
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, held.pop())
+
+    os.register_at_fork(before=before, after_in_parent=in_parent, after_in_child=in_child)
+    _fork_hooks.append(None)
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:
