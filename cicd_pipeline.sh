@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# CI/CD checks: install the dev environment from Pipfile.lock, then isort, ruff, bandit, mypy and
-# pytest with a coverage floor.
+# CI/CD checks: install the dev environment from Pipfile.lock, then isort, ruff, bandit, mypy, the
+# package's layers (import-linter) and pytest, both tiers on every core, with a coverage floor.
 # Exits non-zero on the first failure. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -33,7 +33,11 @@ pipenv run bandit -q -r ml_project
 echo "== mypy"
 pipenv run mypy ml_project use_cases tests deployment
 
-echo "== pytest"
-# Coverage of the package by the tests' own process (use cases and servers that tests start as
+echo "== layers (import-linter contracts in pyproject.toml)"
+pipenv run lint-imports
+
+echo "== pytest (both tiers, on every core)"
+# Coverage of the package by the tests' own processes (use cases and servers that tests start as
 # subprocesses are not counted); the floor sits a little below the 93% measured on 2026-11-30.
-pipenv run pytest -q --cov=ml_project --cov-report=term:skip-covered --cov-fail-under=90
+pipenv run pytest -q -m "not benchmark_full" --cov=ml_project --cov-report=term:skip-covered \
+  --cov-fail-under=90

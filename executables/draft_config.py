@@ -6,7 +6,7 @@ inferred rule is marked `# REVIEW`: ranges widened by a margin, categories as se
 timestamp and task guessed. The draft validates the file it came from; whether it describes the
 data you will receive is for you to decide.
 
-    python -m executables.draft_config DATA_FILE --target COLUMN [--id COL] [--timestamp COL]
+    python executables/draft_config.py DATA_FILE --target COLUMN [--id COL] [--timestamp COL]
 """
 
 from __future__ import annotations

@@ -27,13 +27,18 @@ def test_every_row_comes_out_once_as_the_chunk_scorer_scores_it(trained_project:
     shipped = SimpleNamespace(value=(service.pipeline, service.metadata, service.reference))
     scorer = PartitionScorer(shipped, config, text=True)
 
-    out = pd.concat(list(scorer(iter([cells.iloc[:100], cells.iloc[100:]]))), ignore_index=True)
+    outputs = list(scorer(iter([cells.iloc[:100], cells.iloc[100:]])))
 
+    # Each output holds quarantined rows or predictions, as Spark splits them by the reason
+    # when it writes them: the two kinds are put together apart (their empty columns differ).
     identifier = config.columns.id
-    quarantined = out[out[REASON_COLUMN].notna()]
-    predicted = out[out[REASON_COLUMN].isna()]
+    kinds = [frame[REASON_COLUMN].notna().all() for frame in outputs]
+    assert all(frame[REASON_COLUMN].notna().all() or frame[REASON_COLUMN].isna().all()
+               for frame in outputs)
+    quarantined = pd.concat([f for f, q in zip(outputs, kinds) if q], ignore_index=True)
+    predicted = pd.concat([f for f, q in zip(outputs, kinds) if not q], ignore_index=True)
     assert len(quarantined) + len(predicted) == len(cells)
-    assert sorted(out[identifier]) == sorted(cells[identifier])
+    assert sorted([*quarantined[identifier], *predicted[identifier]]) == sorted(cells[identifier])
     assert "tenure_months" in quarantined.loc[
         quarantined[identifier] == cells.loc[3, identifier], REASON_COLUMN].item()
     local = score_chunk(as_read(cells, config, text=True), service, config)

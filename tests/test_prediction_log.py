@@ -211,17 +211,26 @@ def test_torn_undecodable_and_foreign_lines_are_moved_aside_and_never_block_the_
 def test_a_full_queue_and_an_unwritable_spill_folder_are_counted_never_raised(
     tmp_path: Path,
 ) -> None:
+    """The writer waits on a database another connection locks, so the appends fill the queue
+    (whatever the threads' timing); then it can spill nowhere."""
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    log = PredictionLog("sqlite:////proc/no-such-dir/log.db", blocker / "spill",
-                        queue_size=5, retry_seconds=0.1)
-    for i in range(50):
-        log.append([_record(i)])  # never raises
-    log.flush(10)
-    counters = log.counters()
+    database = tmp_path / "log.db"
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    log = PredictionLog(f"sqlite:///{database}", blocker / "spill", queue_size=5,
+                        retry_seconds=0.1, lock_timeout_seconds=2)
+    try:
+        for i in range(50):
+            log.append([_record(i)])  # never raises, never waits
+        log.flush(30)
+        counters = log.counters()
+    finally:
+        holder.rollback()
+        holder.close()
+        log.close()
     assert counters["dropped_queue_full"] > 0
     assert counters["spill_failures"] > 0
-    log.close()
 
 
 # Several processes, one log ----------------------------------------------------------------------
