@@ -139,6 +139,7 @@ def test_every_operation_answers_as_its_openapi_schema_declares(
 # An independent run: the schemathesis command line, every check, against the launched service --
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("api_key", [None, API_KEY], ids=["default", "keyed"])
 def test_schemathesis_command_line_with_every_check_finds_nothing(
     api_key: str | None, trained_project: Path, tmp_path: Path

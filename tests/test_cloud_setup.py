@@ -233,6 +233,8 @@ def run_entry_mode(python: Path, bundle: Path, mode: str, output: Path) -> dict[
     return outcome
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("bundle_virtualenvs")
 def test_a_bundle_ships_only_what_serving_imports(
     built: tuple[str, Path], bundle_virtualenvs: BundleVirtualenvs, tmp_path: Path
 ) -> None:

@@ -50,6 +50,9 @@ from tests.serverless_cases import (
     rest_api_event,
 )
 
+# The provider's runtime in a virtualenv of the bundle's requirements: one worker builds them once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bundle_virtualenvs")]
+
 PROVIDER = "aws_lambda"
 
 

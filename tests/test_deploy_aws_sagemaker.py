@@ -45,6 +45,9 @@ from tests.provider_checks import (
 )
 from tests.serving import free_port
 
+# The provider's runtime in a virtualenv of the bundle's requirements: one worker builds them once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bundle_virtualenvs")]
+
 PROVIDER = "aws_sagemaker"
 
 

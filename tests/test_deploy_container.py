@@ -31,6 +31,9 @@ from tests.deployment_helpers import (
 from tests.provider_checks import image_environment, instructions
 from tests.serving import free_port
 
+# The provider's runtime in a virtualenv of the bundle's requirements: one worker builds them once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bundle_virtualenvs")]
+
 KUBERNETES = PROJECT_ROOT / "deployment" / "kubernetes"
 TOOLS = Path(sys.executable).parent
 

@@ -20,6 +20,9 @@ from tests.deployment_helpers import (
 )
 from tests.serving import free_port
 
+# The provider's runtime in a virtualenv of the bundle's requirements: one worker builds them once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bundle_virtualenvs")]
+
 
 @pytest.fixture(scope="module")
 def bundle(deployable_project: Path) -> Path:

@@ -232,6 +232,7 @@ def test_full_disk_and_unwritable_spill_never_fail_a_request_and_are_reported(
     assert health["counters"]["log_lost"] + health["counters"].get("log_dropped_queue_full", 0) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framework", ["fastapi", "flask"])
 def test_a_server_killed_while_the_log_is_locked_loses_nothing_after_a_restart(
     framework: str, trained_project: Path, tmp_path: Path

@@ -40,6 +40,9 @@ from tests.serving import (
 from use_cases import monitoring_production_data_local
 from use_cases.monitoring_production_data_local import SUMMARY_FILE
 
+# A real PostgreSQL server, started once on one worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("postgres_server")]
+
 URL_VARIABLE = "ML_PROJECT_PREDICTION_LOG_URL"
 
 

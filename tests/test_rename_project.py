@@ -15,6 +15,9 @@ import pytest
 
 from ml_project.config import PROJECT_ROOT
 
+# A clone of the project, renamed, runs tests of its own.
+pytestmark = pytest.mark.slow
+
 # A few fast test files of the copy: config, schemas and the drafter import most of the package.
 COPY_TESTS = ["tests/test_config.py", "tests/test_draft_config.py", "tests/test_engineer.py"]
 

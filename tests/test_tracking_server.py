@@ -32,6 +32,9 @@ from use_cases import (
     predicting_production_data_local,
 )
 
+# A real MLflow tracking server.
+pytestmark = pytest.mark.slow
+
 SCRIPT = PROJECT_ROOT / "executables" / "start_tracking_server.sh"
 
 

@@ -23,6 +23,7 @@ import requests
 from ml_project.config import PROJECT_ROOT
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
+from ml_project.serving.client import PredictionClient
 from ml_project.serving.launcher import GUNICORN_CONFIG, WORKERS_ENV, default_workers, main
 from tests.serving import (
     free_port,
@@ -337,9 +338,12 @@ def test_the_gunicorn_config_file_is_read_and_an_unknown_setting_is_named(
     with launch_server(config_file, tmp_path / "server.out", "fastapi", workers=2,
                        arguments=["--gunicorn-config", str(own)]) as (base_url, server):
         first = {worker.pid for worker in _workers(server, 2)}
+        # A worker that exits drops the connections waiting on its own socket (SO_REUSEPORT):
+        # the client retries them, as any client of a restarting server must.
+        client = PredictionClient(base_url, max_retries=5, backoff_seconds=0.05)
         for item in [instance(customer_id=f"M{i:02d}") for i in range(30)]:
-            assert requests.post(f"{base_url}/predict", json=item, timeout=30,
-                                 headers={"Connection": "close"}).status_code == 200
+            assert client.predict(item).ok
+        client.close()
         deadline = time.monotonic() + 30
         while first & {worker.pid for worker in _workers(server, 2)} == first:
             assert time.monotonic() < deadline, "no worker was restarted after max_requests"
