@@ -321,8 +321,8 @@ def _http_request(path: str, port: int, body: bytes) -> bytes:
 
 def server_specs(names: Sequence[str], config: Config, config_file: Path, held_out: HeldOut,
                  workers: int = 1) -> dict[str, ServerSpec]:
-    """Our launcher for FastAPI and Flask on `workers` processes; `mlflow models serve` on the
-    registered champion.
+    """Our services, FastAPI and Flask on `workers` processes, started by the documented start
+    command; `mlflow models serve` on the registered champion.
 
     Ours get the whole record, as a client sends it; mlflow gets the features only, as its
     signature lists them (extra fields would cost it a warning per request).
@@ -347,8 +347,10 @@ def server_specs(names: Sequence[str], config: Config, config_file: Path, held_o
                                                      "true"}, port, requests, right)
             continue
         else:
-            command = [sys.executable, "-m", "ml_project.serving.launcher", name, "--port", str(port),
-                       "--host", "127.0.0.1", "--workers", str(workers),
+            # The documented start command, as a user runs it (it runs the project
+            # environment's Python directly): its cost is part of what is measured.
+            command = ["bash", str(PROJECT_ROOT / "executables" / "start_prediction_service.sh"),
+                       name, str(port), "--host", "127.0.0.1", "--workers", str(workers),
                        "--config", str(config_file), "--root", str(config.root)]
             requests = [_http_request("/predict", port, json.dumps(r).encode())
                         for r in held_out.records]

@@ -1,8 +1,8 @@
 """What the prediction endpoints do, whatever the web framework: request bytes in, a reply out.
 
-`api.py` (FastAPI) and `flask_api.py` (Flask) are thin adapters over `PredictionEndpoints`: they
-read the body (at most `prediction.max_body_bytes`) and the X-API-Key header, and send back the
-`Reply`. So both frameworks answer every request, good or bad, with the same status and the
+`fastapi_app.py` and `flask_app.py` are thin adapters over `PredictionEndpoints`: they read the
+body (at most `prediction.max_body_bytes`) and the X-API-Key header, and send back the `Reply`;
+every cloud entry point reaches one of those two apps. So both frameworks answer every request, good or bad, with the same status and the
 same bytes, and a request is checked by one thing only: the compiled `InstanceValidator` behind
 `PredictionService`.
 
