@@ -6,10 +6,9 @@ both its check and its wording.
 - `field_rules(config)`, `identifier_rules(config)`, `target_rule(config)`: the rules;
 - `parse_number` / `parse_numbers`: the one way text becomes a number (one value or a column);
 - `InstanceValidator`: the per-record check (microseconds, no DataFrame).
-`request_model.py` documents the same rules as the Pydantic model the FastAPI docs show.
-`validate.py` builds the pandera schema for whole frames from the same rules, and takes the
-reason for every failing cell from `FieldRule.check`. This module imports neither pandera nor
-mlflow: it is on the serving path.
+`request_model.py` shows the same rules as the FastAPI docs' Pydantic model; `validate.py`
+builds the pandera schema for frames from them, with each failing cell's reason from
+`FieldRule.check`. No pandera, no mlflow here: this module is on the serving path.
 """
 
 from __future__ import annotations
@@ -42,6 +41,8 @@ REQUIRED = "is required"
 BLANKS = " \t\n\r\f\v"
 NUMBER_TEXT = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?i:inf(?:inity)?)"
 _NUMBER = re.compile(NUMBER_TEXT)
+
+
 def parse_number(value: Any) -> float | None:
     """A number, or a number as text, as a float; None if it is not one (a bool is not)."""
     if type(value) is float:
@@ -92,10 +93,8 @@ def _number_or_nan(value: Any) -> float:
 def parse_timestamp(value: Any) -> datetime | None:
     """An ISO 8601 date or date-time (text or a datetime) as a naive UTC datetime; else None.
 
-    Text is read by Python's `datetime.fromisoformat` or, failing that, by pandas' ISO 8601
-    parser (frames are parsed by the latter, a whole column at once): a text either accepts is
-    a timestamp on every path.
-    """
+    Text is read by `datetime.fromisoformat` or else pandas' ISO 8601 parser (which reads
+    frames, a column at once): a text either accepts is a timestamp on every path."""
     if isinstance(value, np.datetime64):
         value = pd.Timestamp(value)
     if isinstance(value, str):
@@ -185,10 +184,9 @@ class FieldRule:
     min: float | None = None
     max: float | None = None
     categories: frozenset[int | str] = frozenset()
-    # A feature's categories are text, as a file holds them: any other scalar (JSON's true, 4,
-    # 4.0; numpy's from a frame) is compared, and named, as its text, as a CSV writes it and
-    # the readers give a Parquet column ("True", "4", "4.0"). So are a target's classes when
-    # they are all text (a CSV's True/False target reads as bools); numbers keep their type.
+    # A feature's categories are text, as a file holds them: another scalar (JSON's true, 4,
+    # 4.0; numpy's) is compared and named as its text, as a CSV writes it ("True", "4", "4.0").
+    # So are a target's classes when all are text; numeric classes keep their type.
     as_text: bool = False
 
     def check(self, value: Any) -> tuple[Any, str | None]:
@@ -196,9 +194,8 @@ class FieldRule:
         it is bad, or None."""
         kind = type(value)
         if kind is int or kind is float:  # what JSON gives most: straight to the range checks
-            if kind is float:
-                number = value
-            else:  # beyond float range, an int is an infinity
+            number = value  # an int beyond float range is an infinity
+            if kind is int:
                 number = float(value) if -_INT_RANGE < value < _INT_RANGE else math.copysign(
                     math.inf, value)
             if number != number:
@@ -229,9 +226,7 @@ class FieldRule:
                 return value, None
             return value, f"must be one of {listed(self.categories)}, got {shown(value)}"
         if self.kind == "identifier":
-            if isinstance(value, str) or (
-                isinstance(value, numbers.Integral) and not isinstance(value, bool)
-            ):
+            if isinstance(value, (str, numbers.Integral)) and not isinstance(value, bool):
                 return value, None
             return value, f"must be text or an integer, got {shown(value)}"
         moment = parse_timestamp(value)
@@ -303,15 +298,14 @@ class LabelRule:
 
     def __init__(self, config: Config) -> None:
         self.classes: dict[str, Any] | None = None
-        expected = "a finite number"
+        self.expected = "a finite number"
         if config.is_classification:
             self.classes = {label_key(label): label for label in config.columns.target_classes}
-            expected = f"one of {list(config.columns.target_classes)}"
-        self.expected = expected
+            self.expected = f"one of {list(config.columns.target_classes)}"
 
     def check(self, value: Any) -> tuple[Any, str | None]:
-        """The label as the classes' own value (a float for regression; None when missing) and
-        why it is unusable, or None."""
+        """The label as its class's own value (regression: a float; None if missing), and why
+        it is unusable or None."""
         if is_missing(value):
             return None, None
         if self.classes is None:
@@ -328,10 +322,9 @@ class LabelRule:
         checked = [self.check(label) for label in labels]
         usable = np.array([error is None for _, error in checked], dtype=bool)
         values = [value if error is None else None for value, error in checked]
-        if self.classes is None:
-            return pd.Series(values, index=labels.index, dtype=float), usable
-        # the classes' own values: 1, never 1.0 beside a gap
-        return pd.Series(values, index=labels.index, dtype=object), usable
+        # regression: floats; classes: their own values (1, never 1.0 beside a gap)
+        dtype = float if self.classes is None else object
+        return pd.Series(values, index=labels.index, dtype=dtype), usable
 
 
 def known_fields(config: Config) -> tuple[str, ...]:
@@ -352,11 +345,10 @@ class InvalidInstance(ValueError):
 class InstanceValidator:
     """The per-record check: the rules pandera checks frames by, without a DataFrame.
 
-    The id and timestamp are optional and passed through to the log, but must be valid when
-    given; the target is known (a labelled row is welcome), not used, and checked as a labelled
-    file's labels are (`LabelRule`). Any other field is
-    ignored (`validation.unknown_fields: ignore`, logged at debug) or an error (`reject`), so a
-    misspelt feature name can be made to fail loudly.
+    The id and timestamp are optional and passed to the log, but must be valid when given; the
+    target is welcome, unused, and checked as a labelled file's labels are (`LabelRule`). Any
+    other field is ignored (`validation.unknown_fields: ignore`, logged at debug) or an error
+    (`reject`), so a misspelt feature name can be made to fail loudly.
     """
 
     def __init__(self, config: Config) -> None:

@@ -16,11 +16,11 @@ from sklearn.model_selection import TimeSeriesSplit
 
 from ml_project.config import CandidateConfig, Config, ConfigError, load_config
 from ml_project.ingest import load_historic_data
+from ml_project.leaderboard import build_leaderboard
 from ml_project.train import (
     CandidateResult,
     TrainingDataError,
     build_estimator,
-    build_leaderboard,
     build_pipeline,
     check_training_config,
     check_training_rows,
@@ -28,7 +28,6 @@ from ml_project.train import (
     select_best,
     split_holdout,
     train_candidates,
-    write_leaderboard,
 )
 from ml_project.validate import validate_production_data
 from tests.conftest import write_project
@@ -265,21 +264,6 @@ def test_split_holdout_stratified_keeps_the_class_balance(binary_run: Run) -> No
     )
 
 
-def test_build_leaderboard_has_every_candidate_setting_with_mean_and_std(binary_run: Run) -> None:
-    board = build_leaderboard(binary_run.results, binary_run.config)
-
-    assert sorted(zip(board["candidate"], board["params"])) == [
-        ("hist_gradient_boosting", "learning_rate=0.1"),
-        ("logistic_regression", "C=0.1"),
-        ("logistic_regression", "C=1.0"),
-    ]
-    for metric in binary_run.config.metrics:
-        assert board[f"mean_{metric}"].notna().all() and (board[f"std_{metric}"] >= 0).all()
-    primary = board[f"mean_{binary_run.config.training.metric}"]
-    assert primary.is_monotonic_decreasing
-    assert board["rank"].tolist() == [1, 2, 3]
-
-
 def test_select_best_takes_the_best_cv_score(binary_run: Run) -> None:
     best = select_best(binary_run.results)
 
@@ -291,20 +275,6 @@ def test_select_best_takes_the_best_cv_score(binary_run: Run) -> None:
 def test_select_best_rejects_an_empty_list() -> None:
     with pytest.raises(ValueError, match="no trained candidates"):
         select_best([])
-
-
-def test_write_leaderboard_writes_csv_markdown_and_chart(binary_run: Run) -> None:
-    board = build_leaderboard(binary_run.results, binary_run.config)
-
-    paths = write_leaderboard(board, binary_run.config)
-
-    assert set(paths) == {"csv", "md", "png"}
-    directory = binary_run.config.output_dir / "leaderboard"
-    assert all(path.parent == directory for path in paths.values())
-    pd.testing.assert_frame_equal(pd.read_csv(paths["csv"]), board, check_dtype=False)
-    lines = paths["md"].read_text().splitlines()
-    assert lines[0].startswith("| rank | candidate | params |") and len(lines) == 2 + len(board)
-    assert paths["png"].read_bytes().startswith(b"\x89PNG")
 
 
 def test_build_estimator_sets_params_and_the_seed(config: Config) -> None:

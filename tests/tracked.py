@@ -13,17 +13,16 @@ import pytest
 
 from ml_project.config import Config, load_config
 from ml_project.ingest import load_historic_data
+from ml_project.leaderboard import build_leaderboard, write_leaderboard
 from ml_project.registry import alias_for, champion_on_holdout, promote
 from ml_project.tracking import log_modelling_run, modelling_run
 from ml_project.train import (
     CandidateResult,
-    build_leaderboard,
     build_reference_sample,
     evaluate_holdout,
     select_best,
     split_holdout,
     train_candidates,
-    write_leaderboard,
 )
 from ml_project.validate import validate_production_data
 from tests.conftest import write_project

@@ -22,6 +22,7 @@ from ml_project.cli import base_parser, start_run
 from ml_project.config import Config
 from ml_project.export import export_pipeline, model_metadata, sha256_of
 from ml_project.ingest import load_historic_data, read_table
+from ml_project.leaderboard import build_leaderboard, write_leaderboard
 from ml_project.registry import (
     CHAMPION,
     TrackingError,
@@ -33,7 +34,6 @@ from ml_project.registry import (
 )
 from ml_project.tracking import log_modelling_run, modelling_run
 from ml_project.train import (
-    build_leaderboard,
     build_reference_sample,
     check_training_config,
     check_training_rows,
@@ -41,7 +41,6 @@ from ml_project.train import (
     select_best,
     split_holdout,
     train_candidates,
-    write_leaderboard,
 )
 from ml_project.validate import DataValidationError, validate_production_data, write_quarantine
 

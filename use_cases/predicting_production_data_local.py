@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import logging
 import statistics
+import time
 from pathlib import Path
+from typing import Any, Mapping
 
 from ml_project.cli import add_stream_options, base_parser, start_run
 from ml_project.export import ArtifactError
 from ml_project.ingest import stream_production_instances
-from ml_project.predict import PredictionService
-from ml_project.prediction_log.log import PredictionLog, predict_and_log
+from ml_project.predict import Prediction, PredictionService
+from ml_project.prediction_log.log import PredictionLog
+from ml_project.prediction_log.records import LogRecord, log_record, new_request_id
+from ml_project.schemas import InvalidInstance
 
 logger = logging.getLogger("predicting_production")
 
@@ -62,6 +66,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  latency in the core: p50 {cuts[49]:.2f} ms, p99 {cuts[98]:.2f} ms")
     print(f"  prediction log: {log.url}")
     return 0
+
+
+def predict_and_log(
+    service: PredictionService, log: PredictionLog, record: Mapping[str, Any], *, source: str
+) -> tuple[Prediction | None, LogRecord]:
+    """Predict one instance and log the request with its outcome, valid or not, as an API
+    request is logged. Returns the prediction (None if the instance was rejected: the reason is
+    in `LogRecord.error`) and the record logged."""
+    started = time.perf_counter()
+    prediction: Prediction | None = None
+    error = None
+    try:
+        prediction = service.predict_instance(record)
+    except InvalidInstance as err:
+        error = str(err)
+    entry = log_record(
+        service, record, request_id=new_request_id(), source=source,
+        latency_ms=(time.perf_counter() - started) * 1000, prediction=prediction, error=error,
+    )
+    log.append([entry])
+    return prediction, entry
 
 
 if __name__ == "__main__":

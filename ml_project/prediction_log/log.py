@@ -23,15 +23,14 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import sqlalchemy
 from sqlalchemy.exc import SQLAlchemyError
 
 from ml_project.config import Config, database_url
-from ml_project.predict import Prediction, PredictionService
 from ml_project.prediction_log import spill
-from ml_project.prediction_log.records import LogRecord, log_record, new_request_id
+from ml_project.prediction_log.records import LogRecord
 from ml_project.prediction_log.table import (
     METADATA,
     PREDICTIONS,
@@ -41,7 +40,6 @@ from ml_project.prediction_log.table import (
     insert_or_ignore,
     sqlite_pragmas,
 )
-from ml_project.schemas import InvalidInstance
 
 logger = logging.getLogger(__name__)
 
@@ -387,26 +385,3 @@ class PredictionLog:
                 pass
         atexit.unregister(self.close)
         self.engine.dispose()
-
-
-def predict_and_log(
-    service: PredictionService, log: PredictionLog, record: Mapping[str, Any], *, source: str
-) -> tuple[Prediction | None, LogRecord]:
-    """Predict one instance and log the request with its outcome, valid or not.
-
-    Returns the prediction (None if the instance was rejected) and the record logged; the
-    rejection reason is in `LogRecord.error`.
-    """
-    started = time.perf_counter()
-    prediction: Prediction | None = None
-    error = None
-    try:
-        prediction = service.predict_instance(record)
-    except InvalidInstance as err:
-        error = str(err)
-    entry = log_record(
-        service, record, request_id=new_request_id(), source=source,
-        latency_ms=(time.perf_counter() - started) * 1000, prediction=prediction, error=error,
-    )
-    log.append([entry])
-    return prediction, entry
