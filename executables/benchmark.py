@@ -54,9 +54,11 @@ import psutil
 import yaml
 from threadpoolctl import ThreadpoolController
 
-from ml_project.config import PROJECT_ROOT, Config, load_config
+from ml_project.config import OUTPUT_DIR_ENV, PROJECT_ROOT, Config, load_config
 from ml_project.ingest import read_table, stream_production_instances
 from ml_project.predict import PredictionService
+from ml_project.prediction_log import journal
+from ml_project.prediction_log.loader import read_status
 from ml_project.validate import validate_production_data
 
 logger = logging.getLogger(__name__)
@@ -304,6 +306,9 @@ class ServerSpec:
     port: int
     requests: list[bytes]  # one complete HTTP request per held-out row
     right: Callable[[int, bytes], bool]  # is this body the right answer for that row
+    # Our services' prediction journal: its loader, a process apart from the server's tree,
+    # counts in the server's memory.
+    journal: Path | None = None
 
 
 def free_port() -> int:
@@ -352,6 +357,8 @@ def server_specs(names: Sequence[str], config: Config, config_file: Path, held_o
             command = ["bash", str(PROJECT_ROOT / "executables" / "start_prediction_service.sh"),
                        name, str(port), "--host", "127.0.0.1", "--workers", str(workers),
                        "--config", str(config_file), "--root", str(config.root)]
+            # An output folder each, so each service's loader is found by its own status.
+            output = config.root / "output" / f"benchmark_service_{name}_{workers}"
             requests = [_http_request("/predict", port, json.dumps(r).encode())
                         for r in held_out.records]
 
@@ -359,18 +366,23 @@ def server_specs(names: Sequence[str], config: Config, config_file: Path, held_o
                 answer = json.loads(body)
                 return held_out.answer_is_right(row, answer.get("prediction"),
                                                 answer.get("probabilities"))
-        specs[name] = ServerSpec(name, command, env, port, requests, right)
+        specs[name] = ServerSpec(name, command, {**env, OUTPUT_DIR_ENV: str(output)}, port,
+                                 requests, right, output / journal.FOLDER)
     return specs
 
 
-def process_tree_memory(pid: int) -> tuple[int, int]:
+def process_tree_memory(pid: int, spec: ServerSpec | None = None) -> tuple[int, int]:
     """Resident bytes of a process and all its descendants (mlflow serves from a child, gunicorn
-    from a forked worker): (PSS, RSS). PSS counts a page shared by n processes as 1/n in each,
-    so a forked worker sharing the master's model is not counted twice, as summed RSS does;
-    where PSS is unknown (not Linux), RSS stands in."""
+    from a forked worker), and of our services' loader process: (PSS, RSS). PSS counts a page
+    shared by n processes as 1/n in each, so a forked worker sharing the master's model is not
+    counted twice, as summed RSS does; where PSS is unknown (not Linux), RSS stands in."""
     process = psutil.Process(pid)
+    members = [process, *process.children(recursive=True)]
+    status = read_status(spec.journal) if spec is not None and spec.journal else None
+    if status is not None and status.pid and psutil.pid_exists(status.pid):
+        members.append(psutil.Process(status.pid))
     pss = rss = 0
-    for member in [process, *process.children(recursive=True)]:
+    for member in members:
         try:
             memory = member.memory_full_info()
         except psutil.NoSuchProcess:
@@ -562,7 +574,7 @@ def served_round(specs: dict[str, ServerSpec], settings: Settings, round_number:
                 wrong=results[name]["wrong"] + wrong,
             )
         for name in names:
-            pss, rss = process_tree_memory(processes[name].pid)
+            pss, rss = process_tree_memory(processes[name].pid, specs[name])
             results[name].update(memory_mb=pss / MB, rss_mb=rss / MB)
     logger.debug("Served round %d: %s", round_number + 1, results)
     return results
@@ -594,7 +606,7 @@ def workers_round(specs: dict[tuple[str, int], ServerSpec], settings: Settings,
             concurrent_load(spec, settings.clients, min(1.0, settings.throughput_seconds), offset)
             load = concurrent_load(spec, settings.clients, settings.throughput_seconds, offset)
             errors, wrong = judge(spec, load)
-            pss, _ = process_tree_memory(process.pid)
+            pss, _ = process_tree_memory(process.pid, spec)
         results[f"{key[0]}_{key[1]}"] = {
             "throughput_rps": sum(status == 200 for _, status, _ in load.answers) / load.seconds,
             "memory_mb": pss / MB, "errors": errors, "wrong": wrong,

@@ -23,6 +23,9 @@ from ml_project.schemas import LabelRule
 
 logger = logging.getLogger(__name__)
 
+# Clocks differ a little between machines: a record this far ahead of now is not "future".
+FUTURE_TOLERANCE = pd.Timedelta(minutes=5)
+
 
 class MonitoringInputError(ValueError):
     """Input monitoring cannot use: an empty window, a labels file without id or target."""
@@ -34,12 +37,18 @@ class PredictionWindow:
 
     `predictions` holds the id, the features as sent, the prediction, one probability column per
     class (classification), the model version and `logged_at`. Rejected requests carry no
-    prediction, so they are only counted.
+    prediction, so they are only counted. What deserves a warning is counted too: records still
+    in the journal (not yet in the database), records time-stamped in the future, and instances
+    (ids) predicted more than once (a stream run twice, a client retrying).
     """
 
     predictions: pd.DataFrame
     requests: int
     rejected: int
+    pending: int = 0
+    future: int = 0
+    repeated_ids: int = 0
+    repeated_records: int = 0
 
     @property
     def model_versions(self) -> list[str]:
@@ -69,30 +78,54 @@ def read_prediction_window(
 ) -> PredictionWindow:
     """The last `last` requests of the prediction log, optionally within [since, until).
 
+    Read a chunk at a time, each turned into columns at once (repeated texts shared), so memory
+    follows the window's size, not the log's, nor the records' JSON.
+
     Args:
         since, until: ISO 8601 UTC timestamps, compared with each record's `logged_at`.
         model_sha256: only the records of the model with this artifact checksum (the one being
             monitored), so another model's predictions (an earlier project's, say) never mix in.
     """
     log = PredictionLog.from_config(config)
+    frames: list[pd.DataFrame] = []
+    requests = 0
+    shared: dict[Any, Any] = {}
     try:
-        records = log.read(last=last, since=since, until=until, model_sha256=model_sha256)
+        for chunk in log.read_chunks(last=last, since=since, until=until,
+                                     model_sha256=model_sha256):
+            requests += len(chunk)
+            predicted = [r for r in chunk if r["error"] is None and r["prediction"] is not None]
+            frames.append(_logged_frame(predicted, config, shared))
+        pending = log.pending().records
     finally:
         log.close()
-    predicted = [r for r in records if r["error"] is None and r["prediction"] is not None]
-    logger.info("Prediction log window: %d requests, %d predicted", len(records), len(predicted))
-    rejected = len(records) - len(predicted)
-    return PredictionWindow(_logged_frame(predicted, config), len(records), rejected)
+    predictions = pd.concat(frames, ignore_index=True) if frames else _logged_frame([], config, {})
+    logger.info("Prediction log window: %d requests, %d predicted", requests, len(predictions))
+    logged_at = pd.to_datetime(predictions["logged_at"], utc=True, errors="coerce",
+                               format="ISO8601")
+    future = int((logged_at > pd.Timestamp.now(tz="UTC") + FUTURE_TOLERANCE).sum())
+    ids = predictions[config.columns.id]
+    repeated = ids.notna().to_numpy() & ids.duplicated(keep=False).to_numpy()
+    return PredictionWindow(predictions, requests, requests - len(predictions), pending, future,
+                            int(ids[repeated].nunique()), int(repeated.sum()))
 
 
-def _logged_frame(records: list[dict[str, Any]], config: Config) -> pd.DataFrame:
-    """Logged inputs as the raw frame they passed validation as (numbers float, NaN missing)."""
+def _logged_frame(records: list[dict[str, Any]], config: Config,
+                  shared: dict[Any, Any]) -> pd.DataFrame:
+    """Logged inputs as the raw frame they passed validation as (numbers float, NaN missing);
+    texts that repeat (categories, versions) share one object through `shared`."""
     columns = config.columns
+
+    def share(values: Any) -> list[Any]:
+        return [shared.setdefault(value, value) if isinstance(value, str) else value
+                for value in values]
+
     inputs = pd.DataFrame([record["input"] for record in records], dtype=object)
     inputs = inputs.reindex(columns=list(columns.features))
     numerical = {name: pd.to_numeric(inputs[name], errors="coerce").astype(float)
                  for name in columns.numerical}
-    categorical = {name: inputs[name].where(inputs[name].notna(), np.nan)
+    categorical = {name: pd.Series(share(inputs[name].where(inputs[name].notna(), np.nan)),
+                                   index=inputs.index, dtype=object)
                    for name in columns.categorical}
     probabilities = pd.DataFrame(
         [record["probabilities"] or {} for record in records], dtype=float
@@ -100,13 +133,13 @@ def _logged_frame(records: list[dict[str, Any]], config: Config) -> pd.DataFrame
     logged = pd.DataFrame(
         {
             columns.id: [record["instance_id"] for record in records],
-            PREDICTION_COLUMN: [record["prediction"] for record in records],
-            "model_version": [record["model_version"] for record in records],
+            PREDICTION_COLUMN: share(record["prediction"] for record in records),
+            "model_version": share(record["model_version"] for record in records),
             "logged_at": [record["logged_at"] for record in records],
         }
     )
     return pd.concat(
-        [logged[[columns.id]], inputs.assign(**numerical, **categorical),
+        [logged[[columns.id]], inputs.assign(**numerical, **categorical).reset_index(drop=True),
          logged.drop(columns=columns.id), probabilities],
         axis=1,
     )
@@ -149,8 +182,10 @@ def read_production_labels(config: Config) -> pd.DataFrame | None:
 
 
 def attach_labels(predictions: pd.DataFrame, labels: pd.DataFrame, config: Config) -> pd.DataFrame:
-    """The predictions whose ground truth has arrived, with the target column added."""
-    return predictions.merge(labels, on=config.columns.id, how="inner")
+    """The predictions whose ground truth has arrived, with the target column added; an instance
+    predicted more than once (a stream run twice) counts once, by its latest prediction."""
+    latest = predictions.drop_duplicates(config.columns.id, keep="last")
+    return latest.merge(labels, on=config.columns.id, how="inner")
 
 
 def labelled_production_data(config: Config) -> pd.DataFrame:

@@ -172,12 +172,34 @@ def monitoring_summary(
                 "first_logged_at": first,
                 "last_logged_at": last,
                 "model_versions": window.model_versions,
+                "pending_in_journal": window.pending,
+                "future_timestamps": window.future,
+                "repeated_instances": window.repeated_ids,
+                "repeated_instance_records": window.repeated_records,
             },
             "reference": {"rows": len(reference.sample), "source": reference.source},
             "drift": drift.to_dict(),
             "performance": performance.to_dict() if performance else None,
         }
     )
+
+
+def window_warnings(window: Mapping[str, Any]) -> list[str]:
+    """What makes the window less than the whole truth, in words (a summary written before
+    these were counted has none of them)."""
+    warnings = []
+    if window.get("pending_in_journal"):
+        warnings.append(f"{window['pending_in_journal']} records are still in the prediction "
+                        "journal, not in the database (is it reachable?): this window lacks them")
+    if window.get("future_timestamps"):
+        warnings.append(f"{window['future_timestamps']} records are time-stamped in the future "
+                        f"(latest {window['last_logged_at']}): a clock is wrong, or records were "
+                        "written by hand")
+    if window.get("repeated_instances"):
+        warnings.append(f"{window['repeated_instances']} instances (ids) were predicted more "
+                        f"than once ({window['repeated_instance_records']} records): drift "
+                        "counts every request, performance each instance once (its latest)")
+    return warnings
 
 
 def summary_table(summary: Mapping[str, Any], drift: DriftSummary,
@@ -189,6 +211,8 @@ def summary_table(summary: Mapping[str, Any], drift: DriftSummary,
     line(f"\nMonitoring {model['name']} version {model['version']}: {window['requests']} "
           f"requests logged {window['first_logged_at']} .. {window['last_logged_at']} "
           f"({window['predicted']} predicted, {window['rejected']} rejected)")
+    for warning in window_warnings(window):
+        line(f"  warning: {warning}")
     rows = (*drift.features, *drift.predictions)
     width = max([22, *(len(column.column) for column in rows)])  # a long name keeps its row
     line(f"  {'column':<{width}} {'method':<32} {'score':>7} {'threshold':>9}  drift")

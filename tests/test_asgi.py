@@ -72,7 +72,7 @@ def test_a_client_that_leaves_mid_body_hands_on_what_came() -> None:
 def test_the_lifespan_shutdown_stores_what_the_log_holds(tmp_path: Path) -> None:
     from ml_project.prediction_log.records import LogRecord, new_request_id
 
-    log = PredictionLog(f"sqlite:///{tmp_path / 'log.db'}", tmp_path / "spill")
+    log = PredictionLog(f"sqlite:///{tmp_path / 'log.db'}", tmp_path / "journal")
     log.append([LogRecord(new_request_id(), "api", {"age": 1}, "3", instance_id="C1")])
     receive, _ = _receiver([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
     sent: list[dict[str, Any]] = []
@@ -84,6 +84,6 @@ def test_the_lifespan_shutdown_stores_what_the_log_holds(tmp_path: Path) -> None
 
     assert sent == [{"type": "lifespan.startup.complete"},
                     {"type": "lifespan.shutdown.complete"}]
-    reopened = PredictionLog(f"sqlite:///{tmp_path / 'log.db'}", tmp_path / "spill")
+    reopened = PredictionLog(f"sqlite:///{tmp_path / 'log.db'}", tmp_path / "journal")
     assert [row["instance_id"] for row in reopened.read()] == ["C1"]
     reopened.close()

@@ -31,7 +31,7 @@ def service(trained_project: Path) -> PredictionService:
 
 @pytest.fixture
 def log(tmp_path: Path) -> Iterator[PredictionLog]:
-    log = PredictionLog(f"sqlite:///{tmp_path / 'log.db'}", tmp_path / "spill")
+    log = PredictionLog(f"sqlite:///{tmp_path / 'log.db'}", tmp_path / "journal")
     yield log
     log.close()
 
@@ -100,7 +100,7 @@ def test_every_authenticated_outcome_is_logged_and_refusals_only_counted(
     assert "age: must be >= 18, got 7" in records[1]["error"]
     assert records[2]["error"] == "422: not predicted: another instance in its batch is invalid"
     counters = json.loads(endpoints.health().body)["counters"]
-    assert counters["refused_400"] == 1 and counters["log_written"] == 3
+    assert counters["refused_400"] == 1 and counters["log_journaled"] == 3
 
 
 def test_a_fault_of_the_model_is_a_500_with_the_request_id_and_is_logged(

@@ -2,9 +2,7 @@
 
 - a missing, truncated or tampered artifact: nothing serves or scores it; the launcher and the
   stream and batch use cases stop with the same message, saying what to do;
-- a prediction log that is locked, or cannot be written at all, while the API serves: every
-  request is still answered, the failure is logged, the records wait in the fallback file and
-  are replayed, none lost and none twice;
+- (the prediction log's faults: tests/test_prediction_log_faults.py);
 - an MLflow tracking store that does not answer during modelling: a clear error, and the
   current champion left exactly as it was;
 - an export killed (SIGKILL) between writing the artifact and replacing metadata.json, or at
@@ -19,7 +17,6 @@ import select
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -27,24 +24,14 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-import requests
 from mlflow.tracking import MlflowClient
 
 from ml_project.config import PROJECT_ROOT
 from ml_project.export import METADATA_FILE, ArtifactError, load_pipeline, read_metadata
-from ml_project.predict import PredictionService
-from ml_project.prediction_log.log import PredictionLog
-from ml_project.serving.fastapi_app import create_app
 from tests.churn_data import write_example_data
-from tests.conftest import prediction_config, write_project
+from tests.conftest import write_project
 from tests.serving import (
-    INSTANCE,
     free_port,
-    instance,
-    launch_server,
-    load_serving_config,
-    serve_in_thread,
-    write_serving_config,
 )
 from use_cases import (
     modelling_historic_data_local,
@@ -127,163 +114,6 @@ def test_damaged_artifact_stops_the_launcher_and_the_use_cases_with_one_message(
     assert batch_code == 2 and message in caplog.text
     assert not (project / "output" / "predictions").exists()
     assert not (project / "output" / "prediction_log.db").exists()
-
-
-# The prediction log failing while the API serves --------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def service(trained_project: Path) -> PredictionService:
-    return PredictionService.from_config(prediction_config(trained_project))
-
-
-def predict_all(base_url: str, count: int) -> list[str]:
-    """`count` single predictions and one batch of two, all answered 200; returns the request
-    id of each record the log must hold (a batch logs one record per instance)."""
-    answers = [requests.post(f"{base_url}/predict", json=instance(customer_id=f"C{i}"),
-                             timeout=30) for i in range(count)]
-    batch = requests.post(f"{base_url}/predict/batch",
-                          json={"instances": [INSTANCE, instance(age=70)]}, timeout=30)
-    assert [answer.status_code for answer in [*answers, batch]] == [200] * (count + 1)
-    return [answer.json()["request_id"] for answer in answers] + [batch.json()["request_id"]] * 2
-
-
-def logged_request_ids(log: PredictionLog) -> list[str]:
-    return [record["request_id"] for record in log.read()]
-
-
-def spilled_lines(log: PredictionLog) -> list[str]:
-    assert log.flush(30)
-    return [line for path in log.spill_files() for line in path.read_text().splitlines()]
-
-
-def test_locked_prediction_log_keeps_answering_and_replays_every_record(
-    service: PredictionService, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Another writer holds the database's write lock far longer than the log waits: every
-    request is answered at full speed (the project's client timeout is never near), the
-    records wait in the spill file and are stored once the lock is released."""
-    database = tmp_path / "prediction_log.db"
-    log = PredictionLog(f"sqlite:///{database}", tmp_path / "spill", lock_timeout_seconds=2,
-                        retry_seconds=0.2)
-    with serve_in_thread(create_app(service, log)) as base_url:
-        before = predict_all(base_url, 2)
-        assert log.flush(30)  # stored before the lock is taken
-        holder = sqlite3.connect(database, timeout=0)
-        holder.execute("BEGIN EXCLUSIVE")  # another writer holds the database
-        try:
-            started = time.perf_counter()
-            during = predict_all(base_url, 8)
-            answered_in = time.perf_counter() - started
-            waiting = spilled_lines(log)
-        finally:
-            holder.rollback()
-            holder.close()
-        after = predict_all(base_url, 1)
-    logged = logged_request_ids(log)
-    log.close()
-
-    assert answered_in < 2  # 9 requests in less than one wait for the lock
-    assert len(waiting) == len(during)
-    assert "unavailable (OperationalError)" in caplog.text
-    assert not log.spill_files()
-    assert sorted(logged) == sorted(before + during + after)  # each once, none lost
-
-
-def test_unwritable_prediction_log_keeps_answering_and_replays_once_writable(
-    service: PredictionService, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The log's folder cannot be created (here a file stands in its place, as an unmounted
-    volume or a wrong path would), then is fixed while the service keeps serving."""
-    blocker = tmp_path / "logs"
-    blocker.write_text("not a folder")
-    log = PredictionLog(f"sqlite:///{blocker / 'prediction_log.db'}", tmp_path / "spill",
-                        retry_seconds=0.2)
-    with serve_in_thread(create_app(service, log)) as base_url:
-        during = predict_all(base_url, 3)
-        waiting = spilled_lines(log)
-        blocker.unlink()
-        after = predict_all(base_url, 1)
-    logged = logged_request_ids(log)
-    log.close()
-
-    assert len(waiting) == len(during)
-    assert "Prediction log" in caplog.text and "unavailable" in caplog.text
-    assert not log.spill_files()
-    assert sorted(logged) == sorted(during + after)  # each once, none lost
-
-
-def test_full_disk_and_unwritable_spill_never_fail_a_request_and_are_reported(
-    service: PredictionService, tmp_path: Path
-) -> None:
-    """Neither the database nor the spill folder can be written (a full or read-only disk):
-    every request is still answered 200, and /health reports the records held and lost."""
-    blocker = tmp_path / "full"
-    blocker.write_text("")
-    log = PredictionLog(f"sqlite:///{blocker / 'log.db'}", blocker / "spill", queue_size=4,
-                        retry_seconds=0.2)
-    with serve_in_thread(create_app(service, log)) as base_url:
-        predict_all(base_url, 10)
-        log.flush(10)
-        health = requests.get(f"{base_url}/health", timeout=10).json()
-    log.close()
-    assert health["status"] == "alive"
-    assert health["counters"]["log_spill_failures"] > 0
-    assert health["counters"]["log_lost"] + health["counters"].get("log_dropped_queue_full", 0) > 0
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("framework", ["fastapi", "flask"])
-def test_a_server_killed_while_the_log_is_locked_loses_nothing_after_a_restart(
-    framework: str, trained_project: Path, tmp_path: Path
-) -> None:
-    """As found: while another writer locks the log, a batch whose id and a key hold lone
-    surrogates is spilled; the server is SIGKILLed; a torn line is left at the end of its
-    spill file. After the lock and a restart, every request is answered and every record of
-    the first server is stored once (the torn line moved aside)."""
-    config_file = write_serving_config(trained_project, tmp_path)
-    config = load_serving_config(config_file)
-    database = Path(config.resolve(config.prediction.prediction_log_url).removeprefix("sqlite:///"))
-    poisoned = json.dumps({"instances": [{**instance(customer_id="X"), "Y": 1}]}).encode()
-    poisoned = poisoned.replace(b'"X"', b'"\\ud800"').replace(b'"Y"', b'"\\udfff"')
-    with launch_server(config_file, tmp_path / "first.out", framework) as (url, server):
-        assert requests.post(f"{url}/predict", json=INSTANCE, timeout=10).status_code == 200
-        time.sleep(1.5)  # the writer has stored it (and created the table)
-        holder = sqlite3.connect(database, timeout=0)
-        holder.execute("BEGIN EXCLUSIVE")
-        try:
-            answers = [requests.post(f"{url}/predict/batch", data=poisoned, timeout=10,
-                                     headers={"Content-Type": "application/json"}),
-                       *[requests.post(f"{url}/predict", json=instance(customer_id=f"K{i}"),
-                                       timeout=10) for i in range(5)]]
-            spill = config.output_dir / "prediction_log_spill"
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and sum(
-                    path.read_text().count("\n") for path in spill.glob("*.jsonl")) < 6:
-                time.sleep(0.2)
-            for child in server.children(recursive=True):
-                child.kill()
-            server.kill()
-        finally:
-            holder.rollback()
-            holder.close()
-    waiting = list(spill.glob("*.jsonl"))  # spill-* or, if a replay had begun, claimed-*
-    with waiting[0].open("ab") as handle:
-        handle.write(b'{"record_key": "torn-by-a-kil')
-    with launch_server(config_file, tmp_path / "second.out", framework) as (url, _):
-        after = requests.post(f"{url}/predict", json=INSTANCE, timeout=10)
-    log = PredictionLog.from_config(config)
-    records = log.read()
-    log.close()
-
-    # the unknown key is ignored (validation.unknown_fields: ignore), the surrogate id is text
-    assert [answer.status_code for answer in answers] == [200] * 6
-    assert after.status_code == 200
-    ids = [record["request_id"] for record in records]
-    assert len(ids) == 1 + 1 + 5 + 1 and len(set(ids)) == 1 + 1 + 5 + 1
-    assert {answer.json()["request_id"] for answer in [*answers, after]} <= set(ids)
-    assert not list(spill.glob("*.jsonl"))
-    assert "torn line" in (spill / "prediction_log.rejected").read_text()
 
 
 # Modelling with the tracking store down -----------------------------------------------------------

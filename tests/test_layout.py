@@ -1,6 +1,6 @@
 """The house shows the pipeline: every module of the package and every use case has a test
 module of its own, named after it (`tests/test_<module>.py`; a subpackage's module may carry
-the subpackage's name in front, as `test_prediction_log_spill.py`)."""
+the subpackage's name in front, as `test_prediction_log_journal.py`)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ only), the reference sample stored with the artifact, and the labels that arrive
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from ml_project.monitoring_data import (
     read_production_labels,
 )
 from ml_project.predict import PredictionService
+from ml_project.prediction_log import journal
 from ml_project.prediction_log.log import PredictionLog
 from ml_project.prediction_log.records import LogRecord, new_request_id
 from ml_project.schemas import InvalidInstance
@@ -136,6 +138,52 @@ def test_read_prediction_window_of_an_empty_log_is_empty(
     assert window.requests == 0 and window.predictions.empty and window.period == (None, None)
 
 
+def test_a_window_names_future_timestamps_repeated_instances_and_records_still_waiting(
+    trained_project: Path, service: PredictionService, tmp_path: Path
+) -> None:
+    """As found: records time-stamped in 2099, and the stream run twice over the same
+    instances. Both are counted; a journal the database has not taken yet is counted too."""
+    config = config_with(trained_project, tmp_path)
+    production, _ = generate_production_data(30, seed=4, drift=0.0)
+    raw = validate_production_data(production, config, with_target=False).valid.head(10)
+    raw = raw.drop(columns="event_time")
+    times = [f"2026-01-01T00:{minute:02d}:00+00:00" for minute in range(10)]
+    log_records(config, service, raw, times)
+    log_records(config, service, raw, [t.replace("00+00", "30+00") for t in times])  # again
+    log_records(config, service, raw.head(2), ["2099-01-01T00:00:00+00:00"] * 2)
+    waiting = journal.Journal(config.output_dir / journal.FOLDER)
+    waiting.append(journal.encode_line({"record_key": "torn"}))  # not a record: rejected later
+    waiting.close()
+
+    window = read_prediction_window(config)
+
+    assert window.requests == 22
+    assert window.future == 2
+    assert window.repeated_ids == 10 and window.repeated_records == 22
+    assert window.pending == 0  # the reader loaded what waited first (the bad line moved aside)
+
+
+def test_a_window_counts_the_records_the_database_has_not_taken(
+    trained_project: Path, service: PredictionService, tmp_path: Path
+) -> None:
+    config = config_with(trained_project, tmp_path)
+    production, _ = generate_production_data(10, seed=5, drift=0.0)
+    raw = validate_production_data(production, config, with_target=False).valid.head(3)
+    log_records(config, service, raw.drop(columns="event_time"), ["2026-01-01T00:00:00+00:00"] * 3)
+    database = Path(config.prediction_log_url.removeprefix("sqlite:///"))
+    holder = sqlite3.connect(database, timeout=0, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        log = PredictionLog.from_config(config, load_in_background=False)
+        log.append([LogRecord(new_request_id(), "test", {}, "1")])
+        log.close()
+        window = read_prediction_window(config)  # readable (WAL), not writable
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert window.requests == 3 and window.pending == 1
+
+
 def test_read_production_labels_keeps_valid_targets_and_the_latest_correction(
     trained_project: Path, tmp_path: Path
 ) -> None:
@@ -201,6 +249,18 @@ def test_attach_labels_keeps_only_labelled_predictions(service: PredictionServic
 
     assert labelled.sort_values("customer_id").to_dict("list") == {
         "customer_id": ["P1", "P3"], "prediction": [1, 1], "churned": [1, 0]}
+
+
+def test_attach_labels_counts_an_instance_predicted_twice_once_by_its_latest_prediction(
+    service: PredictionService,
+) -> None:
+    predictions = pd.DataFrame({"customer_id": ["P1", "P2", "P1"], "prediction": [0, 0, 1]})
+    labels = pd.DataFrame({"customer_id": ["P1", "P2"], "churned": [1, 0]})
+
+    labelled = attach_labels(predictions, labels, service.config)
+
+    assert labelled.sort_values("customer_id").to_dict("list") == {
+        "customer_id": ["P1", "P2"], "prediction": [1, 0], "churned": [1, 0]}
 
 
 def test_labelled_production_data_joins_the_production_file_with_its_labels(

@@ -88,3 +88,17 @@ def test_the_table_names_each_column_its_verdict_and_the_alerts(
     assert "ALERT: data drift in age" in table
     assert "ALERT: the model performs worse in production than on its holdout." in table
     assert "performance (roc_auc, 120 labelled)" in table
+
+
+def test_window_warnings_name_what_the_window_lacks_or_holds_twice() -> None:
+    from ml_project.monitoring_summary import window_warnings
+
+    window = {"pending_in_journal": 7, "future_timestamps": 2, "last_logged_at": "2099-01-01",
+              "repeated_instances": 3, "repeated_instance_records": 6}
+    warnings = window_warnings(window)
+    assert len(warnings) == 3
+    assert "7 records are still in the prediction journal" in warnings[0]
+    assert "2 records are time-stamped in the future (latest 2099-01-01)" in warnings[1]
+    assert "3 instances (ids) were predicted more than once (6 records)" in warnings[2]
+    assert window_warnings({**window, "pending_in_journal": 0, "future_timestamps": 0,
+                            "repeated_instances": 0}) == []

@@ -166,7 +166,7 @@ def record(event, arguments):
 
 sys.addaudithook(record)
 launcher.serve_in_process(launcher.create_asgi_app(framework, service, log), "127.0.0.1",
-                          int(port))
+                          int(port), log)
 """
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ml_project.cli import add_stream_options, base_parser, start_run
+from ml_project.config import ConfigError
 from ml_project.export import ArtifactError
 from ml_project.ingest import stream_production_instances
 from ml_project.predict import Prediction, PredictionService
@@ -36,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     source = args.input.resolve() if args.input else Path(config.resolve(config.data.production))
     try:
         service = PredictionService.from_config(config)
-    except ArtifactError as err:
+        log = PredictionLog.from_config(config)
+    except (ArtifactError, ConfigError) as err:
         logger.error("%s", err)
         return 2
-    log = PredictionLog.from_config(config)
 
     latencies: list[float] = []
     rejected = 0
@@ -52,11 +53,12 @@ def main(argv: list[str] | None = None) -> int:
                 logger.warning("Instance %s rejected: %s", entry.instance_id, entry.error)
             elif entry.latency_ms is not None:
                 latencies.append(entry.latency_ms)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:
         logger.error("Cannot stream %s: %s", source, err)
         return 2
     finally:
         log.close()
+    waiting = log.pending()
 
     sent = len(latencies) + rejected
     print(f"\nStreamed {sent} instances to {service.metadata.get('model_name')} version "
@@ -65,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         cuts = statistics.quantiles(latencies, n=100)
         print(f"  latency in the core: p50 {cuts[49]:.2f} ms, p99 {cuts[98]:.2f} ms")
     print(f"  prediction log: {log.url}")
+    if waiting.records:
+        print(f"  {waiting.records} records wait in {log.journal_dir} for the database (see the "
+              "error above); the next run, service or monitoring loads them")
     return 0
 
 
@@ -85,7 +90,9 @@ def predict_and_log(
         service, record, request_id=new_request_id(), source=source,
         latency_ms=(time.perf_counter() - started) * 1000, prediction=prediction, error=error,
     )
-    log.append([entry])
+    if not log.append([entry]):
+        raise OSError(f"the prediction journal in {log.journal_dir} cannot be written (see "
+                      "the error above): instances are not predicted unlogged")
     return prediction, entry
 
 

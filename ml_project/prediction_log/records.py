@@ -2,9 +2,9 @@
 (name, version, artifact sha256), with every text made storable where it enters.
 
 Whatever a client sends (lone surrogates, keys with newlines, deep nesting, NaN) becomes a
-JSON-safe value here, so neither the database, the spill file nor a replay can choke on it.
+JSON-safe value here, so neither the journal, the loader nor the database can choke on it.
 Every entry point (the stream, both APIs, the cloud handlers) builds its records with
-`log_record`; `prediction_log.py` stores them.
+`log_record`; `log.py` makes them durable.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from ml_project.predict import Prediction, PredictionService
-from ml_project.prediction_log import spill
+from ml_project.prediction_log import journal
 
 MAX_DEPTH = 32  # deeper input is logged as a placeholder: the log is not a place to recurse
+# Longer integers are logged as a placeholder: Python writes none past 4,300 digits as text.
+MAX_INT_BITS = 13_000
 
 
 def new_request_id() -> str:
@@ -28,29 +30,31 @@ def new_request_id() -> str:
 def _clean(value: Any, depth: int = 0) -> Any:
     """A JSON value any store can hold: NaN as null (as a client would send it), text with lone
     surrogates escaped (in keys too), nesting cut at MAX_DEPTH, anything else as its text."""
+    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        return f"<an integer of {value.bit_length()} bits>"
     if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
         return None if math.isnan(value) else value
     if isinstance(value, str):
-        return spill.storable(value)
+        return journal.storable(value)
     if isinstance(value, (Mapping, list, tuple)):
         if depth >= MAX_DEPTH:
             return f"<nested deeper than {MAX_DEPTH} levels>"
         if isinstance(value, Mapping):
-            return {spill.storable(str(k)): _clean(v, depth + 1) for k, v in value.items()}
+            return {journal.storable(str(k)): _clean(v, depth + 1) for k, v in value.items()}
         return [_clean(v, depth + 1) for v in value]
     if hasattr(value, "item"):  # a numpy scalar
         return _clean(value.item(), depth)
-    return spill.storable(str(value))
+    return journal.storable(str(value))
 
 
 def _text(value: Any) -> str | None:
-    return None if value is None else spill.storable(str(value))
+    return None if value is None else journal.storable(str(value))
 
 
 def _json_text(value: Any) -> str | None:
-    return None if value is None else spill.encode_line(_clean(value))[:-1].decode("ascii")
+    return None if value is None else journal.encode_line(_clean(value))[:-1].decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,6 @@ def log_record(
         probabilities=prediction.probabilities if prediction else None,
         latency_ms=latency_ms,
         error=error,
-        instance_id=None if instance_id is None else str(instance_id),
+        instance_id=None if instance_id is None else _text(_clean(instance_id)),
         instance_index=instance_index,
     )

@@ -1,17 +1,21 @@
-"""The prediction log's table, and how each database stores a row in it: the one schema every
-writer (services, stream, replays of spill files) and reader (monitoring) shares, the check a
-replayed line must pass to become a row, and the insert that stores a replayed record once.
+"""The prediction log's table and its database: the one schema the loader writes and monitoring
+reads, the check a journal line must pass to become a row, the insert that stores a record
+once, the engines (with lock and statement timeouts) and the URL as it may be shown.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import sqlalchemy
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.pool import NullPool
 
-from ml_project.prediction_log import spill
+from ml_project.config import ConfigError, database_url
+from ml_project.prediction_log.journal import storable
 
 # A new table name for the schema with record keys and model identity: a log database written
 # by an earlier version keeps its old `predictions` table untouched beside it.
@@ -35,7 +39,7 @@ PREDICTIONS = sqlalchemy.Table(
     sqlalchemy.Column("latency_ms", sqlalchemy.Float),
     sqlalchemy.Column("error", sqlalchemy.Text),
 )
-# The fields of a replayed line, by type: a line with any other is moved aside.
+# The fields of a journal line, by type: a line with any other is moved aside.
 FieldType = type | tuple[type, ...]
 REQUIRED: dict[str, FieldType] = {
     "record_key": str, "request_id": str, "instance_index": int, "logged_at": str,
@@ -45,24 +49,26 @@ OPTIONAL: dict[str, FieldType] = {
     "instance_id": str, "model_name": str, "model_version": str, "model_sha256": str,
     "prediction": str, "probabilities": str, "latency_ms": (int, float), "error": str,
 }
-# Errors that say the storage is unavailable (the records wait); any other database error is a
-# record the database refuses, moved aside alone.
-UNAVAILABLE = (OperationalError, InterfaceError, OSError)
+# What every database takes in an INTEGER column (PostgreSQL's is 32-bit).
+INTEGER_RANGE = (-(2**31), 2**31 - 1)
 # Serialises schema creation among every process starting on one PostgreSQL database (an
 # arbitrary constant: the advisory lock's key).
 SCHEMA_LOCK_KEY = 0x6D6C5F6C6F67
+# Query parameters of a database URL that are never secret, shown as they are; any other
+# parameter's value (password=, sslpassword=, a token) is masked wherever the URL is shown.
+SHOWN_QUERY_KEYS = frozenset({
+    "sslmode", "connect_timeout", "application_name", "target_session_attrs", "gssencmode",
+    "charset", "timeout", "mode", "cache", "uri", "check_same_thread", "options",
+})
+MASK = "***"
 
 
-def sqlite_pragmas(connection: Any, _: Any) -> None:
-    """WAL lets monitoring read and several processes write while the service writes; with it,
-    synchronous=NORMAL makes a commit cost microseconds instead of an fsync. A committed record
-    survives any crash of a process; only a power cut can lose the last commits."""
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
+class SchemaMismatch(RuntimeError):
+    """The table exists but lacks columns the log writes: records wait until it is repaired."""
 
 
 def check_row(value: Any) -> dict[str, Any]:
-    """A replayed line as a row, or ValueError naming what makes it none."""
+    """A journal line as a row, or ValueError naming what makes it none."""
     if not isinstance(value, dict):
         raise ValueError(f"not a JSON object but {type(value).__name__}")
     row: dict[str, Any] = {}
@@ -71,19 +77,167 @@ def check_row(value: Any) -> dict[str, Any]:
         if item is None and name in OPTIONAL:
             row[name] = None
         elif isinstance(item, kind) and not isinstance(item, bool):
-            row[name] = spill.storable(item) if isinstance(item, str) else item
+            row[name] = storable(item) if isinstance(item, str) else item
         else:
             raise ValueError(f"field {name!r} is {type(item).__name__}, not a "
                              f"{getattr(kind, '__name__', 'number')}")
+        column_type = PREDICTIONS.c[name].type
+        length = getattr(column_type, "length", None)
+        if length is not None and isinstance(item, str) and len(item) > length:
+            raise ValueError(f"field {name!r} is longer than {length} characters")
+    index = row["instance_index"]
+    if not INTEGER_RANGE[0] <= index <= INTEGER_RANGE[1]:
+        raise ValueError(f"field 'instance_index' is {index}, out of an integer column's range")
     return row
 
 
 def insert_or_ignore(dialect: str) -> Any:
-    """An insert that skips a record whose key is stored already (a replay), per dialect."""
+    """An insert that skips a record whose key is stored already (a replay), per dialect; None
+    for a database with no such statement (the loader then leaves out the keys it finds)."""
     if dialect == "sqlite":
         return sqlite.insert(PREDICTIONS).on_conflict_do_nothing(index_elements=["record_key"])
     if dialect == "postgresql":
         return postgresql.insert(PREDICTIONS).on_conflict_do_nothing(index_elements=["record_key"])
     if dialect in ("mysql", "mariadb"):
         return PREDICTIONS.insert().prefix_with("IGNORE")
-    return PREDICTIONS.insert()  # a duplicate is then refused alone, as any refused row
+    return None
+
+
+def new_rows(connection: sqlalchemy.Connection, rows: Sequence[Mapping[str, Any]]
+             ) -> list[Mapping[str, Any]]:
+    """The rows whose key is not stored yet (for a database without insert-or-ignore)."""
+    keys = [row["record_key"] for row in rows]
+    stored = set(connection.execute(
+        sqlalchemy.select(PREDICTIONS.c.record_key).where(PREDICTIONS.c.record_key.in_(keys))
+    ).scalars())
+    return [row for row in rows if row["record_key"] not in stored]
+
+
+def parse_url(url: str) -> sqlalchemy.URL:
+    """The log's database URL, or ConfigError saying what is wrong with it (never showing a
+    password)."""
+    try:
+        parsed = database_url(url)
+    except (ArgumentError, ValueError):  # unparsed, its secrets cannot be told apart
+        scheme = url.split("://", 1)[0] if "://" in url else None
+        shown = f"{scheme}://{MASK}" if scheme and scheme.isprintable() else "(not shown)"
+        raise ConfigError(f"the prediction log URL {shown} is not a database URL "
+                          "(dialect+driver://user:password@host:port/database)") from None
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError as err:
+        raise ConfigError(f"the prediction log URL {redacted(url)} names a database SQLAlchemy "
+                          f"cannot open ({scrub(str(err), url)})") from None
+    return parsed
+
+
+def url_secrets(url: str) -> list[str]:
+    """Every value of `url` that may be secret: the password and any query value not known to
+    be harmless; read even from a URL too malformed to parse."""
+    found: list[str] = []
+    userinfo = re.match(r"^[^:/?#]+://([^/?#]*)@", url)
+    if userinfo and ":" in userinfo.group(1):
+        found.append(userinfo.group(1).split(":", 1)[1])
+    query = url.partition("?")[2]
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if value and key.lower() not in SHOWN_QUERY_KEYS:
+            found.append(value)
+    try:
+        parsed = sqlalchemy.make_url(url)
+    except (ArgumentError, ValueError):
+        pass
+    else:
+        if parsed.password:
+            found.append(str(parsed.password))
+        for key, values in parsed.query.items():
+            if key.lower() not in SHOWN_QUERY_KEYS:
+                found.extend([values] if isinstance(values, str) else values)
+    return sorted({secret for secret in found if secret}, key=len, reverse=True)
+
+
+def redacted(url: str) -> str:
+    """`url` fit for a message or a log line: every secret value masked."""
+    shown = url
+    for secret in url_secrets(url):
+        shown = shown.replace(secret, MASK)
+    return shown
+
+
+def scrub(text: str, url: str) -> str:
+    """A message (a database error's, say) with any secret of `url` masked."""
+    for secret in url_secrets(url):
+        text = text.replace(secret, MASK)
+    return text
+
+
+def make_engine(url: str, *, lock_timeout_seconds: float,
+                statement_timeout_seconds: float | None = None) -> sqlalchemy.Engine:
+    """An engine whose waits are bounded: a locked SQLite file or PostgreSQL table, a server
+    that does not answer, a statement that runs on, each fails within its timeout instead of
+    holding the loader. SQLite opens the file at each use (no pool), so a log file deleted
+    while serving is created again rather than written unseen."""
+    parsed = parse_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine = sqlalchemy.create_engine(parsed, poolclass=NullPool, connect_args={
+            "timeout": lock_timeout_seconds, "check_same_thread": False})
+        sqlalchemy.event.listen(engine, "connect", sqlite_pragmas)
+        return engine
+    connect_args: dict[str, Any] = {}
+    if backend == "postgresql":
+        if "connect_timeout" not in parsed.query:
+            connect_args["connect_timeout"] = max(1, round(lock_timeout_seconds))
+        if "options" not in parsed.query:
+            options = f"-c lock_timeout={round(lock_timeout_seconds * 1000)}"
+            if statement_timeout_seconds:
+                options += f" -c statement_timeout={round(statement_timeout_seconds * 1000)}"
+            connect_args["options"] = options
+    # pre_ping replaces the connections a database restart has closed before they are used.
+    return sqlalchemy.create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
+
+
+def prepare_sqlite_file(engine: sqlalchemy.Engine) -> None:
+    """Before connecting to a SQLite log: its folder exists, and if its file is gone (deleted
+    while serving), so are the write-ahead files it left: a new file beside an old WAL would
+    take the old pages in."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return
+    path = Path(database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        for suffix in ("-wal", "-shm", "-journal"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def sqlite_pragmas(connection: Any, _: Any) -> None:
+    """WAL lets monitoring read while the loader writes; with it, synchronous=NORMAL makes a
+    commit cost microseconds instead of an fsync. The journal keeps the records until their
+    commit; a power cut can lose the last commits, whose journal lines are then gone too."""
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+
+
+def ensure_table(connection: sqlalchemy.Connection, *, check_columns: bool = True) -> bool:
+    """Create the table if it is missing (True then; in one transaction with PostgreSQL's
+    advisory lock: replicas starting at once would both see no table and both create it);
+    SchemaMismatch if it exists without a column the log writes (dropped or renamed by hand).
+    The column check reads the table's definition, which waits on a lock of the table in
+    PostgreSQL: `check_columns=False` when the table may be locked."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"),
+                           {"key": SCHEMA_LOCK_KEY})
+    inspector = sqlalchemy.inspect(connection)
+    if not inspector.has_table(PREDICTIONS.name):
+        METADATA.create_all(connection)
+        return True
+    if not check_columns:
+        return False
+    present = {column["name"] for column in inspector.get_columns(PREDICTIONS.name)}
+    missing = [column.name for column in PREDICTIONS.columns if column.name not in present]
+    if missing:
+        raise SchemaMismatch(
+            f"table {PREDICTIONS.name} lacks the columns {missing}: restore them, or rename "
+            "the table aside (the log then creates a new one)")
+    return False

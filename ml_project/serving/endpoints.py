@@ -268,7 +268,8 @@ class PredictionEndpoints:
             return self._rejected(invalid, request_id, started, [record])
         except Exception as err:  # a fault of the model or the server, not of the input
             return self._failed(err, request_id, started, [record])
-        self._log(request_id, started, [record], [prediction])
+        if not self._log(request_id, started, [record], [prediction]):
+            return self._unlogged(request_id)
         return reply(200, PredictionResponse(**_fields(prediction), request_id=request_id))
 
     def predict_batch(self, body: bytes | None, api_key: str | None) -> Reply:
@@ -288,7 +289,8 @@ class PredictionEndpoints:
             return self._rejected(invalid, request_id, started, records, reasons)
         except Exception as err:  # a fault of the model or the server, not of the input
             return self._failed(err, request_id, started, records)
-        self._log(request_id, started, records, predictions)
+        if not self._log(request_id, started, records, predictions):
+            return self._unlogged(request_id)
         items = [InstancePrediction(**_fields(prediction)) for prediction in predictions]
         return reply(200, BatchPredictionResponse(predictions=items, request_id=request_id))
 
@@ -337,11 +339,19 @@ class PredictionEndpoints:
                     escape_for_log(rejection.detail))
         if rejection.status == 422:  # the outcome of an authenticated request: monitoring's
             errors = reasons or [f"{rejection.status}: {rejection.detail}"] * len(records)
-            self._log(request_id, started, records, errors=errors)
+            if not self._log(request_id, started, records, errors=errors):
+                return self._unlogged(request_id)
         else:  # refused at the door (401, 413, 400, 503): counted, never a prediction record
             self._count_refusal(rejection.status)
         return error_reply(rejection.status, rejection.detail, errors=rejection.errors,
                            request_id=request_id)
+
+    def _unlogged(self, request_id: str) -> Reply:
+        """The journal could not take the request's records (a full or read-only disk): its
+        answer is withheld, as one that is not logged is not given."""
+        self._count_refusal(503)
+        return error_reply(503, "the prediction log cannot record this request now; retry "
+                                "shortly", request_id=request_id)
 
     def _failed(
         self, err: Exception, request_id: str, started: float, records: Sequence[Mapping[str, Any]]
@@ -359,12 +369,13 @@ class PredictionEndpoints:
         records: Sequence[Mapping[str, Any]],
         predictions: Sequence[Prediction] | None = None,
         errors: Sequence[str] | None = None,
-    ) -> None:
-        """One log record per instance, all under the request's id (never the API key)."""
+    ) -> bool:
+        """One log record per instance, all under the request's id (never the API key); False
+        if the log could not make them durable."""
         if self.log is None:
-            return
+            return True
         latency_ms = (time.perf_counter() - started) * 1000
-        self.log.append([
+        return self.log.append([
             log_record(
                 self.service, record, request_id=request_id, source=LOG_SOURCE,
                 latency_ms=latency_ms, prediction=predictions[i] if predictions else None,

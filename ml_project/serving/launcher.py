@@ -28,12 +28,14 @@ import runpy
 import signal
 import socket
 import types
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 if TYPE_CHECKING:
     from ml_project.predict import PredictionService
+    from ml_project.prediction_log.background import LoaderProcess
     from ml_project.prediction_log.log import PredictionLog
     from ml_project.serving.asgi import ASGIApp
 
@@ -49,6 +51,8 @@ GUNICORN_CONFIG = Path(__file__).with_name("gunicorn.conf.py")
 # only queue one in the master's state as it copied it, boot and serve on, and the master would
 # wait its graceful_timeout (30 s) to kill it: `_hold_stop_signals_across_forks`.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# How long the stop waits for the loader's last pass (bounded itself by the database timeouts).
+LOADER_STOP_SECONDS = 60
 _forking = False  # gunicorn is forking workers in this process
 _fork_hooks: list[None] = []  # one entry once the fork hooks are registered
 
@@ -99,6 +103,7 @@ def _start(argv: list[str] | None) -> int:
     from threadpoolctl import ThreadpoolController
 
     from ml_project.cli import base_parser, start_run
+    from ml_project.config import ConfigError
     from ml_project.export import ArtifactError
     from ml_project.predict import PredictionService
     from ml_project.prediction_log.log import PredictionLog
@@ -129,6 +134,13 @@ def _start(argv: list[str] | None) -> int:
         parser, args, "prediction", "production", "local", f"serving_{args.framework}"
     )
     try:
+        # Before the model: a log URL that is no database URL stops the start at once. The
+        # records are loaded by a process beside the service (`loading_beside`).
+        log = PredictionLog.from_config(config, load_in_background=False)
+    except ConfigError as err:
+        logger.error("Cannot start the prediction service: %s", err)
+        return 2
+    try:
         # Workers are forked from this process, and libgomp hangs a child that runs OpenMP on
         # several threads after its parent did: what runs the model here (the fast path's proof
         # at load) runs on one OpenMP thread, so no OpenMP thread pool exists before the fork.
@@ -136,19 +148,19 @@ def _start(argv: list[str] | None) -> int:
             service = PredictionService.from_config(config)
     except ArtifactError as err:
         logger.error("Cannot start the prediction service: %s", err)
+        log.close()
         return 2
-    log = PredictionLog.from_config(config)
     logger.info("Serving %s version %s with %s on %d worker%s on http://%s:%d (API key %s); "
                 "log: %s", service.metadata.get("model_name"), service.model_version,
                 args.framework, workers, "" if workers == 1 else "s", host, port,
                 "required" if os.environ.get(API_KEY_ENV) else "not required", log.url)
     try:
         app = create_asgi_app(args.framework, service, log)
+        log.prepare()  # the table, before workers race to create it
         if workers == 1:
-            serve_in_process(app, host, port)
+            serve_in_process(app, host, port, log)
         else:
-            log.prepare()  # the table, before workers race to create it
-            return serve_on_workers(app, host, port, workers, settings)
+            return serve_on_workers(app, host, port, workers, settings, log)
     finally:
         log.close()
     return 0
@@ -167,7 +179,7 @@ def create_asgi_app(framework: str, service: PredictionService, log: PredictionL
     return wsgi_as_asgi(flask_app, flask_app.extensions["prediction_endpoints"])
 
 
-def serve_in_process(app: ASGIApp, host: str, port: int) -> None:
+def serve_in_process(app: ASGIApp, host: str, port: int, log: PredictionLog) -> None:
     """uvicorn in this process until SIGINT/SIGTERM; the requests in flight then finish."""
     import uvicorn
 
@@ -178,8 +190,38 @@ def serve_in_process(app: ASGIApp, host: str, port: int) -> None:
     # log_config=None: uvicorn's loggers go to the handlers configure_logging set up.
     # workers=1: uvicorn would otherwise read WEB_CONCURRENCY itself.
     # access_log=False: every prediction request is in the prediction log already.
-    uvicorn.run(app, host=host, port=port, log_config=None, workers=1, lifespan="on",
-                access_log=False)
+    with loading_beside(log):
+        uvicorn.run(app, host=host, port=port, log_config=None, workers=1, lifespan="on",
+                    access_log=False)
+
+
+@contextmanager
+def loading_beside(log: PredictionLog) -> Iterator[None]:
+    """The prediction log's loader in a process of its own while the service runs (forked
+    after the start, sharing its pages); when the service has stopped, the loader's last pass,
+    then a report of any records still waiting for the database. gunicorn's workers unwind
+    this same stack as they exit: only the process that started the loader stops it."""
+    loader = log.start_loader_process()
+    owner = os.getpid()
+    try:
+        yield
+    finally:
+        if os.getpid() == owner:
+            _finish_loading(log, loader)
+
+
+def _finish_loading(log: PredictionLog, loader: LoaderProcess) -> None:
+    if not loader.stop(LOADER_STOP_SECONDS):
+        logger.error("The prediction log loader was still storing records after %d s: it goes "
+                     "on alone, and the next start loads what it leaves", LOADER_STOP_SECONDS)
+        return
+    if log.pending(count_records=False).bytes and not log.counters().get("database_unavailable"):
+        log.flush(timeout=0)  # the loader process ended before its last pass (killed)
+    waiting = log.pending()
+    if waiting.records:
+        logger.warning("Prediction log: %d records wait in %s for the database %s; the next "
+                       "start loads them, as does `python -m ml_project.prediction_log.loader`",
+                       waiting.records, log.journal_dir, log.url)
 
 
 def _exit_normally(signum: int, frame: FrameType | None) -> None:
@@ -200,7 +242,7 @@ def read_gunicorn_config(path: Path) -> dict[str, Any]:
 
 
 def serve_on_workers(app: ASGIApp, host: str, port: int, workers: int,
-                     settings: Mapping[str, Any]) -> int:
+                     settings: Mapping[str, Any], log: PredictionLog) -> int:
     """gunicorn in this process, master of `workers` uvicorn workers forked from it, until
     SIGINT/SIGTERM; returns its exit status. `settings`: gunicorn's, from its config file."""
     from gunicorn.app.base import BaseApplication
@@ -232,7 +274,8 @@ def serve_on_workers(app: ASGIApp, host: str, port: int, workers: int,
     global _forking
     _forking = True
     try:
-        Service().run()
+        with loading_beside(log):
+            Service().run()
     except SystemExit as stop:
         # gunicorn ends its processes with sys.exit: the master once it has stopped, and each
         # worker, a fork of this process unwinding this same stack. A worker exits with its own

@@ -1,0 +1,106 @@
+"""Where the loader runs: a process of its own beside the service's workers, or a thread.
+
+The service forks one loader process before its workers start (`start_loader_process`), so a
+worker's request path never touches the database; the cloud handlers and the use cases, which
+live in one process, run the loader in a background thread (`LoaderThread`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+from pathlib import Path
+
+from ml_project.prediction_log.loader import Loader, loader_running
+
+logger = logging.getLogger(__name__)
+
+
+class LoaderThread:
+    """A loader in a background thread of this process (never a request's)."""
+
+    def __init__(self, loader: Loader) -> None:
+        self.loader = loader
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
+
+    def ensure_started(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._starting:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self.loader.run, args=(self._stop,),
+                                                name="prediction-log-loader", daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._stop.set()
+            self._thread.join(timeout)
+
+
+class LoaderProcess:
+    """A loader in a process of its own, forked beside the service (`start_loader_process`)."""
+
+    def __init__(self, lifeline: int, directory: Path) -> None:
+        self._lifeline = lifeline
+        self.directory = directory
+
+    def stop(self, timeout: float) -> bool:
+        """Tell the loader to finish (closing its lifeline) and wait until it has let go of the
+        loader lock; False if it still held it after `timeout`."""
+        if self._lifeline >= 0:
+            os.close(self._lifeline)
+            self._lifeline = -1
+        deadline = time.monotonic() + timeout
+        while loader_running(self.directory):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+
+def start_loader_process(loader: Loader, *, interval: float = 0.2,
+                         retry: float = 1.0) -> LoaderProcess:
+    """Fork the loader away from the service: a process of its own session (a Ctrl-C meant for
+    the service does not cut a transaction short), not the service's child (gunicorn's master
+    reaps its children as workers), that runs until its lifeline, a pipe from this process,
+    closes: at `LoaderProcess.stop`, or when this process and every worker forked from it are
+    gone, however they ended. Call it before any thread starts (a fork copies one thread)."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover  (runs in the forked processes; tested by its effects)
+        status = 0
+        try:
+            os.close(write_end)
+            if os.fork() == 0:
+                os.setsid()
+                loader.engine.dispose(close=False)  # the parent's connections stay the parent's
+                _run_until_lifeline_closes(loader, read_end, interval, retry)
+        except BaseException:
+            logger.exception("Prediction log loader process failed")
+            status = 1
+        finally:
+            logging.shutdown()
+            os._exit(status)
+    os.close(read_end)
+    os.waitpid(child, 0)
+    return LoaderProcess(write_end, loader.directory)
+
+
+def _run_until_lifeline_closes(loader: Loader, lifeline: int, interval: float,
+                               retry: float) -> None:  # pragma: no cover  (a forked process)
+    logger.info("Prediction log loader started (pid %d): %s into %s", os.getpid(),
+                loader.directory, loader.url)
+    while True:
+        loader.load_safely()
+        readable, _, _ = select.select([lifeline], [], [], retry if loader.status.error
+                                       else interval)
+        if readable and not os.read(lifeline, 1):
+            break
+    loader.load_safely()
