@@ -121,6 +121,7 @@ def lambda_handler(body: bytes) -> int:
 
 def cloud_function(body: bytes) -> int:
     import flask
+
     import main
 
     with flask.Flask(__name__).test_request_context(
