@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -64,3 +66,24 @@ def test_a_candidate_that_is_not_an_estimator_stops_the_run_before_anything_is_r
     assert f"{config_file}: invalid configuration" in error
     assert f"training.candidates.trap: '{__name__}.trap' is not an estimator class" in error
     assert not marker.exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_two_modelling_runs_started_together_on_a_new_store_both_register_a_version(
+    tmp_path: Path,
+) -> None:
+    """Two runs of the use case at once on a project without a store yet: both make it through
+    the store's creation (one process at a time, `registry.open_store`), and each registers a
+    version of the one model. Before, one stopped with exit 3 ("duplicate column name")."""
+    config_file = write_project(tmp_path, n_historic=300, n_production=20)
+    script = Path(modelling_historic_data_local.__file__)
+    runs = [subprocess.Popen([sys.executable, str(script), "--config", str(config_file),
+                              "--root", str(tmp_path)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+
+    assert [run.returncode for run in runs] == [0, 0], [output[-2000:] for output in outputs]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    versions = client.search_model_versions("name = 'churn_model'")
+    assert sorted(int(version.version) for version in versions) == [1, 2]
+    assert len(client.search_experiments()) == 2  # MLflow's Default and the project's
