@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -160,7 +160,8 @@ class CandidateConfig(_Frozen):
     name: str
     estimator: str
     params: dict[str, Any] = Field(default_factory=dict)
-    search: dict[str, list[Any]] = Field(default_factory=dict)
+    # Each key a parameter of the estimator, each list the values tried (at least one).
+    search: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
 
 
 class TrainingConfig(_Frozen):
