@@ -345,7 +345,7 @@ def load_config(
     if not config_path.is_file():
         raise ConfigError(f"config file not found: {config_path}")
     try:
-        content = yaml.safe_load(config_path.read_text()) or {}
+        content = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{config_path}: not valid YAML: {err}") from err
     if not isinstance(content, dict):
