@@ -346,7 +346,7 @@ def load_config(
         raise ConfigError(f"config file not found: {config_path}")
     try:
         content = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, UnicodeDecodeError) as err:  # YAML files are UTF-8
         raise ConfigError(f"{config_path}: not valid YAML: {err}") from err
     if not isinstance(content, dict):
         raise ConfigError(f"{config_path}: expected a mapping at the top level")
