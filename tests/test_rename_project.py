@@ -198,7 +198,8 @@ def test_rename_moves_untracked_files_with_the_package_and_its_undo_restores_the
 ) -> None:
     copy = _with_untracked_files(_clone(tmp_path / "copy", with_venv=False))
     (copy / "config_link.py").symlink_to("ml_project/config.py")  # a tracked link follows
-    _git(copy, "add", "config_link.py")
+    (copy / "windows.txt").write_bytes(b"import ml_project\r\nML_PROJECT_API_KEY\r\n")
+    _git(copy, "add", "config_link.py", "windows.txt")
     _git(copy, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "link")
     before, head = snapshot(copy), _git(copy, "rev-parse", "HEAD")
 
@@ -206,6 +207,7 @@ def test_rename_moves_untracked_files_with_the_package_and_its_undo_restores_the
 
     assert result.returncode == 0, result.stderr
     assert os.readlink(copy / "config_link.py") == "acme_churn/config.py"
+    assert (copy / "windows.txt").read_bytes() == b"import acme_churn\r\nACME_CHURN_API_KEY\r\n"
     assert (copy / "acme_churn" / "__pycache__" / "config.cpython-311.pyc").is_file()
     assert os.readlink(copy / "output" / "package") == "../ml_project"  # untracked: as it was
     assert oct((copy / "output" / "locked").stat().st_mode)[-3:] == "555"
