@@ -227,9 +227,12 @@ def build(root: Path, provider: str, config_file: Path) -> Bundle:
         sources |= {artifacts / name: _within_project(champion / name, root) for name in names}
     except OutsideProject as err:
         raise SetupError(str(err)) from err
+    generated = [*sources, Path(CONFIG_FILE), Path(REQUIREMENTS_FILE)]
     for relative, source in extras.items():
-        if relative in sources or relative in (Path(CONFIG_FILE), Path(REQUIREMENTS_FILE)):
-            raise SetupError(f"{folder / relative} would overwrite the bundle's own {relative}")
+        clash = next((path for path in generated if relative == path or relative in path.parents
+                      or path in relative.parents), None)
+        if clash is not None:
+            raise SetupError(f"{folder / relative} would overwrite the bundle's own {clash}")
         sources[relative] = source
     pipfile, lock = read_pipfile(root)
     requirements = serving_requirements(pipfile, lock, provider)

@@ -500,3 +500,25 @@ def test_a_symlink_inside_the_project_is_copied_as_its_content(
     assert (bundle / "NOTICE.md").read_text() == (project / "Pipfile").read_text()
     assert (bundle / "tools" / "cloud_setup.sh").read_text() == (
         project / "executables" / "cloud_setup.sh").read_text()
+
+
+@pytest.mark.parametrize(("name", "clash"), [
+    ("project_config.yaml", "project_config.yaml"),
+    ("requirements.txt", "requirements.txt"),
+    ("data", "data/model_artifacts/champion/metadata.json"),  # a file where a folder goes
+    ("ml_project/serving/launcher.py", "ml_project/serving/launcher.py"),
+])
+def test_a_provider_file_that_would_overwrite_a_generated_one_is_refused_before_anything_is_built(
+    name: str, clash: str, trained_project: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    project = make_deployable_project(trained_project, tmp_path)
+    path = project / "deployment" / "heroku" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("the provider's own\n")
+
+    code = main(["heroku"], root=project)
+
+    assert code == 2
+    assert f"{path} would overwrite the bundle's own {clash}" in capsys.readouterr().err
+    assert not bundle_dir(project, "heroku").exists()
