@@ -20,15 +20,17 @@ The bundle, `output/deployment/PROVIDER/` (output/ is git-ignored, so the checko
 A provider that needs more (a zip, printed commands, a push) registers a `ProviderHooks` entry in
 `HOOKS`: extra command-line options, and a step run after the bundle is complete. `--clean`
 removes the bundle folder; building always starts from an empty folder, so running twice is safe.
+Every file the bundle will hold is found first (`bundle_files.py`) and must be inside the project:
+a symlink leaving it (to ~/.aws/credentials, say), dangling or in a loop is refused, naming it,
+before anything is written; a link inside the project is copied as its target's content.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import fnmatch
 import json
-import re
+import os
 import shutil
 import subprocess  # nosec B404
 import sys
@@ -40,6 +42,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
+from deployment.bundle_files import (
+    OutsideProject,
+    entry_modules,
+    inside,
+    provider_files,
+    serving_modules,
+)
+
 if TYPE_CHECKING:
     from ml_project.config import Config
 
@@ -48,7 +58,6 @@ PROVIDERS = ("heroku", "google_app_engine", "google_cloud_function", "aws_lambda
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = Path("output") / "deployment"
 SERVING_CATEGORY = "serving"
-PACKAGE = "ml_project"
 ALIAS = "champion"
 CONFIG_FILE = "project_config.yaml"
 REQUIREMENTS_FILE = "requirements.txt"
@@ -56,12 +65,6 @@ MODELLING_HINT = "pipenv run python use_cases/modelling_historic_data_local.py"
 # Pipfile sections that are not package categories, and the lock's name for [dev-packages].
 PIPFILE_SECTIONS = {"source", "requires", "scripts", "pipenv"}
 LOCK_NAMES = {"packages": "default", "dev-packages": "develop"}
-# Provider files that are tooling, run from the checkout (`run_deploy_script`), never shipped.
-NOT_SHIPPED = ("deploy.py",)
-# The one import on the serving path a bundle never takes: `prediction.model_source: registry`
-# (the bundle's config always serves the local champion it carries, `bundle_config_text`).
-NOT_FOLLOWED = ("ml_project.registry",)
-MODULE_NAME = re.compile(rf"\b{PACKAGE}(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 
 class SetupError(RuntimeError):
@@ -159,6 +162,9 @@ def champion_files(config: Config) -> tuple[Path, list[str], dict[str, Any]]:
         if key not in metadata:
             continue
         path = directory / str(metadata[key])
+        if path.name != str(metadata[key]):
+            raise SetupError(f"{directory}/metadata.json: {key} {metadata[key]!r} is not a file "
+                             "name in the folder: re-run the modelling use case")
         if not path.is_file() or sha256_of(path) != metadata.get(checksum_key):
             raise SetupError(f"{path} is missing or does not match its checksum: re-run the "
                              f"modelling use case ({MODELLING_HINT})")
@@ -197,127 +203,60 @@ def bundle_config_text(config_file: Path, config: Config) -> str:
     return header + yaml.safe_dump(content, sort_keys=False)
 
 
-def module_file(package_root: Path, name: str) -> Path | None:
-    """The file of module `name` (`ml_project.serving.launcher`) under the folder holding the
-    package, a package's `__init__.py` for a package; None if `name` is no module of it (a
-    name after the module, as in `ml_project.engineer.tenure_band`)."""
-    path = package_root.joinpath(*name.split("."))
-    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def imported_modules(path: Path, name: str) -> tuple[set[str], set[Path]]:
-    """The package's modules that module `name` (at `path`) imports anywhere in it, functions
-    included (`import ml_project.x`, `from ml_project.x import y`: y itself, if a module), and
-    the files beside it that it names (`gunicorn.conf.py`, which the launcher reads)."""
-    found: set[str] = set()
-    files: set[Path] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                and node.value.endswith(".py") and "/" not in node.value \
-                and (path.parent / node.value).is_file():
-            files.add(path.parent / node.value)
-        elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: against this module's package, a level up per dot
-                package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*parts, *([base] if base else [])])
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {module for module in found if module.split(".")[0] == PACKAGE}, files
-
-
-def serving_modules(package_root: Path, roots: set[str]) -> list[Path]:
-    """The package's files that the modules `roots` import, directly or not (the packages'
-    `__init__.py` files included, and the files a module names beside it), without following
-    NOT_FOLLOWED."""
-    seen: set[str] = set()
-    files: set[Path] = set()
-    waiting = sorted(roots)
-    while waiting:
-        name = waiting.pop()
-        if name in seen or name in NOT_FOLLOWED:
-            continue
-        seen.add(name)
-        path = module_file(package_root, name)
-        if path is None:
-            continue
-        files.add(path)
-        parts = name.split(".")
-        waiting += [".".join(parts[:end]) for end in range(1, len(parts))]  # its packages
-        modules, named = imported_modules(path, name)
-        files.update(named)
-        waiting += sorted(modules - seen)
-    return sorted(files)
-
-
-def entry_modules(provider_files: Path, metadata: dict[str, Any]) -> set[str]:
-    """What a bundle's entry point runs of the package: every module the provider's files name
-    (a Procfile's command, an app.yaml entrypoint, a handler's imports), and every module of the
-    package the artifact's pickle refers to (a feature step's, a custom estimator's: the types
-    skops would have to trust, recorded at training)."""
-    names: set[str] = set()
-    for path in provider_files.rglob("*"):
-        if path.is_file() and path.name not in NOT_SHIPPED and "__pycache__" not in path.parts:
-            names.update(MODULE_NAME.findall(path.read_text(errors="replace")))
-    for type_name in metadata.get("skops_trusted_types") or ():
-        parts = str(type_name).split(".")
-        names.update(".".join(parts[:end]) for end in range(2, len(parts)) if parts[0] == PACKAGE)
-    return names
-
-
-def copy_package(root: Path, files: list[Path], target: Path) -> None:
-    """The package's files given, at their place under `target`."""
-    for path in files:
-        destination = target / path.relative_to(root)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, destination)
-
-
 def build(root: Path, provider: str, config_file: Path) -> Bundle:
-    """The bundle for `provider`, built from scratch (a previous one is removed first)."""
+    """The bundle for `provider`, built from scratch (a previous one is removed first). Every
+    file it will hold is found and checked first (inside the project, no clash), so a refusal
+    leaves no half-built bundle."""
     from ml_project.config import ConfigError, load_config  # here: --clean imports nothing
 
-    provider_files = root / "deployment" / provider
-    if not provider_files.is_dir():
-        raise SetupError(f"{provider_files} does not exist: this checkout has no files for "
-                         f"{provider}")
+    folder = root / "deployment" / provider
+    if not folder.is_dir():
+        raise SetupError(f"{folder} does not exist: this checkout has no files for {provider}")
     try:
         config = load_config("prediction", "production", "deployed", config_file=config_file,
                              root=root)
     except ConfigError as err:
         raise SetupError(str(err)) from err
     champion, names, metadata = champion_files(config)
-    package = serving_modules(root, entry_modules(provider_files, metadata))
+    artifacts = artifacts_location(config) / ALIAS
+    try:
+        checked_config = _within_project(config_file, root)
+        extras = provider_files(folder, root)
+        package = serving_modules(root, entry_modules(extras.values(), metadata))
+        sources = {path.relative_to(root): inside(path, root) for path in package}
+        sources |= {artifacts / name: _within_project(champion / name, root) for name in names}
+    except OutsideProject as err:
+        raise SetupError(str(err)) from err
+    generated = [*sources, Path(CONFIG_FILE), Path(REQUIREMENTS_FILE)]
+    for relative, source in extras.items():
+        clash = next((path for path in generated if relative == path or relative in path.parents
+                      or path in relative.parents), None)
+        if clash is not None:
+            raise SetupError(f"{folder / relative} would overwrite the bundle's own {clash}")
+        sources[relative] = source
     pipfile, lock = read_pipfile(root)
     requirements = serving_requirements(pipfile, lock, provider)
 
     directory = bundle_dir(root, provider)
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    copy_package(root, package, directory)
-    (directory / CONFIG_FILE).write_text(bundle_config_text(config_file, config))
-    artifacts = directory / artifacts_location(config) / ALIAS
-    artifacts.mkdir(parents=True)
-    for name in names:
-        shutil.copy2(champion / name, artifacts / name)
+    (directory / CONFIG_FILE).write_text(bundle_config_text(checked_config, config))
     (directory / REQUIREMENTS_FILE).write_text(
         "# Serving dependencies only, pinned from Pipfile.lock by executables/cloud_setup.sh\n"
         + "\n".join(requirements) + "\n")
-    for path in sorted(provider_files.rglob("*")):
-        if path.is_dir() or "__pycache__" in path.parts or path.name in NOT_SHIPPED:
-            continue
-        destination = directory / path.relative_to(provider_files)
-        if destination.exists():
-            raise SetupError(f"{path} would overwrite the bundle's own {destination.name}")
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, destination)
+    for relative, source in sources.items():  # content and mode bits; a link's target's
+        (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, directory / relative)
     return Bundle(provider, root, directory, config)
+
+
+def _within_project(path: Path, root: Path) -> Path:
+    """`path` resolved: inside the project if it is named inside it (a link there must not leave
+    it); a file named outside the project (`--config /etc/app.yaml`, an outside model folder in
+    paths.model_artifacts) is the user's explicit choice."""
+    if Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
+        return inside(path, root)
+    return path.resolve()
 
 
 def clean(root: Path, provider: str) -> None:

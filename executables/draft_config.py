@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ FEW_VALUES = 10  # an integer column with at most this many values may hold code
 MIN_NUMBERS = 0.95  # this share of a column's values are numbers: a numeric column with typos
 CODE_NAME = re.compile(r"(code|type|class|category|group|kind|level|segment|status)s?$", re.I)
 BOOLEAN_TEXTS = {"True", "False", "true", "false", "TRUE", "FALSE"}
+FLOAT_MAX = sys.float_info.max
+SMALLEST_STEP = 1e-300  # a margin below it is widened by, not rounded to, a power of ten
+LONGEST_SIMPLE_KEY = 1000  # YAML reads a key on the line of its value up to 1024 characters
 METRICS = {"binary_classification": "roc_auc", "multiclass_classification": "f1_macro",
            "regression": "neg_root_mean_squared_error"}
 
@@ -86,19 +90,27 @@ def _is_dates(values: pd.Series) -> bool:
 
 def padded_range(low: float, high: float, *, integral: bool = False) -> tuple[float, float]:
     """[low, high] widened by MARGIN of the span and rounded outward to a readable step (whole
-    numbers for integer columns); never below 0 when nothing seen was negative (counts, ages)."""
-    margin = MARGIN * ((high - low) or abs(high) or 1.0)
-    step = 10.0 ** math.floor(math.log10(margin))
+    numbers for integer columns); never below 0 when nothing seen was negative (counts, ages).
+    Any finite floats: the sums never overflow (bounds stay within the largest float) and a
+    span too small to step through (subnormals) is widened without rounding."""
+    half_span = high / 2 - low / 2  # (high - low) / 2, which cannot overflow
+    margin = 2 * MARGIN * half_span or MARGIN * abs(high) or MARGIN
+    lower, upper = max(low - margin, -FLOAT_MAX), min(high + margin, FLOAT_MAX)
+    step = 10.0 ** math.floor(math.log10(margin)) if margin >= SMALLEST_STEP else 0.0
     step = max(step, 1.0) if integral else step
-    digits = max(0, -math.floor(math.log10(step)))
-    # The tolerance keeps float noise (0.8 + 0.06 = 0.8600000000000001) from adding a step.
-    lower = round(math.floor((low - margin) / step + 1e-9) * step, digits)
-    upper = round(math.ceil((high + margin) / step - 1e-9) * step, digits)
+    if step > 0:
+        digits = max(0, -math.floor(math.log10(step)))
+        # The tolerance keeps float noise (0.8 + 0.06 = 0.8600000000000001) from adding a step.
+        lower = round(math.floor(lower / step + 1e-9) * step, digits)
+        upper = round(math.ceil(upper / step - 1e-9) * step, digits)
+    lower = min(max(lower, -FLOAT_MAX), low)  # rounding never narrows what was seen
+    upper = max(min(upper, FLOAT_MAX), high)
     return (max(lower, 0.0) if low >= 0 else lower), upper
 
 
 def _number(value: float) -> int | float:
-    return int(value) if float(value).is_integer() else float(value)
+    """A whole number as an int (`10`, not `10.0`) while it reads as one; floats otherwise."""
+    return int(value) if float(value).is_integer() and abs(value) < 1e16 else float(value)
 
 
 def _missing_note(missing: int, rows: int) -> str:
@@ -124,6 +136,10 @@ def guess_feature(name: str, values: pd.Series, *, from_csv: bool) -> Guess:
     if numbers is not None:
         parsed, not_numbers = numbers
         seen = parsed[np.isfinite(parsed)]
+        infinite = int(np.isinf(parsed).sum())
+        if not len(seen):
+            return Guess("excluded", note=f"no finite value ({infinite:,} infinite): validation "
+                                          "would refuse every row")
         integral = bool(np.all(seen == np.round(seen)))
         n_values = len(np.unique(seen))
         if (from_csv and integral and n_values <= FEW_VALUES and CODE_NAME.search(name)
@@ -134,8 +150,11 @@ def guess_feature(name: str, values: pd.Series, *, from_csv: bool) -> Guess:
         low, high = padded_range(float(seen.min()), float(seen.max()), integral=integral)
         note = f"seen {seen.min():.6g} .. {seen.max():.6g}"
         p01, p99 = np.percentile(seen, [1, 99])
-        if seen.max() > p99 + 3 * (p99 - p01) or seen.min() < p01 - 3 * (p99 - p01):
-            note += f", 98% within {p01:.6g} .. {p99:.6g}: outliers?"
+        with np.errstate(over="ignore"):  # spans past the largest float are infinite: fine
+            if seen.max() > p99 + 3 * (p99 - p01) or seen.min() < p01 - 3 * (p99 - p01):
+                note += f", 98% within {p01:.6g} .. {p99:.6g}: outliers?"
+        if infinite:
+            note += f"; {infinite:,} infinite: their rows will be quarantined"
         if integral and n_values <= FEW_VALUES:
             note += f"; only {n_values} integer values: codes? then make it categorical"
         if not_numbers:
@@ -191,10 +210,48 @@ def _guess_timestamp(frame: pd.DataFrame, skip: set[str]) -> str | None:
     return None
 
 
+class _DraftDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, with every text holding a line break or another unprintable
+    character double-quoted (escaped), so that each value the draft writes is one line."""
+
+
+def _represent_text(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = None if text.isprintable() else '"'
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_DraftDumper.add_representer(str, _represent_text)
+
+
 def _flow(value: Any) -> str:
-    """A YAML value on one line, quoted where YAML would otherwise read it as a non-string."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False)
-    return str(text).strip().removesuffix("...").strip()
+    """A value of the data (a name, a category, a label) as YAML on one line, by the library's
+    safe dumper: quoted wherever YAML would read it otherwise (`yes`, `1`, `a: b`, `<<`)."""
+    text = yaml.dump(value, Dumper=_DraftDumper, default_flow_style=True, width=math.inf,
+                     allow_unicode=True, sort_keys=False)
+    line = str(text).strip().removesuffix("...").strip()
+    if "\n" in line:  # cannot happen with the dumper above; a draft must never be injected
+        raise ValueError(f"cannot write {value!r} on one line of YAML")
+    return line
+
+
+def _comment(text: str) -> str:
+    """`text` fit for a YAML comment: every unprintable character escaped, line breaks above
+    all (a name holding one must not end the comment and start a key of its own)."""
+    return "".join(character if character.isprintable()
+                   else character.encode("unicode_escape").decode("ascii") for character in text)
+
+
+def _entry(indent: str, key: str, value: str) -> str:
+    """`key: value` in a block mapping; a key past YAML's 1024 characters for a key on one line
+    is written as an explicit key (`? key` then `: value`)."""
+    if len(key) < LONGEST_SIMPLE_KEY:
+        return f"{indent}{key}: {value}"
+    return f"{indent}? {key}\n{indent}: {value}"
+
+
+def _line(content: str, comment: str = "") -> str:
+    """A line of YAML with its comment, if any."""
+    return f"{content}  # {_comment(comment)}" if comment else content
 
 
 def draft_config(path: Path, target: str, *, id_column: str | None = None,
@@ -220,38 +277,41 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
     id_column = id_column or _guess_id(frame, {target, timestamp or ""})
     time_note = "given" if timestamp else "REVIEW guessed: ISO 8601 times, never missing"
     timestamp = timestamp or _guess_timestamp(frame, {target, id_column or ""})
-    lines = [f"# Drafted by executables.draft_config from {path.name} ({len(frame):,} rows).",
+    lines = ["# " + _comment(f"Drafted by executables.draft_config from {path.name} "
+                             f"({len(frame):,} rows)."),
              "# Every line marked REVIEW is a guess from this one file: check it before use.",
              "", "columns:"]
-    lines.append(f"  id: {_flow(id_column)}  # "
-                 + (id_note if id_column else "REVIEW no unique column found: add an identifier"))
+    lines.append(_line(f"  id: {_flow(id_column)}", id_note if id_column
+                       else "REVIEW no unique column found: add an identifier"))
     times_as_id = not timestamp and _guess_timestamp(frame, {target}) == id_column
-    lines.append(f"  timestamp: {_flow(timestamp)}  # " + (
+    lines.append(_line(f"  timestamp: {_flow(timestamp)}", (
         time_note if timestamp
-        else f"REVIEW {id_column}, a column of times, is the id: add an id column to your file "
-             f"to use {id_column} as the timestamp" if times_as_id
-        else "REVIEW no column of times found"))
+        else f"REVIEW {_flow(id_column)}, a column of times, is the id: add an id column to your "
+             f"file to use {_flow(id_column)} as the timestamp" if times_as_id
+        else "REVIEW no column of times found")))
     missing_target = int(typed_target.isna().sum())
-    lines.append(f"  target: {_flow(target)}" + (
-        f"  # REVIEW {missing_target} rows without a target will be quarantined"
-        if missing_target else ""))
-    lines.append(f"  target_classes: {_flow(classes)}  # REVIEW {task_reason}")
+    lines.append(_line(f"  target: {_flow(target)}", (
+        f"REVIEW {missing_target} rows without a target will be quarantined"
+        if missing_target else "")))
+    lines.append(_line(f"  target_classes: {_flow(classes)}", f"REVIEW {task_reason}"))
     guesses = {str(name): guess_feature(str(name), frame[name], from_csv=from_csv)
                for name in frame.columns if name not in {target, id_column, timestamp}}
     for kind in ("numerical", "categorical"):
         chosen = {name: guess for name, guess in guesses.items() if guess.kind == kind}
         lines.append(f"  {kind}:" + ("" if chosen else " {}"))
-        lines += [f"    {_flow(name)}: {_flow(guess.rule)}  # REVIEW {guess.note}"
+        lines += [_line(_entry("    ", _flow(name), _flow(guess.rule)), f"REVIEW {guess.note}")
                   for name, guess in chosen.items()]
     left_out = {name: guess for name, guess in guesses.items()
                 if guess.kind in ("excluded", "dates")}
     if left_out:
         lines.append("  # REVIEW left out (listed columns only are read; these are dropped):")
-        lines += [f"  #   {name}: {guess.note}" for name, guess in left_out.items()]
+        lines += ["  #   " + _comment(f"{_flow(name)}: {guess.note}")
+                  for name, guess in left_out.items()]
     split = "stratified" if task != "regression" else "random"
     lines += ["", f"task: {task}  # REVIEW from the target: {task_reason}", "", "training:",
-              f"  split: {split}  # REVIEW"
-              + (f" or time, to hold out the latest rows by {timestamp}" if timestamp else ""),
+              _line(f"  split: {split}", "REVIEW" + (
+                  f" or time, to hold out the latest rows by {_flow(timestamp)}" if timestamp
+                  else "")),
               f"  metric: {METRICS[task]}  # REVIEW one of the task's metrics (see config.py)",
               *_candidates(task), "", "engineering:",
               "  steps: []  # the shipped steps read the example's columns: list yours here", ""]
@@ -294,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
     if args.output:
-        args.output.write_text(text)
+        args.output.write_text(text, encoding="utf-8")
         print(f"Draft written to {args.output}: review every REVIEW line, then merge it into "
               "project_config.yaml")
     else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -160,7 +160,8 @@ class CandidateConfig(_Frozen):
     name: str
     estimator: str
     params: dict[str, Any] = Field(default_factory=dict)
-    search: dict[str, list[Any]] = Field(default_factory=dict)
+    # Each key a parameter of the estimator, each list the values tried (at least one).
+    search: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
 
 
 class TrainingConfig(_Frozen):
@@ -344,8 +345,8 @@ def load_config(
     if not config_path.is_file():
         raise ConfigError(f"config file not found: {config_path}")
     try:
-        content = yaml.safe_load(config_path.read_text()) or {}
-    except yaml.YAMLError as err:
+        content = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:  # YAML files are UTF-8
         raise ConfigError(f"{config_path}: not valid YAML: {err}") from err
     if not isinstance(content, dict):
         raise ConfigError(f"{config_path}: expected a mapping at the top level")

@@ -16,6 +16,7 @@ your own such as `ml_project/features.py`) and list its dotted path under `engin
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping, Sequence, Union
 
@@ -96,16 +97,21 @@ def feature_step(
 
 
 def import_step(path: str) -> FeatureStep:
-    """The feature step a dotted import path names; ValueError saying what is wrong if none."""
+    """The feature step a dotted import path names; ValueError saying what is wrong if none.
+
+    Nothing the path names is called, nor any attribute of it evaluated, before it is known to
+    be a function that `@feature_step` declared (its declaration read from the function's own
+    attributes, statically: no property or __getattr__ runs).
+    """
     module_name, _, attribute = path.rpartition(".")
     try:
         target: Any = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError, ValueError) as err:
         raise ValueError(f"engineering.steps: cannot import {path!r} ({err})") from err
-    step = getattr(target, STEP_ATTRIBUTE, None)
-    if not isinstance(step, FeatureStep):
+    step = vars(target).get(STEP_ATTRIBUTE) if inspect.isfunction(target) else None
+    if not isinstance(step, FeatureStep) or step.function is not target:
         raise ValueError(f"engineering.steps: {path!r} is not a feature step; decorate the "
-                         "function with @feature_step(inputs=..., outputs=...)")
+                         "function with @feature_step(inputs=..., outputs=...), outermost")
     return step
 
 

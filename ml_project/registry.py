@@ -10,6 +10,7 @@ source import this module; serving from the local artifact never does.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import mlflow
 import pandas as pd
 import requests
 import skops.io
+import sqlalchemy
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -49,6 +51,8 @@ ARTIFACT_SHA256_TAG = "artifact_sha256"
 # between versions with the same contract.
 CONTRACT_TAG = "contract"
 OWNER_TAG = "ml_project.owner"  # host:pid of the process running a modelling run
+# MlflowException.error_code of a create that lost a race (the name exists now).
+ALREADY_EXISTS = "RESOURCE_ALREADY_EXISTS"
 
 
 class TrackingError(RuntimeError):
@@ -101,21 +105,64 @@ def _check_server(uri: str) -> None:
         ) from err
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///...` store URI; None for any other store."""
+    if not uri.startswith("sqlite"):  # sqlite:///, sqlite+pysqlite:///
+        return None
+    database = sqlalchemy.make_url(uri).database
+    return Path(database) if database and database != ":memory:" else None
+
+
+@contextmanager
+def _one_process_at_a_time(uri: str) -> Iterator[None]:
+    """Serialise a local SQLite store's first use across processes. MLflow creates a store's
+    tables on first use by running its migrations, which SQLite cannot run in a transaction: two
+    processes doing so at once collide ("duplicate column name") and may leave the schema half
+    made. Under this lock (an flock on `<database>.lock` beside it) the first process creates
+    them, and the others wait, then find them made. A server or another database makes its own."""
+    database = _sqlite_file(uri)
+    if database is None or not database.parent.is_dir():  # MLflow's own error names the path
+        yield
+        return
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        yield
+
+
+def open_store(uri: str) -> MlflowClient:
+    """Point this process's MLflow at `uri`, with the store's tables made (tracking and model
+    registry, made by the first process to use a new local store, one process at a time)."""
+    use_store(uri)
+    with _one_process_at_a_time(uri):
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)  # the tracking store makes its tables
+        client.search_registered_models(max_results=1)  # and the registry's
+    return client
+
+
 def connect(config: Config) -> str:
     """Point MLflow at the configured store and check it answers; returns the experiment id,
     creating the experiment if needed: its artifacts beside a local store, or where a tracking
     server says (a folder on this machine would hold files no other machine could load)."""
     if config.tracking_uri.startswith(("http://", "https://")):
         _check_server(config.tracking_uri)
-    use_store(config.tracking_uri)
     name = config.tracking.experiment_name
     try:
+        open_store(config.tracking_uri)
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is not None:
             return str(experiment.experiment_id)
         on_server = config.tracking_uri.startswith(("http://", "https://", "databricks"))
         location = None if on_server else (config.root / "mlruns").as_uri()
-        return str(mlflow.create_experiment(name, artifact_location=location))
+        try:
+            return str(mlflow.create_experiment(name, artifact_location=location))
+        except MlflowException as err:  # another run created it since: use theirs
+            if err.error_code != ALREADY_EXISTS:
+                raise
+            experiment = mlflow.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return str(experiment.experiment_id)
     except Exception as err:  # mlflow raises many types for an unreachable store
         raise TrackingError(
             f"MLflow tracking store {redact_password(config.tracking_uri)} is unreachable: {err}"
@@ -153,10 +200,9 @@ def load_registered_pipeline(
     it was logged, and skops trusts exactly the types recorded then: MLflow's own loader would
     trust whatever list the (possibly altered) model folder declares.
     """
-    use_store(config.tracking_uri)
     name = config.tracking.registered_model_name
     try:
-        version = MlflowClient(config.tracking_uri).get_model_version_by_alias(name, alias)
+        version = open_store(config.tracking_uri).get_model_version_by_alias(name, alias)
         serialised = model_file(mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{name}/{version.version}"))
     except Exception as err:  # unreachable store, unknown model or alias, unreadable files

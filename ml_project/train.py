@@ -104,27 +104,41 @@ def _import_estimator_class(path: str, where: str) -> type:
     except (ImportError, AttributeError, ValueError) as err:
         raise ValueError(f"{where}: cannot import {path!r} ({err})") from err
     # Checked before anything named in the config is called: an estimator class has fit and
-    # get_params (scikit-learn's API, which LightGBM's and XGBoost's classes follow too).
-    if not isinstance(estimator_class, type) or not all(
-            callable(getattr(estimator_class, method, None)) for method in ("fit", "get_params")):
+    # get_params (scikit-learn's API, which LightGBM's and XGBoost's classes follow too), looked
+    # up statically, so that no class attribute, property or metaclass hook of it runs.
+    if not inspect.isclass(estimator_class) or not all(
+            callable(_static_attribute(estimator_class, method)) for method in ("fit", "get_params")):
         raise ValueError(f"{where}: {path!r} is not an estimator class (one with fit and "
                          "get_params, as scikit-learn's)")
     return estimator_class
 
 
+def _static_attribute(owner: object, name: str) -> object:
+    """`owner.name` as stored, without running a descriptor or __getattr__; None if absent."""
+    try:
+        return inspect.getattr_static(owner, name)
+    except AttributeError:
+        return None
+
+
 def _is_estimator_spec(value: Any) -> bool:
-    """A nested estimator in `params`: {estimator: dotted.Path, params: {...}}."""
+    """A nested estimator in `params` or `search`: {estimator: dotted.Path, params: {...}}."""
     return isinstance(value, Mapping) and "estimator" in value and set(value) <= {
         "estimator", "params"}
 
 
+def _built(value: Any, config: Config, where: str) -> Any:
+    """`value` with every estimator spec in it built, in lists too (a stack's estimators)."""
+    if _is_estimator_spec(value):
+        return _instantiate(str(value["estimator"]), value.get("params") or {}, config, where)
+    if isinstance(value, (list, tuple)):
+        return [_built(item, config, f"{where}[{number}]") for number, item in enumerate(value)]
+    return value
+
+
 def _instantiate(path: str, params: Mapping[str, Any], config: Config, where: str) -> BaseEstimator:
     estimator_class = _import_estimator_class(path, where)
-    built = {
-        key: _instantiate(value["estimator"], value.get("params") or {}, config, f"{where}.{key}")
-        if _is_estimator_spec(value) else value
-        for key, value in params.items()
-    }
+    built = {key: _built(value, config, f"{where}.{key}") for key, value in params.items()}
     if "random_state" in inspect.signature(estimator_class).parameters:
         built.setdefault("random_state", config.training.random_seed)
     try:
@@ -138,11 +152,19 @@ def build_estimator(candidate: CandidateConfig, config: Config) -> BaseEstimator
     """Instantiate `candidate.estimator` (a dotted import path) with its fixed params.
 
     A param may itself be an estimator, written `{estimator: dotted.Path, params: {...}}`
-    (the base model of a `TunedThresholdClassifierCV`, say); `random_state` is seeded from
-    `training.random_seed` wherever an estimator takes one and the config does not set it.
+    (the base model of a `TunedThresholdClassifierCV`, say), alone or in a list (a stack's);
+    `random_state` is seeded from `training.random_seed` wherever an estimator takes one and
+    the config does not set it.
     """
     return _instantiate(candidate.estimator, candidate.params, config,
                         f"training.candidates.{candidate.name}")
+
+
+def build_search(candidate: CandidateConfig, config: Config) -> dict[str, list[Any]]:
+    """The candidate's search grid, estimator specs among its values built as in params."""
+    where = f"training.candidates.{candidate.name}.search"
+    return {key: _built(values, config, f"{where}.{key}")
+            for key, values in candidate.search.items()}
 
 
 def check_training_config(config: Config) -> None:
@@ -165,6 +187,7 @@ def check_candidates(config: Config) -> None:
     regression) and takes every key its search varies. Raises ValueError naming the candidate."""
     for candidate in config.training.candidates:
         estimator = build_estimator(candidate, config)
+        build_search(candidate, config)
         unknown = sorted(set(candidate.search) - set(estimator.get_params()))
         if unknown:
             raise ValueError(f"training.candidates.{candidate.name}.search: {candidate.estimator} "
@@ -275,7 +298,7 @@ def train_candidates(train: pd.DataFrame, config: Config) -> list[CandidateResul
     results = []
     candidates = config.training.candidates
     for number, candidate in enumerate(candidates, start=1):
-        grid = {f"model__{key}": values for key, values in candidate.search.items()}
+        grid = {f"model__{key}": values for key, values in build_search(candidate, config).items()}
         settings = int(np.prod([len(values) for values in grid.values()])) if grid else 1
         logger.info(
             "Candidate %d/%d %s: %d settings x %d folds",

@@ -19,14 +19,13 @@ from typing import Any
 import pytest
 import yaml
 
+from deployment.bundle_files import entry_modules, provider_files, serving_modules
 from deployment.cloud_setup import (
     PROVIDERS,
     bundle_config_text,
     bundle_dir,
-    entry_modules,
     main,
     read_pipfile,
-    serving_modules,
     serving_requirements,
 )
 from ml_project.config import OUTPUT_DIR_ENV, PREDICTION_LOG_ENV, PROJECT_ROOT, load_config
@@ -326,7 +325,7 @@ def test_entry_modules_are_what_the_provider_files_name_and_the_models_package_t
     metadata = {"skops_trusted_types": ["ml_project.custom_steps.Ratio", "sklearn.pipeline.Pipeline",
                                         "ml_project.engineer.tenure_band", "numpy.dtype"]}
 
-    names = entry_modules(provider, metadata)
+    names = entry_modules(provider_files(provider, tmp_path).values(), metadata)
 
     assert {"ml_project.serving.launcher", "ml_project.serving.bundle", "ml_project.custom_steps",
             "ml_project.engineer"} <= names
@@ -424,3 +423,102 @@ def test_wrapper_is_executable_and_passes_the_options_on(deployable_project: Pat
 
     assert result.returncode == 0
     assert "--clean" in result.stdout
+
+
+# Links that would put something outside the project into a bundle: where, relative to the
+# project, and what to, in a folder beside the project: a secret, the folder itself, or an
+# outside copy of the file the link replaces (so that only where it lies is wrong).
+LEAVING_LINKS = {
+    "provider-file-to-a-secret": ("deployment/heroku/credentials", "secret.txt"),
+    "provider-folder-to-outside": ("deployment/heroku/conf", "."),
+    "package-module-to-outside": ("ml_project/serving/gunicorn.conf.py", "gunicorn.conf.py"),
+    "champion-file-to-outside": ("data/model_artifacts/champion/metadata.json", "metadata.json"),
+    "config-to-outside": ("project_config.yaml", "project_config.yaml"),
+}
+SECRET = "aws_secret_access_key = not-for-a-bundle\n"
+
+
+@pytest.mark.parametrize("case", list(LEAVING_LINKS))
+def test_a_symlink_leaving_the_project_is_refused_and_nothing_is_built(
+    case: str, trained_project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A link in the provider's folder, the package, the champion or the config to a file or
+    folder outside the project would copy its content into a bundle meant for a cloud."""
+    (tmp_path / "project").mkdir()
+    project = make_deployable_project(trained_project, tmp_path / "project")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text(SECRET)
+    where, target = LEAVING_LINKS[case]
+    link = project / where
+    if link.exists():
+        shutil.copy2(link, outside / target)
+        link.unlink()
+    link.symlink_to(outside / target)
+
+    code = main(["heroku"], root=project)
+
+    error = capsys.readouterr().err
+    assert code == 2
+    assert f"{link} links to {(outside / target).resolve()}, outside the project" in error
+    assert not bundle_dir(project, "heroku").exists()
+
+
+@pytest.mark.parametrize(("links", "problem"), [
+    ({"loop": "."}, "a folder that holds it: a loop of links"),
+    ({"up": "../heroku"}, "a folder that holds it: a loop of links"),
+    ({"a": "b", "b": "a"}, "a symlink that cannot be followed"),
+    ({"gone": "no_such_file"}, "a symlink that cannot be followed"),
+], ids=["to-itself", "to-its-parent", "two-files", "dangling"])
+def test_a_loop_of_links_or_a_dangling_link_is_refused_by_name_not_a_traceback(
+    links: dict[str, str], problem: str, trained_project: Path, tmp_path: Path
+) -> None:
+    project = make_deployable_project(trained_project, tmp_path)
+    for name, target in links.items():
+        (project / "deployment" / "heroku" / name).symlink_to(target)
+
+    result = run_cloud_setup(project, "heroku")
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert problem in result.stderr and "deployment/heroku/" in result.stderr
+    assert not bundle_dir(project, "heroku").exists()
+
+
+def test_a_symlink_inside_the_project_is_copied_as_its_content(
+    trained_project: Path, tmp_path: Path
+) -> None:
+    project = make_deployable_project(trained_project, tmp_path)
+    (project / "deployment" / "heroku" / "NOTICE.md").symlink_to("../../Pipfile")
+    (project / "deployment" / "heroku" / "tools").symlink_to("../../executables")
+
+    result = run_cloud_setup(project, "heroku")
+
+    assert result.returncode == 0, result.stderr
+    bundle = bundle_dir(project, "heroku")
+    assert not (bundle / "NOTICE.md").is_symlink()
+    assert (bundle / "NOTICE.md").read_text() == (project / "Pipfile").read_text()
+    assert (bundle / "tools" / "cloud_setup.sh").read_text() == (
+        project / "executables" / "cloud_setup.sh").read_text()
+
+
+@pytest.mark.parametrize(("name", "clash"), [
+    ("project_config.yaml", "project_config.yaml"),
+    ("requirements.txt", "requirements.txt"),
+    ("data", "data/model_artifacts/champion/metadata.json"),  # a file where a folder goes
+    ("ml_project/serving/launcher.py", "ml_project/serving/launcher.py"),
+])
+def test_a_provider_file_that_would_overwrite_a_generated_one_is_refused_before_anything_is_built(
+    name: str, clash: str, trained_project: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    project = make_deployable_project(trained_project, tmp_path)
+    path = project / "deployment" / "heroku" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("the provider's own\n")
+
+    code = main(["heroku"], root=project)
+
+    assert code == 2
+    assert f"{path} would overwrite the bundle's own {clash}" in capsys.readouterr().err
+    assert not bundle_dir(project, "heroku").exists()

@@ -6,9 +6,13 @@ config in place of its columns, and read and validated by the real ingest and va
 
 from __future__ import annotations
 
+import math
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import hypothesis
+import hypothesis.strategies as st
 import numpy as np
 import pandas as pd
 import pytest
@@ -266,3 +270,113 @@ def test_one_column_given_as_two_roles_is_refused_and_times_as_the_id_are_named(
     assert (columns["id"], columns["timestamp"]) == ("date", None)
     assert "date, a column of times, is the id: add an id column" in text
     config_from_draft(yaml.safe_load(text), path, tmp_path)  # loads: no column used twice
+
+
+# Names YAML would read as something else, or that would end a line: each must come back as
+# itself, and none may add a key of its own to the draft.
+AWKWARD_NAMES = ["a\nevil: 1", "b\r\nalso: 2", "c\u2028evil: 3", "d\x85e", "tab\there",
+                 "x # not a comment", "k: v", "it's \"quoted\"", "café ☕", "<<", "yes", "1",
+                 "~", "- item", "[list", "&anchor", "*alias", "!tag", "%directive", "@at",
+                 "`tick", "back\\slash", "\x01start\x1bescape\x7f", "n" * 20_000]
+EXTREMES = [1e308, -1e308, math.inf, -math.inf, math.nan, 5e-324, -5e-324, 0.0,
+            sys.float_info.max, -sys.float_info.max]
+
+
+def awkward_table(rng: np.random.Generator) -> pd.DataFrame:
+    """Awkward names for features, id and target, awkward categories and labels, the extreme
+    floats in one column, one of infinities only, one of subnormals only, free text."""
+    numbers = rng.normal(0, 1, ROWS)
+    numbers[: len(EXTREMES)] = EXTREMES
+    columns: dict[str, Any] = {"id\nevil: 1": [f"r{i}" for i in range(ROWS)]}
+    columns |= {name: rng.normal(0, 1, ROWS).round(3) for name in AWKWARD_NAMES}
+    columns |= {
+        "extremes": numbers,
+        "only infinite": rng.choice([math.inf, -math.inf], ROWS),
+        "only subnormal": rng.choice([5e-324, 1e-323, 2.5e-322], ROWS),
+        "colour\n#: 1": rng.choice(["red\nevil: 1", "green # not a comment", "<<", "yes"],
+                                   ROWS),
+        "free\ntext: 1": [f"note {i}\nx: y" for i in range(ROWS)],
+        "label\n: 1": rng.choice(["churn: yes", "no # really"], ROWS),
+    }
+    return pd.DataFrame(columns)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_awkward_names_and_extreme_values_give_a_draft_that_loads_back_as_the_table(
+    suffix: str, tmp_path: Path
+) -> None:
+    """No name, category or label can inject YAML (each is written by the YAML library's safe
+    dumper, comments escaped), and any finite or infinite value is drafted: the draft loads
+    with the project's Config loader, names exactly the table's columns, and validates every
+    row but those holding an infinite value."""
+    frame = awkward_table(np.random.default_rng(5))
+    path = write_table(frame, tmp_path / f"awkward{suffix}")
+
+    text = draft_config(path, "label\n: 1", id_column="id\nevil: 1")
+    draft = yaml.safe_load(text)
+    config = config_from_draft(draft, path, tmp_path)
+    result = validate_production_data(read_table(str(path), config), config, with_target=True)
+
+    assert text.splitlines() == text.removesuffix("\n").split("\n")  # no break inside a line
+    assert all(line.isprintable() for line in text.split("\n"))
+    assert set(draft) == {"columns", "task", "training", "engineering"}
+    columns = config.columns
+    assert (columns.id, columns.target, columns.timestamp) == ("id\nevil: 1", "label\n: 1", None)
+    assert set(columns.target_classes) == {"churn: yes", "no # really"}
+    assert set(columns.numerical) == {*AWKWARD_NAMES, "extremes", "only subnormal"}
+    assert set(columns.categorical["colour\n#: 1"].categories) == {
+        "red\nevil: 1", "green # not a comment", "<<", "yes"}
+    left_out = text.split("left out")[1].split("\n\n")[0].splitlines()[1:]
+    assert len(left_out) == 2 and "no finite value" in text and "free text?" in text
+    extremes = columns.numerical["extremes"]
+    assert extremes.min == -sys.float_info.max and extremes.max == sys.float_info.max
+    assert columns.numerical["only subnormal"].min == 0
+    assert 2.5e-322 <= (columns.numerical["only subnormal"].max or 0) <= 1
+    assert list(result.quarantined.index) == [2, 3]  # the infinite extremes, nothing else
+    assert "must be a finite number" in result.quarantined["quarantine_reason"].iloc[0]
+
+
+@hypothesis.settings(max_examples=500, deadline=None)
+@hypothesis.given(st.floats(allow_nan=False, allow_infinity=False),
+                  st.floats(allow_nan=False, allow_infinity=False), st.booleans())
+def test_padded_range_holds_what_was_seen_for_any_finite_floats(
+    first: float, second: float, integral: bool
+) -> None:
+    low, high = sorted((first, second))
+    if integral:
+        low, high = float(math.floor(low)), float(math.ceil(high))
+
+    lower, upper = padded_range(low, high, integral=integral)
+
+    assert math.isfinite(lower) and math.isfinite(upper)
+    assert lower <= low and upper >= high
+    assert lower >= 0 or low < 0
+
+
+@pytest.mark.parametrize(("values", "drafted"), [
+    ([1e308, -1e308], {"min": -1.2e308, "max": 1.2e308}),
+    ([math.inf, -math.inf], None),  # no finite value: left out, said why
+    ([5e-324, 0.0], {"min": 0, "max": 0.1}),
+    ([-5e-324, 1e-323], {"min": -0.1, "max": 0.1}),
+    ([math.nan, math.inf, 2.5, 3.5], {"min": 2.4, "max": 3.6, "nullable": True}),
+], ids=["plus-minus-1e308", "only-infinite", "subnormal", "negative-subnormal", "nan-and-inf"])
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_column_of_extreme_values_is_drafted_and_the_draft_loads(
+    values: list[float], drafted: dict[str, Any] | None, suffix: str, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame({"key": [f"k{i}" for i in range(ROWS)],
+                          "size": rng.uniform(0, 10, ROWS).round(1),
+                          "extreme": np.resize(np.asarray(values, dtype=float), ROWS),
+                          "label": rng.choice(["a", "b"], ROWS)})
+    path = write_table(frame, tmp_path / f"extreme{suffix}")
+
+    text = draft_config(path, "label", id_column="key")
+    config = config_from_draft(yaml.safe_load(text), path, tmp_path)
+
+    if drafted is None:
+        assert "extreme" not in config.columns.numerical
+        assert "#   extreme: no finite value" in text
+    else:
+        assert config.columns.numerical["extreme"].model_dump(exclude_defaults=True) == (
+            pytest.approx(drafted))

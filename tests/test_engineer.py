@@ -4,6 +4,7 @@ FeatureEngineer that composes them inside the Pipeline."""
 from __future__ import annotations
 
 import math
+import os
 import pickle
 from pathlib import Path
 from typing import Callable
@@ -124,6 +125,64 @@ def test_check_training_config_rejects_a_step_that_is_not_an_importable_feature_
 
     with pytest.raises(ConfigError, match=match):
         check_training_config(config)
+
+
+MARK_VARIABLE = "ML_PROJECT_TEST_STEP_MARK"  # a file anything evaluated below would create
+
+
+def _leave_a_mark() -> None:
+    Path(os.environ[MARK_VARIABLE]).touch()
+
+
+class _PropertyStep:
+    """Looks like a step to `getattr`: reading its declaration runs code."""
+
+    @property
+    def feature_step(self) -> FeatureStep:
+        _leave_a_mark()
+        return import_step("ml_project.engineer.tenure_band")
+
+
+class _CallableStep:
+    """Carries a real declaration, but is an object that would run when called, not a function."""
+
+    def __init__(self) -> None:
+        self.feature_step = import_step("ml_project.engineer.tenure_band")
+
+    def __call__(self, columns: Columns) -> dict[str, np.ndarray]:
+        _leave_a_mark()
+        return {}
+
+
+class _LooksLikeAnything:
+    """Answers every attribute asked of it, running code to do so."""
+
+    def __getattr__(self, name: str) -> object:
+        _leave_a_mark()
+        return import_step("ml_project.engineer.tenure_band")
+
+
+property_step = _PropertyStep()
+callable_step = _CallableStep()
+answers_anything = _LooksLikeAnything()
+
+
+@pytest.mark.parametrize("name", ["property_step", "callable_step", "answers_anything",
+                                  "_leave_a_mark"])
+def test_a_step_path_to_something_else_is_refused_without_running_any_of_it(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """The config names code to import: a step is checked to be a function `@feature_step`
+    declared before anything of it is evaluated (a property, __getattr__) or called."""
+    mark = tmp_path / "ran"
+    monkeypatch.setenv(MARK_VARIABLE, str(mark))
+    config = load_config("modelling", "historic", "local",
+                         config_file=project / "project_config.yaml", root=project,
+                         overrides={"engineering": {"steps": [f"{__name__}.{name}"]}})
+
+    with pytest.raises(ConfigError, match=rf"'{__name__}.{name}' is not a feature step"):
+        check_training_config(config)
+    assert not mark.exists()
 
 
 def test_check_training_config_checks_step_inputs_against_the_features(project: Path) -> None:

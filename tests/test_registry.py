@@ -5,6 +5,9 @@ failing fast so nothing is exported or promoted."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -144,6 +147,48 @@ def test_connect_leaves_later_configs_pointing_at_their_own_store(tmp_path: Path
     assert configs[1].tracking_uri == f"sqlite:///{second / 'mlflow.db'}"
     connect(configs[1])
     assert (second / "mlflow.db").is_file()
+
+
+# Connects to the store of the config file given once the file `go` appears, so that every
+# process makes its first call to a new store at the same moment; prints the experiment id.
+CONNECT_AT_ONCE = """
+import sys, time
+from pathlib import Path
+from ml_project.config import load_config
+from ml_project.registry import connect
+
+config_file, go = Path(sys.argv[1]), Path(sys.argv[2])
+config = load_config("modelling", "historic", "local", config_file=config_file,
+                     root=config_file.parent)
+Path(sys.argv[3]).touch()
+while not go.exists():
+    time.sleep(0.001)
+print(connect(config))
+"""
+
+
+@pytest.mark.slow
+def test_processes_using_a_new_store_at_once_all_connect_to_one_experiment(
+    tmp_path: Path,
+) -> None:
+    """MLflow makes a new SQLite store's tables on first use; processes doing so at the same
+    moment used to collide ("duplicate column name"), and the losers stopped as if the store
+    were unreachable. Now one makes them, the others wait: every process gets the experiment."""
+    config_file = write_project(tmp_path, n_historic=100, n_production=20)
+    go = tmp_path / "go"
+    processes = [subprocess.Popen([sys.executable, "-c", CONNECT_AT_ONCE, str(config_file),
+                                   str(go), str(tmp_path / f"ready{number}")],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for number in range(4)]
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("ready*"))) < len(processes) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()
+    answers = [process.communicate(timeout=60) for process in processes]
+
+    assert [process.returncode for process in processes] == [0] * 4, [
+        error[-500:] for _, error in answers]
+    assert len({output.strip() for output, _ in answers}) == 1
 
 
 @pytest.fixture

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -22,6 +24,7 @@ from ml_project.train import (
     TrainingDataError,
     build_estimator,
     build_pipeline,
+    build_search,
     check_training_config,
     check_training_rows,
     evaluate_holdout,
@@ -338,6 +341,95 @@ def test_check_training_config_refuses_a_candidate_that_does_not_suit_the_task_n
 
     with pytest.raises(ConfigError, match=re.escape(problem)):
         check_training_config(config)
+
+
+MARK_VARIABLE = "ML_PROJECT_TEST_ESTIMATOR_MARK"  # a file anything called below would create
+
+
+class _AnswersEverything(type):
+    """A metaclass answering any attribute asked of its classes, running code to do so."""
+
+    def __getattr__(cls, name: str) -> object:
+        Path(os.environ[MARK_VARIABLE]).touch()
+        return lambda *args, **kwargs: None
+
+
+class LooksLikeAnEstimator(metaclass=_AnswersEverything):
+    """`getattr(LooksLikeAnEstimator, "fit")` gives a callable: not a proof of an estimator."""
+
+
+def _touch(path: Path) -> dict[str, Any]:
+    return {"estimator": "subprocess.Popen", "params": {"args": ["touch", str(path)]}}
+
+
+LOGISTIC_SPEC = {"estimator": "sklearn.linear_model.LogisticRegression"}
+
+
+@pytest.mark.parametrize(("candidate", "where", "named"), [
+    (lambda mark: {"name": "popen", **_touch(mark)}, "popen", "subprocess.Popen"),
+    (lambda mark: {"name": "nested", "estimator": "sklearn.model_selection.FixedThresholdClassifier",
+                   "params": {"estimator": _touch(mark)}}, "nested.estimator", "subprocess.Popen"),
+    (lambda mark: {"name": "stack", "estimator": "sklearn.ensemble.StackingClassifier",
+                   "params": {"estimators": [["lr", LOGISTIC_SPEC], ["bad", _touch(mark)]]}},
+     "stack.estimators[1][1]", "subprocess.Popen"),
+    (lambda mark: {"name": "searched", "estimator": "sklearn.model_selection.FixedThresholdClassifier",
+                   "params": {"estimator": LOGISTIC_SPEC},
+                   "search": {"estimator": [LOGISTIC_SPEC, _touch(mark)]}},
+     "searched.search.estimator[1]", "subprocess.Popen"),
+    (lambda mark: {"name": "metaclass", "estimator": f"{__name__}.LooksLikeAnEstimator"},
+     "metaclass", f"{__name__}.LooksLikeAnEstimator"),
+], ids=["popen", "nested", "in-a-list", "in-a-search", "metaclass"])
+def test_nothing_named_as_an_estimator_is_called_before_it_is_known_to_be_an_estimator_class(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, candidate: Callable[[Path], dict[str, Any]],
+    where: str, named: str,
+) -> None:
+    """The config names code to import, as any framework's settings do; what it names is called
+    only once it is an estimator class, at any depth (a param, a list of them, a search value),
+    and looked up statically (no metaclass hook runs). Here each would create a file."""
+    mark = tmp_path / "ran"
+    monkeypatch.setenv(MARK_VARIABLE, str(mark))
+    config_file = SHAPES["loans"](rows=50).write(tmp_path)
+    config = load_config("modelling", "historic", "local", config_file=config_file,
+                         root=tmp_path, overrides={"training": {"candidates": [candidate(mark)]}})
+
+    with pytest.raises(ConfigError, match=re.escape(
+            f"training.candidates.{where}: '{named}' is not an estimator class")):
+        check_training_config(config)
+    time.sleep(0.2)  # what a started process would write, it would have written by now
+    assert not mark.exists()
+
+
+def test_estimators_in_a_list_and_in_a_search_are_built_from_their_dotted_paths(
+    tmp_path: Path,
+) -> None:
+    config_file = SHAPES["loans"](rows=50).write(tmp_path)
+    tree = {"estimator": "sklearn.tree.DecisionTreeClassifier", "params": {"max_depth": 2}}
+    stack = {"name": "stack", "estimator": "sklearn.ensemble.StackingClassifier",
+             "params": {"estimators": [["lr", LOGISTIC_SPEC], ["tree", tree]],
+                        "final_estimator": LOGISTIC_SPEC},
+             "search": {"final_estimator": [LOGISTIC_SPEC, tree]}}
+    config = load_config("modelling", "historic", "local", config_file=config_file,
+                         root=tmp_path, overrides={"training": {"candidates": [stack]}})
+    check_training_config(config)
+
+    estimator = build_estimator(config.training.candidates[0], config)
+    grid = build_search(config.training.candidates[0], config)
+
+    assert [(name, type(model).__name__) for name, model in estimator.estimators] == [
+        ("lr", "LogisticRegression"), ("tree", "DecisionTreeClassifier")]
+    assert estimator.get_params()["tree__random_state"] == config.training.random_seed
+    assert [type(model).__name__ for model in grid["final_estimator"]] == [
+        "LogisticRegression", "DecisionTreeClassifier"]
+
+
+def test_a_search_key_with_no_values_is_refused_when_the_config_loads(tmp_path: Path) -> None:
+    config_file = SHAPES["loans"](rows=50).write(tmp_path)
+    empty = {**LOGISTIC, "search": {"C": []}}
+
+    with pytest.raises(ConfigError, match=r"training\.candidates\.0\.search\.C: List should "
+                                          r"have at least 1 item"):
+        load_config("modelling", "historic", "local", config_file=config_file, root=tmp_path,
+                    overrides={"training": {"candidates": [empty]}})
 
 
 def test_a_nested_estimator_param_is_built_from_its_dotted_path(tmp_path: Path) -> None:
