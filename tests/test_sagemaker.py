@@ -88,7 +88,7 @@ def test_ping_is_200_once_the_model_is_loaded_and_needs_no_key(url: str) -> None
     ("batch-invalid", json.dumps({"instances": [instance(age=-1),
                                                 instance(region="mars")]}).encode()),
     ("malformed-json", b"{'age': 1}"),
-    ("body-too-large", b"{" + b" " * 3100 + b"}"),
+    ("body-too-large", b"{" + b" " * (MAX_BODY_BYTES + 100) + b"}"),
 ])
 @pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
                                           None])
