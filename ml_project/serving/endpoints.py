@@ -143,7 +143,7 @@ def _reject_constant(name: str) -> Any:
 
 def _integer(text: str) -> int:
     """A JSON integer. Past Python's int-to-str limit (4300 digits) none is read, in any field:
-    the whole body is refused, in words the client can act on (Python's name a server setting)."""
+    the body is refused in words the client can act on (Python's own point at a server setting)."""
     try:
         return int(text)
     except ValueError as err:
