@@ -19,7 +19,7 @@ import numbers
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 import pandas as pd
@@ -50,14 +50,18 @@ def parse_number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, numbers.Real):
-        try:
-            return float(value)
-        except OverflowError:  # an integer beyond float range
-            return -math.inf if str(value).startswith("-") else math.inf
+        return as_float(value)
     if isinstance(value, str):
         text = value.strip(BLANKS)
         return float(text) if _NUMBER.fullmatch(text) else None
     return None
+
+
+def as_float(number: Any) -> float:
+    try:
+        return float(number)
+    except OverflowError:  # an int past float range is infinite, as a number text past it reads
+        return math.inf if number > 0 else -math.inf
 
 
 def parse_numbers(values: np.ndarray) -> np.ndarray:
@@ -115,7 +119,6 @@ def parse_timestamp(value: Any) -> datetime | None:
 
 
 _NA, _NAT = pd.NA, pd.NaT
-_INT_RANGE = 2**1000  # an int within converts to float without overflow
 
 
 def is_missing(value: Any) -> bool:
@@ -141,14 +144,20 @@ def shown(value: Any) -> str:
     if isinstance(value, (bool, np.bool_)):
         text = repr(bool(value))
     elif isinstance(value, numbers.Integral):
-        text = str(int(value))
+        text = text_of(int(value))
     elif isinstance(value, numbers.Real):
         text = repr(float(value))
-    elif isinstance(value, str):
-        text = repr(str(value))
     else:
-        text = repr(value)
+        text = repr(str(value)) if isinstance(value, str) else text_of(value, repr)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def text_of(value: Any, spell: Callable[[Any], str] = str) -> str:
+    """`spell(value)`; an int past Python's int-to-str limit (JSON cannot bring one) as its type."""
+    try:
+        return spell(value)
+    except ValueError:
+        return f"<{type(value).__name__} too long to show>"
 
 
 def shown_number(number: float) -> str:
@@ -194,10 +203,7 @@ class FieldRule:
         it is bad, or None."""
         kind = type(value)
         if kind is int or kind is float:  # what JSON gives most: straight to the range checks
-            number = value  # an int beyond float range is an infinity
-            if kind is int:
-                number = float(value) if -_INT_RANGE < value < _INT_RANGE else math.copysign(
-                    math.inf, value)
+            number = value if kind is float else as_float(value)
             if number != number:
                 return math.nan, None if self.nullable else "must not be null"
         elif is_missing(value):
@@ -219,7 +225,7 @@ class FieldRule:
             return number, None
         if self.kind == "categorical":
             if self.as_text and is_scalar_not_text(value):
-                value = str(value)
+                value = text_of(value)
                 if value in self.categories:
                     return value, None
             elif self.allows(value):
@@ -287,7 +293,7 @@ def label_key(value: Any) -> str:
     a bool is its text, as for a text class."""
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
-    return str(value)
+    return text_of(value)
 
 
 class LabelRule:
@@ -314,7 +320,7 @@ class LabelRule:
                 return number, None
         elif (key := label_key(value)) in self.classes:
             return self.classes[key], None
-        return value, f"label {label_key(value)!r} is not {self.expected}"
+        return value, f"label {shown(label_key(value))} is not {self.expected}"
 
     def typed(self, labels: pd.Series) -> tuple[pd.Series, np.ndarray]:
         """A column of labels checked: their values (NaN or None where missing or unusable) and

@@ -132,9 +132,10 @@ def bundle_environment(python: Path, **variables: str) -> dict[str, str]:
 
 @contextmanager
 def running(command: Sequence[str] | str, cwd: Path, environment: dict[str, str], port: int,
-            output: Path) -> Iterator[str]:
+            output: Path, api_key: str | None = None) -> Iterator[str]:
     """Run `command` (a string runs in `sh -c`, as platforms run a Procfile or an entrypoint)
-    until /ready answers on `port`; yield the base URL; then SIGTERM its whole process group."""
+    until /ready answers on `port` (to `api_key`, if the service requires one); yield the base
+    URL; then SIGTERM its whole process group."""
     shell = isinstance(command, str)
     with output.open("w") as output_file:
         process = subprocess.Popen(command, shell=shell, cwd=cwd, env=environment,
@@ -142,7 +143,7 @@ def running(command: Sequence[str] | str, cwd: Path, environment: dict[str, str]
                                    start_new_session=True)
         try:
             url = f"http://127.0.0.1:{port}"
-            client = PredictionClient(url, max_retries=0)
+            client = PredictionClient(url, max_retries=0, api_key=api_key)
             ready = client.wait_until_ready(180, give_up=lambda: process.poll() is not None)
             client.close()
             assert ready.ok, output.read_text()

@@ -21,6 +21,7 @@ from tests.serverless_cases import (
     CASES,
     EVENT_SHAPES,
     KEY,
+    VERDICTS,
     Case,
     Comparable,
     direct_event,
@@ -66,6 +67,21 @@ def test_every_event_shape_answers_like_the_local_api(
     response = handler(build(case), None)
     assert {"statusCode", "body", "isBase64Encoded"} <= set(response)
     assert proxy_comparable(response, case.method) == local[case.name]
+
+
+@pytest.mark.parametrize("name", list(VERDICTS))
+def test_the_local_api_answers_what_an_attack_found_with_a_clear_verdict(
+    local: dict[str, Comparable], name: str
+) -> None:
+    """The verdict every event shape above must then give: a 4xx naming the field or the
+    problem, in JSON (404s too, never a redirect), or a prediction."""
+    status, named = VERDICTS[name]
+    got_status, content_type, _, content = local[name]
+    assert (got_status, content_type) == (status, "application/json")
+    if status == 422:
+        assert named in content["errors"] and content["detail"].startswith("invalid instance")
+    elif status != 200:
+        assert named in content["detail"]
 
 
 def test_a_named_http_api_stage_is_removed_by_its_base_path(
@@ -145,6 +161,66 @@ def test_an_event_no_source_sends_gets_a_4xx_never_an_exception(
 
     assert 400 <= response["statusCode"] < 500, response
     assert json.loads(response["body"])["detail"]
+
+
+def _key_header(event: dict[str, Any], value: Any, multi: bool = False) -> dict[str, Any]:
+    """`event` (keyed) with its X-API-Key header's value replaced, in either header field."""
+    field = "multiValueHeaders" if multi else "headers"
+    name = next(name for name in event[field] if name.lower() == "x-api-key")
+    changed = _changed(event, field, name, value=value)
+    return changed if multi or "multiValueHeaders" not in event else _changed(
+        changed, "multiValueHeaders", value=None)
+
+
+BASE64_LOOKING = Case("base64-looking", "POST", "/predict", b"true", PREDICT.headers)
+
+# Fields of a type no source sends, which Mangum would misread (the text "false" is true to
+# Python: a body that happens to be base64 would be decoded) or fail on without naming them,
+# with the API key set: a 400 naming the field, never a 500 (nor a 401, for a key no HTTP
+# request can carry).
+NAMED = {
+    "base64-flag-the-text-false": ({**http_api_event(PREDICT), "isBase64Encoded": "false"},
+                                   '"isBase64Encoded" must be true or false, got \'false\''),
+    "base64-flag-false-on-a-base64-looking-body": (
+        {**http_api_event(BASE64_LOOKING), "isBase64Encoded": "false"},
+        '"isBase64Encoded" must be true or false'),
+    "rest-base64-flag-a-number": ({**rest_api_event(PREDICT), "isBase64Encoded": 0},
+                                  '"isBase64Encoded" must be true or false, got 0'),
+    "rest-int-key": (_key_header(rest_api_event(PREDICT), 41),
+                     '"headers": the value of \'X-API-Key\' must be text, got 41'),
+    "rest-list-key": (_key_header(rest_api_event(PREDICT), [KEY]),
+                      '"headers": the value of \'X-API-Key\' must be text, got [\''),
+    "rest-multi-value-key-not-a-list": (
+        _key_header(rest_api_event(PREDICT), KEY, multi=True),
+        '"multiValueHeaders": the value of \'X-API-Key\' must be a list of texts'),
+    "rest-multi-value-int-key": (
+        _key_header(rest_api_event(PREDICT), [41], multi=True),
+        '"multiValueHeaders": the value of \'X-API-Key\' must be a list of texts, got [41]'),
+    "http-dict-key": (_key_header(http_api_event(PREDICT), {"a": 1}),
+                      '"headers": the value of \'x-api-key\' must be text, got {\'a\': 1}'),
+    "http-null-key": (_key_header(http_api_event(PREDICT), None),
+                      '"headers": the value of \'x-api-key\' must be text, got None'),
+    "http-headers-a-text": (_changed(http_api_event(PREDICT), "headers", value="x"),
+                            '"headers" must be a JSON object'),
+}
+
+
+@pytest.mark.parametrize(("event", "named"), list(NAMED.values()), ids=list(NAMED))
+def test_a_field_mangum_would_misread_is_a_400_naming_it(
+    handler: LambdaHandler, event: dict[str, Any], named: str
+) -> None:
+    response = handler(event, None)
+    detail = json.loads(response["body"])["detail"]
+    assert response["statusCode"] == 400, response
+    assert detail.startswith(f"the event is not an HTTP request this function reads ({named}")
+
+
+def test_a_bool_base64_flag_is_read_as_it_says(
+    handler: LambdaHandler, local: dict[str, Comparable]
+) -> None:
+    """The check takes nothing a source sends: false and true (the body encoded) both predict."""
+    for event in (http_api_event(PREDICT), http_api_event(PREDICT, base64=True)):
+        assert proxy_comparable(handler(event, None), "POST") == local["predict"]
 
 
 def test_an_event_the_adapter_cannot_read_is_a_400_naming_the_shapes(

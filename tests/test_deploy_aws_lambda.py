@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,15 @@ from tests.provider_checks import (
     variables,
 )
 from tests.serverless_cases import (
+    CASES,
+    KEY,
     Case,
     direct_event,
     function_url_event,
     http_api_event,
+    limit_bundle,
+    local_api,
+    proxy_comparable,
     rest_api_event,
 )
 
@@ -57,13 +63,18 @@ PROVIDER = "aws_lambda"
 
 
 def load_balancer_event(case: Case) -> dict[str, Any]:
-    """An Application Load Balancer's event for a Lambda target (multi-value headers off)."""
+    """An Application Load Balancer's event for a Lambda target (multi-value headers off); a
+    body that is not text (gzip) base64-encoded."""
+    try:
+        body, encoded = case.body.decode("utf-8"), False
+    except UnicodeDecodeError:
+        body, encoded = base64.b64encode(case.body).decode("ascii"), True
     return {
         "requestContext": {"elb": {"targetGroupArn": "arn:aws:elasticloadbalancing:eu-west-1:"
                                                      "000000000000:targetgroup/ml-project/0"}},
         "httpMethod": case.method, "path": case.path, "queryStringParameters": {},
         "headers": {name.lower(): value for name, value in case.headers.items()},
-        "body": case.body.decode("utf-8"), "isBase64Encoded": False,
+        "body": body, "isBase64Encoded": encoded,
     }
 
 
@@ -99,18 +110,19 @@ def events_for(path: str, body: bytes) -> dict[str, dict[str, Any]]:
     return events
 
 
-def invoke_local(python: Path, bundle: Path, events: list[Any], folder: Path
-                 ) -> tuple[list[dict[str, Any]], str]:
-    """The bundle's invoke_local.py on `events` (one JSON file each): the handler's responses,
-    in order, and what it logged. It exits 0: no event raised out of the handler."""
+def invoke_local(python: Path, bundle: Path, events: list[Any], folder: Path,
+                 **variables: str) -> tuple[list[dict[str, Any]], str]:
+    """The bundle's invoke_local.py on `events` (one JSON file each), with these environment
+    `variables`: the handler's responses, in order, and what it logged. It exits 0: no event
+    raised out of the handler."""
     folder.mkdir()
     files = []
     for number, event in enumerate(events):
         files.append(folder / f"{number}.json")
         files[-1].write_text(json.dumps(event))
     result = subprocess.run([str(python), "invoke_local.py", *map(str, files)], cwd=bundle,
-                            env=bundle_environment(python), capture_output=True, text=True,
-                            timeout=300)
+                            env=bundle_environment(python, **variables), capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     responses = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(responses) == len(events), result.stdout
@@ -143,6 +155,30 @@ def test_the_bundle_handler_answers_every_event_shape_as_the_local_api(
     for response, (shape, answer) in zip(responses, expected):
         assert proxy_answer(response) == answer, shape
     assert logged.count("Serving ") == 1  # loaded once for all the events
+
+
+def test_the_bundle_handler_answers_every_case_in_every_shape_as_the_local_api(
+    bundle: Path, python: Path, tmp_path: Path
+) -> None:
+    """tests/serverless_cases.py's requests (odd paths, bodies in a content coding, integers
+    past float range, ...), with an API key and small limits, in every event shape."""
+    limited = limit_bundle(Path(shutil.copytree(bundle, tmp_path / "bundle")))
+    events: list[dict[str, Any]] = []
+    expected: list[tuple[str, str, str]] = []
+    for case in CASES:
+        shaped = {shape: build(case) for shape, build in SHAPES.items()}
+        if (direct := direct_event(case)) is not None:
+            shaped["direct"] = direct
+        for shape, event in shaped.items():
+            events.append(event)
+            expected.append((case.name, shape, "POST" if shape == "direct" else case.method))
+
+    responses, _ = invoke_local(python, limited, events, tmp_path / "events",
+                                ML_PROJECT_API_KEY=KEY)
+
+    with local_api(limited) as local:
+        for response, (name, shape, method) in zip(responses, expected):
+            assert proxy_comparable(response, method) == local[name], (name, shape)
 
 
 PREDICT_CASE = Case("/predict", "POST", "/predict", PREDICT_REQUESTS[0][1],

@@ -6,7 +6,10 @@ files the bundle has."""
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
@@ -32,6 +35,7 @@ from tests.provider_checks import (
     unquoted,
     variables,
 )
+from tests.serverless_cases import CASES, KEY, http_answer, limit_bundle, local_api
 from tests.serving import free_port
 
 # The provider's runtime in a virtualenv of the bundle's requirements: one worker builds them once.
@@ -96,6 +100,39 @@ def test_functions_framework_serves_the_unpacked_zip_as_the_local_api_answers(
         assert (wrong.status_code, wrong.headers["Allow"]) == (405, "POST")
     log = (tmp_path / "ff.out").read_text()
     assert log.count("Serving ") == 1, log  # loaded once, by the first request
+
+
+def test_functions_framework_answers_every_case_as_the_local_api_and_a_leaving_client_quietly(
+    bundle: Path, python: Path, tmp_path: Path
+) -> None:
+    """tests/serverless_cases.py's requests (paths the framework would answer itself, bodies in
+    a content coding, integers past float range, ...) with an API key and small limits, as
+    every provider runs them; and a client that leaves mid-body is one INFO line."""
+    source = tmp_path / "function"
+    with zipfile.ZipFile(bundle / FUNCTION_ZIP) as archive:
+        archive.extractall(source)
+    limit_bundle(source)
+    port = free_port()
+    command = [str(python.parent / "functions-framework"), "--target", "prediction_service",
+               "--source", "main.py", "--host", "127.0.0.1", "--port", str(port)]
+    environment = bundle_environment(python, ML_PROJECT_API_KEY=KEY)
+
+    with local_api(source) as local, running(command, source, environment, port,
+                                             tmp_path / "ff.out", api_key=KEY) as url:
+        for case in CASES:
+            assert http_answer(url, case) == local[case.name], case.name
+        for reset in (False, True):  # a close, then a reset (SO_LINGER 0)
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+                connection.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n"
+                                   "Content-Length: 900\r\n\r\n{".encode())
+                time.sleep(0.5)
+                if reset:
+                    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                          struct.pack("ii", 1, 0))
+        time.sleep(1)
+    log = (tmp_path / "ff.out").read_text()
+    assert log.count("Client left before its body of POST /predict arrived") == 2, log
+    assert "Traceback" not in log and "ERROR" not in log, log
 
 
 def test_main_tf_parses_and_deploys_the_zip_with_the_entry_point_and_the_locks_python(

@@ -49,6 +49,20 @@ def test_a_body_that_is_not_strict_json_is_a_400(body: bytes, message: str) -> N
     assert rejected.value.status == 400
 
 
+@pytest.mark.parametrize("where", ['{"age": @}', '{"instances": [{"customer_id": @}]}',
+                                   '{"churned": [[@]]}', "@", '{"age": -@}'])
+def test_an_integer_past_pythons_digit_limit_is_a_400_in_the_clients_words(where: str) -> None:
+    """Python's parser reads integers of up to 4300 digits (sys.get_int_max_str_digits) and
+    would say to raise a setting of the server; the client is told what to change."""
+    body = where.replace("@", "9" * 4301).encode()
+    with pytest.raises(Rejection) as rejected:
+        parse_json(body)
+    assert rejected.value.status == 400
+    assert rejected.value.detail == ("the body holds an integer of 4301 digits; integers of at "
+                                     "most 4300 digits are read")
+    assert parse_json(where.replace("@", "9" * 4300).encode())  # read: a field's rule judges it
+
+
 @pytest.mark.parametrize(("value", "errors"), [
     ([INSTANCE], {"instances": "is required"}),
     ({"rows": [INSTANCE]}, {"instances": "is required"}),
@@ -83,6 +97,19 @@ def test_the_key_the_model_and_the_size_are_checked_in_this_order(
     assert keyed.predict(b"x", " s3cret\t").status == 400  # blanks around a value are not in it
     assert keyed.predict(b"{}", "s3cret,s3cret").status == 401  # a repeated header never matches
     assert keyed.health().status == 200  # never needs the key
+
+
+def test_a_refusal_before_the_route_is_answered_and_counted_never_logged(
+    service: PredictionService, log: PredictionLog
+) -> None:
+    endpoints = PredictionEndpoints(service, log, api_key="s3cret")
+    answer = endpoints.refuse(Rejection(415, "the body is gzip-encoded"))
+
+    body = json.loads(answer.body)
+    assert (answer.status, body["detail"]) == (415, "the body is gzip-encoded")
+    assert body["request_id"]
+    assert json.loads(endpoints.health().body)["counters"]["refused_415"] == 1
+    assert log.read() == []
 
 
 def test_every_authenticated_outcome_is_logged_and_refusals_only_counted(

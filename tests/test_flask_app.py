@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import http.client
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -170,6 +172,8 @@ NESTED = b'{"age": ' + b"[" * 700 + b"]" * 700 + b"}"
 SURROGATE_VALUE = _json(INSTANCE).replace(b'"C000001"', b'"\\ud800"')
 SURROGATE_KEY = _json(INSTANCE).replace(b'"region"', b'"\\udfff"')
 FORGED = _json({**INSTANCE, "x\nFORGED 2026 INFO root: admin logged in": 1})
+PAST_FLOAT_RANGE = "9" * 400
+GZIP = ("Content-Encoding: gzip",)
 
 # What both servers must answer alike (the parity table in documentation/reliability.md).
 PARITY = [
@@ -206,6 +210,26 @@ PARITY = [
                  id="lone-surrogate-value"),
     pytest.param(build("POST", "/predict", SURROGATE_KEY), "POST", 422, id="lone-surrogate-key"),
     pytest.param(build("POST", "/predict", FORGED), "POST", 422, id="newline-in-field-name"),
+    # werkzeug matches a path with its leading slashes merged, whatever `merge_slashes`
+    pytest.param(build("POST", "//predict", _json(INSTANCE)), "POST", 404,
+                 id="double-leading-slash"),
+    pytest.param(build("POST", "/%2Fpredict", _json(INSTANCE)), "POST", 404, id="slash-escaped"),
+    pytest.param(build("HEAD", "//health"), "HEAD", 404, id="head-double-leading-slash"),
+    pytest.param(build("POST", "/predict//batch", _json({"instances": [INSTANCE]})), "POST", 404,
+                 id="double-inner-slash"),
+    pytest.param(build("POST", "/./predict", _json(INSTANCE)), "POST", 404, id="dot-segment"),
+    pytest.param(build("POST", "/predict", gzip.compress(_json(INSTANCE)),
+                       headers=(f"X-API-Key: {KEY}", *GZIP)), "POST", 415, id="gzip"),
+    pytest.param(build("POST", "/invocations", gzip.compress(_json(INSTANCE)), headers=GZIP),
+                 "POST", 415, id="gzip-no-key"),
+    pytest.param(build("POST", "/predict", _json(INSTANCE),
+                       headers=(f"X-API-Key: {KEY}", "Content-Encoding: identity")), "POST",
+                 200, id="identity"),
+    pytest.param(build("POST", "/predict",
+                       _json(instance(age="@")).replace(b'"@"', PAST_FLOAT_RANGE.encode())),
+                 "POST", 422, id="int-past-float-range"),
+    pytest.param(build("POST", "/predict", _json(instance(customer_id="@")).replace(
+        b'"@"', PAST_FLOAT_RANGE.encode())), "POST", 200, id="id-past-float-range"),
 ]
 
 
@@ -233,6 +257,33 @@ def test_a_field_name_cannot_forge_a_line_in_the_server_log(
         lines = output.read_text().splitlines()
         assert not [line for line in lines if line.startswith("FORGED")], framework
         assert any("FORGED" in line for line in lines), framework  # logged, on its own line
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_client_that_leaves_mid_body_is_one_info_line_in_both(
+    launched: dict[str, tuple[str, Path]], chunked: bool
+) -> None:
+    """Not an ERROR with a traceback (FastAPI's request stream raises ClientDisconnect, which
+    uvicorn would log so), and nothing is answered or logged for the part that came."""
+    framing = "Transfer-Encoding: chunked\r\n\r\n8\r\n" if chunked else \
+        "Content-Length: 1000\r\n\r\n"
+    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n"
+            f"Content-Type: application/json\r\n{framing}").encode()
+    for framework, (url, output) in launched.items():
+        before = len(output.read_text().splitlines())
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as connection:
+            connection.sendall(head + b'{"age": ')
+            time.sleep(0.3)  # the server is reading the body
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+                "Client left" in line for line in output.read_text().splitlines()[before:]):
+            time.sleep(0.05)
+        time.sleep(0.3)  # anything else it would log about this request
+        lines = output.read_text().splitlines()[before:]
+        assert len(lines) == 1, (framework, lines)
+        assert " INFO " in lines[0] and "Client left before its body of POST /predict arrived" \
+            in lines[0], framework
 
 
 def test_a_fault_no_route_caught_is_the_same_json_500_in_both(config: Config) -> None:

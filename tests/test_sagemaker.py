@@ -88,7 +88,7 @@ def test_ping_is_200_once_the_model_is_loaded_and_needs_no_key(url: str) -> None
     ("batch-invalid", json.dumps({"instances": [instance(age=-1),
                                                 instance(region="mars")]}).encode()),
     ("malformed-json", b"{'age': 1}"),
-    ("body-too-large", b"{" + b" " * 3100 + b"}"),
+    ("body-too-large", b"{" + b" " * (MAX_BODY_BYTES + 100) + b"}"),
 ])
 @pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
                                           None])
@@ -155,3 +155,22 @@ def test_only_post_reaches_invocations(url: str) -> None:
     (None, ""), ("", "")])
 def test_the_media_type_is_read_without_parameters_or_case(header: str | None, kind: str) -> None:
     assert media_type(header) == kind
+
+
+@pytest.mark.parametrize("digits", [400, 4400], ids=["past-float-range", "past-digit-limit"])
+def test_csv_integers_past_float_range_get_the_verdict_of_their_field(
+    url: str, config: Config, digits: int
+) -> None:
+    """A CSV cell is text, so no digit limit applies (JSON's 400 past 4300 digits does not): a
+    number reads as infinite and is refused naming its field, a label is named, the id taken."""
+    target = config.columns.target
+    row = BATCH[0] | {"age": "9" * digits}
+    if digits < 1000:  # the id and a label past float range too, within the body limit
+        row |= {config.columns.id: "9" * digits, target: "9" * digits}
+    columns = [config.columns.id, *([target] if target in row else []),
+               *config.columns.features]
+    status, content = invoke(url, as_csv([row], columns, header=True), "text/csv")
+    assert status == 422
+    label = {f"instances[0].{target}": "label '" + "9" * 76 + "... is not one of [0, 1]"}
+    assert content["errors"] == {"instances[0].age": "must be a finite number, got inf",
+                                 **(label if target in row else {})}

@@ -209,6 +209,41 @@ def test_parse_number_reads_what_the_csv_reader_reads_as_a_number(
         assert (read.dtype == object) == (number is None)
 
 
+@pytest.mark.parametrize(("value", "number"), [
+    (10**400, math.inf), (-(10**400), -math.inf), (2**1024, math.inf), (10**308, 1e308),
+    (10**5000, math.inf),  # past Python's int-to-str limit too: never written as text
+], ids=["400-digits", "negative", "2**1024", "10**308", "5001-digits"])
+def test_an_integer_past_float_range_is_an_infinity_as_its_text(value: int, number: float
+                                                                  ) -> None:
+    assert parse_number(value) == number
+    assert parse_numbers(np.array([value, 1], dtype=object))[0] == number
+    if abs(value) < 10**4000:
+        assert parse_number(str(value)) == number
+
+
+def test_the_validator_names_any_integer_python_holds_never_raising_otherwise(
+    config: Config
+) -> None:
+    """JSON cannot bring an integer past Python's int-to-str limit (4300 digits: the API refuses
+    the body, 400); Python code can. Each field still gets its verdict; none is written out."""
+    huge = 10**5000
+    fields = ["age", "contract", "customer_id", "event_time", "churned", "agee"]
+    record = {**VALID_RECORD, **dict.fromkeys(fields, huge), "region": [huge]}
+    with pytest.raises(InvalidInstance) as caught:
+        InstanceValidator(_rejecting(config)).validate(record)
+
+    assert caught.value.errors == {
+        "age": "must be a finite number, got inf",
+        "contract": "must be one of ['month-to-month', 'one-year', 'two-year'], got "
+                    "'<int too long to show>'",
+        "region": "must be one of ['east', 'north', 'south', 'west'], got <list too long to show>",
+        "event_time": "must be a year-first timestamp (ISO 8601, e.g. 2024-05-31T14:00:00Z), "
+                      "got <int too long to show>",
+        "churned": "label '<int too long to show>' is not one of [0, 1]",
+        "agee": "is not a known field",
+    }  # the id takes any integer
+
+
 _decimal_text = st.floats(allow_nan=False).map(repr) | st.integers(-10**20, 10**20).map(
     str) | st.from_regex(r"[+-]?[0-9]{1,25}(\.[0-9]{0,25})?([eE][+-]?[0-9]{1,3})?", fullmatch=True)
 _any_text = _decimal_text | st.text(max_size=8) | st.sampled_from(

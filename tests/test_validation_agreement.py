@@ -244,6 +244,79 @@ def test_every_path_gives_the_same_verdict_in_the_same_words(
     assert by_endpoint(record, services["ignore"]) == expected
 
 
+PAST_FLOAT_RANGE = 10**400 - 1  # a float holds integers of up to 309 digits
+CUT_NINES = "'" + "9" * 76 + "..."  # how a message shows a text of 400 nines (`shown`)
+
+# Integers past float range, as JSON and Python send them and as a CSV holds them (text);
+# Parquet cannot hold them (int64). A number reads as infinite, whether it came as an integer
+# or as its text; a category or a label is named as its text, cut; the id takes any integer.
+PAST_FLOAT_RANGE_CASES: list[tuple[str, str, Any, str | None]] = [
+    ("past-float-range", "number", PAST_FLOAT_RANGE, "must be a finite number, got inf"),
+    ("just-past-float-range", "number", 2**1024, "must be a finite number, got inf"),
+    ("just-within-float-range", "number", 10**308, "must be <= 500, got 1e+308"),
+    ("negative-past-float-range", "optional_number", -PAST_FLOAT_RANGE,
+     "must be a finite number, got -inf"),
+    ("past-float-range-for-a-category", "category", PAST_FLOAT_RANGE,
+     f"must be one of {{categories}}, got {CUT_NINES}"),
+    ("past-float-range-for-the-id", "id", PAST_FLOAT_RANGE, None),
+]
+
+
+def _digits(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` with its integers past int64 as their digits: the same CSV file, written by a
+    frame pandas can build."""
+    return {key: str(value) if type(value) is int and abs(value) >= 2**63 else value
+            for key, value in record.items()}
+
+
+@pytest.mark.parametrize(("role", "value", "reason"),
+                         [case[1:] for case in PAST_FLOAT_RANGE_CASES],
+                         ids=[case[0] for case in PAST_FLOAT_RANGE_CASES])
+def test_an_integer_past_float_range_gets_the_verdict_of_its_text_in_a_file(
+    scheme: Scheme, configs: dict[str, Config], services: dict[str, PredictionService],
+    tmp_path: Path, role: str, value: Any, reason: str | None
+) -> None:
+    field = scheme.role(role)
+    record = scheme.record() | {field: value}
+    expected = {} if reason is None else {
+        field: reason.format(categories=sorted(scheme.categories))}
+    config = configs["ignore"]
+
+    assert by_record(record, config) == expected
+    assert by_frame(_digits(record), config, tmp_path / "one.csv") == expected
+    assert by_endpoint(record, services["ignore"]) == expected
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["alone", "in-a-list"])
+def test_a_label_past_float_range_is_named_alike_on_every_path(
+    scheme: Scheme, services: dict[str, PredictionService], tmp_path: Path, nested: bool
+) -> None:
+    """A file holds no list: nested, the label is checked by the record paths only."""
+    value: Any = [PAST_FLOAT_RANGE] if nested else PAST_FLOAT_RANGE
+    record = scheme.record() | {scheme.target: value}
+    shown = "'[" + "9" * 75 + "..." if nested else CUT_NINES
+    expected = {scheme.target: f"label {shown} is not one of {list(scheme.classes)}"}
+    service = services["ignore"]
+
+    assert by_record(record, service.config) == expected
+    assert by_endpoint(record, service) == expected
+    if not nested:
+        assert by_labelled_file(_digits(record), service, tmp_path / "one.csv") == expected
+
+
+@pytest.mark.parametrize("role", ["number", "category", "id", "timestamp"])
+def test_an_integer_past_float_range_nested_in_a_field_is_named(
+    scheme: Scheme, services: dict[str, PredictionService], role: str
+) -> None:
+    """JSON can nest one in a list or an object where a field wants a scalar."""
+    field = scheme.role(role)
+    for value in ([PAST_FLOAT_RANGE], {"a": [-PAST_FLOAT_RANGE]}):
+        record = scheme.record() | {field: value}
+        verdict = by_endpoint(record, services["ignore"])
+        assert list(verdict) == [field]
+        assert verdict == by_record(record, services["ignore"].config)
+
+
 @pytest.mark.parametrize("value", [4, "4", np.int64(4)], ids=["json-integer", "text", "numpy"])
 def test_a_whole_number_category_may_come_as_an_integer_on_every_path(
     value: Any, tmp_path: Path

@@ -5,7 +5,9 @@ as soon as the headers arrive and let it wait there for the body: a client that 
 and stalls would hold a thread for as long as it likes (uvicorn has no body timeout), and a few
 such clients would take every thread. So the body is read first, on uvicorn's event loop (at
 most the body limit, plus one byte to tell it is over): a stalled client costs a socket and
-nothing else, as in the FastAPI app, and the app's own limit check then answers 413.
+nothing else, as in the FastAPI app, and the app's own limit check then answers 413. A client
+that leaves before its body is whole is one INFO line (`transport.client_left`), as in the
+FastAPI app, and the app never runs on the part that came.
 
 At lifespan shutdown (uvicorn stopping on SIGTERM or Ctrl-C, after the requests in flight) the
 app's prediction log stores what it still holds: a gunicorn worker is killed by the signal
@@ -21,6 +23,7 @@ from a2wsgi import WSGIMiddleware
 
 from ml_project.prediction_log.log import PredictionLog
 from ml_project.serving.endpoints import PredictionEndpoints
+from ml_project.serving.transport import client_left
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -44,17 +47,22 @@ def wsgi_as_asgi(app: WSGIApp, endpoints: PredictionEndpoints) -> ASGIApp:
         if scope["type"] == "lifespan":
             await close_log_at_shutdown(receive, send, endpoints.log)
         elif scope["type"] == "http":
-            scope, receive = await read_body_first(scope, receive, endpoints.max_body_bytes)
-            await wsgi(scope, receive, send)
+            request = await read_body_first(scope, receive, endpoints.max_body_bytes)
+            if request is None:  # the client left: no one to answer
+                client_left(scope["method"], scope["path"])
+            else:
+                await wsgi(*request, send)
         else:  # a websocket: a2wsgi closes it
             await wsgi(scope, receive, send)
 
     return application
 
 
-async def read_body_first(scope: Scope, receive: Receive, limit: int) -> tuple[Scope, Receive]:
+async def read_body_first(scope: Scope, receive: Receive, limit: int
+                          ) -> tuple[Scope, Receive] | None:
     """The request with its body already read: at most `limit` + 1 bytes, handed on in one
-    message under a Content-Length (a chunked body too, which a WSGI app cannot read unsized).
+    message under a Content-Length (a chunked body too, which a WSGI app cannot read unsized);
+    None if the client left before the body was whole.
 
     A body declared larger than `limit` is not read at all: the app refuses it from its headers,
     and no `100 Continue` is sent (uvicorn sends it at the first read).
@@ -65,8 +73,8 @@ async def read_body_first(scope: Scope, receive: Receive, limit: int) -> tuple[S
     body, more = bytearray(), True
     while more and len(body) <= limit:
         message = await receive()
-        if message["type"] != "http.request":  # the client left: the app gets what came
-            break
+        if message["type"] != "http.request":  # http.disconnect
+            return None
         body += message.get("body", b"")
         more = bool(message.get("more_body", False))
     headers = [(name, value) for name, value in scope["headers"]

@@ -11,7 +11,10 @@ Two cases stay ours, a few lines each over the same endpoints core:
   `{"instance": {...}}` for POST /predict or `{"instances": [...]}` for POST /predict/batch,
   and optionally `"headers": {"X-API-Key": "..."}`; answered with a proxy response;
 - an event Mangum cannot read (a shape no source sends, or a field of the wrong type): 400
-  naming the problem, never an exception out of the handler.
+  naming the problem, never an exception out of the handler. The fields Mangum would misread
+  rather than fail on, or fail on without naming them, are checked first (`misread_field`):
+  `isBase64Encoded` must be a bool (the text "false" is true to Python, and a body that happens
+  to be base64 would be decoded), header values text.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Callable, Mapping
 from fastapi import FastAPI
 from mangum import Mangum
 
+from ml_project.schemas import shown
 from ml_project.serving.endpoints import (
     API_KEY_HEADER,
     BATCH_FIELD,
@@ -48,16 +52,42 @@ def lambda_handler(app: FastAPI) -> LambdaHandler:
     def handler(event: Any, context: Any) -> dict[str, Any]:
         if is_direct_invocation(event):
             return proxy_response(direct_invocation(endpoints, event))
+        if isinstance(event, Mapping) and (problem := misread_field(event)):
+            return unreadable(problem)
         try:
             return adapter(event, context)
         except Exception as err:  # the app's own faults are its 500s: this is the event's
-            logger.warning("Unreadable Lambda event (%s: %s)", type(err).__name__, err)
-            return proxy_response(error_reply(
-                400, f"the event is not an HTTP request this function reads "
-                     f"({type(err).__name__}: {err}); send an API Gateway, Function URL or "
-                     f'load balancer event, or {{"{DIRECT_INSTANCE}": {{...}}}}'))
+            return unreadable(f"{type(err).__name__}: {err}")
 
     return handler
+
+
+def unreadable(problem: str) -> dict[str, Any]:
+    """The 400 of an event this function cannot read, `problem` named."""
+    logger.warning("Unreadable Lambda event (%s)", problem)
+    return proxy_response(error_reply(
+        400, f"the event is not an HTTP request this function reads ({problem}); send an API "
+             f'Gateway, Function URL or load balancer event, or {{"{DIRECT_INSTANCE}": {{...}}}}'))
+
+
+def misread_field(event: Mapping[str, Any]) -> str | None:
+    """What in an HTTP event is of a type no source sends, where Mangum would misread it or
+    fail without naming it; None if nothing."""
+    flag = event.get("isBase64Encoded")
+    if flag is not None and not isinstance(flag, bool):
+        return f'"isBase64Encoded" must be true or false, got {flag!r}'
+    for field in ("headers", "multiValueHeaders"):
+        headers = event.get(field) or {}
+        if not isinstance(headers, Mapping):
+            return f'"{field}" must be a JSON object of header names and values'
+        many = field == "multiValueHeaders"  # each value a list of texts
+        for name, value in headers.items():
+            texts = value if many and isinstance(value, list) else [value]
+            if (many and not isinstance(value, list)) or not all(
+                    isinstance(text, str) for text in texts):
+                return (f'"{field}": the value of {shown(str(name))} must be '
+                        f'{"a list of texts" if many else "text"}, got {shown(value)}')
+    return None
 
 
 def is_direct_invocation(event: Any) -> bool:

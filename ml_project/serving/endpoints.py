@@ -6,12 +6,13 @@ every cloud entry point reaches one of those two apps. So both frameworks answer
 same bytes, and a request is checked by one thing only: the compiled `InstanceValidator` behind
 `PredictionService`.
 
-Statuses a client can act on: 400 the body is not JSON (or nests deeper than MAX_NESTING);
-401 missing or wrong X-API-Key; 413 body too large; 422 JSON that breaks the schema, a batch
-over `max_batch_size` included (`errors` names each field and its rule); 503 no model loaded
-yet. A 500 means a fault of the server, never bad input. The outcome of
+Statuses a client can act on: 400 the body is not JSON (or nests deeper than MAX_NESTING, or
+holds an integer past Python's int-to-str limit); 401 missing or wrong X-API-Key; 413 body too
+large; 415 a body in a content coding (gzip, ...: `transport.py`); 422 JSON that breaks
+the schema, a batch over `max_batch_size` included (`errors` names each field and its rule); 503
+no model loaded yet. A 500 means a fault of the server, never bad input. The outcome of
 every authenticated prediction request, a 422 rejection included, goes to the prediction log
-(source "api", one record per instance); refusals at the door (400, 401, 413, 503) are only
+(source "api", one record per instance); refusals at the door (400, 401, 413, 415, 503) are only
 counted (`/health`), so they can neither fill the log nor dilute monitoring's window.
 This module imports no web framework, mlflow, evidently or pandera.
 """
@@ -22,6 +23,7 @@ import hmac
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -139,10 +141,21 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+def _integer(text: str) -> int:
+    """A JSON integer. Past Python's int-to-str limit (4300 digits) none is read, in any field:
+    the body is refused in words the client can act on (Python's own point at a server setting)."""
+    try:
+        return int(text)
+    except ValueError as err:
+        raise Rejection(400, f"the body holds an integer of {len(text.lstrip('-'))} digits; "
+                             f"integers of at most {sys.get_int_max_str_digits()} digits are "
+                             "read") from err
+
+
 def parse_json(body: bytes) -> Any:
     """Strict JSON: Python's parser would otherwise accept NaN and Infinity as numbers."""
     try:
-        value = json.loads(body, parse_constant=_reject_constant)
+        value = json.loads(body, parse_constant=_reject_constant, parse_int=_integer)
     except (ValueError, RecursionError) as err:
         raise Rejection(400, f"the body is not valid JSON: {err}") from err
     if isinstance(value, (dict, list)) and _nesting(value) > MAX_NESTING:
@@ -251,6 +264,11 @@ class PredictionEndpoints:
         return reply(200, service.describe())
 
     # POST routes ------------------------------------------------------------------------------
+
+    def refuse(self, rejection: Rejection) -> Reply:
+        """A request an app refuses before its route runs (a body in a content coding, 415),
+        answered, logged and counted as every refusal at the door."""
+        return self._rejected(rejection, new_request_id(), time.perf_counter(), [{}])
 
     def predict(self, body: bytes | None, api_key: str | None) -> Reply:
         """One instance. `body` is None when it was larger than `max_body_bytes`."""

@@ -23,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ml_project.cli import escape_for_log
 from ml_project.predict import PredictionService
@@ -42,6 +43,7 @@ from ml_project.serving.endpoints import (
 )
 from ml_project.serving.request_model import build_request_model
 from ml_project.serving.sagemaker import JSON_TYPE, invocations, ping
+from ml_project.serving.transport import client_left, refused_coding
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +53,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         400: "The body is not JSON",
         401: f"Missing or wrong {API_KEY_HEADER} header",
         413: "The body is too large",
-        415: "The content type is neither JSON nor CSV",
+        415: "The body is in a content coding (Content-Encoding: gzip, ...), which no route "
+             "decodes; or, for /invocations, its content type is neither JSON nor CSV",
         422: "The input breaks the schema (a batch too: at most `maxItems` instances); `errors` "
              "names each field and its rule",
         503: "No model loaded yet",
     }.items()
 }
-POST_ERRORS: dict[int | str, dict[str, Any]] = {status: ERRORS[status] for status in (400, 401, 413, 422, 503)}
+POST_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: ERRORS[status] for status in (400, 401, 413, 415, 422, 503)}
 # What the GET routes can answer besides 200: they read no body.
 GET_ERRORS: dict[int | str, dict[str, Any]] = {status: ERRORS[status] for status in (401, 503)}
 INVOCATIONS_ANSWER: dict[int | str, dict[str, Any]] = {
@@ -127,6 +131,8 @@ def create_app(service: PredictionService | None, log: PredictionLog | None = No
     )
     async def predict(request: Request) -> Response:
         """One production instance as a JSON object; a JSON null is a missing value."""
+        if refusal := refused_coding(request.headers.get("content-encoding")):
+            return _send(endpoints.refuse(refusal))
         body = await _read_body(request, endpoints.max_body_bytes)
         return _send(await run_in_threadpool(endpoints.predict, body, _api_key(request)))
 
@@ -138,6 +144,8 @@ def create_app(service: PredictionService | None, log: PredictionLog | None = No
     )
     async def predict_batch(request: Request) -> Response:
         """Several instances, all or none (at most `prediction.max_batch_size`)."""
+        if refusal := refused_coding(request.headers.get("content-encoding")):
+            return _send(endpoints.refuse(refusal))
         body = await _read_body(request, endpoints.max_body_bytes)
         return _send(await run_in_threadpool(endpoints.predict_batch, body, _api_key(request)))
 
@@ -157,6 +165,8 @@ def create_app(service: PredictionService | None, log: PredictionLog | None = No
         /predict/batch take them; or, as `text/csv`, one instance per row in the features'
         order (an optional first row of column names; an empty cell is a missing value),
         answered as a batch."""
+        if refusal := refused_coding(request.headers.get("content-encoding")):
+            return _send(endpoints.refuse(refusal))
         body = await _read_body(request, endpoints.max_body_bytes)
         return _send(await run_in_threadpool(
             invocations, endpoints, body, request.headers.get("content-type"),
@@ -167,6 +177,11 @@ def create_app(service: PredictionService | None, log: PredictionLog | None = No
         """404, 405 (HEAD and OPTIONS included) in the error body of every other answer."""
         allow = (error.headers or {}).get("Allow")
         return _send(replace(error_reply(error.status_code, str(error.detail)), allow=allow))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_disconnected(request: Request, error: ClientDisconnect) -> Response:
+        """The client left mid-body (`request.stream()` raises): one INFO line, no traceback."""
+        return _send(client_left(request.method, request.url.path))
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, error: Exception) -> Response:

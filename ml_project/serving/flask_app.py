@@ -15,7 +15,13 @@ from dataclasses import replace
 from typing import Iterable
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
+from werkzeug.exceptions import (
+    ClientDisconnected,
+    HTTPException,
+    NotFound,
+    RequestEntityTooLarge,
+    RequestTimeout,
+)
 
 from ml_project.cli import escape_for_log
 from ml_project.predict import PredictionService
@@ -28,6 +34,7 @@ from ml_project.serving.endpoints import (
     internal_error_reply,
 )
 from ml_project.serving.sagemaker import invocations, ping
+from ml_project.serving.transport import client_left, refused_coding
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +45,7 @@ def create_flask_app(service: PredictionService | None, log: PredictionLog | Non
     default the prediction log the config names."""
     endpoints = PredictionEndpoints.create(service, log)
     app = Flask(__name__)
-    # `//predict` is not found, as in FastAPI, rather than a redirect to /predict.
+    # `/predict//batch` is not found, as in FastAPI, rather than a redirect to /predict/batch.
     app.url_map.merge_slashes = False
     app.extensions["prediction_endpoints"] = endpoints
 
@@ -75,13 +82,26 @@ def create_flask_app(service: PredictionService | None, log: PredictionLog | Non
                                  request.headers.get(API_KEY_HEADER)))
 
     @app.before_request
-    def refuse_head_and_options() -> Response | None:
-        """HEAD and OPTIONS get 405 on every route, as in FastAPI (Flask would answer both)."""
+    def refuse_what_fastapi_refuses() -> Response | None:
+        """What FastAPI refuses before a route runs, refused here too: a path with leading
+        slashes doubled (werkzeug strips them to match, whatever `merge_slashes`: `//predict`
+        would be served), HEAD and OPTIONS (405 on every route; Flask would answer both), and a
+        POST body in a content coding (415)."""
         rule = request.url_rule
+        if request.environ.get("PATH_INFO", "").startswith("//"):
+            raise NotFound()
         if request.method in ("HEAD", "OPTIONS") and rule is not None:
             return _send(replace(error_reply(405, "Method Not Allowed"),
                                  allow=_allowed(rule.methods or set())))
+        if request.method == "POST" and rule is not None and (
+                refusal := refused_coding(request.headers.get("Content-Encoding"))):
+            return _send(endpoints.refuse(refusal))
         return None
+
+    @app.errorhandler(ClientDisconnected)
+    def client_disconnected(error: ClientDisconnected) -> Response:
+        """The client left mid-body (werkzeug's stream raises): one INFO line, no traceback."""
+        return _send(client_left(request.method, request.path))
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
@@ -115,6 +135,8 @@ def _read_body(limit: int) -> bytes | None:
     """The body, or None as soon as it is known to exceed `limit` bytes (never buffered past).
 
     Werkzeug ends a chunked body at the limit without an error, so read one byte more to tell.
+    A server that ends the stream itself (gunicorn: `wsgi.input_terminated`) ends it early, and
+    quietly, when the client leaves: a body shorter than its Content-Length is one it left.
     """
     request.max_content_length = limit + 1
     try:
@@ -123,4 +145,6 @@ def _read_body(limit: int) -> bytes | None:
         return None
     except OSError as err:  # the server's read timeout: the client stalled mid-body
         raise RequestTimeout("the body did not arrive in time") from err
+    if len(body) < (request.content_length or 0):
+        raise ClientDisconnected()
     return None if len(body) > limit else body
