@@ -9,9 +9,9 @@ is not:
 - the first line names the columns, each once, none holding a line break (an empty name is an
   unnamed column, `Unnamed: <position>` as pandas names it: an unknown column);
 - a value may be put in double quotes (and must be if it holds a comma, a quote or a line
-  break), a quote inside it written twice. A quote never closed, or a quote out of place (one
-  with neither a comma nor a quote on either side, a line's start and end counting as such a
-  side: inside a value without quotes, or after the closing quote) refuses the input;
+  break), a quote inside it written twice. A quote never closed (an odd number of quotes), or
+  a quote out of place, with neither a comma nor a quote on either side (a line's start and
+  end count as such a side: `ab"c`, `"ab"c`), refuses the input;
 - every row has as many fields as the header.
 
 Parsers differ exactly where the text breaks these rules (pandas reads `"a"b` as `ab`, Spark's
@@ -37,8 +37,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv
 
-# The quote out of place, as a regular expression over one line (Spark's `rlike`): the same
-# test `_misquoted` makes with numpy here.
+# A quote out of place, as a regular expression over one line (Spark's `rlike`): the same test
+# `_misquoted` makes with numpy here.
 MISQUOTED_PATTERN = '[^",]"[^",]'
 
 NOT_UTF8 = "the CSV is not UTF-8 text"

@@ -12,9 +12,10 @@ with the same verdict and message as the local use case: first over the text of 
 files (one pass over their lines, no CSV parsing), then, as Spark's parser reads it (a record
 may span lines, as a quoted line break makes it), row by row for the header's width; its cells
 are read as text and parsed by the local reader's parser, so validation sees what it sees
-locally. A CSV file is read by one task (quoted line breaks forbid splitting it): an input of
-fewer files than the cluster has cores is spread over them before scoring. The artifact is loaded and checksum-verified
-once on the driver and broadcast to the executors; each Python worker builds its
+locally. A CSV file is read by one task (a quoted line break forbids splitting it): an input
+of fewer files than the cluster has cores is spread over them before scoring. The artifact is
+loaded and checksum-verified once on the driver and broadcast to the executors; each Python
+worker builds its
 PredictionService once. Writes two Parquet datasets, each with Spark's `_SUCCESS` marker once
 complete: <output>/predictions/<input>_predictions.parquet (id, prediction, probabilities,
 model version) and <output>/quarantine/<input>_predictions.parquet (the rows as read plus
