@@ -92,11 +92,17 @@ class PartitionScorer:
 
     Args:
         text: the partitions hold a CSV's cells as strings (else Parquet's typed columns).
+        carried: columns Spark adds (a row's order...), passed through, never scored.
+        malformed: the carried column holding the text of a row Spark's CSV parser found of
+            the wrong width: a batch with one is not scored, its malformed rows are passed on
+            alone, for the driver to refuse the input (`csv_format.wrong_width`).
     """
 
     artifact: Shipped
     config: Config
     text: bool
+    carried: tuple[str, ...] = ()
+    malformed: str | None = None
 
     def service(self) -> PredictionService:
         pipeline, metadata, reference = self.artifact.value
@@ -112,7 +118,13 @@ class PartitionScorer:
         outputs = [*prediction_columns(service)[1:]]
         for batch in batches:
             batch = batch.reset_index(drop=True)
-            scored = score_chunk(as_read(batch, self.config, text=self.text), service,
+            if self.malformed is not None and batch[self.malformed].notna().any():
+                bad = batch[batch[self.malformed].notna()]
+                yield bad.assign(**{column: _empty(len(bad)) for column in [REASON_COLUMN,
+                                                                             *outputs]})
+                continue
+            cells = batch.drop(columns=list(self.carried))
+            scored = score_chunk(as_read(cells, self.config, text=self.text), service,
                                  self.config)
             predicted = 0 if scored.predictions is None else len(scored.predictions)
             if predicted + len(scored.quarantined) != len(batch):  # nothing silently dropped

@@ -1,7 +1,8 @@
 """Read production data as received: historic files or SQL, in chunks, or as an instance stream.
 
 Readers never validate (that is `validate.py`'s job) and never mutate what they read. A CSV
-gives identifiers as text; every source gives categorical features as pandas categoricals.
+is read only once it is in the format every path reads (`csv_format.check_csv`: else a
+`CsvFormatError` refuses it whole, before a row is read), and gives identifiers as text; every source gives categorical features as pandas categoricals.
 Columns the schema does not know are dropped with a log line (`validation.unknown_fields:
 ignore`) or kept, for validation to refuse the file (`reject`). Text becomes numbers only
 through `schemas.parse_numbers`, the parser the per-record check uses too.
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ml_project.config import MISSING_TEXTS, Config, database_url
+from ml_project.csv_format import check_csv
 from ml_project.schemas import known_fields, parse_numbers
 
 logger = logging.getLogger(__name__)
@@ -100,6 +102,7 @@ def read_table(source: str, config: Config) -> pd.DataFrame:
     if path.suffix == ".parquet":
         return _keep_known(_as_read(pd.read_parquet(path), config), config, str(path))
     if path.suffix == ".csv":
+        check_csv(path)
         return _keep_known(pd.read_csv(path, dtype=_reader_dtypes(config), **CSV_MISSING), config,
                            str(path))
     raise ValueError(f"unsupported data file {path}: expected .csv or .parquet")
@@ -123,12 +126,23 @@ def read_in_chunks(path: Path, config: Config) -> Iterator[pd.DataFrame]:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=size):
             yield _keep_known(_as_read(batch.to_pandas(), config), config, str(path))
     elif path.suffix == ".csv":
+        check_csv(path)
         with pd.read_csv(path, dtype=_reader_dtypes(config), chunksize=size,
                          **CSV_MISSING) as reader:
             for chunk in reader:
                 yield _keep_known(chunk, config, str(path))
     else:
         raise ValueError(f"unsupported data file {path}: expected .csv or .parquet")
+
+
+def read_csv_records(data: bytes) -> list[dict[str, str | None]]:
+    """A CSV held in memory (a request's body) as records of its cells as text, None for
+    missing: read as a file is, once in the format (`check_csv`), by the same parser."""
+    check_csv(data)
+    frame = pd.read_csv(io.BytesIO(data), dtype=str, **CSV_MISSING)
+    cells = frame.astype(object).where(frame.notna(), None)
+    return [{str(key): value for key, value in record.items()}
+            for record in cells.to_dict("records")]
 
 
 def count_rows(path: Path) -> int | None:

@@ -53,3 +53,25 @@ def test_every_row_comes_out_once_as_the_chunk_scorer_scores_it(trained_project:
                 atol=PROBABILITY_TOLERANCE)
         else:
             np.testing.assert_array_equal(got[column].to_numpy(), expected[column].to_numpy())
+
+
+def test_a_batch_with_a_malformed_row_is_passed_on_unscored(trained_project: Path) -> None:
+    """Spark's CSV parser marks a row of the wrong width (its text in the `malformed` column):
+    the driver refuses the input, so the batch is not scored; its malformed rows alone come
+    out, for the driver to name the first. Carried columns never reach validation."""
+    config = prediction_config(trained_project, validation={"unknown_fields": "reject"})
+    service = PredictionService.from_config(config)
+    cells = pd.read_csv(trained_project / "data" / "production_data.csv", dtype=str).head(6)
+    carried = cells.assign(malformed=None, order=np.arange(6))
+    shipped = SimpleNamespace(value=(service.pipeline, service.metadata, service.reference))
+    scorer = PartitionScorer(shipped, config, text=True, carried=("malformed", "order"),
+                             malformed="malformed")
+
+    clean = pd.concat(list(scorer(iter([carried]))), ignore_index=True)
+    assert len(clean) == 6 and clean["malformed"].isna().all()  # scored: "order" not refused
+    bad = carried.assign(malformed=np.array([None, None, "C9,1,2", None, "C8,,", None]))
+    outputs = list(scorer(iter([carried, bad])))
+    refused = outputs[-1]
+    assert refused["malformed"].tolist() == ["C9,1,2", "C8,,"]
+    assert refused["order"].tolist() == [2, 4]
+    assert refused[REASON_COLUMN].isna().all() and refused["prediction"].isna().all()

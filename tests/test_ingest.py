@@ -12,10 +12,12 @@ import pytest
 import sqlalchemy
 
 from ml_project.config import Config, database_url, load_config
+from ml_project.csv_format import CsvFormatError
 from ml_project.ingest import (
     count_rows,
     known_columns,
     load_historic_data,
+    read_csv_records,
     read_in_chunks,
     read_table,
     stream_production_instances,
@@ -233,3 +235,33 @@ def test_stream_production_instances_sends_timestamps_as_iso_text(
     records = list(stream_production_instances(path, config, limit=3))
 
     assert [record["event_time"] for record in records] == frame["event_time"].head(3).tolist()
+
+
+def test_a_csv_out_of_the_format_is_refused_before_a_row_is_read(
+    project: Path, config: Config
+) -> None:
+    """By every reader of files: the modelling run's, the batch's chunks, the stream."""
+    lines = (project / "data" / "historic_data.csv").read_text().splitlines()
+    path = project / "data" / "late_extra_field.csv"
+    path.write_text("\n".join([*lines[:-1], lines[-1] + ",extra"]) + "\n")
+    width = len(lines[0].split(","))
+    message = f"a row has {width + 1} fields where the header has {width}: "
+
+    with pytest.raises(CsvFormatError, match=message):
+        read_table(str(path), config)
+    with pytest.raises(CsvFormatError, match=message):
+        next(read_in_chunks(path, _config(project, prediction={"chunk_size": 10})))
+    with pytest.raises(CsvFormatError, match=message):
+        next(stream_production_instances(path, config))
+
+
+def test_read_csv_records_reads_a_body_as_a_file_is_read() -> None:
+    body = b'id,note,n\r\n1,"two\nlines, and ""quotes""",NA\r\n\r\n2,,  \r\n'
+
+    assert read_csv_records(body) == [
+        {"id": "1", "note": 'two\nlines, and "quotes"', "n": None},
+        {"id": "2", "note": None, "n": "  "},
+    ]
+    assert read_csv_records(b"id,n\n") == []
+    with pytest.raises(CsvFormatError, match="the header names 'n' more than once"):
+        read_csv_records(b"id,n,n\n1,2,3\n")

@@ -10,11 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from ml_project.config import PROJECT_ROOT
+from ml_project.config import PROJECT_ROOT, REASON_COLUMN
+from ml_project.csv_format import CsvFormatError, check_csv
 from ml_project.predict import PredictionService
+from ml_project.validate import validate_production_data
 from tests.churn_data import generate_historic_data
 from tests.conftest import PROBABILITY_TOLERANCE, prediction_config
+from tests.csv_cases import CASE_NAMES, CsvCase, csv_cases
 from use_cases import predicting_historic_data_local
 
 
@@ -154,14 +158,66 @@ def test_a_header_only_file_gives_an_empty_result(project: Path, tmp_path: Path)
 
 
 def test_a_file_failing_half_way_leaves_no_output_that_looks_complete(
-    project: Path, tmp_path: Path
+    project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A malformed row late in the file (exit 2): no predictions file under its final name."""
-    rows = pd.read_csv(project / "data/historic_data.csv").head(600)
+    """An invalid row late in the file stops a run that must not quarantine
+    (`validation.fail_on_invalid`, exit 2) after 400 rows: no predictions file under its final
+    name. (A file out of the CSV format is refused before its first row.)"""
+    rows = pd.read_csv(project / "data/historic_data.csv", dtype={"customer_id": object}).head(700)
+    checked = validate_production_data(rows, prediction_config(project), with_target=False)
+    rows = rows.drop(index=checked.quarantined.index).head(600).reset_index(drop=True)
+    rows = rows.astype({"age": object})
+    rows.loc[450, "age"] = "forty"
     path = tmp_path / "late_error.csv"
-    path.write_text(rows.to_csv(index=False) + '"C999999,an unterminated quote\n')
+    rows.to_csv(path, index=False)
+    config_file = project / "project_config.yaml"
+    settings = yaml.safe_load(config_file.read_text())
+    settings["validation"]["fail_on_invalid"] = True
+    config_file.write_text(yaml.safe_dump(settings, sort_keys=False))
 
     assert _score(project, "--input", str(path), "--chunk-size", "100") == 2
 
+    assert "(400 rows had been scored)" in caplog.text
     assert not (project / "output/predictions/late_error_predictions.csv").exists()
     assert not list((project / "output").rglob("*.partial*"))
+
+
+@pytest.fixture(scope="module")
+def scoring(trained_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One copy of the trained project for every CSV case (each writes its own outputs)."""
+    root = tmp_path_factory.mktemp("csv_cases")
+    shutil.copytree(trained_project, root, dirs_exist_ok=True)
+    return root
+
+
+def _case(name: str, root: Path) -> CsvCase:
+    cases = csv_cases(root / "data/production_data.csv", prediction_config(root), rows=20)
+    return next(case for case in cases if case.name == name)
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_every_csv_case_gets_the_format_s_verdict(
+    scoring: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    """A file out of the format: exit 2 and the format's one line, before any output; a file
+    in it: every row predicted or quarantined (tests/csv_cases.py; Spark and SageMaker give
+    the same verdicts: tests/test_predicting_historic_data_spark.py, tests/test_sagemaker.py)."""
+    case = _case(name, scoring)
+    path = case.write(tmp_path)
+    code = _score(scoring, "--input", str(path))
+    predictions = scoring / f"output/predictions/{path.stem}_predictions.csv"
+    if case.error is not None:
+        with pytest.raises(CsvFormatError) as refusal:
+            check_csv(path)
+        assert str(refusal.value).startswith(case.error)
+        assert code == 2
+        assert f"Cannot score {path}: {refusal.value}. No predictions file" in caplog.text
+        assert not predictions.exists()
+        return
+    assert code == 0
+    predicted = pd.read_csv(predictions, dtype=str)
+    quarantine = scoring / f"output/quarantine/{path.stem}_predictions.csv"
+    quarantined = pd.read_csv(quarantine, dtype=str) if case.rows else pd.DataFrame()
+    assert (len(predicted), len(quarantined)) == (case.rows - case.quarantined, case.quarantined)
+    if case.quarantined:
+        assert quarantined[REASON_COLUMN].str.startswith(f"{case.column}: ").all()

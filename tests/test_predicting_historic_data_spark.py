@@ -8,6 +8,7 @@ Needs the optional `spark` Pipfile category and Java: skipped without PySpark, e
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import sys
@@ -18,8 +19,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ml_project.predict import PredictionService
+from ml_project.serving.endpoints import PredictionEndpoints
+from ml_project.serving.sagemaker import invocations
 from tests.churn_data import generate_historic_data
-from tests.conftest import PROBABILITY_TOLERANCE
+from tests.conftest import PROBABILITY_TOLERANCE, prediction_config
+from tests.csv_cases import CASE_NAMES, csv_cases
 from tests.tables import species
 from use_cases import (
     modelling_historic_data_local,
@@ -210,3 +215,124 @@ def test_unusable_input_is_refused_before_any_work(
     assert predicting_historic_data_spark.main(_arguments(churn, "--input", str(path))) == 2
     assert message in caplog.text
     assert not (churn / "output/predictions" / f"{path.stem}_predictions.parquet").exists()
+
+
+def _refusal(caplog: pytest.LogCaptureFixture, path: Path) -> str:
+    """What a use case said it could not score `path` for: its one line, without the local
+    use case's note on files written."""
+    said = [record.getMessage() for record in caplog.records
+            if record.getMessage().startswith(f"Cannot score {path}: ")]
+    assert len(said) == 1, said
+    return said[0].removeprefix(f"Cannot score {path}: ").split(". No predictions file")[0]
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_every_csv_case_gets_the_same_verdict_on_every_path(
+    churn: Path, spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    name: str
+) -> None:
+    """The same file through the local batch use case, the Spark use case and SageMaker's
+    text/csv route (in process, the core both apps serve): a refusal in the same words
+    everywhere (exit 2; a 400), or the same rows predicted and quarantined with the same
+    reasons (SageMaker: a request is all or none, so a row the batches quarantine is a 422
+    naming its column). Before, Spark predicted rows of too many fields without their extra
+    values, read a quoted line break as two rows and predicted past an unclosed quote."""
+    config = prediction_config(churn)
+    case = next(case for case in csv_cases(churn / "data/production_data.csv", config, rows=20)
+                if case.name == name)
+    path = case.write(tmp_path)
+    endpoints = PredictionEndpoints(PredictionService.from_config(config), None, None)
+    answer = invocations(endpoints, case.text, "text/csv", None)
+    content = json.loads(answer.body)
+    if case.error is not None:
+        assert predicting_historic_data_local.main(_arguments(churn, "--input", str(path))) == 2
+        message = _refusal(caplog, path)
+        caplog.clear()
+        assert predicting_historic_data_spark.main(_arguments(churn, "--input", str(path))) == 2
+        assert _refusal(caplog, path) == message  # Spark's words are the local use case's
+        assert message.startswith(case.error)
+        if case.name == "empty":  # a request with no instance
+            assert answer.status == 422
+        else:
+            assert (answer.status, content["detail"]) == (
+                400, f"the body is not CSV this model reads: {message}")
+        assert not list((churn / "output").rglob(f"{path.stem}_predictions*"))
+        return
+    if not case.rows:  # a header alone: empty results; a request with no instance
+        assert predicting_historic_data_local.main(_arguments(churn, "--input", str(path))) == 0
+        assert predicting_historic_data_spark.main(_arguments(churn, "--input", str(path))) == 0
+        for kind in ("predictions", "quarantine"):
+            assert pd.read_parquet(churn / f"output/{kind}/{path.stem}_predictions.parquet").empty
+        assert pd.read_csv(churn / f"output/predictions/{path.stem}_predictions.csv").empty
+        assert answer.status == 422
+        return
+    expected_predictions, expected_quarantine = _local(churn, path)
+    predictions, quarantine = _spark(churn, path, spark)
+    assert (len(predictions), len(quarantine)) == (case.rows - case.quarantined,
+                                                   case.quarantined)
+    _same_rows(predictions, expected_predictions, "customer_id")
+    if case.quarantined:
+        _same_rows(quarantine, expected_quarantine, "customer_id")
+        assert (answer.status, list(content["errors"])) == (422, [f"instances[1].{case.column}"])
+        return
+    assert answer.status == 200
+    served = [str(item["prediction"]) for item in content["predictions"]]
+    assert served == expected_predictions["prediction"].tolist()  # in the file's order
+    np.testing.assert_allclose([item["probabilities"]["1"] for item in content["predictions"]],
+                               expected_predictions["probability_1"].astype(float), rtol=0,
+                               atol=PROBABILITY_TOLERANCE)
+
+
+def test_a_single_csv_file_scores_exactly_as_the_local_use_case(
+    churn: Path, spark: SparkSession
+) -> None:
+    """One file is one task's to read (a quoted line break forbids splitting it); its rows
+    are spread over the cores for scoring, and come out as the local use case's."""
+    source = churn / "data/scoring.csv"
+    expected_predictions, expected_quarantine = _local(churn, source)
+    predictions, quarantine = _spark(churn, source, spark)
+    _same_rows(predictions, expected_predictions, "customer_id")
+    _same_rows(quarantine, expected_quarantine, "customer_id")
+
+
+def test_a_folder_s_files_must_share_one_header(
+    churn: Path, spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An empty file among them is skipped (Spark writes one for an empty partition); a file
+    whose header differs, or out of the format, refuses the input, naming the file."""
+    rows = pd.read_csv(churn / "data/scoring.csv", dtype=str).head(200)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    rows.head(100).to_csv(folder / "part-0.csv", index=False)
+    (folder / "part-1.csv").write_text("")
+    rows.tail(100).to_csv(folder / "part-2.csv", index=False)
+    assert predicting_historic_data_spark.main(_arguments(churn, "--input", str(folder))) == 0
+
+    swapped = [*rows.columns[1:], rows.columns[0]]
+    rows.tail(100)[swapped].to_csv(folder / "part-2.csv", index=False)
+    assert predicting_historic_data_spark.main(_arguments(churn, "--input", str(folder))) == 2
+    assert "the files' headers differ: part-0.csv names ['customer_id'" in caplog.text
+    assert "part-2.csv ['event_time'" in caplog.text
+
+    (folder / "part-2.csv").write_text((folder / "part-0.csv").read_text() + '"C1,2\n')
+    assert predicting_historic_data_spark.main(_arguments(churn, "--input", str(folder))) == 2
+    assert "part-2.csv: a quoted value is never closed" in caplog.text
+
+
+def test_what_spark_s_parser_refuses_is_refused_in_one_line(
+    churn: Path, spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The one text the format lets through and the parsers read apart: a closing quote right
+    after a quote, then more text (`""month-to-month`: pandas reads `month-to-month`). Spark's
+    parser refuses it (csv_format's docstring): exit 2, its reason in one line, no output."""
+    lines = (churn / "data/production_data.csv").read_text().splitlines()[:4]
+    path = tmp_path / "empty_quotes_then_text.csv"
+    path.write_text("\n".join([*lines[:2], lines[2].replace(",month-to-month,",
+                                                            ',""month-to-month,'), *lines[3:]]))
+    assert ',""month-to-month,' in path.read_text()
+
+    assert predicting_historic_data_spark.main(_arguments(churn, "--input", str(path))) == 2
+
+    refusal = _refusal(caplog, path)
+    assert "Unescaped quote" in refusal and "\n" not in refusal
+    assert not list((churn / "output").rglob(f"{path.stem}_predictions*"))

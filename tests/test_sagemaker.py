@@ -14,7 +14,9 @@ import pytest
 import requests
 
 from ml_project.config import Config
+from ml_project.csv_format import CsvFormatError, check_csv
 from ml_project.serving.sagemaker import csv_instances, media_type
+from tests.csv_cases import CASE_NAMES, csv_cases
 from tests.serverless_cases import (
     KEY,
     MAX_BODY_BYTES,
@@ -127,8 +129,9 @@ def test_csv_empty_cells_are_missing_values_and_a_header_is_told_by_its_names(
 
 
 @pytest.mark.parametrize(("body", "content_type", "headers", "status", "detail"), [
-    pytest.param(b"1,2\n", "text/csv", HEADERS, 400, "row 1 has 2 values, expected",
-                 id="csv-short-row"),
+    pytest.param(b"1,2\n", "text/csv", HEADERS, 400,
+                 "no header (the 10 features in order); a row has 2 fields where the header "
+                 "has 10: '1,2'", id="csv-short-row"),
     pytest.param(b"\xff\xfe", "text/csv", HEADERS, 400, "not CSV", id="csv-not-utf8"),
     pytest.param(b"", "text/csv", HEADERS, 422, "must be a non-empty list", id="csv-empty"),
     pytest.param(b"a" * (MAX_BODY_BYTES + 1), "text/csv", HEADERS, 413, "larger than",
@@ -174,3 +177,50 @@ def test_csv_integers_past_float_range_get_the_verdict_of_their_field(
     label = {f"instances[0].{target}": "label '" + "9" * 76 + "... is not one of [0, 1]"}
     assert content["errors"] == {"instances[0].age": "must be a finite number, got inf",
                                  **(label if target in row else {})}
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_every_csv_case_gets_the_format_s_verdict(
+    url: str, trained_project: Path, config: Config, name: str
+) -> None:
+    """A body out of the CSV format: 400 and the one line the batch use cases log for the same
+    file (tests/csv_cases.py). A body in it: its rows are instances, answered as the same rows
+    sent as JSON (this bundle rejects unknown fields and takes at most 3 instances). A body
+    with no row (empty, or a header alone) is an empty batch: 422, as ever."""
+    source = trained_project / "data" / "production_data.csv"
+    case = next(case for case in csv_cases(source, config, rows=3) if case.name == name)
+    status, content = invoke(url, case.text, "text/csv")
+    if case.name in ("header_only", "empty"):  # no instance: refused as an empty batch
+        assert (status, content["detail"]) == (422, "instances must be a non-empty list of JSON "
+                                                    "objects")
+        return
+    if case.error is not None:
+        with pytest.raises(CsvFormatError) as refusal:
+            check_csv(case.text)
+        assert str(refusal.value).startswith(case.error)
+        assert (status, content["detail"]) == (
+            400, f"the body is not CSV this model reads: {refusal.value}")
+        return
+    if case.name == "unknown_header_column":  # a header, not a row: its column refused
+        assert (status, content["errors"]) == (422, {f"instances[{i}].colour": "is not a known "
+                                                     "field" for i in range(3)})
+    elif case.quarantined:  # the batch quarantines the row; a request is all or none
+        assert status == 422
+        assert list(content["errors"]) == [f"instances[1].{case.column}"]
+    else:
+        rows = list(csv.DictReader(io.StringIO(source.read_text())))[:3]
+        if case.name == "line_break_in_quoted_id":
+            rows[1][config.columns.id] += "\nX"
+        by_json = invoke(url, json.dumps({"instances": [
+            {key: value or None for key, value in row.items()} for row in rows]}).encode())
+        assert (status, content) == by_json
+        assert status == 200 and len(content["predictions"]) == 3
+
+
+def test_a_header_with_an_unknown_column_is_read_as_a_header(config: Config) -> None:
+    """Any known name makes the first line a header; the unknown columns go to the rules on
+    unknown fields (ignored, or refused as here), never read as a row of values."""
+    features = list(config.columns.features)
+    body = ",".join([*features, "colour"]) + "\n" + ",".join(["1"] * len(features) + ["red"])
+    assert csv_instances(body.encode(), config) == [dict.fromkeys(features, "1") | {
+        "colour": "red"}]

@@ -7,9 +7,15 @@ partition, with the exported champion.
 Reads a CSV or Parquet file or folder (a local path or any URI Spark reads, e.g. s3a://...),
 and validates and scores every batch of every partition with the local batch use case's own
 core (`ml_project.batch.score_chunk`): for the same rows, the same predictions and the same
-quarantine reasons. A CSV is read with every column as text and parsed by the local reader's
-parser, so validation sees what it sees locally. The artifact is loaded and checksum-verified
-once on the driver and broadcast to the executors; each Python worker builds its
+quarantine reasons. A CSV is held to the format every path reads (`ml_project.csv_format`),
+with the same verdict and message as the local use case: first over the text of each of its
+files (one pass over their lines, no CSV parsing), then, as Spark's parser reads it (a record
+may span lines, as a quoted line break makes it), row by row for the header's width; its cells
+are read as text and parsed by the local reader's parser, so validation sees what it sees
+locally. A CSV file is read by one task (a quoted line break forbids splitting it): an input
+of fewer files than the cluster has cores is spread over them before scoring. The artifact is
+loaded and checksum-verified once on the driver and broadcast to the executors; each Python
+worker builds its
 PredictionService once. Writes two Parquet datasets, each with Spark's `_SUCCESS` marker once
 complete: <output>/predictions/<input>_predictions.parquet (id, prediction, probabilities,
 model version) and <output>/quarantine/<input>_predictions.parquet (the rows as read plus
@@ -31,6 +37,14 @@ import pandas as pd
 from ml_project.batch import PartitionScorer, prediction_columns
 from ml_project.cli import base_parser, start_run
 from ml_project.config import PREDICTION_COLUMN, REASON_COLUMN, Config
+from ml_project.csv_format import (
+    EMPTY,
+    MISQUOTED_PATTERN,
+    CsvFormatError,
+    CsvText,
+    csv_columns,
+    wrong_width,
+)
 from ml_project.export import ArtifactError
 from ml_project.ingest import as_read
 from ml_project.predict import PredictionService
@@ -43,6 +57,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("predicting_historic_spark")
 
 FORMATS = ("csv", "parquet")
+# Columns Spark adds to a CSV's: its text of a row of the wrong width, and the rows' order
+MALFORMED, ORDER = "_malformed_record", "_row_order"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", err)
         return 2
     try:
+        from py4j.protocol import Py4JJavaError
         from pyspark.errors import PySparkException
     except ImportError:
         logger.error("PySpark is not installed: run `pipenv sync --categories spark` (and install "
@@ -88,8 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         counts = score(spark, source, data_format, service, config, targets)
         elapsed = time.perf_counter() - started
-    except (DataValidationError, PySparkException) as err:
+    except (CsvFormatError, DataValidationError, PySparkException) as err:
         logger.error("Cannot score %s: %s", source, err)
+        return 2
+    except Py4JJavaError as err:  # a failure in the JVM, e.g. its CSV parser's
+        logger.debug("Spark failed", exc_info=True)
+        logger.error("Cannot score %s: %s", source, _java_message(str(err)))
         return 2
     finally:
         if started_here:
@@ -147,12 +168,71 @@ def start_spark(config: Config, master: str | None) -> tuple[SparkSession, bool]
     return builder.getOrCreate(), True
 
 
-def read_input(spark: SparkSession, source: str, data_format: str) -> DataFrame:
-    """The input as Spark reads it: a CSV with every column as text (the core parses it)."""
-    if data_format == "csv":
-        # escape='"': quotes inside a field are doubled, as pandas and RFC 4180 write them
-        return spark.read.csv(source, header=True, inferSchema=False, escape='"')
-    return spark.read.parquet(source)
+def csv_header(spark: SparkSession, source: str) -> list[str]:
+    """The column names of a CSV file or folder, once each file's text is in the format every
+    path reads (`csv_format.csv_columns` on what one pass over its lines finds) and every file
+    has the same header. Files without a header line (empty) are skipped, unless all are."""
+    from pyspark.sql import functions
+
+    raw, line, at = functions.col("value"), functions.col("line"), functions.col("at")
+    lines = spark.read.text(source).select(
+        functions.input_file_name().alias("file"), raw,
+        functions.ltrim(raw, functions.lit("\ufeff")).alias("line"),  # a file's byte-order mark
+        functions.struct(functions.input_file_block_start(),  # a line's place in its file
+                         functions.monotonically_increasing_id()).alias("at"))
+    files = lines.groupBy("file").agg(
+        functions.bool_and(functions.is_valid_utf8(raw)).alias("utf8"),
+        functions.sum(functions.length(line) - functions.length(functions.translate(line, '"', "")))
+        .alias("quotes"),
+        functions.min_by(line, functions.when(line != "", at)).alias("header"),
+        functions.min_by(line, functions.when(line.rlike(MISQUOTED_PATTERN), at))
+        .alias("misquoted"),
+    ).collect()
+    texts = {str(row["file"]): CsvText(utf8=bool(row["utf8"]), quotes=int(row["quotes"]),
+                                        header=row["header"], misquoted=row["misquoted"])
+             for row in files}
+    named = {file: text for file, text in texts.items() if text.header is not None} or texts
+    headers: dict[str, list[str]] = {}
+    for file in sorted(named):
+        try:
+            headers[file] = csv_columns(named[file])
+        except CsvFormatError as err:
+            raise CsvFormatError(f"{_name(file)}: {err}" if len(named) > 1 else str(err)) from err
+    if not headers:
+        raise CsvFormatError(EMPTY)
+    first, *others = headers
+    for file in others:
+        if headers[file] != headers[first]:
+            raise CsvFormatError(f"the files' headers differ: {_name(first)} names "
+                                 f"{headers[first]}, {_name(file)} {headers[file]}")
+    return headers[first]
+
+
+def read_csv(spark: SparkSession, source: str, names: list[str], kept: list[str]) -> DataFrame:
+    """The kept columns of a CSV as text, a row of the wrong width's text in MALFORMED, and
+    each row's order in ORDER. Read by Spark's parser as pandas reads a file: a record may span
+    lines (`multiLine`), a quote inside a quoted value is doubled (`escape`), one out of place
+    refuses the file (`unescapedQuoteHandling`); the header, checked by `csv_header`, skipped."""
+    from pyspark.sql import functions
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    # Unknown columns (not read) under a name of their own: Spark would take `Age` for `age`.
+    schema = StructType([StructField(name if name in kept else f"_column_{position}",
+                                     StringType()) for position, name in enumerate(names)]
+                        + [StructField(MALFORMED, StringType())])
+    frame = spark.read.csv(source, schema=schema, header=True, multiLine=True, escape='"',
+                           mode="PERMISSIVE", columnNameOfCorruptRecord=MALFORMED,
+                           unescapedQuoteHandling="RAISE_ERROR")
+    return frame.select(*[functions.col(_quoted(column)) for column in [*kept, MALFORMED]],
+                        functions.monotonically_increasing_id().alias(ORDER))
+
+
+def _java_message(text: str) -> str:
+    """A JVM failure in one line: what failed, and its deepest cause."""
+    lines = [line.strip().lstrip(": ") for line in text.splitlines()]
+    failed = next((line for line in lines[1:] if line), lines[0] if lines else "")
+    causes = [line.removeprefix("Caused by: ") for line in lines if line.startswith("Caused by:")]
+    return f"{failed} ({causes[-1]})" if causes else failed
 
 
 def score(spark: SparkSession, source: str, data_format: str, service: PredictionService,
@@ -167,34 +247,47 @@ def score(spark: SparkSession, source: str, data_format: str, service: Predictio
     # (how the local reader hands them to validation).
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", config.prediction.chunk_size)
     spark.conf.set("spark.sql.session.timeZone", "UTC")
-    frame = read_input(spark, source, data_format)
+    parquet = None if text else spark.read.parquet(source)
+    names = csv_header(spark, source) if parquet is None else parquet.columns
     # The header, checked on the driver as the local use case checks it: a missing (or, with
     # unknown_fields: reject, an unknown) column refuses the whole input before any work.
-    header = as_read(pd.DataFrame(columns=frame.columns), config, text=text)
+    header = as_read(pd.DataFrame(columns=names), config, text=text)
     validate_production_data(header, config, with_target=False)
     kept = [str(column) for column in header.columns]
     outputs = prediction_columns(service)
-    clashes = sorted(set(kept) & {REASON_COLUMN, *outputs[1:]})
+    clashes = sorted(set(kept) & {REASON_COLUMN, MALFORMED, ORDER, *outputs[1:]})
     if clashes:
         raise DataValidationError(f"input columns {clashes} clash with the output's columns")
-    frame = frame.select(*[functions.col(_quoted(column)) for column in kept])
+    frame = read_csv(spark, source, names, kept) if parquet is None else parquet.select(
+        *[functions.col(_quoted(column)) for column in kept])
+    partitions, cores = frame.rdd.getNumPartitions(), spark.sparkContext.defaultParallelism
+    if partitions < cores:  # a CSV file is one task's to read, not to score
+        frame = frame.repartition(cores)
     fields = [StructField(field.name, field.dataType, nullable=True) for field in frame.schema]
     schema = StructType([*fields, StructField(REASON_COLUMN, _spark_type("text")),
                          *[StructField(name, _spark_type(kind))
                            for name, kind in _output_kinds(service, outputs).items()]])
     artifact = spark.sparkContext.broadcast((service.pipeline, service.metadata, service.reference))
-    scorer = PartitionScorer(artifact, config, text=text)
-    logger.info("Scoring %s (%s, %d partitions)", source, data_format, frame.rdd.getNumPartitions())
+    scorer = PartitionScorer(artifact, config, text=text, carried=(MALFORMED, ORDER) if text else (),
+                             malformed=MALFORMED if text else None)
+    logger.info("Scoring %s (%s, %d partitions, scored in %d)", source, data_format, partitions,
+                max(partitions, cores))
     scored = frame.mapInPandas(scorer, schema).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         reason = functions.col(REASON_COLUMN)
+        outcome = functions.when(reason.isNull(), "predictions").otherwise("quarantine")
+        if text:
+            outcome = functions.when(functions.col(MALFORMED).isNotNull(), "malformed") \
+                .otherwise(outcome)
+        counts = {str(row[0]): int(row[1]) for row in scored.groupBy(outcome).count().collect()}
+        if counts.get("malformed"):  # the first row of the wrong width, as the local check
+            [record] = scored.where(functions.col(MALFORMED).isNotNull()).orderBy(ORDER).head(1)
+            raise wrong_width(str(record[MALFORMED]), len(names))
         scored.where(reason.isNull()).select(*[functions.col(_quoted(c)) for c in outputs]) \
             .write.mode("overwrite").parquet(targets["predictions"])
         scored.where(reason.isNotNull()).select(
             *[functions.col(_quoted(c)) for c in [*kept, REASON_COLUMN]]
         ).write.mode("overwrite").parquet(targets["quarantine"])
-        counts = {str(row[0]): int(row[1]) for row in scored.groupBy(
-            functions.when(reason.isNull(), "predictions").otherwise("quarantine")).count().collect()}
     finally:
         scored.unpersist()
         artifact.destroy()

@@ -5,19 +5,28 @@ launcher on port 8080 (`deployment/aws_sagemaker/serve`) and any host may use th
 `/invocations` takes
 - `application/json` (or no content type): the body of POST /predict (one instance) or of
   POST /predict/batch (`{"instances": [...]}`), answered as those routes answer it;
-- `text/csv`: one instance per row, the values in the config's feature order; an optional
-  first row of column names (then any known columns, in any order, the id too); an empty
-  cell is a missing value. Answered as a batch: `{"predictions": [...], "request_id": ...}`.
+- `text/csv`: one instance per row, read as the batch reads a CSV file (`ingest.read_csv_records`:
+  the format of `csv_format.py`, refused whole with a 400 saying why when the body is not in
+  it). The first line names the columns when any of its cells is a known column (the id,
+  timestamp, a feature, the target: then in any order, unknown ones ignored or refused as
+  `validation.unknown_fields` says, a repeated one refused); otherwise there is no header and
+  each row holds the config's features in order. A cell that a CSV reader reads as missing is
+  a missing value. Answered as a batch: `{"predictions": [...], "request_id": ...}`.
 Answers are JSON whatever the Accept header. This module imports no web framework.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
+import re
 
 from ml_project.config import Config
+from ml_project.csv_format import CsvFormatError, fields
+from ml_project.ingest import read_csv_records
+from ml_project.schemas import known_fields
 from ml_project.serving.endpoints import (
     BATCH_FIELD,
     PredictionEndpoints,
@@ -71,27 +80,27 @@ def invocations(endpoints: PredictionEndpoints, body: bytes | None, content_type
         return endpoints.predict_batch(None, api_key)  # 413
     try:
         instances = csv_instances(body, endpoints.service.config)
-    except ValueError as err:
+    except ValueError as err:  # CsvFormatError, or pandas' own refusal
         return error_reply(400, f"the body is not CSV this model reads: {err}")
     return endpoints.predict_batch(json.dumps({BATCH_FIELD: instances}).encode(), api_key)
 
 
 def csv_instances(body: bytes, config: Config) -> list[dict[str, str | None]]:
-    """CSV rows as instances: the header's names, or the config's features in order."""
-    columns = config.columns
-    features = list(columns.features)
-    known = {*features, columns.id, columns.target, *([columns.timestamp] if columns.timestamp
-                                                       else [])}
+    """CSV rows as instances: a body with a header is a CSV file; one without is given the
+    features' names as its header. An empty body holds no instance."""
+    data = body.removeprefix(codecs.BOM_UTF8)
+    first = re.split(rb"[\r\n]", data.lstrip(b"\r\n"), maxsplit=1)[0]
+    if not first:
+        return []
+    line = first.decode("utf-8", errors="replace")
+    known = set(known_fields(config))
+    # A line with an odd number of quotes continues on the next: a row, not names.
+    if not line.count('"') % 2 and any(name in known for name in fields(line)):
+        return read_csv_records(data)
+    header = io.StringIO()
+    csv.writer(header, lineterminator="\n").writerow(config.columns.features)
     try:
-        rows = [row for row in csv.reader(io.StringIO(body.decode("utf-8-sig"))) if row]
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise ValueError(str(err)) from err
-    names = features
-    if rows and all(cell.strip() in known for cell in rows[0]):
-        names, rows = [cell.strip() for cell in rows[0]], rows[1:]
-    for number, row in enumerate(rows, start=1):
-        if len(row) != len(names):
-            raise ValueError(f"row {number} has {len(row)} values, expected {len(names)} "
-                             f"({', '.join(names)})")
-    return [{name: cell if cell.strip() else None for name, cell in zip(names, row)}
-            for row in rows]
+        return read_csv_records(header.getvalue().encode() + data)
+    except CsvFormatError as err:
+        raise CsvFormatError(f"no header (the {len(config.columns.features)} features in "
+                             f"order); {err}") from err
