@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ml_project.ingest import CSV_MISSING
+from ml_project.csv_format import CSV_MISSING, check_csv
 from ml_project.schemas import parse_numbers
 
 MARGIN = 0.1  # ranges are widened by this share of the span seen
@@ -51,8 +51,10 @@ class Guess:
 
 def read_as_received(path: Path) -> pd.DataFrame:
     """The file as ingest sees it before typing: CSV cells as text (NaN for missing), so the
-    categories drafted are the very strings validation will compare; Parquet as stored."""
+    categories drafted are the very strings validation will compare; Parquet as stored. A CSV
+    out of the format every path reads (`csv_format`) is refused here in the same words."""
     if path.suffix == ".csv":
+        check_csv(path)
         frame: pd.DataFrame = pd.read_csv(path, dtype=str, **CSV_MISSING)
         return frame
     if path.suffix == ".parquet":

@@ -31,17 +31,22 @@ import itertools
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.csv
+
+from ml_project.config import MISSING_TEXTS
 
 # A quote out of place, as a regular expression over one line (Spark's `rlike`): the same test
 # `_misquoted` makes with numpy here.
 MISQUOTED_PATTERN = '[^",]"[^",]'
 
 NOT_UTF8 = "the CSV is not UTF-8 text"
+# Missing cells are empty or one of the texts every path reads as missing, and no other.
+CSV_MISSING: dict[str, Any] = {"keep_default_na": False, "na_values": sorted(MISSING_TEXTS)}
 EMPTY = "the CSV is empty: its first line must name the columns"
 UNCLOSED = "a quoted value is never closed (the CSV holds an odd number of double quotes)"
 BROKEN_HEADER = "a column name in the header holds a line break"
@@ -116,6 +121,16 @@ def check_csv(source: Path | bytes) -> list[str]:
     names = csv_columns(_csv_text(source))
     _check_widths(source, len(names))
     return names
+
+
+def read_csv_records(data: bytes) -> list[dict[str, str | None]]:
+    """A CSV held in memory (a request's body) as records of its cells as text, None for
+    missing: read as a file is, once in the format (`check_csv`), by the same parser."""
+    check_csv(data)
+    frame = pd.read_csv(io.BytesIO(data), dtype=str, **CSV_MISSING)
+    cells = frame.astype(object).where(frame.notna(), None)
+    return [{str(key): value for key, value in record.items()}
+            for record in cells.to_dict("records")]
 
 
 def _opened(source: Path | bytes) -> IO[bytes]:

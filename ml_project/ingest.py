@@ -19,8 +19,8 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from ml_project.config import MISSING_TEXTS, Config, database_url
-from ml_project.csv_format import check_csv
+from ml_project.config import Config, database_url
+from ml_project.csv_format import CSV_MISSING, check_csv
 from ml_project.schemas import known_fields, parse_numbers
 
 logger = logging.getLogger(__name__)
@@ -30,10 +30,6 @@ def known_columns(config: Config, *, with_target: bool = True) -> list[str]:
     """Identifier, timestamp, features and (optionally) target, in schema order."""
     names = list(known_fields(config))
     return names if with_target else names[:-1]
-
-
-# Missing cells are empty or one of the texts every path reads as missing, and no other.
-CSV_MISSING: dict[str, Any] = {"keep_default_na": False, "na_values": sorted(MISSING_TEXTS)}
 
 
 def _reader_dtypes(config: Config) -> dict[str, Any]:
@@ -133,16 +129,6 @@ def read_in_chunks(path: Path, config: Config) -> Iterator[pd.DataFrame]:
                 yield _keep_known(chunk, config, str(path))
     else:
         raise ValueError(f"unsupported data file {path}: expected .csv or .parquet")
-
-
-def read_csv_records(data: bytes) -> list[dict[str, str | None]]:
-    """A CSV held in memory (a request's body) as records of its cells as text, None for
-    missing: read as a file is, once in the format (`check_csv`), by the same parser."""
-    check_csv(data)
-    frame = pd.read_csv(io.BytesIO(data), dtype=str, **CSV_MISSING)
-    cells = frame.astype(object).where(frame.notna(), None)
-    return [{str(key): value for key, value in record.items()}
-            for record in cells.to_dict("records")]
 
 
 def count_rows(path: Path) -> int | None:

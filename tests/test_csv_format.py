@@ -12,7 +12,14 @@ import pytest
 
 from ml_project import csv_format
 from ml_project.config import Config, load_config
-from ml_project.csv_format import CsvFormatError, CsvText, check_csv, csv_columns, wrong_width
+from ml_project.csv_format import (
+    CsvFormatError,
+    CsvText,
+    check_csv,
+    csv_columns,
+    read_csv_records,
+    wrong_width,
+)
 from tests.csv_cases import CsvCase, csv_cases
 
 
@@ -109,3 +116,15 @@ def test_the_first_rule_broken_is_the_one_named(text: CsvText, message: str) -> 
     """In one order on every path: the Spark use case gathers `CsvText` otherwise."""
     with pytest.raises(CsvFormatError, match=message):
         csv_columns(text)
+
+
+def test_read_csv_records_reads_a_body_as_a_file_is_read() -> None:
+    body = b'id,note,n\r\n1,"two\nlines, and ""quotes""",NA\r\n\r\n2,,  \r\n'
+
+    assert read_csv_records(body) == [
+        {"id": "1", "note": 'two\nlines, and "quotes"', "n": None},
+        {"id": "2", "note": None, "n": "  "},
+    ]
+    assert read_csv_records(b"id,n\n") == []
+    with pytest.raises(CsvFormatError, match="the header names 'n' more than once"):
+        read_csv_records(b"id,n,n\n1,2,3\n")

@@ -20,6 +20,7 @@ import yaml
 
 from executables.draft_config import draft_config, main, padded_range
 from ml_project.config import Config, load_config
+from ml_project.csv_format import BROKEN_HEADER
 from ml_project.ingest import read_table
 from ml_project.validate import validate_production_data
 from tests.conftest import FIXTURE_CONFIG
@@ -309,10 +310,16 @@ def test_awkward_names_and_extreme_values_give_a_draft_that_loads_back_as_the_ta
     dumper, comments escaped), and any finite or infinite value is drafted: the draft loads
     with the project's Config loader, names exactly the table's columns, and validates every
     row but those holding an infinite value."""
+    # A CSV's header holds no line break (the CSV format of every path, `csv_format`): there the
+    # names keep everything else; values keep their line breaks in both formats.
+    def name(text: str) -> str:
+        return text.replace("\r\n", " ").replace("\n", " ") if suffix == ".csv" else text
+
     frame = awkward_table(np.random.default_rng(5))
+    frame.columns = [name(column) for column in frame.columns]
     path = write_table(frame, tmp_path / f"awkward{suffix}")
 
-    text = draft_config(path, "label\n: 1", id_column="id\nevil: 1")
+    text = draft_config(path, name("label\n: 1"), id_column=name("id\nevil: 1"))
     draft = yaml.safe_load(text)
     config = config_from_draft(draft, path, tmp_path)
     result = validate_production_data(read_table(str(path), config), config, with_target=True)
@@ -321,10 +328,11 @@ def test_awkward_names_and_extreme_values_give_a_draft_that_loads_back_as_the_ta
     assert all(line.isprintable() for line in text.split("\n"))
     assert set(draft) == {"columns", "task", "training", "engineering"}
     columns = config.columns
-    assert (columns.id, columns.target, columns.timestamp) == ("id\nevil: 1", "label\n: 1", None)
+    assert (columns.id, columns.target, columns.timestamp) == (
+        name("id\nevil: 1"), name("label\n: 1"), None)
     assert set(columns.target_classes) == {"churn: yes", "no # really"}
-    assert set(columns.numerical) == {*AWKWARD_NAMES, "extremes", "only subnormal"}
-    assert set(columns.categorical["colour\n#: 1"].categories) == {
+    assert set(columns.numerical) == {*map(name, AWKWARD_NAMES), "extremes", "only subnormal"}
+    assert set(columns.categorical[name("colour\n#: 1")].categories) == {
         "red\nevil: 1", "green # not a comment", "<<", "yes"}
     left_out = text.split("left out")[1].split("\n\n")[0].splitlines()[1:]
     assert len(left_out) == 2 and "no finite value" in text and "free text?" in text
@@ -334,6 +342,23 @@ def test_awkward_names_and_extreme_values_give_a_draft_that_loads_back_as_the_ta
     assert 2.5e-322 <= (columns.numerical["only subnormal"].max or 0) <= 1
     assert list(result.quarantined.index) == [2, 3]  # the infinite extremes, nothing else
     assert "must be a finite number" in result.quarantined["quarantine_reason"].iloc[0]
+
+
+def test_a_csv_out_of_the_format_every_path_reads_is_refused_in_its_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The drafter reads a CSV as every path does: a header with a line break in a name (or
+    any other break of the format) is the format's one-line refusal, exit 2, nothing drafted."""
+    path = tmp_path / "broken.csv"
+    path.write_text('id,"first\nname",churned\n1,2,yes\n2,3,no\n')
+    output = tmp_path / "drafted.yaml"
+
+    with pytest.raises(SystemExit) as exited:
+        main([str(path), "--target", "churned", "--output", str(output)])
+
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == f"error: {BROKEN_HEADER}\n"
+    assert not output.exists()
 
 
 @hypothesis.settings(max_examples=500, deadline=None)

@@ -17,7 +17,6 @@ from ml_project.ingest import (
     count_rows,
     known_columns,
     load_historic_data,
-    read_csv_records,
     read_in_chunks,
     read_table,
     stream_production_instances,
@@ -253,15 +252,3 @@ def test_a_csv_out_of_the_format_is_refused_before_a_row_is_read(
         next(read_in_chunks(path, _config(project, prediction={"chunk_size": 10})))
     with pytest.raises(CsvFormatError, match=message):
         next(stream_production_instances(path, config))
-
-
-def test_read_csv_records_reads_a_body_as_a_file_is_read() -> None:
-    body = b'id,note,n\r\n1,"two\nlines, and ""quotes""",NA\r\n\r\n2,,  \r\n'
-
-    assert read_csv_records(body) == [
-        {"id": "1", "note": 'two\nlines, and "quotes"', "n": None},
-        {"id": "2", "note": None, "n": "  "},
-    ]
-    assert read_csv_records(b"id,n\n") == []
-    with pytest.raises(CsvFormatError, match="the header names 'n' more than once"):
-        read_csv_records(b"id,n,n\n1,2,3\n")

@@ -28,9 +28,9 @@ from fastapi import FastAPI
 from mangum import Mangum
 
 from ml_project.schemas import shown
+from ml_project.serving.bodies import BATCH_FIELD
 from ml_project.serving.endpoints import (
     API_KEY_HEADER,
-    BATCH_FIELD,
     PredictionEndpoints,
     Reply,
     error_reply,

@@ -2,11 +2,11 @@
 
 `fastapi_app.py` and `flask_app.py` are thin adapters over `PredictionEndpoints`: they read the
 body (at most `prediction.max_body_bytes`) and the X-API-Key header, and send back the `Reply`;
-every cloud entry point reaches one of those two apps. So both frameworks answer every request, good or bad, with the same status and the
-same bytes, and a request is checked by one thing only: the compiled `InstanceValidator` behind
-`PredictionService`.
+every cloud entry point reaches one of those two apps. So both frameworks answer every request,
+good or bad, with the same status and the same bytes; a body is read by `bodies.py` and an
+instance checked by one thing only: the compiled `InstanceValidator` behind `PredictionService`.
 
-Statuses a client can act on: 400 the body is not JSON (or nests deeper than MAX_NESTING, or
+Statuses a client can act on: 400 the body is not JSON (or nests deeper than bodies.MAX_NESTING, or
 holds an integer past Python's int-to-str limit); 401 missing or wrong X-API-Key; 413 body too
 large; 415 a body in a content coding (gzip, ...: `transport.py`); 422 JSON that breaks
 the schema, a batch over `max_batch_size` included (`errors` names each field and its rule); 503
@@ -23,7 +23,6 @@ import hmac
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from collections import Counter
@@ -37,13 +36,13 @@ from ml_project.predict import Prediction, PredictionService
 from ml_project.prediction_log.log import PredictionLog
 from ml_project.prediction_log.records import log_record, new_request_id
 from ml_project.schemas import InvalidInstance
+from ml_project.serving.bodies import Rejection, parse_batch, parse_instance, parse_json
 
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "ML_PROJECT_API_KEY"
 API_KEY_HEADER = "X-API-Key"
 LOG_SOURCE = "api"
-BATCH_FIELD = "instances"
 
 
 class HealthResponse(BaseModel):
@@ -105,98 +104,12 @@ def error_reply(status: int, detail: str, **extra: Any) -> Reply:
     return reply(status, ErrorResponse(detail=detail, **extra))
 
 
-class Rejection(Exception):
-    """A request answered with a 4xx/503 before (or instead of) a prediction."""
-
-    def __init__(self, status: int, detail: str, errors: Mapping[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.errors = dict(errors) if errors else None
-
-
-MAX_NESTING = 32  # no instance field is a container; deeper JSON is refused before any check
 INTERNAL_ERROR = "Internal Server Error"
 
 
 def internal_error_reply() -> Reply:
     """What both frameworks answer to a fault no route caught (same status, same bytes)."""
     return error_reply(500, INTERNAL_ERROR)
-
-
-def _nesting(value: Any) -> int:
-    """How deep JSON containers nest in `value`, counted without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item
-        deepest = max(deepest, depth)
-        if depth <= MAX_NESTING:
-            stack.extend((child, depth + 1) for child in children
-                         if isinstance(child, (dict, list)))
-    return deepest
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def _integer(text: str) -> int:
-    """A JSON integer. Past Python's int-to-str limit (4300 digits) none is read, in any field:
-    the body is refused in words the client can act on (Python's own point at a server setting)."""
-    try:
-        return int(text)
-    except ValueError as err:
-        raise Rejection(400, f"the body holds an integer of {len(text.lstrip('-'))} digits; "
-                             f"integers of at most {sys.get_int_max_str_digits()} digits are "
-                             "read") from err
-
-
-def parse_json(body: bytes) -> Any:
-    """Strict JSON: Python's parser would otherwise accept NaN and Infinity as numbers."""
-    try:
-        value = json.loads(body, parse_constant=_reject_constant, parse_int=_integer)
-    except (ValueError, RecursionError) as err:
-        raise Rejection(400, f"the body is not valid JSON: {err}") from err
-    if isinstance(value, (dict, list)) and _nesting(value) > MAX_NESTING:
-        raise Rejection(400, f"the body nests JSON deeper than {MAX_NESTING} levels")
-    return value
-
-
-def parse_instance(value: Any) -> Mapping[str, Any]:
-    """The body of POST /predict: one JSON object of production fields."""
-    if not isinstance(value, dict):
-        raise Rejection(422, "the body must be a JSON object of production fields, got "
-                             f"{type(value).__name__}")
-    return value
-
-
-def parse_batch(value: Any, max_batch_size: int) -> list[Mapping[str, Any]]:
-    """The instances of a `{"instances": [...]}` body, or a Rejection naming what is wrong."""
-    if not isinstance(value, dict) or BATCH_FIELD not in value:
-        raise Rejection(422, f'the body must be a JSON object {{"{BATCH_FIELD}": [...]}}',
-                        {BATCH_FIELD: "is required"})
-    unknown = {str(key): "is not a known field" for key in value if key != BATCH_FIELD}
-    if unknown:
-        raise Rejection(422, f"unknown fields in the body: {sorted(unknown)}", unknown)
-    instances = value[BATCH_FIELD]
-    if not isinstance(instances, list) or not instances:
-        raise Rejection(422, f"{BATCH_FIELD} must be a non-empty list of JSON objects",
-                        {BATCH_FIELD: "must be a non-empty list"})
-    if len(instances) > max_batch_size:
-        # 422, not 413: the document declares maxItems, so more instances break the schema.
-        raise Rejection(422, f"at most {max_batch_size} instances per request, got "
-                             f"{len(instances)}; split the batch",
-                        {BATCH_FIELD: f"must hold at most {max_batch_size} instances"})
-    not_objects = {
-        f"{BATCH_FIELD}[{i}]": f"must be a JSON object, got {type(item).__name__}"
-        for i, item in enumerate(instances)
-        if not isinstance(item, dict)
-    }
-    if not_objects:
-        raise Rejection(422, "every instance must be a JSON object of production fields",
-                        not_objects)
-    return instances
 
 
 class PredictionEndpoints:

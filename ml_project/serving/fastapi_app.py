@@ -28,9 +28,9 @@ from starlette.requests import ClientDisconnect
 from ml_project.cli import escape_for_log
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
+from ml_project.serving.bodies import BATCH_FIELD
 from ml_project.serving.endpoints import (
     API_KEY_HEADER,
-    BATCH_FIELD,
     BatchPredictionResponse,
     ErrorResponse,
     HealthResponse,

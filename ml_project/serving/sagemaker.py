@@ -5,7 +5,7 @@ launcher on port 8080 (`deployment/aws_sagemaker/serve`) and any host may use th
 `/invocations` takes
 - `application/json` (or no content type): the body of POST /predict (one instance) or of
   POST /predict/batch (`{"instances": [...]}`), answered as those routes answer it;
-- `text/csv`: one instance per row, read as the batch reads a CSV file (`ingest.read_csv_records`:
+- `text/csv`: one instance per row, read as the batch reads a CSV file (`csv_format.read_csv_records`:
   the format of `csv_format.py`, refused whole with a 400 saying why when the body is not in
   it). The first line names the columns when any of its cells is a known column (the id,
   timestamp, a feature, the target: then in any order, unknown ones ignored or refused as
@@ -24,17 +24,14 @@ import json
 import re
 
 from ml_project.config import Config
-from ml_project.csv_format import CsvFormatError, fields
-from ml_project.ingest import read_csv_records
+from ml_project.csv_format import CsvFormatError, fields, read_csv_records
 from ml_project.schemas import known_fields
+from ml_project.serving.bodies import BATCH_FIELD, Rejection, parse_json
 from ml_project.serving.endpoints import (
-    BATCH_FIELD,
     PredictionEndpoints,
     ReadyResponse,
-    Rejection,
     Reply,
     error_reply,
-    parse_json,
     reply,
 )
 

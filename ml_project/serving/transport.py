@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 
 from ml_project.cli import escape_for_log
-from ml_project.serving.endpoints import Rejection, Reply, error_reply
+from ml_project.serving.bodies import Rejection
+from ml_project.serving.endpoints import Reply, error_reply
 
 logger = logging.getLogger(__name__)
 
