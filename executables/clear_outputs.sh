@@ -22,5 +22,7 @@ if [ "${1:-}" != "--yes" ]; then
   read -r -p "Proceed? [y/N] " answer
   [[ "$answer" =~ ^[Yy]$ ]] || { echo "Nothing removed."; exit 1; }
 fi
-rm -rf -- "${present[@]}"
+# A service still running may write into a folder as it is removed ("Directory not empty"):
+# once more, a moment later.
+rm -rf -- "${present[@]}" 2>/dev/null || { sleep 1; rm -rf -- "${present[@]}"; }
 echo "Cleared. Your MLflow store and prediction log start empty at the next run."

@@ -193,11 +193,14 @@ def git(root: Path, *arguments: str) -> bytes:
 def renamed_contents(root: Path, old: str, new: str) -> dict[str, bytes]:
     """The new bytes of every tracked text file the rename changes, by its path (as it is now),
     line endings kept; Pipfile.lock's hash of the Pipfile updated if it was in sync."""
+    # A name starts a word, or follows a string's escape (the `ml_project` of "...\nml_project").
+    escape = r"(?<=\\[abfnrtv])"
+    start, dashed_start = rf"(?:(?<!\w)|{escape})", rf"(?:(?<![\w-])|{escape})"
     replacements = [
-        (re.compile(rf"\b{old}\b"), new),  # imports, paths, tool settings; not ml_project_template
-        (re.compile(rf"(?<![\w-]){re.escape(old.replace('_', '-'))}(?![\w-])"),
+        (re.compile(rf"{start}{old}\b"), new),  # imports, paths, settings; not ml_project_template
+        (re.compile(rf"{dashed_start}{re.escape(old.replace('_', '-'))}(?![\w-])"),
          new.replace("_", "-")),  # the distribution name in Pipfile and Pipfile.lock
-        (re.compile(rf"\b{old.upper()}_(?=[A-Z*])"), f"{new.upper()}_"),  # ML_PROJECT_API_KEY...
+        (re.compile(rf"{start}{old.upper()}_(?=[A-Z*])"), f"{new.upper()}_"),  # ML_PROJECT_API_KEY
     ]
     changed: dict[str, bytes] = {}
     for name in git(root, "ls-files", "-z").decode().split("\0"):

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from ml_project.prediction_log import journal
 from ml_project.prediction_log.loader import (
     LEGACY_FOLDER,
     LOCK_FILE,
+    STATUS_FILE,
     Loader,
     loader_running,
     read_status,
@@ -45,11 +47,18 @@ def write_journal(directory: Path, *names: str) -> journal.Journal:
 
 
 def stored(database: Path) -> list[str]:
+    """The ids stored, in order; none while the database or its table is yet to be made (a
+    loader in another thread or process may be making them)."""
     if not database.exists():
         return []
-    with sqlite3.connect(database) as connection:
-        return [row[0] for row in connection.execute(
-            "SELECT instance_id FROM prediction_records ORDER BY record_id")]
+    with closing(sqlite3.connect(database, timeout=10)) as connection:
+        try:
+            return [row[0] for row in connection.execute(
+                "SELECT instance_id FROM prediction_records ORDER BY record_id")]
+        except sqlite3.OperationalError as err:
+            if "no such table" in str(err):
+                return []
+            raise
 
 
 @pytest.fixture
@@ -289,3 +298,29 @@ def test_the_loader_command_loads_what_waits_and_says_what_is_left(tmp_path: Pat
     assert "Loaded 2 records; 0 rejected; 0 still waiting" in result.stderr
     database = Path(config.prediction_log_url.removeprefix("sqlite:///"))
     assert stored(database) == ["a", "b"]
+
+
+def test_an_idle_loader_writes_no_status_and_a_deleted_status_is_written_again(
+    paths: tuple[Path, Path],
+) -> None:
+    """The status is written when it changes, not at every pass (a folder being cleared by
+    `clear_outputs.sh` is not refilled under `rm -rf`), and again if its file is gone."""
+    database, directory = paths
+    write_journal(directory, "a").close()
+    loader = loader_of(paths)
+    loader.load()
+    status_file = directory / STATUS_FILE
+    written = status_file.stat().st_mtime_ns, status_file.read_text()
+    for _ in range(3):
+        time.sleep(0.02)
+        loader.load()
+    assert (status_file.stat().st_mtime_ns, status_file.read_text()) == written
+    status_file.unlink()
+    loader.load()
+    again = read_status(directory)
+    assert again is not None and again.loaded == 1
+    write_journal(directory, "b").close()
+    loader.load()
+    after = read_status(directory)
+    assert after is not None and after.loaded == 2 and stored(database) == ["a", "b"]
+    loader.dispose()

@@ -305,3 +305,24 @@ def test_a_rename_killed_at_any_point_leaves_the_old_tree_or_the_new_one(
         assert snapshot(copy) == renamed_reference
     assert not list(tmp_path.glob(".*.renaming")) or number == signal.SIGKILL
     (copy / "output" / "locked").chmod(0o755)
+
+
+def test_a_name_is_renamed_where_it_starts_a_word_or_follows_a_strings_escape(
+    tmp_path: Path
+) -> None:
+    """`"...\\nml_project"` in a source file names the package after an escape (a word
+    boundary misses it); `ml_project_template`, `xml_project` and `MY_ML_PROJECT_X` are other
+    names, left as they are."""
+    from executables.rename_project import renamed_contents
+
+    source = (b'print("a\\nml_project", "\\tML_PROJECT_API_KEY")\n'
+              b"ml_project.config ML_PROJECT_API_KEY ml-project==1\n"
+              b"ml_project_template xml_project MY_ML_PROJECT_X my-ml-project\n")
+    (tmp_path / "code.py").write_bytes(source)
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "code.py")
+
+    assert renamed_contents(tmp_path, "ml_project", "acme_churn") == {"code.py": (
+        b'print("a\\nacme_churn", "\\tACME_CHURN_API_KEY")\n'
+        b"acme_churn.config ACME_CHURN_API_KEY acme-churn==1\n"
+        b"ml_project_template xml_project MY_ML_PROJECT_X my-ml-project\n")}

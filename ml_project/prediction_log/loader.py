@@ -63,6 +63,7 @@ class Status:
     rejected: int = 0
     pending_bytes: int = 0
     error: str | None = None
+    # When it last changed (an idle loader writes nothing).
     updated_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     pid: int | None = None  # the loader's process (a service's is a process of its own)
 
@@ -85,6 +86,8 @@ class Loader:
         self.status = Status()
         self._table_ready = False
         self._blocked = False
+        self._written: tuple[int, int, int, str | None] | None = None  # the status on file
+        self._status_failing = False
 
     # One pass -------------------------------------------------------------------------------
 
@@ -237,15 +240,26 @@ class Loader:
                                                           self._secret_url), self.directory)
 
     def _write_status(self) -> None:
-        self.status.updated_at = datetime.now(timezone.utc).isoformat()
-        self.status.pid = os.getpid()
+        """Written when it changed (or its file is gone), not at every pass: an idle loader
+        writes nothing, and a folder being cleared is not refilled under `rm -rf`."""
+        status = self.status
+        state = (status.loaded, status.rejected, status.pending_bytes, status.error)
         target = self.directory / STATUS_FILE
+        if state == self._written and target.exists():
+            return
+        status.updated_at = datetime.now(timezone.utc).isoformat()
+        status.pid = os.getpid()
         temporary = target.with_name(f"{journal.OPENING}{STATUS_FILE}.{os.getpid()}")
         try:
-            temporary.write_text(json.dumps(asdict(self.status)))
+            self.directory.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(json.dumps(asdict(status)))
             os.replace(temporary, target)
         except OSError as err:
-            logger.warning("Prediction log loader cannot write its status (%s)", err)
+            if not self._status_failing:  # said once, until a write succeeds again
+                logger.warning("Prediction log loader cannot write its status (%s)", err)
+            self._status_failing, self._written = True, None
+            return
+        self._status_failing, self._written = False, state
 
     def run(self, stop: threading.Event, *, interval: float = 0.2, retry: float = 1.0) -> None:
         """Pass after pass until `stop` is set, then one last pass."""
