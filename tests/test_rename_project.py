@@ -310,19 +310,19 @@ def test_a_rename_killed_at_any_point_leaves_the_old_tree_or_the_new_one(
 def test_a_name_is_renamed_where_it_starts_a_word_or_follows_a_strings_escape(
     tmp_path: Path
 ) -> None:
-    """`"...\\nml_project"` in a source file names the package after an escape (a word
-    boundary misses it); `ml_project_template`, `xml_project` and `MY_ML_PROJECT_X` are other
-    names, left as they are."""
+    """`"...\\nold_pkg"` in a source file names the package after an escape (a word boundary
+    misses it); `old_pkg_template`, `xold_pkg` and `MY_OLD_PKG_X` are other names, left as
+    they are. (Another name than the package's: this file is renamed with the project.)"""
     from executables.rename_project import renamed_contents
 
-    source = (b'print("a\\nml_project", "\\tML_PROJECT_API_KEY")\n'
-              b"ml_project.config ML_PROJECT_API_KEY ml-project==1\n"
-              b"ml_project_template xml_project MY_ML_PROJECT_X my-ml-project\n")
+    source = (b'print("a\\nold_pkg", "\\tOLD_PKG_API_KEY")\n'
+              b"old_pkg.config OLD_PKG_API_KEY old-pkg==1\n"
+              b"old_pkg_template xold_pkg MY_OLD_PKG_X my-old-pkg\n")
     (tmp_path / "code.py").write_bytes(source)
     _git(tmp_path, "init", "-q")
     _git(tmp_path, "add", "code.py")
 
-    assert renamed_contents(tmp_path, "ml_project", "acme_churn") == {"code.py": (
+    assert renamed_contents(tmp_path, "old_pkg", "acme_churn") == {"code.py": (
         b'print("a\\nacme_churn", "\\tACME_CHURN_API_KEY")\n'
         b"acme_churn.config ACME_CHURN_API_KEY acme-churn==1\n"
-        b"ml_project_template xml_project MY_ML_PROJECT_X my-ml-project\n")}
+        b"old_pkg_template xold_pkg MY_OLD_PKG_X my-old-pkg\n")}
