@@ -445,3 +445,34 @@ def test_the_gunicorn_config_file_holds_gunicorn_settings_and_hooks_only() -> No
 
     assert settings and set(settings) <= set(GunicornConfig().settings), settings
     assert settings["worker_class"] == "uvicorn_worker.UvicornWorker"
+
+
+def model_libraries(process: psutil.Process) -> set[str]:
+    """The model's libraries whose compiled modules the process has mapped."""
+    libraries = ("numpy", "scipy", "pandas", "sklearn")
+    return {part for region in process.memory_maps() for part in Path(region.path).parts
+            if part in libraries}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_loader_is_forked_before_the_model_and_its_libraries_load(
+    trained_project: Path, tmp_path: Path, workers: int
+) -> None:
+    """The service's loader process holds none of the model's libraries (they load after it is
+    forked), so it costs what a database client costs, whatever the model's size; it stores
+    what the service answered."""
+    config_file = write_serving_config(trained_project, tmp_path)
+    config = load_serving_config(config_file)
+    status_file = config.output_dir / "prediction_log_journal" / "loader.json"
+    with launch_server(config_file, tmp_path / "server.out", workers=workers) as (url, server):
+        assert requests.post(f"{url}/predict", json=INSTANCE, timeout=10).status_code == 200
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (
+                not status_file.exists() or json.loads(status_file.read_text())["loaded"] < 1):
+            time.sleep(0.1)
+        loader = psutil.Process(json.loads(status_file.read_text())["pid"])
+        in_loader, in_server = (model_libraries(process) for process in (loader, server))
+        assert loader.pid not in {child.pid for child in server.children(recursive=True)}
+    assert {"numpy", "scipy", "pandas", "sklearn"} <= in_server  # so the check below can fail
+    assert not in_loader
+    assert json.loads(status_file.read_text())["loaded"] >= 1

@@ -165,8 +165,9 @@ def record(event, arguments):
         audit.write(json.dumps([event, [str(a) for a in arguments[:2]]]) + "\\n")
 
 sys.addaudithook(record)
-launcher.serve_in_process(launcher.create_asgi_app(framework, service, log), "127.0.0.1",
-                          int(port), log)
+with launcher.loading_beside(log):
+    launcher.serve_in_process(launcher.create_asgi_app(framework, service, log), "127.0.0.1",
+                              int(port))
 """
 
 

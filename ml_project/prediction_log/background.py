@@ -7,6 +7,7 @@ live in one process, run the loader in a background thread (`LoaderThread`).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import select
@@ -80,6 +81,10 @@ def start_loader_process(loader: Loader, *, interval: float = 0.2,
             os.close(write_end)
             if os.fork() == 0:
                 os.setsid()
+                # What the parent created is never scanned here (its pages stay shared); the
+                # loader's own garbage is collected, whether or not the parent collects.
+                gc.freeze()
+                gc.enable()
                 loader.engine.dispose(close=False)  # the parent's connections stay the parent's
                 _run_until_lifeline_closes(loader, read_end, interval, retry)
         except BaseException:

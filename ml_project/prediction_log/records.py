@@ -13,10 +13,12 @@ import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from ml_project.predict import Prediction, PredictionService
 from ml_project.prediction_log import journal
+
+if TYPE_CHECKING:  # the service's loader imports this module, and no library of the model's
+    from ml_project.predict import Prediction, PredictionService
 
 MAX_DEPTH = 32  # deeper input is logged as a placeholder: the log is not a place to recurse
 # Longer integers are logged as a placeholder: Python writes none past 4,300 digits as text.

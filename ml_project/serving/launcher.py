@@ -34,6 +34,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 if TYPE_CHECKING:
+    from ml_project.config import Config
     from ml_project.predict import PredictionService
     from ml_project.prediction_log.background import LoaderProcess
     from ml_project.prediction_log.log import PredictionLog
@@ -99,15 +100,11 @@ def ready_to_serve() -> None:
 
 
 def _start(argv: list[str] | None) -> int:
-    # Imported here, with the collector off (`main`): these bring in the libraries.
-    from threadpoolctl import ThreadpoolController
-
+    # Imported here, with the collector off (`main`); the libraries and the model come after
+    # the loader's fork (`_load_and_serve`).
     from ml_project.cli import base_parser, start_run
     from ml_project.config import ConfigError
-    from ml_project.export import ArtifactError
-    from ml_project.predict import PredictionService
     from ml_project.prediction_log.log import PredictionLog
-    from ml_project.serving.endpoints import API_KEY_ENV
 
     parser = base_parser("Start the prediction service in the foreground (Ctrl-C stops it).")
     parser.add_argument("framework", nargs="?", default="fastapi", choices=FRAMEWORKS)
@@ -135,11 +132,27 @@ def _start(argv: list[str] | None) -> int:
     )
     try:
         # Before the model: a log URL that is no database URL stops the start at once. The
-        # records are loaded by a process beside the service (`loading_beside`).
+        # records are loaded by a process beside the service (`loading_beside`), forked now,
+        # before the libraries and the model: a small process, whatever the model's size.
         log = PredictionLog.from_config(config, load_in_background=False)
     except ConfigError as err:
         logger.error("Cannot start the prediction service: %s", err)
         return 2
+    try:
+        with loading_beside(log):
+            return _load_and_serve(args.framework, config, log, host, port, workers, settings)
+    finally:
+        log.close()
+
+
+def _load_and_serve(framework: str, config: Config, log: PredictionLog, host: str, port: int,
+                    workers: int, settings: Mapping[str, Any]) -> int:
+    from threadpoolctl import ThreadpoolController
+
+    from ml_project.export import ArtifactError
+    from ml_project.predict import PredictionService
+    from ml_project.serving.endpoints import API_KEY_ENV
+
     try:
         # Workers are forked from this process, and libgomp hangs a child that runs OpenMP on
         # several threads after its parent did: what runs the model here (the fast path's proof
@@ -148,22 +161,17 @@ def _start(argv: list[str] | None) -> int:
             service = PredictionService.from_config(config)
     except ArtifactError as err:
         logger.error("Cannot start the prediction service: %s", err)
-        log.close()
         return 2
     logger.info("Serving %s version %s with %s on %d worker%s on http://%s:%d (API key %s); "
                 "log: %s", service.metadata.get("model_name"), service.model_version,
-                args.framework, workers, "" if workers == 1 else "s", host, port,
+                framework, workers, "" if workers == 1 else "s", host, port,
                 "required" if os.environ.get(API_KEY_ENV) else "not required", log.url)
-    try:
-        app = create_asgi_app(args.framework, service, log)
-        log.prepare()  # the table, before workers race to create it
-        if workers == 1:
-            serve_in_process(app, host, port, log)
-        else:
-            return serve_on_workers(app, host, port, workers, settings, log)
-    finally:
-        log.close()
-    return 0
+    app = create_asgi_app(framework, service, log)
+    log.prepare()  # the table, before workers race to create it
+    if workers == 1:
+        serve_in_process(app, host, port)
+        return 0
+    return serve_on_workers(app, host, port, workers, settings)
 
 
 def create_asgi_app(framework: str, service: PredictionService, log: PredictionLog) -> ASGIApp:
@@ -179,7 +187,7 @@ def create_asgi_app(framework: str, service: PredictionService, log: PredictionL
     return wsgi_as_asgi(flask_app, flask_app.extensions["prediction_endpoints"])
 
 
-def serve_in_process(app: ASGIApp, host: str, port: int, log: PredictionLog) -> None:
+def serve_in_process(app: ASGIApp, host: str, port: int) -> None:
     """uvicorn in this process until SIGINT/SIGTERM; the requests in flight then finish."""
     import uvicorn
 
@@ -190,17 +198,17 @@ def serve_in_process(app: ASGIApp, host: str, port: int, log: PredictionLog) -> 
     # log_config=None: uvicorn's loggers go to the handlers configure_logging set up.
     # workers=1: uvicorn would otherwise read WEB_CONCURRENCY itself.
     # access_log=False: every prediction request is in the prediction log already.
-    with loading_beside(log):
-        uvicorn.run(app, host=host, port=port, log_config=None, workers=1, lifespan="on",
-                    access_log=False)
+    uvicorn.run(app, host=host, port=port, log_config=None, workers=1, lifespan="on",
+                access_log=False)
 
 
 @contextmanager
 def loading_beside(log: PredictionLog) -> Iterator[None]:
-    """The prediction log's loader in a process of its own while the service runs (forked
-    after the start, sharing its pages); when the service has stopped, the loader's last pass,
-    then a report of any records still waiting for the database. gunicorn's workers unwind
-    this same stack as they exit: only the process that started the loader stops it."""
+    """The prediction log's loader in a process of its own while the service starts and runs
+    (forked before the libraries and the model load: it shares none of their pages, and takes
+    none); when the service has stopped, the loader's last pass, then a report of any records
+    still waiting for the database. gunicorn's workers unwind this same stack as they exit:
+    only the process that started the loader stops it."""
     loader = log.start_loader_process()
     owner = os.getpid()
     try:
@@ -242,7 +250,7 @@ def read_gunicorn_config(path: Path) -> dict[str, Any]:
 
 
 def serve_on_workers(app: ASGIApp, host: str, port: int, workers: int,
-                     settings: Mapping[str, Any], log: PredictionLog) -> int:
+                     settings: Mapping[str, Any]) -> int:
     """gunicorn in this process, master of `workers` uvicorn workers forked from it, until
     SIGINT/SIGTERM; returns its exit status. `settings`: gunicorn's, from its config file."""
     from gunicorn.app.base import BaseApplication
@@ -274,8 +282,7 @@ def serve_on_workers(app: ASGIApp, host: str, port: int, workers: int,
     global _forking
     _forking = True
     try:
-        with loading_beside(log):
-            Service().run()
+        Service().run()
     except SystemExit as stop:
         # gunicorn ends its processes with sys.exit: the master once it has stopped, and each
         # worker, a fork of this process unwinding this same stack. A worker exits with its own
