@@ -16,8 +16,8 @@ import pytest
 
 from ml_project.config import PROJECT_ROOT
 from ml_project.prediction_log import journal
-from ml_project.prediction_log.background import LoaderThread
-from ml_project.prediction_log.loader import Loader, loader_running
+from ml_project.prediction_log.background import LoaderThread, loader_process_alive
+from ml_project.prediction_log.loader import Loader
 from tests.test_prediction_log_loader import record_line, stored
 
 
@@ -29,7 +29,7 @@ def paths(tmp_path: Path) -> tuple[Path, Path]:
 def loader_alive(directory: Path, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if loader_running(directory):
+        if loader_process_alive(directory):
             return True
         time.sleep(0.05)
     return False
@@ -66,7 +66,7 @@ def test_a_loader_process_loads_beside_its_service_and_stops_when_told(
                             timeout=60, check=True)
     assert result.stdout.split() == ["answered", "stopped"]
     assert sorted(stored(database)) == sorted(f"r{i}" for i in range(20))
-    assert not loader_running(directory)
+    assert not loader_process_alive(directory)
     assert journal.journal_files(directory) == []
 
 
@@ -81,9 +81,9 @@ def test_a_loader_process_outlives_a_killed_service_only_to_store_what_it_left(
     service.send_signal(signal.SIGKILL)
     service.wait(timeout=10)
     deadline = time.monotonic() + 20
-    while loader_running(directory) and time.monotonic() < deadline:
+    while loader_process_alive(directory) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not loader_running(directory)  # its lifeline closed with the service
+    assert not loader_process_alive(directory)  # its lifeline closed with the service
     assert sorted(stored(database)) == sorted(f"r{i}" for i in range(20))
 
 

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -34,7 +34,8 @@ import requests
 from ml_project.config import PROJECT_ROOT, Config
 from ml_project.predict import PredictionService
 from ml_project.prediction_log import journal
-from ml_project.prediction_log.loader import loader_running
+from ml_project.prediction_log.background import loader_process_alive
+from ml_project.prediction_log.loader import read_status
 from ml_project.prediction_log.log import PredictionLog
 from ml_project.serving.fastapi_app import create_app
 from tests.conftest import prediction_config
@@ -329,7 +330,7 @@ def test_a_server_killed_while_the_log_is_locked_loses_nothing_after_a_restart(
             # The loader, detached, stops once it sees the service gone; its last pass meets
             # the lock, so the records stay in the journal.
             deadline = time.monotonic() + 30
-            while loader_running(folder) and time.monotonic() < deadline:
+            while loader_process_alive(folder) and time.monotonic() < deadline:
                 time.sleep(0.1)
             with journal.journal_files(folder)[-1].open("ab") as handle:
                 handle.write(b'{"record_key": "torn-by-a-kil')
@@ -371,3 +372,49 @@ def test_a_log_url_that_is_no_database_url_stops_the_start_with_one_line_and_no_
     assert "Cannot start the prediction service: the prediction log URL" in started.stderr
     assert "Traceback" not in started.stderr and "hunter2" not in started.stderr
     assert "Serving" not in started.stderr  # stopped before the model was loaded
+
+
+def stored_request_ids(database: Path) -> Counter[str]:
+    """The request ids the database holds, read without loading anything (no loader here)."""
+    if not database.exists():
+        return Counter()
+    with closing(sqlite3.connect(database, timeout=10)) as connection:
+        try:
+            return Counter(row[0] for row in connection.execute(
+                "SELECT request_id FROM prediction_records"))
+        except sqlite3.OperationalError:  # no table yet
+            return Counter()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_killed_loader_process_is_stood_in_for_while_serving_and_stores_every_answer(
+    workers: int, trained_project: Path, tmp_path: Path
+) -> None:
+    """The loader process SIGKILLed while the service runs: a serving process notices (within
+    2 s of a request), loads in a thread of its own, and every answered request reaches the
+    database while the service still runs, not only at its next start."""
+    config_file = write_serving_config(trained_project, tmp_path)
+    config = load_serving_config(config_file)
+    folder = config.output_dir / journal.FOLDER
+    output = tmp_path / "server.out"
+    with launch_server(config_file, output, workers=workers) as (url, server):
+        answered = predict_all(url, 3)
+        deadline = time.monotonic() + 20
+        while (status := read_status(folder)) is None or status.pid is None:
+            assert time.monotonic() < deadline, "no loader status"
+            time.sleep(0.1)
+        os.kill(status.pid, signal.SIGKILL)
+        while loader_process_alive(folder):
+            assert time.monotonic() < deadline + 20, "the loader did not die"
+            time.sleep(0.05)
+        for _ in range(10):  # over 5 s: every worker serves some and looks at its loader
+            answered += predict_all(url, 2)
+            time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while stored_request_ids(database_of(config)) != answered:
+            assert time.monotonic() < deadline, "answered requests never reached the database"
+            time.sleep(0.2)
+        assert server.is_running()
+    assert "loader process is gone" in output.read_text()
+

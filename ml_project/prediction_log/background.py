@@ -7,6 +7,7 @@ live in one process, run the loader in a background thread (`LoaderThread`).
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import logging
 import os
@@ -15,9 +16,26 @@ import threading
 import time
 from pathlib import Path
 
-from ml_project.prediction_log.loader import Loader, loader_running
+from ml_project.prediction_log import journal
+from ml_project.prediction_log.loader import Loader
 
 logger = logging.getLogger(__name__)
+
+# Held (flock) by a loader process for its whole life: free once it has exited, however it died.
+ALIVE_FILE = "loader.alive"
+
+
+def loader_process_alive(directory: Path) -> bool:
+    """Whether a loader process of this journal folder is alive (its lock on ALIVE_FILE)."""
+    try:
+        handle = (directory / ALIVE_FILE).open("rb")
+    except OSError:
+        return False
+    with handle:
+        if journal.try_lock(handle.fileno()):
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return False
+    return True
 
 
 class LoaderThread:
@@ -53,13 +71,13 @@ class LoaderProcess:
         self.directory = directory
 
     def stop(self, timeout: float) -> bool:
-        """Tell the loader to finish (closing its lifeline) and wait until it has let go of the
-        loader lock; False if it still held it after `timeout`."""
+        """Tell the loader to finish (closing its lifeline) and wait until it has made its last
+        pass and exited; False if it was still running after `timeout`."""
         if self._lifeline >= 0:
             os.close(self._lifeline)
             self._lifeline = -1
         deadline = time.monotonic() + timeout
-        while loader_running(self.directory):
+        while loader_process_alive(self.directory):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
@@ -81,6 +99,9 @@ def start_loader_process(loader: Loader, *, interval: float = 0.2,
             os.close(write_end)
             if os.fork() == 0:
                 os.setsid()
+                loader.directory.mkdir(parents=True, exist_ok=True)
+                alive = (loader.directory / ALIVE_FILE).open("ab")  # released at its exit
+                fcntl.flock(alive.fileno(), fcntl.LOCK_EX)
                 # What the parent created is never scanned here (its pages stay shared); the
                 # loader's own garbage is collected, whether or not the parent collects.
                 gc.freeze()
@@ -95,6 +116,9 @@ def start_loader_process(loader: Loader, *, interval: float = 0.2,
             os._exit(status)
     os.close(read_end)
     os.waitpid(child, 0)
+    deadline = time.monotonic() + 10  # until it holds its lock: `stop` and watchers rely on it
+    while not loader_process_alive(loader.directory) and time.monotonic() < deadline:
+        time.sleep(0.005)
     return LoaderProcess(write_end, loader.directory)
 
 

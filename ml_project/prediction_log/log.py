@@ -19,7 +19,9 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -31,6 +33,7 @@ from ml_project.prediction_log import journal
 from ml_project.prediction_log.background import (
     LoaderProcess,
     LoaderThread,
+    loader_process_alive,
     start_loader_process,
 )
 from ml_project.prediction_log.loader import Loader, loader_running, read_status
@@ -40,6 +43,7 @@ from ml_project.prediction_log.table import PREDICTIONS, make_engine, prepare_sq
 logger = logging.getLogger(__name__)
 
 READ_CHUNK = 10_000  # rows fetched at a time by `read_chunks`
+WATCH_SECONDS = 2.0  # how often a serving process checks that its loader process is alive
 
 
 class PredictionLog:
@@ -64,6 +68,7 @@ class PredictionLog:
         self._background = LoaderThread(self.loader) if load_in_background else None
         self.stats: Counter[str] = Counter()
         self._counting = threading.Lock()
+        self._watching, self._next_watch = False, 0.0  # see `start_loader_process`
         atexit.register(self.close)
 
     @classmethod
@@ -98,7 +103,27 @@ class PredictionLog:
         self._count("journaled", len(lines))
         if self._background is not None:
             self._background.ensure_started()
+        elif self._watching and time.monotonic() >= self._next_watch:
+            self._watch_loader_process()
         return True
+
+    def _watch_loader_process(self) -> None:
+        """If the loader process is gone (killed: it never stops on its own while the service
+        runs), this process loads the folder in a thread, so answered records keep reaching the
+        database until the service restarts. Every serving process may stand in; one loader
+        pass runs at a time (the loader lock)."""
+        with self._counting:
+            if not self._watching:
+                return
+            self._next_watch = time.monotonic() + WATCH_SECONDS
+            if loader_process_alive(self.journal_dir):
+                return
+            self._watching = False
+            self._background = LoaderThread(self.loader)
+        logger.error("The prediction log's loader process is gone: this process (pid %d) loads "
+                     "%s in a thread until the service restarts", os.getpid(), self.journal_dir)
+        self._count("loader_stand_ins", 1)
+        self._background.ensure_started()
 
     def _count(self, name: str, amount: int) -> None:
         with self._counting:
@@ -137,8 +162,11 @@ class PredictionLog:
         self.loader.prepare()
 
     def start_loader_process(self) -> LoaderProcess:
-        """The service's loader, forked beside it (see `background.start_loader_process`)."""
-        return start_loader_process(self.loader)
+        """The service's loader, forked beside it (see `background.start_loader_process`),
+        then watched from the request side (`_watch_loader_process`)."""
+        process = start_loader_process(self.loader)
+        self._watching, self._next_watch = True, time.monotonic() + WATCH_SECONDS
+        return process
 
     def loader_running(self) -> bool:
         return loader_running(self.journal_dir)
