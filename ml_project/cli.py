@@ -113,6 +113,6 @@ def configure_logging(config: Config, run_name: str, *, verbose: bool = False) -
         setattr(handler, "ml_project", True)
         root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("alembic", "urllib3", "matplotlib", "mlflow.store", "httpx"):
+    for noisy in ("alembic", "urllib3", "matplotlib", "mlflow.store", "httpx", "py4j"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return log_file

@@ -72,3 +72,26 @@ def test_configure_logging_writes_each_run_to_its_own_file(tmp_path: Path) -> No
                         if getattr(h, "ml_project", False)]:
             logging.getLogger().removeHandler(handler)
             handler.close()
+
+
+@pytest.mark.parametrize("library", ["py4j.clientserver", "alembic.runtime", "urllib3"])
+def test_a_librarys_info_chatter_stays_out_of_the_run_log_and_its_warnings_do_not(
+    library: str, tmp_path: Path
+) -> None:
+    """py4j says "Closing down clientserver connection" at INFO after every Spark run, at
+    interpreter exit too (when a console stream may be closed already): only its warnings
+    reach the run's log."""
+    config_file = write_project(tmp_path, n_historic=50, n_production=10)
+    parser = base_parser("test")
+    args = parser.parse_args(["--config", str(config_file), "--root", str(tmp_path)])
+    _, log_file = start_run(parser, args, "prediction", "production", "local", "quiet")
+    try:
+        logging.getLogger(library).info("chatter")
+        logging.getLogger(library).warning("worth reading")
+        text = log_file.read_text()
+        assert "chatter" not in text and "worth reading" in text
+    finally:
+        for handler in [h for h in logging.getLogger().handlers
+                        if getattr(h, "ml_project", False)]:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
