@@ -249,11 +249,18 @@ def test_the_log_deleted_while_serving_stores_every_later_request(
         predict_all(url, 3)
         time.sleep(1)
         for entry in config.output_dir.iterdir():
-            if entry.is_dir():
-                shutil.rmtree(entry)
+            if entry.is_dir():  # once more a moment later, as clear_outputs.sh does: the
+                try:            # loader may write into a folder as it is removed
+                    shutil.rmtree(entry)
+                except OSError:
+                    time.sleep(1)
+                    shutil.rmtree(entry)
             else:
                 entry.unlink()
         after = predict_all(url, 10)
+        for _ in range(12):  # over 6 s: the workers look at the loader (recreated, not dead)
+            after += predict_all(url, 1)
+            time.sleep(0.5)
         deadline = time.monotonic() + 30
         while not database_of(config).exists() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -263,6 +270,8 @@ def test_the_log_deleted_while_serving_stores_every_later_request(
         health = requests.get(f"{url}/health", timeout=10).json()["counters"]
     assert stored == after
     assert health["log_database_unavailable"] == 0
+    # The loader process lives on and takes its lock again: no serving process stands in.
+    assert "loader process is gone" not in (tmp_path / "server.out").read_text()
 
 
 @pytest.mark.slow
@@ -391,8 +400,8 @@ def stored_request_ids(database: Path) -> Counter[str]:
 def test_a_killed_loader_process_is_stood_in_for_while_serving_and_stores_every_answer(
     workers: int, trained_project: Path, tmp_path: Path
 ) -> None:
-    """The loader process SIGKILLed while the service runs: a serving process notices (within
-    2 s of a request), loads in a thread of its own, and every answered request reaches the
+    """The loader process SIGKILLed while the service runs: a serving process notices (two
+    checks 2 s apart, on requests), loads in a thread of its own, and every answered request reaches the
     database while the service still runs, not only at its next start."""
     config_file = write_serving_config(trained_project, tmp_path)
     config = load_serving_config(config_file)
@@ -408,7 +417,7 @@ def test_a_killed_loader_process_is_stood_in_for_while_serving_and_stores_every_
         while loader_process_alive(folder):
             assert time.monotonic() < deadline + 20, "the loader did not die"
             time.sleep(0.05)
-        for _ in range(10):  # over 5 s: every worker serves some and looks at its loader
+        for _ in range(16):  # over 8 s: every worker serves some and looks at its loader
             answered += predict_all(url, 2)
             time.sleep(0.5)
         deadline = time.monotonic() + 30

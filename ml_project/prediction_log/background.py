@@ -15,6 +15,7 @@ import select
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from ml_project.prediction_log import journal
 from ml_project.prediction_log.loader import Loader
@@ -99,15 +100,13 @@ def start_loader_process(loader: Loader, *, interval: float = 0.2,
             os.close(write_end)
             if os.fork() == 0:
                 os.setsid()
-                loader.directory.mkdir(parents=True, exist_ok=True)
-                alive = (loader.directory / ALIVE_FILE).open("ab")  # released at its exit
-                fcntl.flock(alive.fileno(), fcntl.LOCK_EX)
+                alive = _hold_alive_file(loader.directory)  # released at its exit
                 # What the parent created is never scanned here (its pages stay shared); the
                 # loader's own garbage is collected, whether or not the parent collects.
                 gc.freeze()
                 gc.enable()
                 loader.engine.dispose(close=False)  # the parent's connections stay the parent's
-                _run_until_lifeline_closes(loader, read_end, interval, retry)
+                _run_until_lifeline_closes(loader, read_end, interval, retry, alive)
         except BaseException:
             logger.exception("Prediction log loader process failed")
             status = 1
@@ -122,11 +121,32 @@ def start_loader_process(loader: Loader, *, interval: float = 0.2,
     return LoaderProcess(write_end, loader.directory)
 
 
-def _run_until_lifeline_closes(loader: Loader, lifeline: int, interval: float,
-                               retry: float) -> None:  # pragma: no cover  (a forked process)
+def _hold_alive_file(directory: Path, held: IO[bytes] | None = None) -> IO[bytes]:
+    """The lock on ALIVE_FILE, taken again on a new file if the one held was deleted or
+    replaced (`clear_outputs.sh` while serving): watchers must not take it for a death."""
+    path = directory / ALIVE_FILE
+    if held is not None:
+        try:
+            if os.path.samestat(os.stat(path), os.fstat(held.fileno())):
+                return held
+        except OSError:
+            pass
+        held.close()
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = path.open("ab")
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    return handle
+
+
+def _run_until_lifeline_closes(loader: Loader, lifeline: int, interval: float, retry: float,
+                               alive: IO[bytes]) -> None:  # pragma: no cover  (a forked process)
     logger.info("Prediction log loader started (pid %d): %s into %s", os.getpid(),
                 loader.directory, loader.url)
     while True:
+        try:
+            alive = _hold_alive_file(loader.directory, alive)
+        except OSError as err:  # the folder cannot be made now: the next pass tries again
+            logger.warning("Prediction log loader cannot hold %s (%s)", ALIVE_FILE, err)
         loader.load_safely()
         readable, _, _ = select.select([lifeline], [], [], retry if loader.status.error
                                        else interval)

@@ -69,6 +69,7 @@ class PredictionLog:
         self.stats: Counter[str] = Counter()
         self._counting = threading.Lock()
         self._watching, self._next_watch = False, 0.0  # see `start_loader_process`
+        self._missed = 0  # checks in a row that found no loader process
         atexit.register(self.close)
 
     @classmethod
@@ -109,14 +110,18 @@ class PredictionLog:
 
     def _watch_loader_process(self) -> None:
         """If the loader process is gone (killed: it never stops on its own while the service
-        runs), this process loads the folder in a thread, so answered records keep reaching the
-        database until the service restarts. Every serving process may stand in; one loader
+        runs) at two checks in a row, this process loads the folder in a thread, so answered
+        records keep reaching the database until the service restarts. Every serving process may stand in; one loader
         pass runs at a time (the loader lock)."""
         with self._counting:
             if not self._watching:
                 return
             self._next_watch = time.monotonic() + WATCH_SECONDS
             if loader_process_alive(self.journal_dir):
+                self._missed = 0
+                return
+            self._missed += 1
+            if self._missed < 2:  # a folder just cleared: the loader takes its lock again
                 return
             self._watching = False
             self._background = LoaderThread(self.loader)
