@@ -8,7 +8,8 @@ both its check and its wording.
 - `InstanceValidator`: the per-record check (microseconds, no DataFrame).
 `request_model.py` shows the same rules as the FastAPI docs' Pydantic model; `validate.py`
 builds the pandera schema for frames from them, with each failing cell's reason from
-`FieldRule.check`. No pandera, no mlflow here: this module is on the serving path.
+`FieldRule.check`; values read in messages as `wording.py` spells them. No pandera, no
+mlflow here: this module is on the serving path.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numbers
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ml_project.config import MISSING_TEXTS, Config
+from ml_project.wording import listed, shown, shown_number, text_of
 
 logger = logging.getLogger(__name__)
 
@@ -138,35 +140,6 @@ def is_missing(value: Any) -> bool:
     return isinstance(value, np.datetime64) and bool(np.isnat(value))
 
 
-def shown(value: Any) -> str:
-    """A value as received, for a message: one spelling whatever the path (numpy's scalars read
-    as Python's, long values cut)."""
-    if isinstance(value, (bool, np.bool_)):
-        text = repr(bool(value))
-    elif isinstance(value, numbers.Integral):
-        text = text_of(int(value))
-    elif isinstance(value, numbers.Real):
-        text = repr(float(value))
-    else:
-        text = repr(str(value)) if isinstance(value, str) else text_of(value, repr)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def text_of(value: Any, spell: Callable[[Any], str] = str) -> str:
-    """`spell(value)`; an int past Python's int-to-str limit (JSON cannot bring one) as its type."""
-    try:
-        return spell(value)
-    except ValueError:
-        return f"<{type(value).__name__} too long to show>"
-
-
-def shown_number(number: float) -> str:
-    """A parsed number for a message: 600, 600.0 and "600" all read 600."""
-    if math.isfinite(number) and number == int(number) and abs(number) < 1e16:
-        return str(int(number))
-    return repr(number)
-
-
 def is_scalar_not_text(value: Any) -> bool:
     """A bool or a number (Python's or numpy's): what a categorical feature compares as text."""
     return isinstance(value, (bool, np.bool_, numbers.Number))
@@ -177,10 +150,6 @@ def integer_forms(categories: frozenset[int | str]) -> list[int]:
     codes, which a client may send as JSON integers (`FieldRule.as_text`)."""
     return sorted(int(c) for c in categories
                   if isinstance(c, str) and re.fullmatch(r"-?[0-9]+", c) and str(int(c)) == c)
-
-
-def listed(categories: frozenset[int | str]) -> list[int | str]:
-    return sorted(categories, key=lambda value: (isinstance(value, str), value))
 
 
 @dataclass(frozen=True)

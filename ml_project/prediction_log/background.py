@@ -28,15 +28,7 @@ ALIVE_FILE = "loader.alive"
 
 def loader_process_alive(directory: Path) -> bool:
     """Whether a loader process of this journal folder is alive (its lock on ALIVE_FILE)."""
-    try:
-        handle = (directory / ALIVE_FILE).open("rb")
-    except OSError:
-        return False
-    with handle:
-        if journal.try_lock(handle.fileno()):
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            return False
-    return True
+    return journal.lock_held(directory / ALIVE_FILE)
 
 
 class LoaderThread:

@@ -177,6 +177,19 @@ def try_lock(fd: int) -> bool:
     return True
 
 
+def lock_held(path: Path) -> bool:
+    """Whether some process holds the flock of `path` now (False if there is no such file)."""
+    try:
+        handle = path.open("rb")
+    except OSError:
+        return False
+    with handle:
+        if try_lock(handle.fileno()):
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return False
+    return True
+
+
 def loaded_offset(path: Path) -> int:
     """How many bytes of the journal file `path` are stored (0 if none yet)."""
     try:

@@ -17,7 +17,6 @@ repaired. Where a loader runs (a process beside the service's workers, a thread 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -304,15 +303,7 @@ def read_status(directory: Path) -> Status | None:
 
 def loader_running(directory: Path) -> bool:
     """Whether a loader holds the lock now (a service's loader, or a pass in progress)."""
-    try:
-        handle = (directory / LOCK_FILE).open("rb")
-    except OSError:
-        return False
-    with handle:
-        if journal.try_lock(handle.fileno()):
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            return False
-    return True
+    return journal.lock_held(directory / LOCK_FILE)
 
 
 def main(argv: list[str] | None = None) -> int:

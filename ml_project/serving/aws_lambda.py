@@ -27,7 +27,6 @@ from typing import Any, Callable, Mapping
 from fastapi import FastAPI
 from mangum import Mangum
 
-from ml_project.schemas import shown
 from ml_project.serving.bodies import BATCH_FIELD
 from ml_project.serving.endpoints import (
     API_KEY_HEADER,
@@ -35,6 +34,7 @@ from ml_project.serving.endpoints import (
     Reply,
     error_reply,
 )
+from ml_project.wording import shown
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ml_project.config import MISSING_TEXTS, Config
-from ml_project.schemas import LabelRule, field_rules, integer_forms, listed
+from ml_project.schemas import LabelRule, field_rules, integer_forms
+from ml_project.wording import listed
 
 NUMBER_NOTE = ('A number. A number as text ("42", " 4.2e1 ") is read as that number, the same '
                'range applies')
