@@ -194,7 +194,8 @@ class Client(threading.Thread):
                 route = "/predict/batch" if i % 5 == 0 else "/predict"
                 try:
                     answer = session.post(f"{self.base_url}{route}", json=body, timeout=30)
-                except requests.ConnectionError:
+                except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+                    # refused, reset, or an answer cut mid-body by the kill: not answered
                     self.unanswered += 1
                     continue
                 if answer.status_code in (200, 422):

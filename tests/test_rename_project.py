@@ -255,38 +255,70 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+# Runs the rename with an audit hook that counts the events named in argv[1] (JSON: name ->
+# part) and prints the counts (JSON) to stderr at exit: how many links, writes and removals a
+# rename of this very clone makes (its .git holds as many files as its packing left).
+COUNTED = """
+import atexit, json, runpy, sys
+wanted = json.loads(sys.argv[1])
+counts = dict.fromkeys(wanted, 0)
+
+def hook(name, arguments):
+    if name in wanted and wanted[name] in repr(arguments):
+        counts[name] += 1
+
+atexit.register(lambda: print(json.dumps(counts), file=sys.stderr))
+sys.argv = sys.argv[2:]
+sys.addaudithook(hook)
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+COUNTED_EVENTS = {"os.link": "", "os.remove": ""}
+
+
 @pytest.fixture(scope="module")
-def renamed_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str]]:
-    """The snapshot of a clone renamed without interruption: what "the new tree" holds."""
+def renamed_reference(tmp_path_factory: pytest.TempPathFactory
+                      ) -> tuple[dict[str, tuple[str, str]], dict[str, int]]:
+    """The snapshot of a clone renamed without interruption (what "the new tree" holds) and
+    how many of each counted event that rename made."""
     copy = _with_untracked_files(_clone(tmp_path_factory.mktemp("reference") / "copy",
                                         with_venv=False))
-    assert _rename(copy, "acme_churn", python="system").returncode == 0
+    result = subprocess.run([sys.executable, "-S", "-I", "-c", COUNTED,
+                             json.dumps(COUNTED_EVENTS), SCRIPT, "acme_churn"], cwd=copy,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    counts: dict[str, int] = json.loads(result.stderr.strip().splitlines()[-1])
     reference = snapshot(copy)
     (copy / "output" / "locked").chmod(0o755)
-    return reference
+    return reference, counts
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("event", "part", "count", "number", "outcome"), [
     # building the renamed tree beside the project: linking files, writing changed ones
+    # (a count of "half" is half of what an uninterrupted rename of the same clone makes)
     ("os.link", "", 1, signal.SIGKILL, "old"),
-    ("os.link", "", 150, signal.SIGKILL, "old"),
+    ("os.link", "", "half", signal.SIGKILL, "old"),
     ("open", "acme_churn/", 10, signal.SIGKILL, "old"),
     ("ctypes.dlsym", "renameat2", 1, signal.SIGKILL, "old"),  # before the trial swap
     ("ctypes.dlsym", "renameat2", 2, signal.SIGKILL, "old"),  # just before the project's swap
     ("shutil.rmtree", ".renaming", 1, signal.SIGKILL, "new"),  # swapped: removing the old tree
-    ("os.remove", "", 100, signal.SIGKILL, "new"),
-    ("os.link", "", 150, signal.SIGTERM, "old"),  # a stop that can be handled cleans up at once
-    ("os.link", "", 150, signal.SIGINT, "old"),
-], ids=["link-1", "link-150", "write-10", "trial-swap", "swap", "removal", "remove-100",
+    ("os.remove", "", "half", signal.SIGKILL, "new"),
+    ("os.link", "", "half", signal.SIGTERM, "old"),  # a stop that can be handled cleans up at once
+    ("os.link", "", "half", signal.SIGINT, "old"),
+], ids=["link-1", "link-half", "write-10", "trial-swap", "swap", "removal", "remove-half",
         "sigterm", "sigint"])
 def test_a_rename_killed_at_any_point_leaves_the_old_tree_or_the_new_one(
-    tmp_path: Path, renamed_reference: dict[str, tuple[str, str]], event: str, part: str,
-    count: int, number: int, outcome: str,
+    tmp_path: Path,
+    renamed_reference: tuple[dict[str, tuple[str, str]], dict[str, int]], event: str,
+    part: str, count: int | str, number: int, outcome: str,
 ) -> None:
     """A kill before the swap leaves the project as it was, after it the renamed project;
     never a mix. What a SIGKILL leaves beside the project is removed by the next rename, which
     then succeeds."""
+    reference, counts = renamed_reference
+    if count == "half":
+        assert counts[event] >= 20, counts  # enough events that half is mid-way
+        count = counts[event] // 2
     copy = _with_untracked_files(_clone(tmp_path / "copy", with_venv=False))
     before = snapshot(copy)
 
@@ -295,14 +327,14 @@ def test_a_rename_killed_at_any_point_leaves_the_old_tree_or_the_new_one(
                             capture_output=True, text=True, timeout=120)
 
     assert killed.returncode != 0, (event, count, killed.stdout)
-    assert snapshot(copy) == (before if outcome == "old" else renamed_reference)
+    assert snapshot(copy) == (before if outcome == "old" else reference)
     if number != signal.SIGKILL:
         assert not list(tmp_path.glob(".*.renaming"))
         assert "Interrupted: nothing was renamed" in killed.stderr
     if outcome == "old":
         again = _rename(copy, "acme_churn", python="system")
         assert again.returncode == 0, again.stderr
-        assert snapshot(copy) == renamed_reference
+        assert snapshot(copy) == reference
     assert not list(tmp_path.glob(".*.renaming")) or number == signal.SIGKILL
     (copy / "output" / "locked").chmod(0o755)
 
