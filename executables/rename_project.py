@@ -29,6 +29,7 @@ import signal
 import stat
 import subprocess  # nosec B404
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -190,9 +191,11 @@ def git(root: Path, *arguments: str) -> bytes:
     return result.stdout
 
 
-def renamed_contents(root: Path, old: str, new: str) -> dict[str, bytes]:
-    """The new bytes of every tracked text file the rename changes, by its path (as it is now),
-    line endings kept; Pipfile.lock's hash of the Pipfile updated if it was in sync."""
+def renamed_contents(root: Path, old: str, new: str,
+                     names: Iterable[str] | None = None) -> dict[str, bytes]:
+    """The new bytes of every text file the rename changes (the tracked ones, or `names`), by
+    its path (as it is now), line endings kept; Pipfile.lock's hash of the Pipfile updated if
+    it was in sync."""
     # A name starts a word, or follows a string's escape (the `ml_project` of "...\nml_project").
     escape = r"(?<=\\[abfnrtv])"
     start, dashed_start = rf"(?:(?<!\w)|{escape})", rf"(?:(?<![\w-])|{escape})"
@@ -203,7 +206,9 @@ def renamed_contents(root: Path, old: str, new: str) -> dict[str, bytes]:
         (re.compile(rf"{start}{old.upper()}_(?=[A-Z*])"), f"{new.upper()}_"),  # ML_PROJECT_API_KEY
     ]
     changed: dict[str, bytes] = {}
-    for name in git(root, "ls-files", "-z").decode().split("\0"):
+    if names is None:
+        names = git(root, "ls-files", "-z").decode().split("\0")
+    for name in names:
         path = root / name
         if not name or path.is_symlink() or not path.is_file():
             continue

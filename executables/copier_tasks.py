@@ -1,0 +1,119 @@
+"""What `copier copy` and `copier update` run in a project made from this template (copier.yml's
+`_tasks`): name the package and the project.
+
+    python executables/copier_tasks.py package NEW_NAME
+    python executables/copier_tasks.py project-name NAME
+
+Copier renders the template with its package folder called `ml_project` (the repository stays
+runnable as it is), then runs these in the new project. `package` converges the tree on the
+chosen name: it renames the folder and every mention, as executables/rename_project.py does, and
+it also runs where copier renders a later version over a project already renamed (`copier
+update`), moving the freshly rendered modules into the package and renaming their mentions, so
+that copier's three-way merge compares trees named alike. Standard library only: copier's own
+Python runs it, before the project has an environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess  # nosec B404
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, by copier
+from executables.rename_project import Refused, check_name, renamed_contents  # noqa: E402
+
+SKIPPED = {".git", ".venv", ".tools", "__pycache__"}
+PROJECT_NAME = re.compile(r"^project_name:.*$", re.M)
+
+
+def listed_files(root: Path) -> list[str]:
+    """The project's files as git sees them (tracked, and untracked but not ignored): those of
+    the repository `root` lies in, or, before `git init`, of `root` read with a throwaway git
+    directory. Ignored files (outputs, environments, models) are never touched."""
+    command = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+    inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=root,  # nosec
+                            capture_output=True, text=True, check=False)
+    with tempfile.TemporaryDirectory() as scratch:
+        if inside.stdout.strip() != "true":
+            subprocess.run(["git", "init", "-q", "--bare", scratch], check=True)  # nosec
+            command[1:1] = [f"--git-dir={scratch}", f"--work-tree={root}"]
+        result = subprocess.run(command, cwd=root, capture_output=True, check=False)  # nosec
+    if result.returncode != 0:
+        raise Refused(f"git ls-files failed in {root}: {result.stderr.decode().strip()}")
+    return [name for name in result.stdout.decode().split("\0") if name]
+
+
+def converge(root: Path, new: str) -> str:
+    """Make `root` a project whose package is `new`; returns what was done, in a sentence.
+
+    The package's current name is pyproject.toml's [project] name (what copier just rendered).
+    A fresh copy holds only that folder: it is renamed. A project copier updated holds both the
+    freshly rendered folder and the user's, already renamed: each rendered file replaces its
+    counterpart (copier then applies the user's own changes on top), and files only the user
+    has stay."""
+    old = tomllib.loads((root / "pyproject.toml").read_text())["project"]["name"]
+    if old == new:
+        return f"the package is {new}: nothing to rename"
+    source, target = root / old, root / new
+    if not source.is_dir():
+        raise Refused(f"pyproject.toml names the package {old!r} but {source} is no folder")
+    if not target.exists():
+        check_name(new, old, root)
+    contents = renamed_contents(root, old, new, listed_files(root))
+    for name, content in contents.items():
+        (root / name).write_bytes(content)
+    moved = 0
+    for directory, folders, files in os.walk(source):
+        folders[:] = [name for name in folders if name not in SKIPPED]
+        for name in files:
+            path = Path(directory, name)
+            destination = target / path.relative_to(source)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, destination)
+            moved += 1
+    shutil.rmtree(source)
+    return f"renamed the package {old} -> {new}: {moved} modules moved, {len(contents)} files"
+
+
+def set_project_name(root: Path, name: str) -> str:
+    """`project_name:` of project_config.yaml set to `name` (a JSON string is a YAML string),
+    every other line and comment as it was."""
+    if not name.strip():
+        raise Refused("the project name is empty")
+    path = root / "project_config.yaml"
+    text = path.read_text(encoding="utf-8")
+    if not PROJECT_NAME.search(text):
+        raise Refused(f"{path} has no top-level `project_name:` line")
+    path.write_text(PROJECT_NAME.sub(lambda _: f"project_name: {json.dumps(name)}", text, 1),
+                    encoding="utf-8")
+    return f"project_name: {name}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("package", help="name the package").add_argument("name")
+    commands.add_parser("project-name", help="set project_name").add_argument("name")
+    args = parser.parse_args(argv)
+    root = Path.cwd()
+    try:
+        if args.command == "package":
+            done = converge(root, args.name)
+        else:
+            done = set_project_name(root, args.name)
+    except Refused as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.code
+    print(done)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
