@@ -1,8 +1,10 @@
 """What `copier copy` and `copier update` run in a project made from this template (copier.yml's
-`_tasks`): name the package and the project.
+`_tasks`): name the package, name the project, draft the config from the user's data file.
 
     python executables/copier_tasks.py package NEW_NAME
     python executables/copier_tasks.py project-name NAME
+    python executables/copier_tasks.py draft DATA_FILE --target COLUMN [--positive-class VALUE]
+    (an option given an empty value is left out: copier passes every question's answer)
 
 Copier renders the template with its package folder called `ml_project` (the repository stays
 runnable as it is), then runs these in the new project. `package` converges the tree on the
@@ -96,18 +98,52 @@ def set_project_name(root: Path, name: str) -> str:
     return f"project_name: {name}"
 
 
+def draft(root: Path, options: list[str]) -> str:
+    """Draft project_config.yaml from the user's data file with executables/draft_config.py,
+    in the project's environment: its .venv if it has one, else this interpreter if it can
+    (copier installed beside the project's packages), else the environment is installed first
+    (`pipenv sync`, what the quickstart does anyway)."""
+    arguments = [option for option, value in zip(options, [*options[1:], ""])
+                 if option != "" and not (option.startswith("--") and value == "")]
+    command = ["executables/draft_config.py", *arguments, "--update-config",
+               "project_config.yaml", "--no-input"]
+    if (root / ".venv" / "bin" / "python").is_file():
+        run = [str(root / ".venv" / "bin" / "python"), *command]
+    elif subprocess.run([sys.executable, "-c", "import pandas, pandera, yaml, sklearn"],  # nosec
+                        capture_output=True, check=False).returncode == 0:
+        run = [sys.executable, *command]
+    else:
+        print("Installing the project's environment to draft the config (pipenv sync)...",
+              file=sys.stderr)
+        run = ["bash", "-c", 'source executables/bootstrap_pipenv.sh && pipenv sync && '
+               'exec pipenv run python "$@"', "draft", *command]
+    environment = {**os.environ, "PYTHONPATH": str(root)}
+    if subprocess.run(run, cwd=root, env=environment, check=False).returncode != 0:  # nosec
+        # Not a failed copy (copier would delete the project): the example's config stays.
+        return ("warning: project_config.yaml was NOT drafted (the reason is above); it is "
+                "still the example's. Draft it again: pipenv run python "
+                "executables/draft_config.py --help")
+    return "project_config.yaml drafted from the data file: review its REVIEW comments"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("package", help="name the package").add_argument("name")
     commands.add_parser("project-name", help="set project_name").add_argument("name")
-    args = parser.parse_args(argv)
+    commands.add_parser("draft", help="draft project_config.yaml (draft_config.py's options)",
+                        add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "draft":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     root = Path.cwd()
     try:
         if args.command == "package":
             done = converge(root, args.name)
-        else:
+        elif args.command == "project-name":
             done = set_project_name(root, args.name)
+        else:
+            done = draft(root, rest)
     except Refused as err:
         print(f"error: {err}", file=sys.stderr)
         return err.code

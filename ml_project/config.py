@@ -6,6 +6,7 @@ on unknown keys, wrong types, missing files and inconsistent settings.
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import date
 from pathlib import Path
@@ -14,6 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ml_project.config_migrations import (CONFIG_VERSION, MIGRATE_COMMAND, MigrationError,
+                                          migrated)
+
 if TYPE_CHECKING:
     import sqlalchemy
 
@@ -21,6 +25,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PREDICTION_LOG_ENV = "ML_PROJECT_PREDICTION_LOG_URL"
 OUTPUT_DIR_ENV = "ML_PROJECT_OUTPUT_DIR"
 DEFAULT_CONFIG_FILE = "project_config.yaml"
+LOGGER = logging.getLogger(__name__)
 
 # Columns the pipeline adds beside the user's (prediction files, quarantine, monitoring frames).
 PREDICTION_COLUMN = "prediction"
@@ -106,10 +111,16 @@ class ColumnsConfig(_Frozen):
     timestamp: str | None = None
     target: str
     target_classes: tuple[int | str, ...] = ()
+    positive_class: int | str | None = None  # binary tasks: the one f1 and ROC AUC score
     numerical: dict[str, NumericalColumn] = Field(default_factory=dict)
     categorical: dict[str, CategoricalColumn] = Field(default_factory=dict)
 
     _check_classes = field_validator("target_classes", mode="before")(_as_the_file_writes_them)
+
+    @field_validator("positive_class", mode="before")
+    @classmethod
+    def _check_positive(cls, value: Any) -> Any:
+        return value if value is None else _as_the_file_writes_them([value])[0]
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -242,6 +253,14 @@ class Config(_Frozen):
             raise ValueError("columns.target_classes needs exactly 2 classes for binary tasks")
         if not is_classification and self.columns.target_classes:
             raise ValueError("columns.target_classes must be empty for regression")
+        positive, classes = self.columns.positive_class, list(self.columns.target_classes)
+        if self.task == "binary_classification" and positive not in classes:
+            raise ValueError(
+                f"columns.positive_class must name the class f1, ROC AUC and monitoring score, "
+                f"one of target_classes {classes}"
+                + ("" if positive is None else f", not {positive!r}"))
+        if self.task != "binary_classification" and positive is not None:
+            raise ValueError(f"columns.positive_class is for binary tasks: remove it for {self.task}")
         if self.training.split == "stratified" and not is_classification:
             raise ValueError("training.split 'stratified' needs a classification task")
         if self.training.split == "time" and not self.columns.timestamp:
@@ -263,10 +282,8 @@ class Config(_Frozen):
 
     @property
     def positive_class(self) -> int | str | None:
-        """The class f1 and ROC AUC score in a binary task: the last of target_classes."""
-        if self.task != "binary_classification":
-            return None
-        return self.columns.target_classes[-1]
+        """The class f1 and ROC AUC score in a binary task (columns.positive_class)."""
+        return self.columns.positive_class
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -353,7 +370,15 @@ def load_config(
     mode_keys = {"run_mode", "data_mode", "location", "root"} & set(content)
     if mode_keys:
         raise ConfigError(f"{config_path}: {sorted(mode_keys)} are set by the use case, not the file")
-    values = _merge(content, overrides or {})
+    try:
+        current, changed = migrated(content)
+    except MigrationError as err:
+        raise ConfigError(f"{config_path}: {err}") from err
+    if changed:
+        LOGGER.warning("%s is in an older format, read as format %d (%s); update the file: %s %s",
+                       config_path, CONFIG_VERSION, ", ".join(".".join(key) for key in changed),
+                       MIGRATE_COMMAND, config_path)
+    values = _merge({k: v for k, v in current.items() if k != "config_version"}, overrides or {})
     values.update(
         run_mode=run_mode,
         data_mode=data_mode,

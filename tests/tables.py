@@ -93,7 +93,7 @@ def loans(rows: int = 1200, seed: int = 1, shift: float = 0.0) -> Table:
         frame.loc[rng.uniform(size=total) < 0.05, column] = np.nan
     columns = {
         "id": "loan_ref", "timestamp": "applied_at", "target": "outcome",
-        "target_classes": ["repaid", "defaulted"],
+        "target_classes": ["repaid", "defaulted"], "positive_class": "defaulted",
         "numerical": {"income": {"min": 0}, "amount": {"min": 0, "max": 1e7},
                       "years_employed": {"min": 0, "max": 60, "nullable": True}},
         "categorical": {"purpose": {"categories": ["car", "home", "study", "other"],
@@ -125,6 +125,7 @@ def species(rows: int = 900, seed: int = 2, shift: float = 0.0) -> Table:
     })
     columns = {
         "id": "specimen", "target": "kind", "target_classes": ["alba", "nigra", "rubra"],
+        "positive_class": None,
         "numerical": {"petal_length_cm": {"min": 0, "max": 20},
                       "petal_width_cm": {"min": 0, "max": 10}},
         "categorical": {"habitat": {"categories": ["coast", "forest", "meadow"]}},

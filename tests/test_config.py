@@ -74,7 +74,7 @@ def test_load_config_names_file_and_key_of_a_bad_value(
     [
         ({"training": {"metric": "r2"}}, r"training\.metric 'r2' is not one of .*roc_auc"),
         (
-            {"task": "regression", "columns": {"target_classes": []},
+            {"task": "regression", "columns": {"target_classes": [], "positive_class": None},
              "training": {"metric": "r2", "split": "stratified"}},
             r"training\.split 'stratified' needs a classification task",
         ),
@@ -90,6 +90,14 @@ def test_load_config_names_file_and_key_of_a_bad_value(
             {"columns": {"timestamp": None}, "training": {"split": "time"}},
             r"training\.split 'time' needs columns\.timestamp",
         ),
+        ({"columns": {"positive_class": None}},
+         r"columns\.positive_class must name the class f1, ROC AUC and monitoring score, one of "
+         r"target_classes \[0, 1\]$"),
+        ({"columns": {"positive_class": "1"}},
+         r"columns\.positive_class must name .* one of target_classes \[0, 1\], not '1'$"),
+        ({"task": "multiclass_classification", "columns": {"target_classes": [0, 1, 2]},
+          "training": {"metric": "f1_macro"}},
+         r"columns\.positive_class is for binary tasks: remove it for multiclass_classification"),
         ({"columns": {"numerical": {"age": {"min": 90, "max": 18}}}}, r"columns\.numerical\.age"),
         ({"columns": {"categorical": {"region": {"categories": []}}}}, r"columns\.categorical"),
         ({"columns": {"id": "age"}}, r"column names used twice .*: \['age'\]"),
@@ -101,7 +109,8 @@ def test_load_config_names_file_and_key_of_a_bad_value(
          r"column names \['logged_at', 'probability_1'\] are the names of columns the pipeline"),
     ],
     ids=["metric-for-task", "stratified-regression", "classes-regression", "binary-3-classes",
-         "time-without-timestamp", "min-above-max", "no-categories", "id-is-feature",
+         "time-without-timestamp", "binary-without-positive", "positive-not-a-class",
+         "positive-for-multiclass", "min-above-max", "no-categories", "id-is-feature",
          "id-is-timestamp", "id-is-an-output", "features-are-outputs"],
 )
 def test_load_config_rejects_inconsistent_settings(

@@ -165,7 +165,7 @@ def test_evaluate_performance_of_a_regression(trained_project: Path, tmp_path: P
     config = load_config(
         "prediction", "production", "local", config_file=trained_project / "project_config.yaml",
         root=tmp_path,
-        overrides={"task": "regression", "columns": {"target_classes": []},
+        overrides={"task": "regression", "columns": {"target_classes": [], "positive_class": None},
                    "training": {"split": "random", "metric": "r2"}},
     )
     target = pd.Series(range(200), dtype=float)
@@ -193,7 +193,8 @@ def test_a_class_with_no_labelled_row_leaves_out_the_report_not_the_verdict(
     config = load_config(
         "prediction", "production", "local", config_file=trained_project / "project_config.yaml",
         root=tmp_path, overrides={"task": "multiclass_classification",
-                                  "columns": {"target_classes": classes},
+                                  "columns": {"target_classes": classes,
+                                              "positive_class": None},
                                   "training": {"metric": "f1_macro"}},
     )
     rng = np.random.default_rng(0)

@@ -211,7 +211,7 @@ def test_read_production_labels_reads_a_label_as_every_other_path_reads_it(
     labels_file = tmp_path / "labels.csv"
     write_labels(labels_file, rows)
     config = config_with(trained_project, tmp_path, data={"production_labels": str(labels_file)},
-                         columns={"target_classes": classes})
+                         columns={"target_classes": classes, "positive_class": classes[-1]})
 
     labels = read_production_labels(config)
 

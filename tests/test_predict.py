@@ -246,7 +246,7 @@ def test_regression_predictions_have_no_probabilities(tmp_path: Path) -> None:
 
     overrides = {
         "task": "regression",
-        "columns": {"target": "monthly_spend", "target_classes": []},
+        "columns": {"target": "monthly_spend", "target_classes": [], "positive_class": None},
         "training": {"metric": "r2", "split": "random"},
     }
     write_project(tmp_path, overrides)

@@ -107,7 +107,8 @@ def test_train_candidates_multiclass_classification_end_to_end(project: Path) ->
     config = _config(
         project,
         task="multiclass_classification",
-        columns={"target": "charge_segment", "target_classes": ["low", "mid", "high"]},
+        columns={"target": "charge_segment", "target_classes": ["low", "mid", "high"],
+                 "positive_class": None},
         training={"metric": "f1_macro", "candidates": [LOGISTIC]},
     )
     raw = _raw(config, charge_segment=_charge_segment)
@@ -126,7 +127,7 @@ def test_train_candidates_regression_end_to_end(project: Path) -> None:
     config = _config(
         project,
         task="regression",
-        columns={"target": "yearly_bill", "target_classes": []},
+        columns={"target": "yearly_bill", "target_classes": [], "positive_class": None},
         training={
             "split": "random",
             "metric": "neg_root_mean_squared_error",
@@ -176,7 +177,8 @@ def test_a_time_split_scores_folds_that_lack_a_rare_class(project: Path) -> None
     config = _config(
         project,
         task="multiclass_classification",
-        columns={"target": "charge_segment", "target_classes": ["low", "mid", "high"]},
+        columns={"target": "charge_segment", "target_classes": ["low", "mid", "high"],
+                 "positive_class": None},
         training={"split": "time", "metric": "neg_log_loss", "candidates": [LOGISTIC]},
     )
     train = _time_ordered_segments(config, slice(0, 40))
@@ -193,7 +195,8 @@ def test_a_time_split_whose_first_fold_never_sees_a_class_is_refused_with_the_fi
     config = _config(
         project,
         task="multiclass_classification",
-        columns={"target": "charge_segment", "target_classes": ["low", "mid", "high"]},
+        columns={"target": "charge_segment", "target_classes": ["low", "mid", "high"],
+                 "positive_class": None},
         training={"split": "time", "metric": "f1_macro", "cv_folds": 3, "candidates": [LOGISTIC]},
     )
     train = _time_ordered_segments(config, slice(-40, None))
@@ -227,6 +230,7 @@ def test_a_config_that_quarantines_every_row_stops_modelling_with_the_reasons(
     config_file = project / "project_config.yaml"
     content = yaml.safe_load(config_file.read_text())
     content["columns"]["target_classes"] = ["no", "yes"]
+    content["columns"]["positive_class"] = "yes"
     config_file.write_text(yaml.safe_dump(content))
 
     code = modelling_historic_data_local.main(["--config", str(config_file), "--root",
@@ -246,7 +250,8 @@ def test_a_class_without_enough_valid_rows_is_refused_before_training(
     project: Path, split: str, rows_of_high: int, least: int
 ) -> None:
     config = _config(project, task="multiclass_classification",
-                     columns={"target": "charge_segment", "target_classes": ["low", "mid", "high"]},
+                     columns={"target": "charge_segment", "target_classes": ["low", "mid", "high"],
+                 "positive_class": None},
                      training={"split": split, "metric": "f1_macro"})
     raw = _raw(config, charge_segment=_charge_segment)
     segment = raw["charge_segment"].astype(object).replace("high", "mid")

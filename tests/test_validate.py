@@ -157,7 +157,7 @@ def test_validate_production_data_rejects_infinity_where_no_bounds_are_set(proje
 def test_validate_production_data_rejects_an_infinite_regression_target(project: Path) -> None:
     config = load_config(
         "modelling", "historic", "local", config_file=project / "project_config.yaml",
-        root=project, overrides={"task": "regression", "columns": {"target_classes": []},
+        root=project, overrides={"task": "regression", "columns": {"target_classes": [], "positive_class": None},
                                  "training": {"split": "random", "metric": "r2", "candidates": [
                                      {"name": "ridge", "estimator": "sklearn.linear_model.Ridge"}]}},
     )

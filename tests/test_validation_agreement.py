@@ -52,6 +52,7 @@ class Scheme:
         return {
             "id": self.id, "timestamp": self.timestamp, "target": self.target,
             "target_classes": list(self.classes),
+            "positive_class": self.classes[-1] if self.task == "binary_classification" else None,
             "numerical": {self.number: {"min": 0, "max": 500},
                           self.optional_number: {"nullable": True}},
             "categorical": {self.category: {"categories": list(self.categories)},
