@@ -6,9 +6,24 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 source executables/bootstrap_pipenv.sh
 
+# A system package the tests need, with apt-get: as root, else through sudo; without either
+# (or without apt-get) the script stops, naming what to install. Installed beforehand (any way:
+# a package manager, conda), it is found and this step is skipped, so no root is needed.
+install_system_package() {
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq "$@"
+  elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then
+    sudo apt-get update -qq && sudo apt-get install -y -qq "$@"
+  else
+    echo "cicd_pipeline.sh: the tests need $* (apt-get as root, or sudo, installs it here);" \
+      "install it, then run again" >&2
+    exit 1
+  fi
+}
+
 echo "== PostgreSQL server (the prediction log's replica tests start one)"
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
-  || (apt-get update && apt-get install -y postgresql)
+  || install_system_package postgresql
 
 echo "== install (pipenv sync --dev, plus the optional categories the tests and mypy use)"
 pipenv sync --dev
@@ -18,7 +33,7 @@ pipenv sync --categories spark
 pipenv sync --categories serving_google_cloud_function
 pipenv sync --categories serving_aws_lambda
 # PySpark needs Java 17; CI=true makes a missing PySpark fail the Spark tests instead of skip.
-command -v java >/dev/null || { apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless; }
+command -v java >/dev/null || install_system_package openjdk-17-jre-headless
 export CI=true
 
 echo "== isort"

@@ -12,10 +12,12 @@ from typing import Any, Callable, Iterator
 import pytest
 from fastapi import FastAPI
 
+from ml_project.config import PROJECT_ROOT
 from ml_project.serving.aws_lambda import BASE_PATH_ENV, LambdaHandler, lambda_handler
 from ml_project.serving.bundle import load_bundle
 from ml_project.serving.endpoints import API_KEY_ENV
 from ml_project.serving.fastapi_app import create_app
+from tests.conftest import PROBABILITY_TOLERANCE
 from tests.serverless_cases import (
     CASE_IDS,
     CASES,
@@ -244,3 +246,29 @@ def test_a_fault_of_the_app_is_the_local_apis_json_500(bundle: Path) -> None:
         broken.state.endpoints.log.close()
     assert (response["statusCode"], response["body"]) == (
         500, '{"detail":"Internal Server Error"}')
+
+
+SHIPPED_EVENT = PROJECT_ROOT / "deployment" / "aws_lambda" / "event.json"
+
+
+def test_the_shipped_event_is_an_http_api_predict_answered_with_a_prediction(bundle: Path) -> None:
+    """deployment/aws_lambda/event.json, the event documentation/deployment.md runs locally:
+    an HTTP API (payload 2.0) POST /predict whose body the example's model predicts."""
+    event = json.loads(SHIPPED_EVENT.read_text())
+    assert (event["version"], event["rawPath"], event["requestContext"]["http"]["method"]) == (
+        "2.0", "/predict", "POST")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(API_KEY_ENV, raising=False)  # as shipped: no key, as deployment.md runs it
+        app = create_app(*load_bundle(bundle))
+    try:
+        response = lambda_handler(app)(event, None)
+    finally:
+        app.state.endpoints.log.close()
+
+    assert response["statusCode"] == 200, response
+    answer = json.loads(response["body"])
+    assert set(answer["probabilities"]) == {"0", "1"}
+    assert str(answer["prediction"]) in answer["probabilities"]
+    assert abs(sum(answer["probabilities"].values()) - 1) <= PROBABILITY_TOLERANCE
+    assert answer["model_version"]
+

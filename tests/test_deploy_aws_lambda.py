@@ -181,6 +181,22 @@ def test_the_bundle_handler_answers_every_case_in_every_shape_as_the_local_api(
             assert proxy_comparable(response, method) == local[name], (name, shape)
 
 
+def test_the_documented_local_run_answers_the_shipped_event_with_a_prediction(
+    bundle: Path, python: Path
+) -> None:
+    """deployment.md's local run as written, `python invoke_local.py event.json` in the bundle
+    folder: the event ships in the bundle and gets a 200 with a prediction."""
+    result = subprocess.run([str(python), "invoke_local.py", "event.json"], cwd=bundle,
+                            env=bundle_environment(python), capture_output=True, text=True,
+                            timeout=300)
+
+    assert result.returncode == 0, result.stderr
+    response = json.loads(result.stdout)
+    assert response["statusCode"] == 200, response
+    answer = json.loads(response["body"])
+    assert str(answer["prediction"]) in answer["probabilities"]
+
+
 PREDICT_CASE = Case("/predict", "POST", "/predict", PREDICT_REQUESTS[0][1],
                     {"Content-Type": "application/json"})
 
