@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from executables.draft_config import draft_config, main, padded_range
+from executables.draft_columns import padded_range
+from executables.draft_config import draft_config, main
 from ml_project.config import Config, load_config
 from ml_project.csv_format import BROKEN_HEADER
 from ml_project.ingest import read_table
@@ -326,7 +327,8 @@ def test_awkward_names_and_extreme_values_give_a_draft_that_loads_back_as_the_ta
 
     assert text.splitlines() == text.removesuffix("\n").split("\n")  # no break inside a line
     assert all(line.isprintable() for line in text.split("\n"))
-    assert set(draft) == {"columns", "task", "training", "engineering"}
+    assert set(draft) == {"data", "columns", "task", "training", "engineering"}
+    assert draft["data"]["historic"] == str(path.resolve())  # outside the project: absolute
     columns = config.columns
     assert (columns.id, columns.target, columns.timestamp) == (
         name("id\nevil: 1"), name("label\n: 1"), None)
