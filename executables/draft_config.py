@@ -96,13 +96,16 @@ def _counts_text(counts: dict[int | str, int]) -> str:
 
 
 def choose_positive(counts: dict[int | str, int], given: str | None = None,
-                    ask: Ask | None = None) -> tuple[int | str, str]:
+                    ask: Ask | None = None, kept: str | None = None) -> tuple[int | str, str]:
     """The positive class of a binary target and why: the one given (as the CLI gives it, as
-    text), the one answered, or by default a conventional positive label (1, True, yes) or
-    else the rarer class, which is what F1, precision and recall are usually asked about."""
+    text), the one answered, or by default the config's own (`kept`, when it is a class), a
+    conventional positive label (1, True, yes) or else the rarer class, which is what F1,
+    precision and recall are usually asked about."""
     by_text = {str(label): label for label in counts}
     conventional = [label for label in counts if str(label).lower() in POSITIVE_LABELS]
-    if len(conventional) == 1:
+    if kept in by_text:
+        default, reason = by_text[kept], "as the config had it"
+    elif len(conventional) == 1:
         default, reason = conventional[0], "by convention (scikit-learn's pos_label=1)"
     else:
         low, high = sorted(counts, key=lambda label: (counts[label], -list(counts).index(label)))
@@ -171,7 +174,8 @@ def _data_lines(path: Path, root: Path, production: dict[str, Path | str | None]
 def draft_config(path: Path, target: str, *, id_column: str | None = None,
                  timestamp: str | None = None, positive_class: str | None = None,
                  production: dict[str, Path | str | None] | None = None,
-                 root: Path = PROJECT_ROOT, ask: Ask | None = None) -> str:
+                 root: Path = PROJECT_ROOT, ask: Ask | None = None,
+                 previous: dict[str, Any] | None = None) -> str:
     """The draft YAML text for `path`, every guess marked `# REVIEW`.
 
     Args:
@@ -179,8 +183,10 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
             config names them (text, kept if the file exists).
         root: the project root, which relative paths in the config are resolved against.
         ask: asks the positive class of a binary target (None: the default, flagged first).
+        previous: the config's `columns`, whose positive class of the same target is kept.
     """
     frame = draft_columns.read_as_received(path)
+    previous = previous or {}
     for name in (target, id_column, timestamp):
         if name is not None and name not in frame.columns:
             raise ValueError(f"column {name!r} not in {path}; columns: {list(frame.columns)}")
@@ -199,7 +205,10 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
     classes: list[int | str] = list(counts)
     positive_lines = []
     if task == "binary_classification":
-        positive, why = choose_positive(counts, positive_class, ask)
+        listed = previous.get("target_classes")
+        kept = str(listed[-1]) if (previous.get("target") == target and listed
+                                   and isinstance(listed, list)) else None
+        positive, why = choose_positive(counts, positive_class, ask, kept)
         classes = [label for label in classes if label != positive] + [positive]
         positive_lines = _positive_lines(counts, positive, why)
     elif positive_class is not None:
@@ -281,6 +290,16 @@ def _candidates(task: str) -> list[str]:
                     f"search: {search}}}" for name, estimator, params, search in CANDIDATES[kind]]
 
 
+def _sections(config_file: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """The production files a config names, and its `columns` (empty where it has none)."""
+    content = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    sections = content if isinstance(content, dict) else {}
+    data, columns = sections.get("data"), sections.get("columns")
+    named = {key: value for key, value in (data.items() if isinstance(data, dict) else ())
+             if key in DEFAULT_NAMES and isinstance(value, str)}
+    return named, columns if isinstance(columns, dict) else {}
+
+
 def _ask_at_terminal(question: str) -> str:
     """The question on stderr (stdout may carry the draft), the answer from stdin."""
     sys.stderr.write(question)
@@ -317,25 +336,23 @@ def main(argv: list[str] | None = None) -> int:
     if config_file is not None and not config_file.is_file():
         parser.exit(2, f"error: config file not found: {config_file}\n")
     root = config_file.resolve().parent if config_file else PROJECT_ROOT
-    production: dict[str, Path | str | None] = {
-        "production": args.production, "production_labels": args.production_labels}
-    if config_file:  # the files the config names are kept where they exist
-        named = (yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}).get("data")
-        for key, value in production.items():
-            if value is None and isinstance(named, dict) and isinstance(named.get(key), str):
-                production[key] = named[key]
-    interactive = not args.no_input and sys.stdin.isatty()
-    try:
+    try:  # a config's own production files are kept where they exist, its positive class too
+        named, previous = _sections(config_file) if config_file else ({}, {})
+        production: dict[str, Path | str | None] = {
+            "production": args.production or named.get("production"),
+            "production_labels": args.production_labels or named.get("production_labels")}
         text = draft_config(args.data_file, args.target, id_column=args.id_column,
                             timestamp=args.timestamp, positive_class=args.positive_class,
-                            production=production, root=root,
-                            ask=_ask_at_terminal if interactive else None)
-        if config_file:
-            print(draft_update.update_config(config_file, text, root))
-            return 0
-    except (ValueError, yaml.YAMLError, draft_update.ConfigRefused) as err:
+                            production=production, root=root, previous=previous,
+                            ask=None if args.no_input or not sys.stdin.isatty()
+                            else _ask_at_terminal)
+        summary = draft_update.update_config(config_file, text, root) if config_file else ""
+    except (ValueError, yaml.YAMLError) as err:  # draft_update.ConfigRefused is a ValueError
         parser.exit(2, f"error: {err}\n")
-    if args.output:
+    if summary:
+        flagged = text.partition("\ncolumns:\n")[2].partition("\n  id: ")[0].splitlines()
+        print("\n".join([summary, *(line.removeprefix("  # ") for line in flagged)]))
+    elif args.output:
         args.output.write_text(text, encoding="utf-8")
         print(f"Draft written to {args.output}: review every REVIEW line (the first ones "
               "first), then merge it into project_config.yaml")

@@ -1,7 +1,7 @@
 """Write a draft's sections into a project's config file in place, for `draft_config.py`.
 
-Only what a data file can tell changes: the `data`, `columns`, `task` and `engineering`
-sections, and `split`, `metric` and `candidates` of `training`. Every other line, comments
+Only what a data file can tell changes: the `data`, `columns` and `task` sections,
+`engineering.steps`, and `split`, `metric` and `candidates` of `training`. Every other line, comments
 included, stays as it was. PyYAML's composer gives the line of every key, so a section is
 replaced as the lines from its key to the next one (the comments just above a key describe it
 and stay with it). The result replaces the file only once it loads with the project's Config
@@ -21,8 +21,11 @@ from ml_project.config import REASON_COLUMN, load_config
 from ml_project.ingest import read_table
 from ml_project.validate import validate_production_data
 
-WHOLE_SECTIONS = ("data", "columns", "task", "engineering")
-TRAINING_KEYS = ("split", "metric", "candidates")  # holdout, folds, seed, n_jobs: the user's
+# The sections drafted, whole (None) or only some of their keys: a training section's holdout,
+# folds, seed and n_jobs are the user's, as are the comments above engineering's steps.
+SECTIONS: dict[str, tuple[str, ...] | None] = {
+    "data": None, "columns": None, "task": None, "engineering": ("steps",),
+    "training": ("split", "metric", "candidates")}
 DRAFT_INDENT = 2  # the draft's indentation of a section's keys
 
 
@@ -56,23 +59,23 @@ def _value(node: yaml.Node, key: str) -> yaml.Node:
     return value
 
 
-def _training(old: yaml.Node, old_lines: list[str], span: tuple[int, int], new: yaml.Node,
-              new_lines: list[str], new_span: tuple[int, int]) -> list[tuple[int, int, list[str]]]:
-    """The replacements of training's drafted keys, the others kept; a training section in
-    flow style is rewritten as a block, its other values kept."""
+def _keys(name: str, keys: tuple[str, ...], old: yaml.Node, old_lines: list[str],
+          span: tuple[int, int], new: yaml.Node, new_lines: list[str],
+          new_span: tuple[int, int]) -> list[tuple[int, int, list[str]]]:
+    """The replacements of a section's drafted `keys`, its other keys and comments kept; a
+    section in flow style (`training: {...}`) is rewritten as a block, its other values kept."""
     old_keys = _spans(old, old_lines, span[1])
     new_keys = _spans(new, new_lines, new_span[1])
     assert new_keys is not None  # the draft writes a block mapping
     if not old_keys:
-        kept = (yaml.safe_load("".join(old_lines[span[0]:span[1]])) or {}).get("training")
-        kept = kept if isinstance(kept, dict) else {}
-        drafted = yaml.safe_load("".join(new_lines[new_span[0]:new_span[1]]))["training"]
-        block = yaml.safe_dump({"training": {**kept, **drafted}}, sort_keys=False,
-                               allow_unicode=True)
+        kept = (yaml.safe_load("".join(old_lines[span[0]:span[1]])) or {}).get(name)
+        drafted = yaml.safe_load("".join(new_lines[new_span[0]:new_span[1]]))[name]
+        block = yaml.safe_dump({name: {**(kept if isinstance(kept, dict) else {}), **drafted}},
+                               sort_keys=False, allow_unicode=True)
         return [(*span, block.splitlines(keepends=True))]
     indent = " " * min(key.start_mark.column for key, _ in old.value)
     replacements, missing = [], []
-    for key in TRAINING_KEYS:
+    for key in keys:
         drafted = [indent + line[DRAFT_INDENT:] for line in new_lines[slice(*new_keys[key])]]
         if key in old_keys:
             replacements.append((*old_keys[key], drafted))
@@ -96,13 +99,13 @@ def merge_sections(existing: str, draft: str) -> str:
         raise ConfigRefused("the config file's top level is not a mapping of sections")
     replacements: list[tuple[int, int, list[str]]] = []
     added: list[str] = []
-    for name in (*WHOLE_SECTIONS, "training"):
+    for name, keys in SECTIONS.items():
         drafted = new_lines[slice(*new[name])]
         if name not in old:
             added += ["\n", *drafted]
-        elif name == "training":
-            replacements += _training(_value(old_root, name), old_lines, old[name],
-                                      _value(new_root, name), new_lines, new[name])
+        elif keys:
+            replacements += _keys(name, keys, _value(old_root, name), old_lines, old[name],
+                                  _value(new_root, name), new_lines, new[name])
         else:
             replacements.append((*old[name], drafted))
     for first, last, lines in sorted(replacements, key=lambda item: item[0], reverse=True):
@@ -143,6 +146,7 @@ def update_config(config_file: Path, draft: str, root: Path) -> str:
     quarantined = (f"; {len(result.quarantined):,} quarantined, first reason: "
                    f"{result.quarantined.iloc[0][REASON_COLUMN]}"
                    if len(result.quarantined) else "")
-    return (f"Updated {config_file}: {', '.join(WHOLE_SECTIONS)} and training's "
-            f"{', '.join(TRAINING_KEYS)}, from {historic}: {len(result.valid):,} of {rows:,} "
+    drafted = ", ".join(name + (f" ({', '.join(keys)})" if keys else "")
+                        for name, keys in SECTIONS.items())
+    return (f"Updated {config_file}: {drafted}, from {historic}: {len(result.valid):,} of {rows:,} "
             f"rows valid{quarantined}. Review every line marked REVIEW.")
