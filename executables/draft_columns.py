@@ -37,9 +37,10 @@ CALENDAR: dict[str, tuple[tuple[int, int], ...]] = {
     "day of the week": ((0, 6), (1, 7)), "day of the year": ((1, 366),),
     "week of the year": ((1, 53), (0, 53)), "quarter": ((1, 4),), "hour": ((0, 23),),
     "minute": ((0, 59),), "second": ((0, 59),)}
-CALENDAR_NAMES = {  # a name's words (camelCase and separators split, lower case) -> the unit
+CALENDAR_NAMES = {  # a name's calendar words (`pickup_hour`: hour) -> the unit
     frozenset({"month"}): "month", frozenset({"mnth"}): "month",
-    frozenset({"monthofyear"}): "month", frozenset({"day"}): "day of the month",
+    frozenset({"monthofyear"}): "month", frozenset({"month", "year"}): "month",
+    frozenset({"day"}): "day of the month",
     frozenset({"dayofmonth"}): "day of the month", frozenset({"dom"}): "day of the month",
     frozenset({"day", "month"}): "day of the month", frozenset({"weekday"}): "day of the week",
     frozenset({"dayofweek"}): "day of the week", frozenset({"dow"}): "day of the week",
@@ -52,7 +53,7 @@ CALENDAR_NAMES = {  # a name's words (camelCase and separators split, lower case
     frozenset({"hr"}): "hour", frozenset({"hourofday"}): "hour", frozenset({"hour", "day"}): "hour",
     frozenset({"minute"}): "minute", frozenset({"second"}): "second"}
 YEAR_NAMES = {"year", "yr", "yyyy"}
-UNIT_WORDS = {"of", "the", "num", "number", "no", "nr", "n"}  # "day_of_week", "month_num"
+CALENDAR_WORDS = frozenset().union(*CALENDAR_NAMES)
 
 
 @dataclass
@@ -128,13 +129,17 @@ def padded_range(low: float, high: float, *, integral: bool = False) -> tuple[fl
 def name_words(name: str) -> frozenset[str]:
     """A column name's words: `DayOfWeek`, `day_of_week` and `day-of-week` alike."""
     words = re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", name)
-    return frozenset(word.lower() for word in words) - UNIT_WORDS
+    return frozenset(word.lower() for word in words)
 
 
 def calendar_range(name: str, low: float, high: float) -> tuple[str, int, int] | None:
-    """The unit and whole range of a calendar part named so (month, hour, ...), if the values
-    seen are whole numbers within one of its conventions."""
-    unit = CALENDAR_NAMES.get(name_words(name))
+    """The unit and whole range of a calendar part named so (`month`, `pickup_hour`, ...), if
+    the values seen are whole numbers within one of its conventions. Other words may qualify a
+    unit but a second, which is also an ordinal (`second_purchase`)."""
+    words = name_words(name)
+    unit = CALENDAR_NAMES.get(words & CALENDAR_WORDS)
+    if unit == "second" and len(words) > 1:
+        return None
     if unit is None or low != math.floor(low) or high != math.floor(high):
         return None
     fits = [(first, last) for index, (first, last) in enumerate(CALENDAR[unit])
@@ -153,15 +158,17 @@ def _missing_note(missing: int, rows: int) -> str:
     return f"; {missing:,} of {rows:,} missing" if missing else "; never missing"
 
 
-def _numerical(name: str, seen: np.ndarray, integral: bool) -> tuple[dict[str, Any], str]:
-    """The range production will be held to, and how it was chosen."""
+def _numerical(name: str, seen: np.ndarray,
+               integral: bool) -> tuple[dict[str, Any], str, bool]:
+    """The range production will be held to, how it was chosen, and whether it is a calendar
+    part or a year (whose few values are no codes)."""
     low, high = float(seen.min()), float(seen.max())
     note = f"seen {low:.6g} .. {high:.6g}"
     calendar = calendar_range(name, low, high)
     if calendar:
         unit, first, last = calendar
         article = "an" if unit[0] in "aeiouh" else "a"
-        return {"min": first, "max": last}, f"{note}: {article} {unit}, its whole range"
+        return {"min": first, "max": last}, f"{note}: {article} {unit}, its whole range", True
     lower, upper = padded_range(low, high, integral=integral)
     median = float(np.median(seen))
     if low >= 0 and len(np.unique(seen)) > FEW_VALUES and high - median > 3 * (median - low):
@@ -169,8 +176,8 @@ def _numerical(name: str, seen: np.ndarray, integral: bool) -> tuple[dict[str, A
         upper = padded_range(low, min(2 * high, FLOAT_MAX), integral=integral)[1]
         note += ", a long tail: max twice the largest seen"
     if integral and name_words(name) & YEAR_NAMES and 1000 <= low and high <= 9999:
-        return {"min": _number(lower)}, f"{note}: a year, no max (production comes later)"
-    return {"min": _number(lower), "max": _number(upper)}, note
+        return {"min": _number(lower)}, f"{note}: a year, no max (production comes later)", True
+    return {"min": _number(lower), "max": _number(upper)}, note, False
 
 
 def _texts(name: str, present: pd.Series, nullable: dict[str, bool], note: str) -> Guess:
@@ -217,14 +224,14 @@ def guess_feature(name: str, values: pd.Series, *, from_csv: bool) -> Guess:
             return Guess("categorical", {"categories": sorted(distinct, key=float), **nullable},
                          "integer-looking codes (by the name), read as text"
                          + _missing_note(missing, rows))
-        rule, note = _numerical(name, seen, integral)
+        rule, note, natural = _numerical(name, seen, integral)
         p01, p99 = np.percentile(seen, [1, 99])
         with np.errstate(over="ignore"):  # spans past the largest float are infinite: fine
             if seen.max() > p99 + 3 * (p99 - p01) or seen.min() < p01 - 3 * (p99 - p01):
                 note += f"; 98% within {p01:.6g} .. {p99:.6g}: outliers?"
         if infinite:
             note += f"; {infinite:,} infinite: their rows will be quarantined"
-        if integral and n_values <= FEW_VALUES and "whole range" not in note:
+        if integral and n_values <= FEW_VALUES and not natural:
             note += f"; only {n_values} integer values: codes? then make it categorical"
         if not_numbers:
             note += (f"; not numbers: {not_numbers[:3]!r}"[:-1] + (", ...]" if len(not_numbers) > 3

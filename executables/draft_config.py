@@ -223,7 +223,7 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
     if positive_lines:
         lines.append("# REVIEW FIRST the positive class, columns.target_classes (below).")
     lines += ["# Every line marked REVIEW is a guess from this one file: check it before use.",
-              "", *_data_lines(path, root, production or {}), "", "columns:", *positive_lines]
+              "", "columns:", *positive_lines]
     lines.append(_line(f"  id: {_flow(id_column)}", id_note if id_column else (
         "REVIEW no column is unique in every row and never missing: add one to your files (e.g. "
         "table.insert(0, 'row_id', range(len(table)))) and name it here; the config needs one")))
@@ -244,7 +244,8 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
                for name in frame.columns if name not in {target, id_column, timestamp}}
     lines += _feature_lines(guesses)
     split = "stratified" if task != "regression" else "random"
-    lines += ["", f"task: {task}  # REVIEW from the target: {task_reason}", "", "training:",
+    lines += ["", f"task: {task}  # REVIEW from the target: {task_reason}", "",
+              *_data_lines(path, root, production or {}), "", "training:",
               _line(f"  split: {split}", "REVIEW" + (
                   f" or time, to hold out the latest rows by {_flow(timestamp)}" if timestamp
                   else "")),

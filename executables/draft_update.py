@@ -120,6 +120,11 @@ def update_config(config_file: Path, draft: str, root: Path) -> str:
     Raises:
         ConfigRefused: the result does not load, or the data does not fit it; nothing written.
     """
+    if yaml.safe_load(draft)["columns"]["id"] is None:
+        raise ConfigRefused("no column of the data file is unique in every row and never "
+                            "missing, and the config needs an id: add one to your files (e.g. "
+                            "table.insert(0, 'row_id', range(len(table)))) or name it with --id; "
+                            f"{config_file} is unchanged")
     try:
         text = merge_sections(config_file.read_text(encoding="utf-8"), draft)
     except yaml.YAMLError as err:
