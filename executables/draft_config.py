@@ -103,14 +103,14 @@ def choose_positive(counts: dict[int | str, int], given: str | None = None,
     precision and recall are usually asked about."""
     by_text = {str(label): label for label in counts}
     conventional = [label for label in counts if str(label).lower() in POSITIVE_LABELS]
-    if kept in by_text:
-        default, reason = by_text[kept], "as the config had it"
-    elif len(conventional) == 1:
+    if len(conventional) == 1:
         default, reason = conventional[0], "by convention (scikit-learn's pos_label=1)"
     else:
         low, high = sorted(counts, key=lambda label: (counts[label], -list(counts).index(label)))
         default, reason = low, ("the rarer class" if counts[low] < counts[high]
                                 else "as common as the other: the later in order")
+    if kept in by_text and by_text[kept] != default:
+        default, reason = by_text[kept], "as the config had it"
     if given is not None:
         if given not in by_text:
             raise ValueError(f"--positive-class {given!r} is not a class of the target: "
@@ -293,7 +293,11 @@ def _candidates(task: str) -> list[str]:
 
 def _sections(config_file: Path) -> tuple[dict[str, str], dict[str, Any]]:
     """The production files a config names, and its `columns` (empty where it has none)."""
-    content = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    try:
+        content = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{config_file}: not valid YAML: {err}\n{config_file} is "
+                         "unchanged") from err
     sections = content if isinstance(content, dict) else {}
     data, columns = sections.get("data"), sections.get("columns")
     named = {key: value for key, value in (data.items() if isinstance(data, dict) else ())

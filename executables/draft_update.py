@@ -75,7 +75,7 @@ def _keys(name: str, keys: tuple[str, ...], old: yaml.Node, old_lines: list[str]
         return [(*span, block.splitlines(keepends=True))]
     indent = " " * min(key.start_mark.column for key, _ in old.value)
     replacements, missing = [], []
-    for key in keys:
+    for key in (key for key in keys if key in new_keys):
         drafted = [indent + line[DRAFT_INDENT:] for line in new_lines[slice(*new_keys[key])]]
         if key in old_keys:
             replacements.append((*old_keys[key], drafted))
@@ -100,6 +100,8 @@ def merge_sections(existing: str, draft: str) -> str:
     replacements: list[tuple[int, int, list[str]]] = []
     added: list[str] = []
     for name, keys in SECTIONS.items():
+        if name not in new:
+            continue
         drafted = new_lines[slice(*new[name])]
         if name not in old:
             added += ["\n", *drafted]
