@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from ml_project.csv_format import CSV_MISSING, check_csv
 from ml_project.schemas import parse_numbers
@@ -26,7 +27,7 @@ FEW_VALUES = 10  # an integer column with at most this many values may hold code
 MIN_NUMBERS = 0.95  # this share of a column's values are numbers: a numeric column with typos
 SINGLES = 0.5  # more of the rows than this hold a text seen once: an identifier or free text
 CODE_NAME = re.compile(r"(code|type|class|category|group|kind|level|segment|status)s?$", re.I)
-ID_NAME = re.compile(r"(^|[_\W])(id|uuid|guid|key)$|[a-z](Id|ID|Key|UUID)$", re.I | re.ASCII)
+ID_WORDS = {"id", "uuid", "guid", "key"}  # the last word of an identifier's name
 BOOLEAN_TEXTS = {"True", "False", "true", "false", "TRUE", "FALSE"}
 FLOAT_MAX = sys.float_info.max
 SMALLEST_STEP = 1e-300  # a margin below it is widened by, not rounded to, a power of ten
@@ -53,6 +54,10 @@ CALENDAR_NAMES = {  # a name's calendar words (`pickup_hour`: hour) -> the unit
     frozenset({"hr"}): "hour", frozenset({"hourofday"}): "hour", frozenset({"hour", "day"}): "hour",
     frozenset({"minute"}): "minute", frozenset({"second"}): "second"}
 YEAR_NAMES = {"year", "yr", "yyyy"}
+CALENDAR_TEXTS = {  # English names, in full and in three letters
+    "months": ["January", "February", "March", "April", "May", "June", "July", "August",
+               "September", "October", "November", "December"],
+    "weekdays": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]}
 CALENDAR_WORDS = frozenset().union(*CALENDAR_NAMES)
 
 
@@ -76,6 +81,20 @@ def read_as_received(path: Path) -> pd.DataFrame:
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
     raise ValueError(f"unsupported data file {path}: expected .csv or .parquet")
+
+
+def lacking(path: Path, columns: list[str]) -> list[str] | None:
+    """Which of `columns` the file's header lacks (all, if it is unreadable); None: no file."""
+    if not path.is_file():
+        return None
+    try:
+        if path.suffix == ".parquet":
+            header = pq.read_schema(path).names
+        else:
+            header = list(pd.read_csv(path, nrows=0, dtype=str).columns)
+    except (ValueError, OSError):  # an empty, broken or foreign file has none of them
+        header = []
+    return [column for column in columns if column not in header]
 
 
 def _numbers(values: pd.Series) -> tuple[np.ndarray, list[Any]] | None:
@@ -126,10 +145,18 @@ def padded_range(low: float, high: float, *, integral: bool = False) -> tuple[fl
     return (max(lower, 0.0) if low >= 0 else lower), upper
 
 
+def _words(name: str) -> list[str]:
+    """A column name's words in order: `DayOfWeek`, `day_of_week` and `day-of-week` alike."""
+    return [word.lower() for word in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", name)]
+
+
 def name_words(name: str) -> frozenset[str]:
-    """A column name's words: `DayOfWeek`, `day_of_week` and `day-of-week` alike."""
-    words = re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", name)
-    return frozenset(word.lower() for word in words)
+    return frozenset(_words(name))
+
+
+def is_id_name(name: str) -> bool:
+    """Named like an identifier: `PassengerId`, `customer_id`, `RowID`, `uuid` (not `valid`)."""
+    return _words(name)[-1:] in ([word] for word in ID_WORDS)
 
 
 def calendar_range(name: str, low: float, high: float) -> tuple[str, int, int] | None:
@@ -180,11 +207,29 @@ def _numerical(name: str, seen: np.ndarray,
     return {"min": _number(lower), "max": _number(upper)}, note, False
 
 
+def _calendar_names(seen: set[str]) -> tuple[str, list[str]] | None:
+    """Names of months or weekdays (`Jan`, `january`, `MONDAY`...) and all of their kind and
+    spelling, in calendar order: a file from spring still names December."""
+    for unit, names in CALENDAR_TEXTS.items():
+        for spelling in (names, [name[:3] for name in names]):
+            for case in (str.title, str.lower, str.upper):
+                every = [case(name) for name in spelling]
+                if seen <= set(every):
+                    return unit, every
+    return None
+
+
 def _texts(name: str, present: pd.Series, nullable: dict[str, bool], note: str) -> Guess:
-    """A text column: a category (values repeat, however many) or an identifier/free text."""
+    """A text column: months or weekdays by name, a category (values repeat, however many)
+    or an identifier/free text."""
+    calendar = _calendar_names(set(present.astype(str)))
+    if calendar:
+        unit, every = calendar
+        return Guess("categorical", {"categories": every, **nullable},
+                     f"{present.nunique()} {unit} seen, all {len(every)} listed" + note)
     counts = present.astype(str).value_counts()
     once = int((counts == 1).sum())
-    named = bool(ID_NAME.search(name))
+    named = is_id_name(name)
     if named or once > SINGLES * len(present):
         why = "named like an identifier" if named else "an identifier or free text?"
         return Guess("excluded", note=f"{len(counts):,} distinct texts in {len(present):,} "
@@ -275,7 +320,7 @@ def guess_id(frame: pd.DataFrame, skip: set[str]) -> str | None:
     candidates = [name for name in frame.columns if name not in skip
                   and frame[name].notna().all() and frame[name].is_unique
                   and not pd.api.types.is_float_dtype(frame[name])]
-    named = [name for name in candidates if ID_NAME.search(str(name))]
+    named = [name for name in candidates if is_id_name(str(name))]
     return str((named or candidates)[0]) if named or candidates else None
 
 

@@ -41,6 +41,7 @@ METRICS = {"binary_classification": "roc_auc", "multiclass_classification": "f1_
            "regression": "neg_root_mean_squared_error"}
 # Labels that name the positive side of a pair by convention (scikit-learn's pos_label=1).
 POSITIVE_LABELS = {"1", "true", "yes", "y", "t", "positive", "pos"}
+FEATURES = ("numerical", "categorical")
 DEFAULT_NAMES = {"production": "production_data", "production_labels": "production_labels"}
 Ask = Callable[[str], str]  # shows a question, returns the answer (EOFError: none)
 
@@ -148,9 +149,11 @@ def _as_given(path: Path, root: Path) -> str:
         root.resolve()) else str(absolute)
 
 
-def _data_lines(path: Path, root: Path, production: dict[str, Path | str | None]) -> list[str]:
+def _data_lines(path: Path, root: Path, production: dict[str, Path | str | None],
+                needs: dict[str, list[str]]) -> list[str]:
     """The `data:` section: the file drafted from; the production files given, else those the
-    config named if they exist, else the historic file's siblings in its format."""
+    config named if they are there with the columns they need (a template's example files are
+    not), else the historic file's siblings in its format; each said to be there or not."""
     lines = ["data:", "  # CSV or Parquet file, or any SQLAlchemy URL (then set historic_table "
              "or historic_query).", _line(f"  historic: {_flow(_as_given(path, root))}",
                                           "the file drafted from"),
@@ -158,16 +161,19 @@ def _data_lines(path: Path, root: Path, production: dict[str, Path | str | None]
     uses = {"production": "what the production use cases score (id, [timestamp], features)",
             "production_labels": "labels that arrive later, for monitoring (id, target)"}
     for key, use in uses.items():
-        value = production.get(key)
+        value, how = production.get(key), "REVIEW"
         if isinstance(value, Path):
-            where, note = _as_given(value, root), "given"
-        elif value is not None and (root / value).is_file():
-            where, note = value, "kept: the file is there"
+            where, how = value, "given"
+        elif value is not None and draft_columns.lacking(root / value, needs[key]) == []:
+            where, how = root / value, "kept"
         else:
-            sibling = path.parent / f"{DEFAULT_NAMES[key]}{path.suffix}"
-            where, note = _as_given(sibling, root), "REVIEW"
-        exists = "" if (root / where).is_file() else ": not there yet"
-        lines.append(_line(f"  {key}: {_flow(where)}", f"{note}{exists}; {use}"))
+            where = path.parent / f"{DEFAULT_NAMES[key]}{path.suffix}"
+        lacking = draft_columns.lacking(where, needs[key])
+        state = ("not there yet" if lacking is None else "there, with the columns it needs"
+                 if not lacking else f"the file there lacks {_flow(lacking[:3])[:-1]}"
+                 f"{', ...' if len(lacking) > 3 else ''}]: not this table's?")
+        lines.append(_line(f"  {key}: {_flow(_as_given(where, root))}",
+                           f"{how}: {state}; {use}"))
     return lines
 
 
@@ -243,9 +249,12 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
     guesses = {str(name): draft_columns.guess_feature(str(name), frame[name], from_csv=from_csv)
                for name in frame.columns if name not in {target, id_column, timestamp}}
     lines += _feature_lines(guesses)
+    features = [name for name, guess in guesses.items() if guess.kind in FEATURES]
+    needs = {"production": [str(id_column), *features], "production_labels": [str(id_column),
+                                                                               target]}
     split = "stratified" if task != "regression" else "random"
     lines += ["", f"task: {task}  # REVIEW from the target: {task_reason}", "",
-              *_data_lines(path, root, production or {}), "", "training:",
+              *_data_lines(path, root, production or {}, needs), "", "training:",
               _line(f"  split: {split}", "REVIEW" + (
                   f" or time, to hold out the latest rows by {_flow(timestamp)}" if timestamp
                   else "")),
@@ -257,7 +266,7 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
 
 def _feature_lines(guesses: dict[str, draft_columns.Guess]) -> list[str]:
     lines = []
-    for kind in ("numerical", "categorical"):
+    for kind in FEATURES:
         chosen = {name: guess for name, guess in guesses.items() if guess.kind == kind}
         lines.append(f"  {kind}:" + ("" if chosen else " {}"))
         lines += [_line(_entry("    ", _flow(name), _flow(guess.rule)), f"REVIEW {guess.note}")

@@ -16,7 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from executables.draft_columns import calendar_range, guess_feature, guess_task, padded_range
+from executables.draft_columns import (
+    calendar_range,
+    guess_feature,
+    guess_task,
+    is_id_name,
+    padded_range,
+)
 
 ROWS = 1000
 
@@ -119,6 +125,32 @@ def test_an_identifier_or_free_text_is_left_out_saying_why(
     guess = guess_feature(name, pd.Series(values), from_csv=True)
 
     assert guess.kind == "excluded" and why in guess.note
+
+
+@pytest.mark.parametrize(("seen", "every"), [
+    (["Jan", "Feb", "Mar", "Nov"], ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
+                                    "Sep", "Oct", "Nov", "Dec"]),
+    (["march", "may"], ["january", "february", "march", "april", "may", "june", "july",
+                        "august", "september", "october", "november", "december"]),
+    (["MONDAY", "FRIDAY"], ["MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY",
+                            "SUNDAY"]),
+    (["Mon", "Tue", "Wed", "Thu", "Fri"], ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]),
+])
+def test_months_and_weekdays_by_name_are_all_listed(seen: list[str], every: list[str]) -> None:
+    values = pd.Series(np.resize(seen, ROWS))
+
+    guess = guess_feature("period", values, from_csv=True)
+
+    assert guess.kind == "categorical" and guess.rule == {"categories": every}
+
+
+@pytest.mark.parametrize(("name", "named"), [
+    ("PassengerId", True), ("customer_id", True), ("RowID", True), ("ID", True),
+    ("session key", True), ("uuid", True), ("valid", False), ("paid", False),
+    ("monkey", False), ("id_type", False), ("Idle", False),
+])
+def test_is_id_name_by_the_last_word(name: str, named: bool) -> None:
+    assert is_id_name(name) is named
 
 
 @pytest.mark.parametrize(("target", "task", "counts"), [

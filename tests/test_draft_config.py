@@ -386,14 +386,17 @@ def test_data_names_the_files_from_the_project_root_and_says_which_are_there(
     frame = bookings(np.random.default_rng(5), 300, True)
     path = write_table(frame, tmp_path / "data" / "trips.parquet")
     labels = write_table(frame[["booking_ref", "status"]], tmp_path / "data" / "labels.parquet")
+    write_table(pd.DataFrame({"customer_id": ["C1"]}),  # another table's, e.g. an example's
+                tmp_path / "data" / "production_data.parquet")
 
     text = draft_config(path, "status", root=tmp_path, production={"production_labels": labels})
 
     assert yaml.safe_load(text)["data"] == {
         "historic": "data/trips.parquet", "historic_table": None, "historic_query": None,
         "production": "data/production_data.parquet", "production_labels": "data/labels.parquet"}
-    assert "  production: data/production_data.parquet  # REVIEW: not there yet; " in text
-    assert "  production_labels: data/labels.parquet  # given; " in text
+    assert ("  production: data/production_data.parquet  # REVIEW: the file there lacks "
+            "[booking_ref, month, departure_hour, ...]: not this table's?; ") in text
+    assert "  production_labels: data/labels.parquet  # given: there, with the columns" in text
 
 
 def test_a_table_without_id_or_timestamp_is_said_so_in_plain_words(tmp_path: Path) -> None:

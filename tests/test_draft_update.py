@@ -46,7 +46,12 @@ def comments(text: str) -> list[str]:
 def test_update_config_replaces_the_drafted_sections_only_and_again_gives_the_same_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config_file = project(tmp_path, bookings(np.random.default_rng(8), 1000, True))
+    frame = bookings(np.random.default_rng(8), 1000, True)
+    config_file = project(tmp_path, frame)
+    # The files the config names: the template's example for production (another table's),
+    # this table's labels.
+    (tmp_path / "data" / "production_data.csv").write_text("customer_id,tenure_months\nC1,3\n")
+    write_table(frame[["booking_ref", "status"]], tmp_path / "data" / "production_labels.csv")
     before = config_file.read_text()
     argv = ["data/bookings.parquet", "--target", "status", "--no-input",
             "--update-config", str(config_file)]
@@ -66,7 +71,9 @@ def test_update_config_replaces_the_drafted_sections_only_and_again_gives_the_sa
         key: old["training"][key] for key in kept}
     assert new["engineering"] == {"steps": []}
     assert new["data"]["historic"] == "data/bookings.parquet"
-    assert new["data"]["production"] == "data/production_data.parquet"  # the CSV is not there
+    assert new["data"]["production"] == "data/production_data.parquet"  # not the example's
+    assert new["data"]["production_labels"] == "data/production_labels.csv"  # this table's
+    assert "production_labels: data/production_labels.csv  # kept: there, with the" in after
     assert new["columns"]["target_classes"] == ["ok", "fraud"]
     def outside_columns(text: str) -> list[str]:
         inside = comments(text.split("\ncolumns:")[1].split("\ntask:")[0])
