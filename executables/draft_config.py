@@ -105,7 +105,7 @@ def choose_positive(counts: dict[int | str, int], given: str | None = None,
     by_text = {str(label): label for label in counts}
     conventional = [label for label in counts if str(label).lower() in POSITIVE_LABELS]
     if len(conventional) == 1:
-        default, reason = conventional[0], "by convention (scikit-learn's pos_label=1)"
+        default, reason = conventional[0], "by convention (1, True, yes are the positive label)"
     else:
         low, high = sorted(counts, key=lambda label: (counts[label], -list(counts).index(label)))
         default, reason = low, ("the rarer class" if counts[low] < counts[high]
@@ -256,8 +256,9 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
     lines += ["", f"task: {task}  # REVIEW from the target: {task_reason}", "",
               *_data_lines(path, root, production or {}, needs), "", "training:",
               _line(f"  split: {split}", "REVIEW" + (
-                  f" or time, to hold out the latest rows by {_flow(timestamp)}" if timestamp
-                  else "")),
+                  " keeps each class's share in the holdout" if split == "stratified" else "")
+                  + (f"; or time, to hold out the latest rows by {_flow(timestamp)}"
+                     if timestamp else "")),
               f"  metric: {METRICS[task]}  # REVIEW one of the task's metrics (see config.py)",
               *_candidates(task), "", "engineering:",
               "  steps: []  # the shipped steps read the example's columns: list yours here", ""]

@@ -6,6 +6,8 @@ draft into the tests' own config in place of its columns, loaded by the real Con
 
 from __future__ import annotations
 
+import math
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -187,3 +189,32 @@ def houses(rng: np.random.Generator, rows: int, whole: bool) -> pd.DataFrame:
 SEASONAL: dict[str, tuple[Callable[[np.random.Generator, int, bool], pd.DataFrame], str]] = {
     "bookings": (bookings, "status"), "sensors": (sensors, "failure"),
     "orders": (orders, "priority"), "houses": (houses, "price")}
+
+
+# Names YAML would read as something else, or that would end a line: each must come back as
+# itself, and none may add a key of its own to the draft.
+AWKWARD_NAMES = ["a\nevil: 1", "b\r\nalso: 2", "c\u2028evil: 3", "d\x85e", "tab\there",
+                 "x # not a comment", "k: v", "it's \"quoted\"", "café ☕", "<<", "yes", "1",
+                 "~", "- item", "[list", "&anchor", "*alias", "!tag", "%directive", "@at",
+                 "`tick", "back\\slash", "\x01start\x1bescape\x7f", "n" * 20_000]
+EXTREMES = [1e308, -1e308, math.inf, -math.inf, math.nan, 5e-324, -5e-324, 0.0,
+            sys.float_info.max, -sys.float_info.max]
+
+
+def awkward_table(rng: np.random.Generator) -> pd.DataFrame:
+    """Awkward names for features, id and target, awkward categories and labels, the extreme
+    floats in one column, one of infinities only, one of subnormals only, free text."""
+    numbers = rng.normal(0, 1, ROWS)
+    numbers[: len(EXTREMES)] = EXTREMES
+    columns: dict[str, Any] = {"id\nevil: 1": [f"r{i}" for i in range(ROWS)]}
+    columns |= {name: rng.normal(0, 1, ROWS).round(3) for name in AWKWARD_NAMES}
+    columns |= {
+        "extremes": numbers,
+        "only infinite": rng.choice([math.inf, -math.inf], ROWS),
+        "only subnormal": rng.choice([5e-324, 1e-323, 2.5e-322], ROWS),
+        "colour\n#: 1": rng.choice(["red\nevil: 1", "green # not a comment", "<<", "yes"],
+                                   ROWS),
+        "free\ntext: 1": [f"note {i}\nx: y" for i in range(ROWS)],
+        "label\n: 1": rng.choice(["churn: yes", "no # really"], ROWS),
+    }
+    return pd.DataFrame(columns)

@@ -25,9 +25,11 @@ from ml_project.csv_format import BROKEN_HEADER
 from ml_project.ingest import read_table
 from ml_project.validate import validate_production_data
 from tests.draft_tables import (
+    AWKWARD_NAMES,
     ROWS,
     SEASONAL,
     SHAPES,
+    awkward_table,
     bookings,
     config_from_draft,
     drafted,
@@ -158,35 +160,6 @@ def test_one_column_given_as_two_roles_is_refused_and_times_as_the_id_are_named(
     assert (columns["id"], columns["timestamp"]) == ("date", None)
     assert "date, a column of times, is the id: add an id column" in text
     config_from_draft(yaml.safe_load(text), path, tmp_path)  # loads: no column used twice
-
-
-# Names YAML would read as something else, or that would end a line: each must come back as
-# itself, and none may add a key of its own to the draft.
-AWKWARD_NAMES = ["a\nevil: 1", "b\r\nalso: 2", "c\u2028evil: 3", "d\x85e", "tab\there",
-                 "x # not a comment", "k: v", "it's \"quoted\"", "café ☕", "<<", "yes", "1",
-                 "~", "- item", "[list", "&anchor", "*alias", "!tag", "%directive", "@at",
-                 "`tick", "back\\slash", "\x01start\x1bescape\x7f", "n" * 20_000]
-EXTREMES = [1e308, -1e308, math.inf, -math.inf, math.nan, 5e-324, -5e-324, 0.0,
-            sys.float_info.max, -sys.float_info.max]
-
-
-def awkward_table(rng: np.random.Generator) -> pd.DataFrame:
-    """Awkward names for features, id and target, awkward categories and labels, the extreme
-    floats in one column, one of infinities only, one of subnormals only, free text."""
-    numbers = rng.normal(0, 1, ROWS)
-    numbers[: len(EXTREMES)] = EXTREMES
-    columns: dict[str, Any] = {"id\nevil: 1": [f"r{i}" for i in range(ROWS)]}
-    columns |= {name: rng.normal(0, 1, ROWS).round(3) for name in AWKWARD_NAMES}
-    columns |= {
-        "extremes": numbers,
-        "only infinite": rng.choice([math.inf, -math.inf], ROWS),
-        "only subnormal": rng.choice([5e-324, 1e-323, 2.5e-322], ROWS),
-        "colour\n#: 1": rng.choice(["red\nevil: 1", "green # not a comment", "<<", "yes"],
-                                   ROWS),
-        "free\ntext: 1": [f"note {i}\nx: y" for i in range(ROWS)],
-        "label\n: 1": rng.choice(["churn: yes", "no # really"], ROWS),
-    }
-    return pd.DataFrame(columns)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
