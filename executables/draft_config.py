@@ -117,15 +117,19 @@ def choose_positive(counts: dict[int | str, int], given: str | None = None,
             raise ValueError(f"--positive-class {given!r} is not a class of the target: "
                              f"{_counts_text(counts)}")
         return by_text[given], "given"
+    question = (f"The target's classes: {_counts_text(counts)}.\nF1, precision, recall and "
+                "ROC AUC score the positive class; monitoring watches its probability.\n")
     while ask is not None:
         try:
-            answer = ask(f"The target's classes: {_counts_text(counts)}.\nF1, precision, recall "
-                         "and ROC AUC score the positive class; monitoring watches its "
-                         f"probability.\nPositive class [{default}]: ").strip()
+            typed = ask(f"{question}Positive class [{_flow(default)}]: ").rstrip("\r\n")
         except EOFError:
             break
-        if not answer or answer in by_text:
-            return (by_text[answer], "answered") if answer else (default, reason)
+        answer = typed if typed in by_text else typed.strip()  # a label may hold spaces
+        if not answer:
+            break
+        if answer in by_text:
+            return by_text[answer], "answered"
+        question = f"{_flow(answer)} is not a class. "
     return default, reason
 
 

@@ -65,8 +65,7 @@ def _keys(name: str, keys: tuple[str, ...], old: yaml.Node, old_lines: list[str]
     """The replacements of a section's drafted `keys`, its other keys and comments kept; a
     section in flow style (`training: {...}`) is rewritten as a block, its other values kept."""
     old_keys = _spans(old, old_lines, span[1])
-    new_keys = _spans(new, new_lines, new_span[1])
-    assert new_keys is not None  # the draft writes a block mapping
+    new_keys = _spans(new, new_lines, new_span[1]) or {}  # the draft writes block mappings
     if not old_keys:
         kept = (yaml.safe_load("".join(old_lines[span[0]:span[1]])) or {}).get(name)
         drafted = yaml.safe_load("".join(new_lines[new_span[0]:new_span[1]]))[name]

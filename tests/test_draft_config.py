@@ -345,6 +345,7 @@ def test_choose_positive_asks_until_a_class_is_answered_and_keeps_the_configs_ow
 
     assert choose_positive(counts, ask=ask) == ("ok", "answered")
     assert len(questions) == 2 and "fraud: 3 rows (3.0%), ok: 97 rows (97.0%)" in questions[0]
+    assert questions[1] == "maybe is not a class. Positive class [fraud]: "
     assert questions[0].endswith("Positive class [fraud]: ")
     assert choose_positive(counts, ask=lambda _: "") == ("fraud", "the rarer class")
     assert choose_positive(counts, ask=no_answer) == ("fraud", "the rarer class")
