@@ -19,6 +19,7 @@ kept, once the result loads with the project's Config and validates the data fil
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 from pathlib import Path
@@ -369,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, yaml.YAMLError) as err:  # draft_update.ConfigRefused is a ValueError
         parser.exit(2, f"error: {err}\n")
     if summary:
-        flagged = text.partition("\ncolumns:\n")[2].partition("\n  id: ")[0].splitlines()
+        section = text.partition("\ncolumns:\n")[2].splitlines()  # flagged first, if any
+        flagged = itertools.takewhile(lambda line: line.startswith("  # "), section)
         print("\n".join([summary, *(line.removeprefix("  # ") for line in flagged)]))
     elif args.output:
         args.output.write_text(text, encoding="utf-8")

@@ -86,10 +86,12 @@ def test_update_config_replaces_the_drafted_sections_only_and_again_gives_the_sa
     out = capsys.readouterr().out
     assert f"Updated {config_file}: data, columns, task, engineering (steps), training " in out
     assert "1,000 of 1,000 rows valid" in out
-    assert "\nREVIEW FIRST, the positive class: fraud (" in out
+    assert "\nREVIEW FIRST, the positive class: fraud (" in out and "id:" not in out
 
 
-def test_a_re_run_keeps_the_positive_class_the_config_chose(tmp_path: Path) -> None:
+def test_a_re_run_keeps_the_positive_class_the_config_chose(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config_file = project(tmp_path, bookings(np.random.default_rng(8), 500, True))
     data = str(tmp_path / "data" / "bookings.parquet")
 
@@ -99,6 +101,10 @@ def test_a_re_run_keeps_the_positive_class_the_config_chose(tmp_path: Path) -> N
 
     assert "ok (" in config_file.read_text() and "as the config had it" in config_file.read_text()
     assert yaml.safe_load(config_file.read_text())["columns"]["target_classes"] == ["fraud", "ok"]
+    capsys.readouterr()
+    main([data, "--target", "passengers", "--no-input", "--update-config", str(config_file)])
+    out = capsys.readouterr().out  # multiclass: nothing flagged, the summary alone
+    assert len(out.splitlines()) == 1 and out.startswith(f"Updated {config_file}: ")
 
 
 @pytest.mark.parametrize(("spoil", "message"), [
