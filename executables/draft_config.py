@@ -40,8 +40,10 @@ else:  # run as `python executables/draft_config.py`: executables/ is first on t
 LONGEST_SIMPLE_KEY = 1000  # YAML reads a key on the line of its value up to 1024 characters
 METRICS = {"binary_classification": "roc_auc", "multiclass_classification": "f1_macro",
            "regression": "neg_root_mean_squared_error"}
-# Labels that name the positive side of a pair by convention (scikit-learn's pos_label=1).
-POSITIVE_LABELS = {"1", "true", "yes", "y", "t", "positive", "pos"}
+# Pairs whose second label is the positive one by convention (scikit-learn's pos_label=1),
+# compared in lower case: in 1/2 codes, or ok/fraud, no label says it.
+CONVENTIONAL = {("0", "1"), ("-1", "1"), ("false", "true"), ("no", "yes"), ("n", "y"),
+                ("f", "t"), ("negative", "positive"), ("neg", "pos")}
 FEATURES = ("numerical", "categorical")
 DEFAULT_NAMES = {"production": "production_data", "production_labels": "production_labels"}
 Ask = Callable[[str], str]  # shows a question, returns the answer (EOFError: none)
@@ -100,13 +102,16 @@ def _counts_text(counts: dict[int | str, int]) -> str:
 def choose_positive(counts: dict[int | str, int], given: str | None = None,
                     ask: Ask | None = None, kept: str | None = None) -> tuple[int | str, str]:
     """The positive class of a binary target and why: the one given (as the CLI gives it, as
-    text), the one answered, or by default the config's own (`kept`, when it is a class), a
-    conventional positive label (1, True, yes) or else the rarer class, which is what F1,
-    precision and recall are usually asked about."""
+    text), the one answered, or by default the config's own (`kept`, when it is a class), the
+    conventional positive label of a pair (1 against 0, True, yes) or else the rarer class,
+    which is what F1, precision and recall are usually asked about."""
     by_text = {str(label): label for label in counts}
-    conventional = [label for label in counts if str(label).lower() in POSITIVE_LABELS]
-    if len(conventional) == 1:
-        default, reason = conventional[0], "by convention (1, True, yes are the positive label)"
+    first, second = counts
+    conventional = {(str(first).lower(), str(second).lower()): second,
+                    (str(second).lower(), str(first).lower()): first}
+    pair = next((pair for pair in conventional if pair in CONVENTIONAL), None)
+    if pair:
+        default, reason = conventional[pair], f"by convention ({pair[1]} against {pair[0]})"
     else:
         low, high = sorted(counts, key=lambda label: (counts[label], -list(counts).index(label)))
         default, reason = low, ("the rarer class" if counts[low] < counts[high]

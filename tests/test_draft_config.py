@@ -321,6 +321,8 @@ def test_a_positive_class_that_cannot_be_is_refused(
     ({"no": 10, "yes": 90}, "yes", "by convention"),
     ({"fraud": 3, "ok": 97}, "fraud", "the rarer class"),
     ({2: 60, 5: 40}, 5, "the rarer class"),
+    ({1: 70, 2: 30}, 2, "the rarer class"),  # 1/2 codes: 1 is no positive label here
+    ({"Y": 5, "N": 95}, "Y", "by convention (y against n)"),
     ({"blue": 5, "red": 5}, "red", "as common as the other"),
 ])
 def test_choose_positive_by_default_a_conventional_label_else_the_rarer(
