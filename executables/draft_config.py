@@ -259,9 +259,9 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
     guesses = {str(name): draft_columns.guess_feature(str(name), frame[name], from_csv=from_csv)
                for name in frame.columns if name not in {target, id_column, timestamp}}
     lines += _feature_lines(guesses)
+    keys = [id_column] if id_column else []
     features = [name for name, guess in guesses.items() if guess.kind in FEATURES]
-    needs = {"production": [str(id_column), *features], "production_labels": [str(id_column),
-                                                                               target]}
+    needs = {"production": [*keys, *features], "production_labels": [*keys, target]}
     split = "stratified" if task != "regression" else "random"
     lines += ["", f"task: {task}  # REVIEW from the target: {task_reason}", "",
               *_data_lines(path, root, production or {}, needs), "", "training:",
