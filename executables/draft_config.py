@@ -1,215 +1,52 @@
-"""Draft the `columns:` and `task:` sections of project_config.yaml from a data file.
+"""Draft the sections of project_config.yaml that a data file can tell: data, columns, task.
 
 Typing every column, range and category by hand is the slowest step of adapting the template.
 This reads a CSV or Parquet file as `ingest.py` will read it and writes a draft in which every
-inferred rule is marked `# REVIEW`: ranges widened by a margin, categories as seen, the id,
-timestamp and task guessed. The draft validates the file it came from; whether it describes the
-data you will receive is for you to decide.
+inferred rule is marked `# REVIEW` (`draft_columns.py` infers them). What the file cannot tell,
+it asks (the positive class of a binary target, when run at a terminal) or picks by a stated
+rule and flags first. The draft validates the file it came from; whether it describes the data
+you will receive is for you to decide.
 
     python executables/draft_config.py DATA_FILE --target COLUMN [--id COL] [--timestamp COL]
+        [--positive-class VALUE] [--production FILE] [--production-labels FILE]
+        [--output FILE | --update-config project_config.yaml] [--no-input]
+
+`--update-config` rewrites only the drafted sections of that file in place (data, columns,
+task, engineering, and training's split, metric and candidates), every other line and comment
+kept, once the result loads with the project's Config and validates the data file.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
-import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import numpy as np
 import pandas as pd
 import yaml
 
-from ml_project.csv_format import CSV_MISSING, check_csv
-from ml_project.schemas import parse_numbers
+from ml_project.config import PROJECT_ROOT
+from ml_project.csv_format import CSV_MISSING
 
-MARGIN = 0.1  # ranges are widened by this share of the span seen
-MAX_CATEGORIES = 50  # more distinct texts than this: an identifier or free text, not a category
-MAX_CLASSES = 20  # an integer target with more distinct values is a quantity: regression
-FEW_VALUES = 10  # an integer column with at most this many values may hold codes
-MIN_NUMBERS = 0.95  # this share of a column's values are numbers: a numeric column with typos
-CODE_NAME = re.compile(r"(code|type|class|category|group|kind|level|segment|status)s?$", re.I)
-BOOLEAN_TEXTS = {"True", "False", "true", "false", "TRUE", "FALSE"}
-FLOAT_MAX = sys.float_info.max
-SMALLEST_STEP = 1e-300  # a margin below it is widened by, not rounded to, a power of ten
+if __package__:  # imported as executables.draft_config (the tests)
+    from executables import draft_columns, draft_update
+else:  # run as `python executables/draft_config.py`: executables/ is first on the path
+    import draft_columns  # type: ignore[no-redef]
+    import draft_update  # type: ignore[no-redef]
+
 LONGEST_SIMPLE_KEY = 1000  # YAML reads a key on the line of its value up to 1024 characters
 METRICS = {"binary_classification": "roc_auc", "multiclass_classification": "f1_macro",
            "regression": "neg_root_mean_squared_error"}
-
-
-@dataclass
-class Guess:
-    """One feature's drafted rule (None: left out) and the reason to review it."""
-
-    kind: str  # numerical | categorical | excluded | dates
-    rule: dict[str, Any] = field(default_factory=dict)
-    note: str = ""
-
-
-def read_as_received(path: Path) -> pd.DataFrame:
-    """The file as ingest sees it before typing: CSV cells as text (NaN for missing), so the
-    categories drafted are the very strings validation will compare; Parquet as stored. A CSV
-    out of the format every path reads (`csv_format`) is refused here in the same words."""
-    if path.suffix == ".csv":
-        check_csv(path)
-        frame: pd.DataFrame = pd.read_csv(path, dtype=str, **CSV_MISSING)
-        return frame
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    raise ValueError(f"unsupported data file {path}: expected .csv or .parquet")
-
-
-def _numbers(values: pd.Series) -> tuple[np.ndarray, list[Any]] | None:
-    """The column as floats (as validation parses it) and the present values that are not
-    numbers, when nearly all are numbers (a few typos do not make a numeric column text)."""
-    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_datetime64_any_dtype(values):
-        return None
-    if pd.api.types.is_numeric_dtype(values):
-        return values.to_numpy(dtype=float, na_value=np.nan), []
-    present = values.notna().to_numpy()
-    parsed = parse_numbers(values.to_numpy(dtype=object))
-    not_numbers = present & np.isnan(parsed)
-    if not_numbers.sum() > (1 - MIN_NUMBERS) * present.sum():
-        return None
-    return parsed, list(dict.fromkeys(values[not_numbers]))
-
-
-def _is_dates(values: pd.Series) -> bool:
-    """Every present value an ISO 8601 time, parsed as validation parses timestamps."""
-    if pd.api.types.is_datetime64_any_dtype(values):
-        return True
-    present = values.dropna()
-    if present.empty or not all(isinstance(value, str) for value in present):
-        return False
-    if _numbers(values) is not None:  # years and other plain numbers are numbers
-        return False
-    parsed = pd.to_datetime(present, errors="coerce", format="ISO8601", utc=True)
-    return bool(parsed.notna().all())
-
-
-def padded_range(low: float, high: float, *, integral: bool = False) -> tuple[float, float]:
-    """[low, high] widened by MARGIN of the span and rounded outward to a readable step (whole
-    numbers for integer columns); never below 0 when nothing seen was negative (counts, ages).
-    Any finite floats: the sums never overflow (bounds stay within the largest float) and a
-    span too small to step through (subnormals) is widened without rounding."""
-    half_span = high / 2 - low / 2  # (high - low) / 2, which cannot overflow
-    margin = 2 * MARGIN * half_span or MARGIN * abs(high) or MARGIN
-    lower, upper = max(low - margin, -FLOAT_MAX), min(high + margin, FLOAT_MAX)
-    step = 10.0 ** math.floor(math.log10(margin)) if margin >= SMALLEST_STEP else 0.0
-    step = max(step, 1.0) if integral else step
-    if step > 0:
-        digits = max(0, -math.floor(math.log10(step)))
-        # The tolerance keeps float noise (0.8 + 0.06 = 0.8600000000000001) from adding a step.
-        lower = round(math.floor(lower / step + 1e-9) * step, digits)
-        upper = round(math.ceil(upper / step - 1e-9) * step, digits)
-    lower = min(max(lower, -FLOAT_MAX), low)  # rounding never narrows what was seen
-    upper = max(min(upper, FLOAT_MAX), high)
-    return (max(lower, 0.0) if low >= 0 else lower), upper
-
-
-def _number(value: float) -> int | float:
-    """A whole number as an int (`10`, not `10.0`) while it reads as one; floats otherwise."""
-    return int(value) if float(value).is_integer() and abs(value) < 1e16 else float(value)
-
-
-def _missing_note(missing: int, rows: int) -> str:
-    return f"; {missing:,} of {rows:,} missing" if missing else "; never missing"
-
-
-def guess_feature(name: str, values: pd.Series, *, from_csv: bool) -> Guess:
-    """The rule for one feature column, or why it is left out."""
-    present = values.dropna()
-    missing, rows = len(values) - len(present), len(values)
-    nullable = {"nullable": True} if missing else {}
-    if present.empty:
-        return Guess("excluded", note="every value is missing")
-    distinct = present.astype(str).unique()
-    if len(distinct) == 1:
-        return Guess("excluded", note=f"constant ({distinct[0]!r}): carries no information")
-    if pd.api.types.is_bool_dtype(values) or set(map(type, present)) == {bool} or (
-        from_csv and set(distinct) <= BOOLEAN_TEXTS
-    ):  # the readers give a categorical feature's values as text, a Parquet bool too
-        return Guess("categorical", {"categories": sorted(distinct), **nullable},
-                     "true/false flag, read as text" + _missing_note(missing, rows))
-    numbers = _numbers(values)
-    if numbers is not None:
-        parsed, not_numbers = numbers
-        seen = parsed[np.isfinite(parsed)]
-        infinite = int(np.isinf(parsed).sum())
-        if not len(seen):
-            return Guess("excluded", note=f"no finite value ({infinite:,} infinite): validation "
-                                          "would refuse every row")
-        integral = bool(np.all(seen == np.round(seen)))
-        n_values = len(np.unique(seen))
-        if (from_csv and integral and n_values <= FEW_VALUES and CODE_NAME.search(name)
-                and not not_numbers):
-            return Guess("categorical", {"categories": sorted(distinct, key=float), **nullable},
-                         "integer-looking codes (by the name), read as text"
-                         + _missing_note(missing, rows))
-        low, high = padded_range(float(seen.min()), float(seen.max()), integral=integral)
-        note = f"seen {seen.min():.6g} .. {seen.max():.6g}"
-        p01, p99 = np.percentile(seen, [1, 99])
-        with np.errstate(over="ignore"):  # spans past the largest float are infinite: fine
-            if seen.max() > p99 + 3 * (p99 - p01) or seen.min() < p01 - 3 * (p99 - p01):
-                note += f", 98% within {p01:.6g} .. {p99:.6g}: outliers?"
-        if infinite:
-            note += f"; {infinite:,} infinite: their rows will be quarantined"
-        if integral and n_values <= FEW_VALUES:
-            note += f"; only {n_values} integer values: codes? then make it categorical"
-        if not_numbers:
-            note += (f"; not numbers: {not_numbers[:3]!r}"[:-1] + (", ...]" if len(not_numbers) > 3
-                     else "]") + ": their rows will be quarantined")
-        return Guess("numerical", {"min": _number(low), "max": _number(high), **nullable},
-                     note + _missing_note(missing, rows))
-    if _is_dates(values):
-        return Guess("dates", note="dates: derive features from them in a FeatureStep")
-    if len(distinct) > MAX_CATEGORIES or len(distinct) > 0.5 * len(present):
-        return Guess("excluded", note=f"{len(distinct):,} distinct texts in {len(present):,} "
-                                      "rows: an identifier or free text?")
-    return Guess("categorical", {"categories": sorted(distinct), **nullable},
-                 f"{len(distinct)} values seen, others will be rejected"
-                 + _missing_note(missing, rows))
-
-
-def guess_task(target: pd.Series) -> tuple[str, list[int | str], str]:
-    """Task, target classes and the reason, from the target as the CSV/Parquet reader types it."""
-    present = target.dropna()
-    if present.nunique() < 2:
-        raise ValueError(f"target {target.name!r} has fewer than 2 distinct values")
-    if pd.api.types.is_bool_dtype(present):
-        return "binary_classification", ["False", "True"], "true/false target, as text"
-    if pd.api.types.is_numeric_dtype(present):
-        values = np.unique(present.to_numpy(dtype=float))
-        integral = bool(np.all(values == np.round(values)))
-        if integral and len(values) == 2:
-            return "binary_classification", [int(v) for v in values], "2 values seen"
-        if integral and len(values) <= MAX_CLASSES:
-            return ("multiclass_classification", [int(v) for v in values],
-                    f"{len(values)} integer values seen; regression if they are quantities")
-        return "regression", [], f"numbers, {len(values):,} distinct values"
-    classes = sorted(present.astype(str).unique())
-    task = "binary_classification" if len(classes) == 2 else "multiclass_classification"
-    return task, list(classes), f"{len(classes)} labels seen"
-
-
-def _guess_id(frame: pd.DataFrame, skip: set[str]) -> str | None:
-    """A column unique in every row and never missing; one named like an id first."""
-    candidates = [name for name in frame.columns if name not in skip
-                  and frame[name].notna().all() and frame[name].is_unique
-                  and not pd.api.types.is_float_dtype(frame[name])]
-    named = [name for name in candidates if re.search(r"(^|_)id$|Id$|ID$", str(name))]
-    return str((named or candidates)[0]) if named or candidates else None
-
-
-def _guess_timestamp(frame: pd.DataFrame, skip: set[str]) -> str | None:
-    """The first column of ISO 8601 times with none missing."""
-    for name in frame.columns:
-        if name not in skip and frame[name].notna().all() and _is_dates(frame[name]):
-            return str(name)
-    return None
+# Pairs whose second label is the positive one by convention (scikit-learn's pos_label=1),
+# compared in lower case: in 1/2 codes, or ok/fraud, no label says it.
+CONVENTIONAL = {("0", "1"), ("-1", "1"), ("false", "true"), ("no", "yes"), ("n", "y"),
+                ("f", "t"), ("negative", "positive"), ("neg", "pos")}
+FEATURES = ("numerical", "categorical")
+DEFAULT_NAMES = {"production": "production_data", "production_labels": "production_labels"}
+Ask = Callable[[str], str]  # shows a question, returns the answer (EOFError: none)
 
 
 class _DraftDumper(yaml.SafeDumper):
@@ -256,10 +93,116 @@ def _line(content: str, comment: str = "") -> str:
     return f"{content}  # {_comment(comment)}" if comment else content
 
 
+def _counts_text(counts: dict[int | str, int]) -> str:
+    total = sum(counts.values())
+    return ", ".join(f"{_flow(label)}: {count:,} rows ({count / total:.1%})"
+                     for label, count in counts.items())
+
+
+def choose_positive(counts: dict[int | str, int], given: str | None = None,
+                    ask: Ask | None = None, kept: str | None = None) -> tuple[int | str, str]:
+    """The positive class of a binary target and why: the one given (as the CLI gives it, as
+    text), the one answered, or by default the config's own (`kept`, when it is a class), the
+    conventional positive label of a pair (1 against 0, True, yes) or else the rarer class,
+    which is what F1, precision and recall are usually asked about."""
+    by_text = {str(label): label for label in counts}
+    first, second = counts
+    conventional = {(str(first).lower(), str(second).lower()): second,
+                    (str(second).lower(), str(first).lower()): first}
+    pair = next((pair for pair in conventional if pair in CONVENTIONAL), None)
+    if pair:
+        default, reason = conventional[pair], f"by convention ({pair[1]} against {pair[0]})"
+    else:
+        low, high = sorted(counts, key=lambda label: (counts[label], -list(counts).index(label)))
+        default, reason = low, ("the rarer class" if counts[low] < counts[high]
+                                else "as common as the other: the later in order")
+    if kept in by_text and by_text[kept] != default:
+        default, reason = by_text[kept], "as the config had it"
+    if given is not None:
+        if given not in by_text:
+            raise ValueError(f"--positive-class {given!r} is not a class of the target: "
+                             f"{_counts_text(counts)}")
+        return by_text[given], "given"
+    question = (f"The target's classes: {_counts_text(counts)}.\nF1, precision, recall and "
+                "ROC AUC score the positive class; monitoring watches its probability.\n")
+    while ask is not None:
+        try:
+            typed = ask(f"{question}Positive class [{_flow(default)}]: ").rstrip("\r\n")
+        except EOFError:
+            break
+        answer = typed if typed in by_text else typed.strip()  # a label may hold spaces
+        if not answer:
+            break
+        if answer in by_text:
+            return by_text[answer], "answered"
+        question = f"{_flow(answer)} is not a class. "
+    return default, reason
+
+
+def _positive_lines(counts: dict[int | str, int], positive: int | str, why: str) -> list[str]:
+    other = next(label for label in counts if label != positive)
+    total = sum(counts.values())
+    return ["  # " + _comment(line) for line in (
+        f"REVIEW FIRST, the positive class: {_flow(positive)} ({counts[positive]:,} of "
+        f"{total:,} rows, {counts[positive] / total:.1%}), {why}; {_flow(other)}: "
+        f"{counts[other]:,} rows.",
+        "It is the LAST of target_classes: F1, precision, recall and ROC AUC score it, and",
+        "monitoring watches its probability. With the wrong one, the scores say how well the",
+        "model finds the other class (a rare class taken for the common one looks easy).",
+        "To change it, swap the two or draft again with --positive-class VALUE.")]
+
+
+def _as_given(path: Path, root: Path) -> str:
+    """A path as the config writes it: relative to the project root when inside it."""
+    absolute = path.resolve()
+    return absolute.relative_to(root.resolve()).as_posix() if absolute.is_relative_to(
+        root.resolve()) else str(absolute)
+
+
+def _data_lines(path: Path, root: Path, production: dict[str, Path | str | None],
+                needs: dict[str, list[str]]) -> list[str]:
+    """The `data:` section: the file drafted from; the production files given, else those the
+    config named if they are there with the columns they need (a template's example files are
+    not), else the historic file's siblings in its format; each said to be there or not."""
+    lines = ["data:", "  # CSV or Parquet file, or any SQLAlchemy URL (then set historic_table "
+             "or historic_query).", _line(f"  historic: {_flow(_as_given(path, root))}",
+                                          "the file drafted from"),
+             "  historic_table: null", "  historic_query: null"]
+    uses = {"production": "what the production use cases score (id, [timestamp], features)",
+            "production_labels": "labels that arrive later, for monitoring (id, target)"}
+    for key, use in uses.items():
+        value, how = production.get(key), "REVIEW"
+        if isinstance(value, Path):
+            where, how = value, "given"
+        elif value is not None and draft_columns.lacking(root / value, needs[key]) == []:
+            where, how = root / value, "kept"
+        else:
+            where = path.parent / f"{DEFAULT_NAMES[key]}{path.suffix}"
+        lacking = draft_columns.lacking(where, needs[key])
+        state = ("not there yet" if lacking is None else "there, with the columns it needs"
+                 if not lacking else f"the file there lacks {_flow(lacking[:3])[:-1]}"
+                 f"{', ...' if len(lacking) > 3 else ''}]: not this table's?")
+        lines.append(_line(f"  {key}: {_flow(_as_given(where, root))}",
+                           f"{how}: {state}; {use}"))
+    return lines
+
+
 def draft_config(path: Path, target: str, *, id_column: str | None = None,
-                 timestamp: str | None = None) -> str:
-    """The draft YAML text for `path`, every guess marked `# REVIEW`."""
-    frame = read_as_received(path)
+                 timestamp: str | None = None, positive_class: str | None = None,
+                 production: dict[str, Path | str | None] | None = None,
+                 root: Path = PROJECT_ROOT, ask: Ask | None = None,
+                 previous: dict[str, Any] | None = None) -> str:
+    """The draft YAML text for `path`, every guess marked `# REVIEW`.
+
+    Args:
+        production: data.production and data.production_labels as given (Paths) or as the
+            config names them (text, kept if the file exists).
+        root: the project root, which relative paths in the config are resolved against.
+        ask: asks the positive class of a binary target (None: the default, flagged first).
+        previous: the config's `columns`, whose positive class of the same target is kept.
+    """
+    frame = draft_columns.read_as_received(path)
+    previous = previous or {}
     for name in (target, id_column, timestamp):
         if name is not None and name not in frame.columns:
             raise ValueError(f"column {name!r} not in {path}; columns: {list(frame.columns)}")
@@ -274,31 +217,67 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
     # The target keeps the reader's own typing (ingest gives it no dtype): numbers stay numbers.
     typed_target = (pd.read_csv(path, usecols=[target], **CSV_MISSING)[target] if from_csv
                     else frame[target])
-    task, classes, task_reason = guess_task(typed_target)
+    task, counts, task_reason = draft_columns.guess_task(typed_target)
+    classes: list[int | str] = list(counts)
+    positive_lines = []
+    if task == "binary_classification":
+        listed = previous.get("target_classes")
+        kept = str(listed[-1]) if (previous.get("target") == target and listed
+                                   and isinstance(listed, list)) else None
+        positive, why = choose_positive(counts, positive_class, ask, kept)
+        classes = [label for label in classes if label != positive] + [positive]
+        positive_lines = _positive_lines(counts, positive, why)
+    elif positive_class is not None:
+        raise ValueError(f"--positive-class: the task is {task} ({task_reason}); only a binary "
+                         "target has a positive class")
     id_note = "given" if id_column else "REVIEW guessed: unique in every row, never missing"
-    id_column = id_column or _guess_id(frame, {target, timestamp or ""})
+    id_column = id_column or draft_columns.guess_id(frame, {target, timestamp or ""})
     time_note = "given" if timestamp else "REVIEW guessed: ISO 8601 times, never missing"
-    timestamp = timestamp or _guess_timestamp(frame, {target, id_column or ""})
+    timestamp = timestamp or draft_columns.guess_timestamp(frame, {target, id_column or ""})
     lines = ["# " + _comment(f"Drafted by executables.draft_config from {path.name} "
-                             f"({len(frame):,} rows)."),
-             "# Every line marked REVIEW is a guess from this one file: check it before use.",
-             "", "columns:"]
-    lines.append(_line(f"  id: {_flow(id_column)}", id_note if id_column
-                       else "REVIEW no unique column found: add an identifier"))
-    times_as_id = not timestamp and _guess_timestamp(frame, {target}) == id_column
+                             f"({len(frame):,} rows).")]
+    if positive_lines:
+        lines.append("# REVIEW FIRST the positive class, columns.target_classes (below).")
+    lines += ["# Every line marked REVIEW is a guess from this one file: check it before use.",
+              "", "columns:", *positive_lines]
+    lines.append(_line(f"  id: {_flow(id_column)}", id_note if id_column else (
+        "REVIEW no column is unique in every row and never missing: add one to your files (e.g. "
+        "table.insert(0, 'row_id', range(len(table)))) and name it here; the config needs one")))
+    times_as_id = (id_column is not None and not timestamp
+                   and draft_columns.guess_timestamp(frame, {target}) == id_column)
     lines.append(_line(f"  timestamp: {_flow(timestamp)}", (
         time_note if timestamp
         else f"REVIEW {_flow(id_column)}, a column of times, is the id: add an id column to your "
              f"file to use {_flow(id_column)} as the timestamp" if times_as_id
-        else "REVIEW no column of times found")))
+        else "no column of ISO 8601 times found: none is needed (no time split)")))
     missing_target = int(typed_target.isna().sum())
     lines.append(_line(f"  target: {_flow(target)}", (
         f"REVIEW {missing_target} rows without a target will be quarantined"
         if missing_target else "")))
-    lines.append(_line(f"  target_classes: {_flow(classes)}", f"REVIEW {task_reason}"))
-    guesses = {str(name): guess_feature(str(name), frame[name], from_csv=from_csv)
+    lines.append(_line(f"  target_classes: {_flow(classes)}", f"REVIEW {task_reason}" + (
+        f"; the last, {_flow(classes[-1])}, is the positive class" if positive_lines else "")))
+    guesses = {str(name): draft_columns.guess_feature(str(name), frame[name], from_csv=from_csv)
                for name in frame.columns if name not in {target, id_column, timestamp}}
-    for kind in ("numerical", "categorical"):
+    lines += _feature_lines(guesses)
+    keys = [id_column] if id_column else []
+    features = [name for name, guess in guesses.items() if guess.kind in FEATURES]
+    needs = {"production": [*keys, *features], "production_labels": [*keys, target]}
+    split = "stratified" if task != "regression" else "random"
+    lines += ["", f"task: {task}  # REVIEW from the target: {task_reason}", "",
+              *_data_lines(path, root, production or {}, needs), "", "training:",
+              _line(f"  split: {split}", "REVIEW" + (
+                  " keeps each class's share in the holdout" if split == "stratified" else "")
+                  + (f"; or time, to hold out the latest rows by {_flow(timestamp)}"
+                     if timestamp else "")),
+              f"  metric: {METRICS[task]}  # REVIEW one of the task's metrics (see config.py)",
+              *_candidates(task), "", "engineering:",
+              "  steps: []  # the shipped steps read the example's columns: list yours here", ""]
+    return "\n".join(lines)
+
+
+def _feature_lines(guesses: dict[str, draft_columns.Guess]) -> list[str]:
+    lines = []
+    for kind in FEATURES:
         chosen = {name: guess for name, guess in guesses.items() if guess.kind == kind}
         lines.append(f"  {kind}:" + ("" if chosen else " {}"))
         lines += [_line(_entry("    ", _flow(name), _flow(guess.rule)), f"REVIEW {guess.note}")
@@ -309,15 +288,7 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
         lines.append("  # REVIEW left out (listed columns only are read; these are dropped):")
         lines += ["  #   " + _comment(f"{_flow(name)}: {guess.note}")
                   for name, guess in left_out.items()]
-    split = "stratified" if task != "regression" else "random"
-    lines += ["", f"task: {task}  # REVIEW from the target: {task_reason}", "", "training:",
-              _line(f"  split: {split}", "REVIEW" + (
-                  f" or time, to hold out the latest rows by {_flow(timestamp)}" if timestamp
-                  else "")),
-              f"  metric: {METRICS[task]}  # REVIEW one of the task's metrics (see config.py)",
-              *_candidates(task), "", "engineering:",
-              "  steps: []  # the shipped steps read the example's columns: list yours here", ""]
-    return "\n".join(lines)
+    return lines
 
 
 # Candidates that suit each kind of task, as a start: the shipped ones are classifiers.
@@ -340,25 +311,77 @@ def _candidates(task: str) -> list[str]:
                     f"search: {search}}}" for name, estimator, params, search in CANDIDATES[kind]]
 
 
+def _sections(config_file: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """The production files a config names, and its `columns` (empty where it has none)."""
+    try:
+        content = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{config_file}: not valid YAML: {err}\n{config_file} is "
+                         "unchanged") from err
+    sections = content if isinstance(content, dict) else {}
+    data, columns = sections.get("data"), sections.get("columns")
+    named = {key: value for key, value in (data.items() if isinstance(data, dict) else ())
+             if key in DEFAULT_NAMES and isinstance(value, str)}
+    return named, columns if isinstance(columns, dict) else {}
+
+
+def _ask_at_terminal(question: str) -> str:
+    """The question on stderr (stdout may carry the draft), the answer from stdin."""
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    if not answer:
+        raise EOFError
+    return answer
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("data_file", type=Path, help="CSV or Parquet file of your historic data")
     parser.add_argument("--target", required=True, help="the column to predict")
     parser.add_argument("--id", dest="id_column", default=None, help="the identifier column")
     parser.add_argument("--timestamp", default=None, help="the event time column")
-    parser.add_argument("--output", type=Path, default=None, help="write here (default: stdout)")
+    parser.add_argument("--positive-class", default=None,
+                        help="a binary target's class that F1, precision, recall and ROC AUC "
+                             "score (default: asked at a terminal, else 1/True/yes or the rarer)")
+    parser.add_argument("--production", type=Path, default=None,
+                        help="the production file to score (data.production)")
+    parser.add_argument("--production-labels", type=Path, default=None,
+                        help="its labels, arriving later (data.production_labels)")
+    written = parser.add_mutually_exclusive_group()
+    written.add_argument("--output", type=Path, default=None, help="write here (default: stdout)")
+    written.add_argument("--update-config", type=Path, default=None, metavar="CONFIG_FILE",
+                         help="rewrite the drafted sections of this config file in place")
+    parser.add_argument("--no-input", action="store_true",
+                        help="ask nothing (so it is when stdin is no terminal)")
     args = parser.parse_args(argv)
     if not args.data_file.is_file():
         parser.exit(2, f"error: data file not found: {args.data_file}\n")
-    try:
+    config_file: Path | None = args.update_config
+    if config_file is not None and not config_file.is_file():
+        parser.exit(2, f"error: config file not found: {config_file}\n")
+    root = config_file.resolve().parent if config_file else PROJECT_ROOT
+    try:  # a config's own production files are kept where they exist, its positive class too
+        named, previous = _sections(config_file) if config_file else ({}, {})
+        production: dict[str, Path | str | None] = {
+            "production": args.production or named.get("production"),
+            "production_labels": args.production_labels or named.get("production_labels")}
         text = draft_config(args.data_file, args.target, id_column=args.id_column,
-                            timestamp=args.timestamp)
-    except ValueError as err:
+                            timestamp=args.timestamp, positive_class=args.positive_class,
+                            production=production, root=root, previous=previous,
+                            ask=None if args.no_input or not sys.stdin.isatty()
+                            else _ask_at_terminal)
+        summary = draft_update.update_config(config_file, text, root) if config_file else ""
+    except (ValueError, yaml.YAMLError) as err:  # draft_update.ConfigRefused is a ValueError
         parser.exit(2, f"error: {err}\n")
-    if args.output:
+    if summary:
+        section = text.partition("\ncolumns:\n")[2].splitlines()  # flagged first, if any
+        flagged = itertools.takewhile(lambda line: line.startswith("  # "), section)
+        print("\n".join([summary, *(line.removeprefix("  # ") for line in flagged)]))
+    elif args.output:
         args.output.write_text(text, encoding="utf-8")
-        print(f"Draft written to {args.output}: review every REVIEW line, then merge it into "
-              "project_config.yaml")
+        print(f"Draft written to {args.output}: review every REVIEW line (the first ones "
+              "first), then merge it into project_config.yaml")
     else:
         print(text, end="")
     return 0

@@ -1,7 +1,10 @@
-"""The drafted config validates the very file it was drafted from, for tables of several shapes.
+"""The drafted config validates the very file it was drafted from, for tables of several shapes,
+and rows from the whole year when it was drafted from part of it; it flags the positive class
+first, names the data files, and says plainly what the table lacks.
 
-Each table is generated here, written as CSV and as Parquet, drafted, merged into the shipped
-config in place of its columns, and read and validated by the real ingest and validation code.
+Each table is generated (tests/draft_tables.py), written as CSV and as Parquet, drafted, merged
+into the tests' config in place of its columns, and read and validated by the real ingest and
+validation code.
 """
 
 from __future__ import annotations
@@ -9,130 +12,31 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import hypothesis
-import hypothesis.strategies as st
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from executables.draft_config import draft_config, main, padded_range
-from ml_project.config import Config, load_config
+from executables.draft_config import choose_positive, draft_config, main
+from ml_project.config import REASON_COLUMN
 from ml_project.csv_format import BROKEN_HEADER
 from ml_project.ingest import read_table
 from ml_project.validate import validate_production_data
-from tests.conftest import FIXTURE_CONFIG
-
-ROWS = 400
-
-
-def _with_nulls(values: np.ndarray, rng: np.random.Generator, share: float) -> np.ndarray:
-    result = values.astype(object)
-    result[rng.random(len(values)) < share] = None
-    return result
-
-
-def binary_table(rng: np.random.Generator) -> pd.DataFrame:
-    """Churn-like: categorical features with nulls, a flag, codes, free text, a constant, dates."""
-    return pd.DataFrame({
-        "customer_id": [f"C{i:05d}" for i in range(ROWS)],
-        "event_time": pd.date_range("2024-01-01", periods=ROWS, freq="h").strftime(
-            "%Y-%m-%dT%H:%M:%S"),
-        "tenure_months": rng.integers(0, 73, ROWS),
-        "monthly_charges": _with_nulls(rng.uniform(20, 120, ROWS).round(2), rng, 0.1),
-        "contract": _with_nulls(rng.choice(["monthly", "yearly", "two-year"], ROWS), rng, 0.05),
-        "is_senior": rng.choice([True, False], ROWS),
-        "plan_code": rng.choice([1, 2, 3], ROWS),
-        "support_calls": rng.poisson(2, ROWS),
-        "notes": [f"called about invoice {i}" for i in range(ROWS)],
-        "country": "NL",
-        "legacy_score": np.full(ROWS, np.nan),
-        "signup_date": pd.date_range("2020-01-01", periods=ROWS, freq="D").strftime("%Y-%m-%d"),
-        "churned": rng.choice([0, 1], ROWS),
-    })
-
-
-def multiclass_table(rng: np.random.Generator) -> pd.DataFrame:
-    """Text labels, an id named in another style, no timestamp."""
-    return pd.DataFrame({
-        "RowID": rng.permutation(ROWS) + 1000,
-        "petal_length": rng.normal(4, 1.5, ROWS).round(1),
-        "petal_width": _with_nulls(rng.normal(1.2, 0.5, ROWS).round(2), rng, 0.02),
-        "colour": rng.choice(["blue", "white", "violet", "1"], ROWS),
-        "species": rng.choice(["setosa", "versicolor", "virginica"], ROWS),
-    })
-
-
-def regression_table(rng: np.random.Generator) -> pd.DataFrame:
-    """Numeric features only, negative values, a float target."""
-    return pd.DataFrame({
-        "listing": [f"L-{i}" for i in range(ROWS)],
-        "temperature": rng.normal(-5, 10, ROWS),
-        "floor_area_m2": rng.uniform(20, 250, ROWS),
-        "rooms": rng.integers(1, 9, ROWS),
-        "price": rng.lognormal(12, 0.5, ROWS),
-    })
-
-
-def other_names_table(rng: np.random.Generator) -> pd.DataFrame:
-    """Unusual column names, yes/no text labels, true/false texts, integer-looking categories."""
-    return pd.DataFrame({
-        "Order Ref": [f"{i:08d}" for i in range(ROWS)],
-        "Created At": pd.date_range("2025-03-01", periods=ROWS, freq="min").strftime(
-            "%Y-%m-%d %H:%M:%S+01:00"),
-        "Amount (EUR)": rng.exponential(80, ROWS).round(2),
-        "Store": rng.choice(["001", "002", "017"], ROWS),
-        "Gift?": rng.choice(["true", "false"], ROWS),
-        "Returned": rng.choice(["yes", "no"], ROWS),
-    })
-
-
-def flag_target_table(rng: np.random.Generator) -> pd.DataFrame:
-    """A True/False target (read as bools from a CSV as from Parquet), a flag feature."""
-    return pd.DataFrame({
-        "PassengerId": [f"{i:04d}_01" for i in range(ROWS)],
-        "Age": _with_nulls(rng.integers(0, 80, ROWS).astype(float), rng, 0.05),
-        "VIP": rng.choice([True, False], ROWS),
-        "Transported": rng.choice([True, False], ROWS),
-    })
-
-
-SHAPES: dict[str, tuple[Callable[[np.random.Generator], pd.DataFrame], dict[str, Any]]] = {
-    "binary": (binary_table, {"target": "churned"}),
-    "multiclass": (multiclass_table, {"target": "species"}),
-    "regression": (regression_table, {"target": "price", "id_column": "listing"}),
-    "other_names": (other_names_table, {"target": "Returned", "id_column": "Order Ref",
-                                        "timestamp": "Created At"}),
-    "flag_target": (flag_target_table, {"target": "Transported", "id_column": "PassengerId"}),
-}
-
-
-def write_table(frame: pd.DataFrame, path: Path) -> Path:
-    if path.suffix == ".csv":
-        frame.to_csv(path, index=False)
-    else:
-        frame.to_parquet(path, index=False)
-    return path
-
-
-def config_from_draft(draft: dict[str, Any], data_file: Path, root: Path) -> Config:
-    """The tests' churn config with the drafted sections in place of its columns and task."""
-    base = yaml.safe_load(FIXTURE_CONFIG.read_text())
-    del base["columns"]
-    base["data"]["historic"] = str(data_file)
-    config_file = root / "project_config.yaml"
-    config_file.write_text(yaml.safe_dump(base, sort_keys=False))
-    return load_config("modelling", "historic", "local", config_file=config_file, root=root,
-                       overrides=draft)
-
-
-def drafted(shape: str, suffix: str, tmp_path: Path) -> tuple[pd.DataFrame, Path, str]:
-    make, options = SHAPES[shape]
-    frame = make(np.random.default_rng(7))
-    path = write_table(frame, tmp_path / f"{shape}{suffix}")
-    return frame, path, draft_config(path, **options)
+from tests.draft_tables import (
+    AWKWARD_NAMES,
+    ROWS,
+    SEASONAL,
+    SHAPES,
+    awkward_table,
+    bookings,
+    config_from_draft,
+    drafted,
+    orders,
+    regression_table,
+    write_table,
+)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
@@ -222,21 +126,6 @@ def test_drafted_rules_reject_what_the_file_never_showed(tmp_path: Path) -> None
     assert "weekly" in result.quarantined["quarantine_reason"].iloc[2]
 
 
-@pytest.mark.parametrize(("low", "high", "integral", "expected"), [
-    (0, 118.7, False, (0, 140)),
-    (18, 95, True, (10, 103)),
-    (-25.3, 31.2, False, (-31, 37)),
-    (0.2, 0.8, False, (0.14, 0.86)),
-    (1000, 1000, True, (900, 1100)),
-    (0, 8, True, (0, 9)),
-    (0, 8, False, (0, 8.8)),
-])
-def test_padded_range_widens_outward_and_stays_non_negative(
-    low: float, high: float, integral: bool, expected: tuple[float, float]
-) -> None:
-    assert padded_range(low, high, integral=integral) == pytest.approx(expected)
-
-
 def test_main_writes_the_draft_and_names_a_missing_column(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -273,35 +162,6 @@ def test_one_column_given_as_two_roles_is_refused_and_times_as_the_id_are_named(
     config_from_draft(yaml.safe_load(text), path, tmp_path)  # loads: no column used twice
 
 
-# Names YAML would read as something else, or that would end a line: each must come back as
-# itself, and none may add a key of its own to the draft.
-AWKWARD_NAMES = ["a\nevil: 1", "b\r\nalso: 2", "c\u2028evil: 3", "d\x85e", "tab\there",
-                 "x # not a comment", "k: v", "it's \"quoted\"", "café ☕", "<<", "yes", "1",
-                 "~", "- item", "[list", "&anchor", "*alias", "!tag", "%directive", "@at",
-                 "`tick", "back\\slash", "\x01start\x1bescape\x7f", "n" * 20_000]
-EXTREMES = [1e308, -1e308, math.inf, -math.inf, math.nan, 5e-324, -5e-324, 0.0,
-            sys.float_info.max, -sys.float_info.max]
-
-
-def awkward_table(rng: np.random.Generator) -> pd.DataFrame:
-    """Awkward names for features, id and target, awkward categories and labels, the extreme
-    floats in one column, one of infinities only, one of subnormals only, free text."""
-    numbers = rng.normal(0, 1, ROWS)
-    numbers[: len(EXTREMES)] = EXTREMES
-    columns: dict[str, Any] = {"id\nevil: 1": [f"r{i}" for i in range(ROWS)]}
-    columns |= {name: rng.normal(0, 1, ROWS).round(3) for name in AWKWARD_NAMES}
-    columns |= {
-        "extremes": numbers,
-        "only infinite": rng.choice([math.inf, -math.inf], ROWS),
-        "only subnormal": rng.choice([5e-324, 1e-323, 2.5e-322], ROWS),
-        "colour\n#: 1": rng.choice(["red\nevil: 1", "green # not a comment", "<<", "yes"],
-                                   ROWS),
-        "free\ntext: 1": [f"note {i}\nx: y" for i in range(ROWS)],
-        "label\n: 1": rng.choice(["churn: yes", "no # really"], ROWS),
-    }
-    return pd.DataFrame(columns)
-
-
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_awkward_names_and_extreme_values_give_a_draft_that_loads_back_as_the_table(
     suffix: str, tmp_path: Path
@@ -326,7 +186,8 @@ def test_awkward_names_and_extreme_values_give_a_draft_that_loads_back_as_the_ta
 
     assert text.splitlines() == text.removesuffix("\n").split("\n")  # no break inside a line
     assert all(line.isprintable() for line in text.split("\n"))
-    assert set(draft) == {"columns", "task", "training", "engineering"}
+    assert set(draft) == {"data", "columns", "task", "training", "engineering"}
+    assert draft["data"]["historic"] == str(path.resolve())  # outside the project: absolute
     columns = config.columns
     assert (columns.id, columns.target, columns.timestamp) == (
         name("id\nevil: 1"), name("label\n: 1"), None)
@@ -361,23 +222,6 @@ def test_a_csv_out_of_the_format_every_path_reads_is_refused_in_its_words(
     assert not output.exists()
 
 
-@hypothesis.settings(max_examples=500, deadline=None)
-@hypothesis.given(st.floats(allow_nan=False, allow_infinity=False),
-                  st.floats(allow_nan=False, allow_infinity=False), st.booleans())
-def test_padded_range_holds_what_was_seen_for_any_finite_floats(
-    first: float, second: float, integral: bool
-) -> None:
-    low, high = sorted((first, second))
-    if integral:
-        low, high = float(math.floor(low)), float(math.ceil(high))
-
-    lower, upper = padded_range(low, high, integral=integral)
-
-    assert math.isfinite(lower) and math.isfinite(upper)
-    assert lower <= low and upper >= high
-    assert lower >= 0 or low < 0
-
-
 @pytest.mark.parametrize(("values", "drafted"), [
     ([1e308, -1e308], {"min": -1.2e308, "max": 1.2e308}),
     ([math.inf, -math.inf], None),  # no finite value: left out, said why
@@ -405,3 +249,140 @@ def test_a_column_of_extreme_values_is_drafted_and_the_draft_loads(
     else:
         assert config.columns.numerical["extreme"].model_dump(exclude_defaults=True) == (
             pytest.approx(drafted))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize("shape", list(SEASONAL))
+def test_a_draft_from_part_of_the_year_accepts_rows_from_all_of_it(
+    shape: str, suffix: str, tmp_path: Path
+) -> None:
+    """Zero edits: drafted with the defaults (no id, no positive class, nothing asked) from a
+    season, a working day, January to November, the draft loads and accepts every row of a
+    later sample over every month, hour, weekday and quarter, and a later year."""
+    make, target = SEASONAL[shape]
+    seen = write_table(make(np.random.default_rng(11), 1000, False), tmp_path / f"seen{suffix}")
+    later = write_table(make(np.random.default_rng(12), 1000, True), tmp_path / f"all{suffix}")
+
+    config = config_from_draft(yaml.safe_load(draft_config(seen, target)), seen, tmp_path)
+
+    for path in (seen, later):
+        result = validate_production_data(read_table(str(path), config), config,
+                                          with_target=True)
+        assert result.quarantined.empty, list(result.quarantined[REASON_COLUMN].head(3))
+    if config.task == "binary_classification":  # the rare class, as F1 and recall ask about
+        assert config.positive_class in {"fraud", 1}
+
+
+def test_a_rare_positive_class_is_drafted_last_and_flagged_before_any_other_guess(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_table(bookings(np.random.default_rng(4), 1000, True), tmp_path / "b.csv")
+    frauds = int((pd.read_csv(path)["status"] == "fraud").sum())
+
+    text = draft_config(path, "status")
+    reviews = [line for line in text.splitlines() if "REVIEW" in line]
+    code = main([str(path), "--target", "status", "--positive-class", "ok", "--no-input",
+                 "--output", str(tmp_path / "ok.yaml")])
+
+    assert yaml.safe_load(text)["columns"]["target_classes"] == ["ok", "fraud"]
+    assert reviews[0].startswith("# REVIEW FIRST the positive class")
+    assert reviews[2] == (f"  # REVIEW FIRST, the positive class: fraud ({frauds:,} of 1,000 "
+                          f"rows, {frauds / 1000:.1%}), the rarer class; ok: {1000 - frauds:,} "
+                          "rows.")
+    assert "F1, precision, recall and ROC AUC score it" in text
+    assert code == 0 and capsys.readouterr().err == ""
+    given = yaml.safe_load((tmp_path / "ok.yaml").read_text())["columns"]["target_classes"]
+    assert given == ["fraud", "ok"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--target", "status", "--positive-class", "Fraud"],
+     "--positive-class 'Fraud' is not a class of the target: fraud: "),
+    (["--target", "priority", "--positive-class", "high"],
+     "the task is multiclass_classification (3 labels seen); only a binary target has a "
+     "positive class"),
+])
+def test_a_positive_class_that_cannot_be_is_refused(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = bookings(np.random.default_rng(4), 300, True).assign(
+        priority=orders(np.random.default_rng(4), 300, True)["priority"])
+    path = write_table(frame, tmp_path / "b.parquet")
+
+    with pytest.raises(SystemExit) as exited:
+        main([str(path), *argv, "--no-input"])
+
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("counts", "positive", "why"), [
+    ({0: 30, 1: 70}, 1, "by convention"),
+    ({"False": 80, "True": 20}, "True", "by convention"),
+    ({"no": 10, "yes": 90}, "yes", "by convention"),
+    ({"fraud": 3, "ok": 97}, "fraud", "the rarer class"),
+    ({2: 60, 5: 40}, 5, "the rarer class"),
+    ({1: 70, 2: 30}, 2, "the rarer class"),  # 1/2 codes: 1 is no positive label here
+    ({"Y": 5, "N": 95}, "Y", "by convention (y against n)"),
+    ({"blue": 5, "red": 5}, "red", "as common as the other"),
+])
+def test_choose_positive_by_default_a_conventional_label_else_the_rarer(
+    counts: dict[int | str, int], positive: int | str, why: str
+) -> None:
+    chosen, reason = choose_positive(counts)
+
+    assert chosen == positive and why in reason
+
+
+def test_choose_positive_asks_until_a_class_is_answered_and_keeps_the_configs_own() -> None:
+    counts: dict[int | str, int] = {"fraud": 3, "ok": 97}
+    answers = iter(["maybe", " ok\n"])
+    questions: list[str] = []
+
+    def ask(question: str) -> str:
+        questions.append(question)
+        return next(answers)
+
+    def no_answer(question: str) -> str:
+        raise EOFError
+
+    assert choose_positive(counts, ask=ask) == ("ok", "answered")
+    assert len(questions) == 2 and "fraud: 3 rows (3.0%), ok: 97 rows (97.0%)" in questions[0]
+    assert questions[1] == "maybe is not a class. Positive class [fraud]: "
+    assert questions[0].endswith("Positive class [fraud]: ")
+    assert choose_positive(counts, ask=lambda _: "") == ("fraud", "the rarer class")
+    assert choose_positive(counts, ask=no_answer) == ("fraud", "the rarer class")
+    assert choose_positive(counts, kept="ok") == ("ok", "as the config had it")
+    assert choose_positive(counts, kept="gone")[0] == "fraud"
+
+
+def test_data_names_the_files_from_the_project_root_and_says_which_are_there(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "data").mkdir()
+    frame = bookings(np.random.default_rng(5), 300, True)
+    path = write_table(frame, tmp_path / "data" / "trips.parquet")
+    labels = write_table(frame[["booking_ref", "status"]], tmp_path / "data" / "labels.parquet")
+    write_table(pd.DataFrame({"customer_id": ["C1"]}),  # another table's, e.g. an example's
+                tmp_path / "data" / "production_data.parquet")
+
+    text = draft_config(path, "status", root=tmp_path, production={"production_labels": labels})
+
+    assert yaml.safe_load(text)["data"] == {
+        "historic": "data/trips.parquet", "historic_table": None, "historic_query": None,
+        "production": "data/production_data.parquet", "production_labels": "data/labels.parquet"}
+    assert ("  production: data/production_data.parquet  # REVIEW: the file there lacks "
+            "[booking_ref, month, departure_hour, ...]: not this table's?; ") in text
+    assert "  production_labels: data/labels.parquet  # given: there, with the columns" in text
+
+
+def test_a_table_without_id_or_timestamp_is_said_so_in_plain_words(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    frame = pd.DataFrame({"colour": rng.choice(["red", "blue"], ROWS),
+                          "size": rng.integers(1, 4, ROWS), "label": rng.choice(["a", "b"], ROWS)})
+    path = write_table(frame, tmp_path / "plain.csv")
+
+    text = draft_config(path, "label")
+
+    assert "None" not in text and "a column of times" not in text
+    assert "  id: null  # REVIEW no column is unique in every row and never missing: add one" in text
+    assert "  timestamp: null  # no column of ISO 8601 times found: none is needed" in text
