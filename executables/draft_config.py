@@ -146,10 +146,10 @@ def _positive_lines(counts: dict[int | str, int], positive: int | str, why: str)
         f"REVIEW FIRST, the positive class: {_flow(positive)} ({counts[positive]:,} of "
         f"{total:,} rows, {counts[positive] / total:.1%}), {why}; {_flow(other)}: "
         f"{counts[other]:,} rows.",
-        "It is the LAST of target_classes: F1, precision, recall and ROC AUC score it, and",
+        "It is columns.positive_class: F1, precision, recall and ROC AUC score it, and",
         "monitoring watches its probability. With the wrong one, the scores say how well the",
         "model finds the other class (a rare class taken for the common one looks easy).",
-        "To change it, swap the two or draft again with --positive-class VALUE.")]
+        f"To change it, set positive_class: {_flow(other)} or draft again with --positive-class.")]
 
 
 def _as_given(path: Path, root: Path) -> str:
@@ -221,9 +221,9 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
     classes: list[int | str] = list(counts)
     positive_lines = []
     if task == "binary_classification":
-        listed = previous.get("target_classes")
-        kept = str(listed[-1]) if (previous.get("target") == target and listed
-                                   and isinstance(listed, list)) else None
+        listed, chosen = previous.get("target_classes"), previous.get("positive_class")
+        kept = None if previous.get("target") != target else str(chosen) if chosen is not None \
+            else str(listed[-1]) if isinstance(listed, list) and listed else None  # format 1
         positive, why = choose_positive(counts, positive_class, ask, kept)
         classes = [label for label in classes if label != positive] + [positive]
         positive_lines = _positive_lines(counts, positive, why)
@@ -237,7 +237,7 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
     lines = ["# " + _comment(f"Drafted by executables.draft_config from {path.name} "
                              f"({len(frame):,} rows).")]
     if positive_lines:
-        lines.append("# REVIEW FIRST the positive class, columns.target_classes (below).")
+        lines.append("# REVIEW FIRST the positive class, columns.positive_class (below).")
     lines += ["# Every line marked REVIEW is a guess from this one file: check it before use.",
               "", "columns:", *positive_lines]
     lines.append(_line(f"  id: {_flow(id_column)}", id_note if id_column else (
@@ -254,8 +254,10 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
     lines.append(_line(f"  target: {_flow(target)}", (
         f"REVIEW {missing_target} rows without a target will be quarantined"
         if missing_target else "")))
-    lines.append(_line(f"  target_classes: {_flow(classes)}", f"REVIEW {task_reason}" + (
-        f"; the last, {_flow(classes[-1])}, is the positive class" if positive_lines else "")))
+    lines.append(_line(f"  target_classes: {_flow(classes)}", f"REVIEW {task_reason}"))
+    if positive_lines:
+        lines.append(_line(f"  positive_class: {_flow(classes[-1])}",
+                           "REVIEW FIRST: see the top of this section"))
     guesses = {str(name): draft_columns.guess_feature(str(name), frame[name], from_csv=from_csv)
                for name in frame.columns if name not in {target, id_column, timestamp}}
     lines += _feature_lines(guesses)
