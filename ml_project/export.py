@@ -12,7 +12,10 @@ Export is atomic: the artifact is written under a name of its own and synced to 
 metadata.json is replaced in one rename. A run killed at any moment (or a power cut) leaves
 metadata.json pointing at a complete artifact, the previous one or the new one. Loading
 verifies the checksum before unpickling, so a tampered or truncated file is refused, never
-executed. metadata.json's content is this module's too (`model_metadata`): the contract every
+executed. A model refers to the code it was fitted with by module name (this package's feature
+steps and transformers): one that names a module or name not importable here (the package was
+renamed, a module deleted, a library not installed) is one ArtifactError naming the fix
+(`unpickled`), for every loader. metadata.json's content is this module's too (`model_metadata`): the contract every
 loader reads. Serving imports this module: it must not import mlflow, pandera or plotting.
 """
 
@@ -27,7 +30,7 @@ import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Mapping, Sequence, TypeVar
 
 import joblib
 import numpy as np
@@ -35,10 +38,15 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from ml_project.config import Config
+from ml_project.engineer import FeatureEngineer
 from ml_project.schemas import field_rules
 
 METADATA_FILE = "metadata.json"
 LIBRARIES = ("scikit-learn", "pandas", "numpy", "joblib")
+# This package's name as Python imports it, whatever it has been renamed to.
+PACKAGE = __name__.partition(".")[0]
+MODELLING_COMMAND = "pipenv run python use_cases/modelling_historic_data_local.py"
+Loaded = TypeVar("Loaded")
 
 
 class ArtifactError(RuntimeError):
@@ -128,6 +136,7 @@ def model_metadata(
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "extra_labelled_data": extra_labelled_data,
         "skops_trusted_types": list(trusted_types),
+        "package": PACKAGE,  # the modules the pickled model refers to are this package's
     }
 
 
@@ -235,10 +244,57 @@ def load_pipeline(directory: Path) -> tuple[Pipeline, dict[str, Any]]:
             f"{metadata['sha256'][:12]}..., got {actual[:12]}...): it was modified or truncated; "
             "refusing to load it. Re-run the modelling use case."
         )
-    pipeline = joblib.load(artifact)  # safe: the bytes are the ones this project wrote
+    # safe: the bytes are the ones this project wrote
+    pipeline = unpickled(lambda: joblib.load(artifact), str(artifact), metadata)
     if not isinstance(pipeline, Pipeline):
         raise ArtifactError(f"{artifact} does not hold a scikit-learn Pipeline")
     return pipeline, metadata
+
+
+def saved_package(metadata: Mapping[str, Any]) -> str | None:
+    """The package a model was saved under: recorded since metadata.json has "package"; for an
+    older one, read off its trusted types (every Pipeline holds a FeatureEngineer)."""
+    if metadata.get("package"):
+        return str(metadata["package"])
+    engineer = f"{FeatureEngineer.__module__.partition('.')[2]}.{FeatureEngineer.__qualname__}"
+    return next((str(name).partition(".")[0] for name in metadata.get("skops_trusted_types", [])
+                 if str(name).partition(".")[2] == engineer), None)
+
+
+def missing_code(source: str, metadata: Mapping[str, Any], module: str | None,
+                 error: Exception) -> str:
+    """Why the model `source` cannot be loaded here and what to run, for a model that refers
+    to a module (`module`) or a name (None) that cannot be imported."""
+    package = saved_package(metadata)
+    retrain = f"retrain: {MODELLING_COMMAND} (it replaces the champion)"
+    if package and package != PACKAGE:
+        missing = f"module {module!r}" if module else f"code that is not here ({error})"
+        return (f"cannot load {source}: it was saved under the package name {package!r}, and this "
+                f"project's package is {PACKAGE!r} now, so the model refers to {missing}. Rename "
+                f"the package back (bash executables/rename_project.sh {package}), or {retrain}; "
+                "to start afresh, run bash executables/clear_outputs.sh --yes before it")
+    if module is None:
+        return (f"cannot load {source}: it refers to a name its module no longer has ({error}): "
+                f"restore it as it was when the model was trained, or {retrain}")
+    if module.partition(".")[0] == PACKAGE:
+        return (f"cannot load {source}: it refers to the module {module!r} of this package, "
+                f"which no longer exists (deleted or renamed since the model was trained): "
+                f"restore it, or {retrain}")
+    return (f"cannot load {source}: it needs the module {module!r}, which is not installed "
+            f"here: install the package that provides it (as the model was trained with), or "
+            f"{retrain}")
+
+
+def unpickled(load: Callable[[], Loaded], source: str, metadata: Mapping[str, Any]) -> Loaded:
+    """`load()` of a serialised model: a module or name it refers to that cannot be imported
+    here is one ArtifactError saying which and what to run (`missing_code`). Every loader of
+    a model (the local artifact, the registry's copy) goes through here."""
+    try:
+        return load()
+    except ModuleNotFoundError as err:
+        raise ArtifactError(missing_code(source, metadata, err.name or str(err), err)) from err
+    except (ImportError, AttributeError) as err:  # a name gone from its module (pickle, skops)
+        raise ArtifactError(missing_code(source, metadata, None, err)) from err
 
 
 def load_reference(directory: Path, metadata: dict[str, Any]) -> pd.DataFrame | None:
