@@ -41,6 +41,7 @@ except ModuleNotFoundError:  # before Python 3.11
 ROOT = Path(__file__).resolve().parents[1]
 if not __package__:  # run as a file (`python executables/rename_project.py`, -I too)
     sys.path.insert(0, str(ROOT))
+    sys.dont_write_bytecode = True  # no __pycache__ left in the tree it renames (or refuses)
 from executables.rename_environment import (  # noqa: E402  (the project is on the path now)
     Refused,
     importable_modules,
