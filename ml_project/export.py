@@ -46,6 +46,7 @@ LIBRARIES = ("scikit-learn", "pandas", "numpy", "joblib")
 # This package's name as Python imports it, whatever it has been renamed to.
 PACKAGE = __name__.partition(".")[0]
 MODELLING_COMMAND = "pipenv run python use_cases/modelling_historic_data_local.py"
+RETRAIN = f"retrain: {MODELLING_COMMAND} (it replaces the champion)"
 Loaded = TypeVar("Loaded")
 
 
@@ -261,40 +262,49 @@ def saved_package(metadata: Mapping[str, Any]) -> str | None:
                  if str(name).partition(".")[2] == engineer), None)
 
 
-def missing_code(source: str, metadata: Mapping[str, Any], module: str | None,
-                 error: Exception) -> str:
+def another_package(source: str, package: str) -> str:
+    """Why a model saved under `package`, another name of this package, is not loaded here."""
+    return (f"cannot load {source}: it was saved under the package name {package!r}, and this "
+            f"project's package is {PACKAGE!r} now: the model refers to the modules of "
+            f"{package!r} by name, which are not this project's code. Rename the package back "
+            f"(bash executables/rename_project.sh {package}), or {RETRAIN}; to start afresh, "
+            "run bash executables/clear_outputs.sh --yes before it")
+
+
+def missing_code(source: str, module: str | None, error: Exception) -> str:
     """Why the model `source` cannot be loaded here and what to run, for a model that refers
     to a module (`module`) or a name (None) that cannot be imported."""
-    package = saved_package(metadata)
-    retrain = f"retrain: {MODELLING_COMMAND} (it replaces the champion)"
-    if package and package != PACKAGE:
-        missing = f"module {module!r}" if module else f"code that is not here ({error})"
-        return (f"cannot load {source}: it was saved under the package name {package!r}, and this "
-                f"project's package is {PACKAGE!r} now, so the model refers to {missing}. Rename "
-                f"the package back (bash executables/rename_project.sh {package}), or {retrain}; "
-                "to start afresh, run bash executables/clear_outputs.sh --yes before it")
     if module is None:
         return (f"cannot load {source}: it refers to a name its module no longer has ({error}): "
-                f"restore it as it was when the model was trained, or {retrain}")
+                f"restore it as it was when the model was trained, or {RETRAIN}")
     if module.partition(".")[0] == PACKAGE:
         return (f"cannot load {source}: it refers to the module {module!r} of this package, "
                 f"which no longer exists (deleted or renamed since the model was trained): "
-                f"restore it, or {retrain}")
+                f"restore it, or {RETRAIN}")
     return (f"cannot load {source}: it needs the module {module!r}, which is not installed "
             f"here: install the package that provides it (as the model was trained with), or "
-            f"{retrain}")
+            f"{RETRAIN}")
 
 
 def unpickled(load: Callable[[], Loaded], source: str, metadata: Mapping[str, Any]) -> Loaded:
-    """`load()` of a serialised model: a module or name it refers to that cannot be imported
-    here is one ArtifactError saying which and what to run (`missing_code`). Every loader of
-    a model (the local artifact, the registry's copy) goes through here."""
+    """`load()` of a serialised model, or one ArtifactError saying why not and what to run.
+    Every loader of a model (the local artifact, the registry's copy) goes through here.
+
+    A model saved under another package name is refused before anything is unpickled, whether
+    or not that package can be imported here (an older copy of the project, still installed,
+    would load it with that copy's code, its classes unknown to the fast path). A module or
+    name it refers to that cannot be imported (deleted, renamed, a library not installed) is
+    named, with the fix.
+    """
+    package = saved_package(metadata)
+    if package is not None and package != PACKAGE:
+        raise ArtifactError(another_package(source, package))
     try:
         return load()
     except ModuleNotFoundError as err:
-        raise ArtifactError(missing_code(source, metadata, err.name or str(err), err)) from err
+        raise ArtifactError(missing_code(source, err.name or str(err), err)) from err
     except (ImportError, AttributeError) as err:  # a name gone from its module (pickle, skops)
-        raise ArtifactError(missing_code(source, metadata, None, err)) from err
+        raise ArtifactError(missing_code(source, None, err)) from err
 
 
 def load_reference(directory: Path, metadata: dict[str, Any]) -> pd.DataFrame | None:

@@ -181,9 +181,10 @@ def test_hash_frame_depends_on_values_and_column_names_only(raw: pd.DataFrame) -
 # Models that refer to code not importable here -----------------------------------------------
 
 def _exported_under_package(root: Path, package: str, metadata: dict[str, Any],
-                            monkeypatch: pytest.MonkeyPatch) -> Path:
+                            monkeypatch: pytest.MonkeyPatch, *, removed: bool = True) -> Path:
     """A Pipeline whose first step is a function of the package `package` (made in `root`),
-    exported; then the package is gone, as after a rename. Returns the artifact folder."""
+    exported; then (`removed`) the package is gone, as after a rename. Returns the artifact
+    folder."""
     (root / package).mkdir(parents=True)
     (root / package / "__init__.py").write_text("")
     (root / package / "steps.py").write_text("def double(x):\n    return x * 2\n")
@@ -192,6 +193,8 @@ def _exported_under_package(root: Path, package: str, metadata: dict[str, Any],
     pipeline = Pipeline([("double", FunctionTransformer(steps.double)),
                          ("model", LogisticRegression())]).fit(np.array([[0.0], [1.0]]), [0, 1])
     export_pipeline(pipeline, metadata, root / "champion")
+    if not removed:
+        return root / "champion"
     for name in (f"{package}.steps", package):
         monkeypatch.delitem(sys.modules, name)
     (root / package / "steps.py").unlink()
@@ -201,11 +204,14 @@ def _exported_under_package(root: Path, package: str, metadata: dict[str, Any],
     return root / "champion"
 
 
+@pytest.mark.parametrize("importable", [False, True], ids=["package-gone", "old-copy-importable"])
 def test_load_pipeline_of_a_model_saved_under_another_package_name_names_the_fix(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, importable: bool
 ) -> None:
+    """The same verdict whether the old package is gone or an older copy of the project still
+    provides it (its code is not this project's)."""
     directory = _exported_under_package(tmp_path, "churn_before", METADATA | {
-        "package": "churn_before"}, monkeypatch)
+        "package": "churn_before"}, monkeypatch, removed=not importable)
     artifact = directory / str(read_metadata(directory)["artifact_file"])
 
     with pytest.raises(ArtifactError) as refusal:
@@ -213,8 +219,9 @@ def test_load_pipeline_of_a_model_saved_under_another_package_name_names_the_fix
 
     assert str(refusal.value) == (
         f"cannot load {artifact}: it was saved under the package name 'churn_before', and this "
-        f"project's package is '{PACKAGE}' now, so the model refers to module 'churn_before'. "
-        "Rename the package back (bash executables/rename_project.sh churn_before), or retrain: "
+        f"project's package is '{PACKAGE}' now: the model refers to the modules of "
+        "'churn_before' by name, which are not this project's code. Rename the package back "
+        "(bash executables/rename_project.sh churn_before), or retrain: "
         f"{MODELLING_COMMAND} (it replaces the champion); to start afresh, run bash "
         "executables/clear_outputs.sh --yes before it")
 
