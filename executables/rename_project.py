@@ -116,14 +116,20 @@ def check_no_models(root: Path, old: str, new: str) -> None:
     """Refuse while models exist (exit code 1): pickled, they name the classes and feature steps
     of `old`'s modules, and would not load under `new`. Re-exporting them would mean new
     registry versions, with checksums and trusted types of their own: a retrain's work."""
-    found = [name for name in MODEL_STORES if (root / name).is_file()
-             or (root / name).is_dir() and any((root / name).iterdir())]
+    found = [name for name in MODEL_STORES if _holds_anything(root / name)]
     if found:
         raise Refused(
             f"models saved under the package name {old!r} exist ({', '.join(found)}): they refer "
             f"to its modules by name and would not load once it is {new!r}. Remove them, rename, "
             f"and retrain: bash executables/clear_outputs.sh --yes && bash "
             f"executables/rename_project.sh {new} && pipenv sync --dev && {MODELLING}", code=1)
+
+
+def _holds_anything(path: Path) -> bool:
+    try:
+        return path.is_file() or path.is_dir() and any(path.iterdir())
+    except OSError:  # unreadable: it may hold models
+        return True
 
 
 def pipfile_hash(text: str) -> str:
