@@ -147,9 +147,9 @@ def read_pipfile(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def champion_files(config: Config) -> tuple[Path, list[str], dict[str, Any]]:
     """The champion's folder, the files to ship (metadata.json and the files it names), after
-    their checksums match (a bundle never carries a model that would not load), and its
-    metadata."""
-    from ml_project.export import ArtifactError, read_metadata, sha256_of
+    their checksums match and the model loads here (a bundle never carries a model that would
+    not load: one saved under another package name, say), and its metadata."""
+    from ml_project.export import ArtifactError, load_pipeline, read_metadata, sha256_of
 
     directory = config.model_artifacts_dir / ALIAS
     try:
@@ -169,6 +169,10 @@ def champion_files(config: Config) -> tuple[Path, list[str], dict[str, Any]]:
             raise SetupError(f"{path} is missing or does not match its checksum: re-run the "
                              f"modelling use case ({MODELLING_HINT})")
         names.append(path.name)
+    try:
+        load_pipeline(directory)
+    except ArtifactError as err:
+        raise SetupError(str(err)) from err
     return directory, names, metadata
 
 

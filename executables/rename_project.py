@@ -10,6 +10,8 @@ docs, scripts and tests; environment variables (ML_PROJECT_API_KEY...) too.
   and scripts' own modules), or that is no lowercase identifier, or longer than MAX_LENGTH.
 - Atomic: the renamed project is built beside the project folder (unchanged files hard-linked),
   then the two are swapped in one system call: a kill at any moment leaves one or the other.
+- Refused while models exist (exported artifacts, the MLflow store, deployment bundles): pickled,
+  they name the old package's modules. The refusal prints the commands: clear, rename, retrain.
 - Undone exactly: the tree must be clean, and the undo printed moves the folder back and resets
   the tracked files to the commit. (`--record-modules` rewrites the record from this environment.)
 """
@@ -31,7 +33,6 @@ import subprocess  # nosec B404
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 try:
     import tomllib
@@ -39,88 +40,27 @@ except ModuleNotFoundError:  # before Python 3.11
     raise SystemExit("error: run it with Python 3.11 or later, as the project") from None
 
 ROOT = Path(__file__).resolve().parents[1]
-RECORD = Path(__file__).with_name("rename_project_modules.json")
+if not __package__:  # run as a file (`python executables/rename_project.py`, -I too)
+    sys.path.insert(0, str(ROOT))
+    sys.dont_write_bytecode = True  # no __pycache__ left in the tree it renames (or refuses)
+from executables.rename_environment import (  # noqa: E402  (the project is on the path now)
+    Refused,
+    importable_modules,
+    record_modules,
+)
+
 MAX_LENGTH = 40  # a SageMaker model is NAME-TAG-TIMESTAMP, 63 characters at most
 NAME = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 # Module names Python or its tools give a meaning of their own, though no package installs them.
 SPECIAL = {"sitecustomize": "a module Python imports at start-up", "usercustomize": "a module "
            "Python imports at start-up", "conftest": "pytest's name for its plugin files"}
-BOOTSTRAP = ("pip", "setuptools", "wheel")  # in every virtualenv, locked or not
 # Folders whose scripts run as `python FOLDER/script.py`, which puts FOLDER first on the path.
 SCRIPT_FOLDERS = ("use_cases", "executables")
 STAGE = ".{name}.renaming"  # beside the project: the renamed tree, then the old one
-# The project's environment, asked for what it can import (it knows the installed packages).
-ENVIRONMENT_QUERY = """
-import importlib.metadata, json, sys
-installed = {dist.metadata["Name"]: [] for dist in importlib.metadata.distributions()}
-for module, names in importlib.metadata.packages_distributions().items():
-    for name in names:
-        installed.setdefault(name, []).append(module)
-print(json.dumps({"stdlib": sorted(sys.stdlib_module_names), "distributions": installed}))
-"""
-
-
-class Refused(Exception):
-    """The rename cannot be done safely; the message says why."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def normalised(distribution: str) -> str:
-    """A distribution's name as PEP 503 compares them: scikit_learn, Scikit-Learn: scikit-learn."""
-    return re.sub(r"[-_.]+", "-", distribution).lower()
-
-
-def locked_distributions(root: Path) -> dict[str, dict[str, Any]]:
-    """Every package of Pipfile.lock, any category, by normalised name; not the project itself
-    (the editable `path = "."` entry, which is what is renamed)."""
-    lock = json.loads((root / "Pipfile.lock").read_text())
-    return {normalised(name): entry for section, packages in lock.items() if section != "_meta"
-            for name, entry in packages.items() if entry.get("path") != "."}
-
-
-def environment_modules(root: Path, python: Path) -> dict[str, Any]:
-    """What the environment of `python` reports: its standard library and each installed
-    distribution's top-level modules; nothing if it does not exist (a fresh clone's .venv)."""
-    if not python.exists():
-        return {"stdlib": [], "distributions": {}}
-    answer = subprocess.run([str(python), "-I", "-c", ENVIRONMENT_QUERY], cwd=root,  # nosec B603
-                            capture_output=True, text=True, timeout=120, check=False)
-    if answer.returncode != 0:
-        raise Refused(f"{python} cannot list its packages: {answer.stderr.strip()[-500:]}")
-    reported: dict[str, Any] = json.loads(answer.stdout)
-    return reported
-
-
-def importable_modules(root: Path) -> tuple[set[str], dict[str, set[str]]]:
-    """The project environment's standard library, and the distributions installing each module
-    (the record's, the .venv's, and each locked distribution's own name, which most use).
-
-    Raises:
-        Refused: a locked distribution neither recorded nor installed: its modules are unknown.
-    """
-    record = json.loads(RECORD.read_text())
-    environment = environment_modules(root, root / ".venv" / "bin" / "python")
-    stdlib = {*sys.stdlib_module_names, *record["stdlib"], *environment["stdlib"]}
-    known: dict[str, set[str]] = {}
-    for source in (record["distributions"], environment["distributions"]):
-        for distribution, modules in source.items():
-            known.setdefault(normalised(distribution), set()).update(modules)
-    locked = [*locked_distributions(root), *BOOTSTRAP]
-    unknown = sorted(name for name in locked if name not in known and name not in BOOTSTRAP)
-    if unknown:
-        raise Refused(f"Pipfile.lock has packages whose modules are unknown here: "
-                      f"{', '.join(unknown)} (not in {RECORD.name}, not installed in .venv): "
-                      "install them (pipenv sync --dev, and --categories for the others), or run "
-                      "`python executables/rename_project.py --record-modules` in an "
-                      "environment that has them all")
-    by_module: dict[str, set[str]] = {}
-    for distribution in locked:
-        for module in {*known.get(distribution, ()), distribution.replace("-", "_")}:
-            by_module.setdefault(module, set()).add(distribution)
-    return stdlib, by_module
+# What runs leave that holds models (the exported artifacts, the MLflow store and its files, the
+# deployment bundles), each removed by executables/clear_outputs.sh.
+MODEL_STORES = ("data/model_artifacts", "mlflow.db", "mlruns", "mlartifacts", "output/deployment")
+MODELLING = "pipenv run python use_cases/modelling_historic_data_local.py"
 
 
 def entry_modules(root: Path) -> dict[str, str]:
@@ -171,6 +111,26 @@ def check_name(new: str, old: str, root: Path) -> None:
     if new in installed:
         raise Refused(f"{new!r} is a module of {', '.join(sorted(installed[new]))} "
                       "(Pipfile.lock): imports of it would be ambiguous")
+
+
+def check_no_models(root: Path, old: str, new: str) -> None:
+    """Refuse while models exist (exit code 1): pickled, they name the classes and feature steps
+    of `old`'s modules, and would not load under `new`. Re-exporting them would mean new
+    registry versions, with checksums and trusted types of their own: a retrain's work."""
+    found = [name for name in MODEL_STORES if _holds_anything(root / name)]
+    if found:
+        raise Refused(
+            f"models saved under the package name {old!r} exist ({', '.join(found)}): they refer "
+            f"to its modules by name and would not load once it is {new!r}. Remove them, rename, "
+            f"and retrain: bash executables/clear_outputs.sh --yes && bash "
+            f"executables/rename_project.sh {new} && pipenv sync --dev && {MODELLING}", code=1)
+
+
+def _holds_anything(path: Path) -> bool:
+    try:
+        return path.is_file() or path.is_dir() and any(path.iterdir())
+    except OSError:  # unreadable: it may hold models
+        return True
 
 
 def pipfile_hash(text: str) -> str:
@@ -355,24 +315,6 @@ def rename(root: Path, old: str, new: str, contents: dict[str, bytes],
         _remove(stage)  # the new tree if it was not swapped in, else the old one
 
 
-def record_modules() -> int:
-    """Rewrite RECORD from this environment, which must hold every locked distribution."""
-    locked = [*locked_distributions(ROOT), *BOOTSTRAP]
-    environment = environment_modules(Path(sys.prefix), Path(sys.executable))
-    installed = {normalised(name): modules for name, modules in environment["distributions"].items()}
-    missing = [name for name in locked if name not in installed and name not in BOOTSTRAP]
-    if missing:
-        raise Refused(f"not installed here: {', '.join(missing)}; install every category first")
-    RECORD.write_text(json.dumps({
-        "written_by": "python executables/rename_project.py --record-modules",
-        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
-        "stdlib": environment["stdlib"],
-        "distributions": {name: sorted(module for module in installed[name] if module.isidentifier())
-                          for name in sorted(set(locked) & set(installed))}}, indent=1) + "\n")
-    print(f"Wrote {RECORD.relative_to(ROOT)}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("new_name", nargs="?", help="the package's new name")
@@ -386,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             return record_modules()
         old = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
         check_name(new, old, ROOT)
+        check_no_models(ROOT, old, new)
         if git(ROOT, "status", "--porcelain"):
             raise Refused("the git tree has uncommitted changes: commit or stash them first, "
                           "so the rename can be reviewed and undone on its own", code=1)

@@ -12,7 +12,10 @@ Export is atomic: the artifact is written under a name of its own and synced to 
 metadata.json is replaced in one rename. A run killed at any moment (or a power cut) leaves
 metadata.json pointing at a complete artifact, the previous one or the new one. Loading
 verifies the checksum before unpickling, so a tampered or truncated file is refused, never
-executed. metadata.json's content is this module's too (`model_metadata`): the contract every
+executed. A model refers to the code it was fitted with by module name (this package's feature
+steps and transformers): one that names a module or name not importable here (the package was
+renamed, a module deleted, a library not installed) is one ArtifactError naming the fix
+(`unpickled`), for every loader. metadata.json's content is this module's too (`model_metadata`): the contract every
 loader reads. Serving imports this module: it must not import mlflow, pandera or plotting.
 """
 
@@ -27,7 +30,7 @@ import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Mapping, Sequence, TypeVar
 
 import joblib
 import numpy as np
@@ -35,10 +38,16 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from ml_project.config import Config
+from ml_project.engineer import FeatureEngineer
 from ml_project.schemas import field_rules
 
 METADATA_FILE = "metadata.json"
 LIBRARIES = ("scikit-learn", "pandas", "numpy", "joblib")
+# This package's name as Python imports it, whatever it has been renamed to.
+PACKAGE = __name__.partition(".")[0]
+MODELLING_COMMAND = "pipenv run python use_cases/modelling_historic_data_local.py"
+RETRAIN = f"retrain: {MODELLING_COMMAND} (it replaces the champion)"
+Loaded = TypeVar("Loaded")
 
 
 class ArtifactError(RuntimeError):
@@ -128,6 +137,7 @@ def model_metadata(
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "extra_labelled_data": extra_labelled_data,
         "skops_trusted_types": list(trusted_types),
+        "package": PACKAGE,  # the modules the pickled model refers to are this package's
     }
 
 
@@ -235,10 +245,66 @@ def load_pipeline(directory: Path) -> tuple[Pipeline, dict[str, Any]]:
             f"{metadata['sha256'][:12]}..., got {actual[:12]}...): it was modified or truncated; "
             "refusing to load it. Re-run the modelling use case."
         )
-    pipeline = joblib.load(artifact)  # safe: the bytes are the ones this project wrote
+    # safe: the bytes are the ones this project wrote
+    pipeline = unpickled(lambda: joblib.load(artifact), str(artifact), metadata)
     if not isinstance(pipeline, Pipeline):
         raise ArtifactError(f"{artifact} does not hold a scikit-learn Pipeline")
     return pipeline, metadata
+
+
+def saved_package(metadata: Mapping[str, Any]) -> str | None:
+    """The package a model was saved under: recorded since metadata.json has "package"; for an
+    older one, read off its trusted types (every Pipeline holds a FeatureEngineer)."""
+    if metadata.get("package"):
+        return str(metadata["package"])
+    engineer = f"{FeatureEngineer.__module__.partition('.')[2]}.{FeatureEngineer.__qualname__}"
+    return next((str(name).partition(".")[0] for name in metadata.get("skops_trusted_types", [])
+                 if str(name).partition(".")[2] == engineer), None)
+
+
+def another_package(source: str, package: str) -> str:
+    """Why a model saved under `package`, another name of this package, is not loaded here."""
+    return (f"cannot load {source}: it was saved under the package name {package!r}, and this "
+            f"project's package is {PACKAGE!r} now: the model refers to the modules of "
+            f"{package!r} by name, which are not this project's code. Rename the package back "
+            f"(bash executables/rename_project.sh {package}), or {RETRAIN}; to start afresh, "
+            "run bash executables/clear_outputs.sh --yes before it")
+
+
+def missing_code(source: str, module: str | None, error: Exception) -> str:
+    """Why the model `source` cannot be loaded here and what to run, for a model that refers
+    to a module (`module`) or a name (None) that cannot be imported."""
+    if module is None:
+        return (f"cannot load {source}: it refers to a name its module no longer has ({error}): "
+                f"restore it as it was when the model was trained, or {RETRAIN}")
+    if module.partition(".")[0] == PACKAGE:
+        return (f"cannot load {source}: it refers to the module {module!r} of this package, "
+                f"which no longer exists (deleted or renamed since the model was trained): "
+                f"restore it, or {RETRAIN}")
+    return (f"cannot load {source}: it needs the module {module!r}, which is not installed "
+            f"here: install the package that provides it (as the model was trained with), or "
+            f"{RETRAIN}")
+
+
+def unpickled(load: Callable[[], Loaded], source: str, metadata: Mapping[str, Any]) -> Loaded:
+    """`load()` of a serialised model, or one ArtifactError saying why not and what to run.
+    Every loader of a model (the local artifact, the registry's copy) goes through here.
+
+    A model saved under another package name is refused before anything is unpickled, whether
+    or not that package can be imported here (an older copy of the project, still installed,
+    would load it with that copy's code, its classes unknown to the fast path). A module or
+    name it refers to that cannot be imported (deleted, renamed, a library not installed) is
+    named, with the fix.
+    """
+    package = saved_package(metadata)
+    if package is not None and package != PACKAGE:
+        raise ArtifactError(another_package(source, package))
+    try:
+        return load()
+    except ModuleNotFoundError as err:
+        raise ArtifactError(missing_code(source, err.name or str(err), err)) from err
+    except (ImportError, AttributeError) as err:  # a name gone from its module (pickle, skops)
+        raise ArtifactError(missing_code(source, None, err)) from err
 
 
 def load_reference(directory: Path, metadata: dict[str, Any]) -> pd.DataFrame | None:

@@ -31,7 +31,7 @@ from mlflow.tracking import MlflowClient
 from sklearn.pipeline import Pipeline
 
 from ml_project.config import Config
-from ml_project.export import ArtifactError, read_metadata, sha256_of
+from ml_project.export import ArtifactError, read_metadata, sha256_of, unpickled
 from ml_project.train import evaluate_holdout
 
 logger = logging.getLogger(__name__)
@@ -216,7 +216,9 @@ def load_registered_pipeline(
     if sha256_of(serialised) != tags[MODEL_FILE_SHA256_TAG]:
         raise ArtifactError(f"models:/{name}/{version.version}: the model file does not match "
                             "the checksum recorded at registration; refusing to load it")
-    loaded = skops.io.load(serialised, trusted=json.loads(tags[TRUSTED_TYPES_TAG]))
+    trusted = json.loads(tags[TRUSTED_TYPES_TAG])
+    loaded = unpickled(lambda: skops.io.load(serialised, trusted=trusted),
+                       f"models:/{name}/{version.version}", {"skops_trusted_types": trusted})
     if not isinstance(loaded, Pipeline):
         raise ArtifactError(f"models:/{name}/{version.version} does not hold a Pipeline")
     metadata = {
@@ -248,7 +250,8 @@ def _registered_reference(run_id: str, expected_sha256: str | None) -> pd.DataFr
 
 def champion_on_holdout(config: Config, holdout: pd.DataFrame) -> tuple[float | None, str]:
     """The current champion's score on this run's holdout, and how it was had; None when there
-    is no champion, or it answers another contract, or it cannot score these rows (a champion
+    is no champion, or it answers another contract, or it cannot be loaded here (saved under
+    another package name: logged, with the fix), or it cannot score these rows (a champion
     of another table, left by the demo). Scores kept from the champion's own run are not used:
     they were measured on another holdout (older data, another split)."""
     name = config.tracking.registered_model_name
@@ -264,8 +267,13 @@ def champion_on_holdout(config: Config, holdout: pd.DataFrame) -> tuple[float | 
                       "classes, features or metric: not comparable")
     try:
         pipeline = load_registered_pipeline(config)[0]
+    except ArtifactError as err:  # it could not serve either: any model that loads beats it
+        logger.warning("The champion, version %s, cannot be loaded here, so the new model "
+                       "replaces it without a comparison: %s", champion.version, err)
+        return None, f"version {champion.version} cannot be loaded here (see above)"
+    try:
         score = evaluate_holdout(pipeline, holdout, config, label="Champion on this holdout")
-    except (ArtifactError, ValueError, KeyError, TypeError, AttributeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         return None, f"version {champion.version} cannot score this holdout ({err})"
     return score[config.training.metric], f"version {champion.version} on this holdout"
 

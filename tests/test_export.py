@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import pickle
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
 
 from ml_project.config import Config
 from ml_project.engineer import FeatureStep
 from ml_project.export import (
     METADATA_FILE,
+    MODELLING_COMMAND,
+    PACKAGE,
     ArtifactError,
     export_pipeline,
     hash_frame,
     load_pipeline,
     read_metadata,
+    saved_package,
+    unpickled,
 )
 from ml_project.train import build_pipeline, features_and_target
 from ml_project.validate import validate_production_data
@@ -168,3 +176,89 @@ def test_hash_frame_depends_on_values_and_column_names_only(raw: pd.DataFrame) -
     assert hash_frame(frame) != hash_frame(frame.assign(age=frame["age"] + 1))
     assert hash_frame(frame) != hash_frame(frame.rename(columns={"age": "age_years"}))
     assert json.dumps(hash_frame(frame))  # a plain string for metadata.json
+
+
+# Models that refer to code not importable here -----------------------------------------------
+
+def _exported_under_package(root: Path, package: str, metadata: dict[str, Any],
+                            monkeypatch: pytest.MonkeyPatch, *, removed: bool = True) -> Path:
+    """A Pipeline whose first step is a function of the package `package` (made in `root`),
+    exported; then (`removed`) the package is gone, as after a rename. Returns the artifact
+    folder."""
+    (root / package).mkdir(parents=True)
+    (root / package / "__init__.py").write_text("")
+    (root / package / "steps.py").write_text("def double(x):\n    return x * 2\n")
+    monkeypatch.syspath_prepend(str(root))
+    steps = importlib.import_module(f"{package}.steps")
+    pipeline = Pipeline([("double", FunctionTransformer(steps.double)),
+                         ("model", LogisticRegression())]).fit(np.array([[0.0], [1.0]]), [0, 1])
+    export_pipeline(pipeline, metadata, root / "champion")
+    if not removed:
+        return root / "champion"
+    for name in (f"{package}.steps", package):
+        monkeypatch.delitem(sys.modules, name)
+    (root / package / "steps.py").unlink()
+    (root / package / "__init__.py").unlink()
+    (root / package).rmdir()
+    importlib.invalidate_caches()
+    return root / "champion"
+
+
+@pytest.mark.parametrize("importable", [False, True], ids=["package-gone", "old-copy-importable"])
+def test_load_pipeline_of_a_model_saved_under_another_package_name_names_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, importable: bool
+) -> None:
+    """The same verdict whether the old package is gone or an older copy of the project still
+    provides it (its code is not this project's)."""
+    directory = _exported_under_package(tmp_path, "churn_before", METADATA | {
+        "package": "churn_before"}, monkeypatch, removed=not importable)
+    artifact = directory / str(read_metadata(directory)["artifact_file"])
+
+    with pytest.raises(ArtifactError) as refusal:
+        load_pipeline(directory)
+
+    assert str(refusal.value) == (
+        f"cannot load {artifact}: it was saved under the package name 'churn_before', and this "
+        f"project's package is '{PACKAGE}' now: the model refers to the modules of "
+        "'churn_before' by name, which are not this project's code. Rename the package back "
+        "(bash executables/rename_project.sh churn_before), or retrain: "
+        f"{MODELLING_COMMAND} (it replaces the champion); to start afresh, run bash "
+        "executables/clear_outputs.sh --yes before it")
+
+
+def test_saved_package_is_recorded_or_read_off_the_trusted_types() -> None:
+    assert saved_package({"package": "acme"}) == "acme"
+    assert saved_package({"skops_trusted_types": [
+        "lightgbm.sklearn.LGBMClassifier", "old_name.engineer.FeatureEngineer",
+        "old_name.engineer.tenure_band"]}) == "old_name"
+    assert saved_package({"skops_trusted_types": ["lightgbm.sklearn.LGBMClassifier"]}) is None
+    assert saved_package({}) is None
+
+
+def _global(module: str, name: str) -> bytes:
+    """A pickle of nothing but a reference to `module.name` (protocol 0's GLOBAL)."""
+    return f"c{module}\n{name}\n.".encode()
+
+
+@pytest.mark.parametrize(("reference", "metadata", "says"), [
+    (_global(f"{PACKAGE}.features_deleted", "step"), METADATA,
+     f"it refers to the module '{PACKAGE}.features_deleted' of this package, which no longer "
+     f"exists (deleted or renamed since the model was trained): restore it, or retrain: "
+     f"{MODELLING_COMMAND}"),
+    (_global(f"{PACKAGE}.engineer", "a_step_renamed_since"), METADATA,
+     "it refers to a name its module no longer has (Can't get attribute 'a_step_renamed_since'"),
+    (_global("a_library_not_installed.models", "Booster"), METADATA,
+     "it needs the module 'a_library_not_installed', which is not installed here: install the "
+     "package that provides it"),
+    (_global("old_name.engineer", "FeatureEngineer"), METADATA | {
+        "skops_trusted_types": ["old_name.engineer.FeatureEngineer"]},
+     f"saved under the package name 'old_name', and this project's package is '{PACKAGE}' now"),
+], ids=["module-of-this-package-deleted", "step-renamed", "library-missing", "older-metadata"])
+def test_a_model_referring_to_code_not_here_is_one_artifact_error_saying_what_to_do(
+    reference: bytes, metadata: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(ArtifactError, match="^cannot load models:/churn_model/1: ") as refusal:
+        unpickled(lambda: pickle.loads(reference), "models:/churn_model/1", metadata)  # nosec B301
+
+    assert says in str(refusal.value)
+    assert MODELLING_COMMAND in str(refusal.value)

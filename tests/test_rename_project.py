@@ -1,5 +1,5 @@
 """executables/rename_project.sh (rename_project.py) on clones of the project: the names it
-refuses whichever Python runs it, the renamed copy passing its own tests, the undo it prints,
+refuses whichever Python runs it, its refusal while models exist, the renamed copy passing its own tests, the undo it prints,
 and kills at every stage leaving the old tree or the new one.
 
 A clone is of the committed HEAD. "The system Python" is this interpreter with `-S -I` (no
@@ -230,6 +230,46 @@ def test_rename_refuses_a_dirty_tree(tmp_path: Path) -> None:
 
     assert result.returncode == 1 and "uncommitted changes" in result.stderr
     assert (copy / "ml_project").is_dir() and not (copy / "acme_churn").exists()
+
+
+MODEL_STORES = ["data/model_artifacts", "mlflow.db", "mlruns", "mlartifacts", "output/deployment"]
+RENAME_AND_RETRAIN = (
+    "bash executables/clear_outputs.sh --yes && bash executables/rename_project.sh acme_churn && "
+    "pipenv sync --dev && pipenv run python use_cases/modelling_historic_data_local.py")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", MODEL_STORES)
+def test_rename_refuses_while_models_exist_and_renames_once_the_printed_commands_cleared_them(
+    tmp_path: Path, store: str
+) -> None:
+    """Pickled models name the package's modules: renamed under them they would not load. The
+    refusal changes nothing and prints the commands; they clear the models, and the rename
+    goes."""
+    copy = _clone(tmp_path / "copy", with_venv=False)
+    (copy / "data" / "model_artifacts").mkdir()  # empty: no model, no refusal
+    path = copy / store
+    if store.endswith(".db"):
+        path.write_bytes(b"SQLite format 3\x00")
+    else:
+        (path / "champion").mkdir(parents=True, exist_ok=True)
+        (path / "champion" / "metadata.json").write_text("{}\n")
+    before = snapshot(copy)
+
+    result = _rename(copy, "acme_churn", python="system")
+
+    assert result.returncode == 1, result.stderr
+    assert f"models saved under the package name 'ml_project' exist ({store})" in result.stderr
+    assert result.stderr.rstrip().endswith(f"and retrain: {RENAME_AND_RETRAIN}")
+    assert "Traceback" not in result.stderr
+    assert snapshot(copy) == before and not list(tmp_path.glob(".*.renaming"))
+
+    clear, rename = RENAME_AND_RETRAIN.split(" && ")[:2]
+    subprocess.run(["bash", "-c", f"{clear} && {rename}"], cwd=copy, check=True,
+                   capture_output=True, timeout=120)
+
+    assert (copy / "acme_churn").is_dir() and not (copy / "ml_project").exists()
+    assert not path.exists()
 
 
 # Kills ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Callable, TypeVar, cast
 
 from ml_project.cli import LOG_FORMAT, OneLineFormatter
 from ml_project.config import DEFAULT_CONFIG_FILE, load_config
+from ml_project.export import ArtifactError
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
 
@@ -68,7 +69,12 @@ def app_of(bundle: Path, create: Callable[[PredictionService, PredictionLog], Ap
     with _loading:
         if key not in _apps:
             configure_logging()
-            _apps[key] = create(*load_bundle(key[0]))
+            try:
+                service, log = load_bundle(key[0])
+            except ArtifactError as err:  # the runtime reports the start failed: say why, once
+                logger.error("Cannot start the prediction service: %s", err)
+                raise ArtifactError(str(err)) from None
+            _apps[key] = create(service, log)
         return cast(App, _apps[key])
 
 
