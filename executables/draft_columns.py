@@ -310,6 +310,33 @@ def guess_task(target: pd.Series) -> tuple[str, dict[int | str, int], str]:
     return task, counts, f"{len(counts)} labels seen"
 
 
+TASKS = ("binary_classification", "multiclass_classification", "regression")
+
+
+def given_task(target: pd.Series, task: str) -> tuple[str, dict[int | str, int], str]:
+    """The task the user chose, with the classes it implies: refused, saying why, where the
+    target cannot be that task (a binary task of three labels, a regression on text)."""
+    guessed, counts, reason = guess_task(target)
+    if task == guessed:
+        return task, counts, "given"
+    present = target.dropna()
+    if task == "regression":
+        if pd.api.types.is_bool_dtype(present) or not pd.api.types.is_numeric_dtype(present):
+            raise ValueError(f"--task regression: target {target.name!r} is not numeric")
+        return task, {}, "given"
+    if guessed == "regression":  # integers with many values, or numbers with fractions
+        values = present.to_numpy(dtype=float)
+        if not np.all(values == np.round(values)):
+            raise ValueError(f"--task {task}: target {target.name!r} holds fractions, not classes")
+        unique, rows = np.unique(values, return_counts=True)
+        counts = {int(value): int(n) for value, n in zip(unique, rows)}
+    wanted = "exactly 2" if task == "binary_classification" else "3 or more"
+    if (len(counts) == 2) != (task == "binary_classification"):
+        raise ValueError(f"--task {task} needs {wanted} classes; target {target.name!r} has "
+                         f"{len(counts)}")
+    return task, counts, "given"
+
+
 def _counts(labels: pd.Series) -> dict[int | str, int]:
     """The rows of each label (text), in the labels' order."""
     return {str(label): int(count) for label, count in labels.value_counts().sort_index().items()}

@@ -189,7 +189,7 @@ def _data_lines(path: Path, root: Path, production: dict[str, Path | str | None]
 
 def draft_config(path: Path, target: str, *, id_column: str | None = None,
                  timestamp: str | None = None, positive_class: str | None = None,
-                 production: dict[str, Path | str | None] | None = None,
+                 task: str | None = None, production: dict[str, Path | str | None] | None = None,
                  root: Path = PROJECT_ROOT, ask: Ask | None = None,
                  previous: dict[str, Any] | None = None) -> str:
     """The draft YAML text for `path`, every guess marked `# REVIEW`.
@@ -217,7 +217,8 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
     # The target keeps the reader's own typing (ingest gives it no dtype): numbers stay numbers.
     typed_target = (pd.read_csv(path, usecols=[target], **CSV_MISSING)[target] if from_csv
                     else frame[target])
-    task, counts, task_reason = draft_columns.guess_task(typed_target)
+    task, counts, task_reason = (draft_columns.given_task(typed_target, task) if task
+                                 else draft_columns.guess_task(typed_target))
     classes: list[int | str] = list(counts)
     positive_lines = []
     if task == "binary_classification":
@@ -254,7 +255,8 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
     lines.append(_line(f"  target: {_flow(target)}", (
         f"REVIEW {missing_target} rows without a target will be quarantined"
         if missing_target else "")))
-    lines.append(_line(f"  target_classes: {_flow(classes)}", f"REVIEW {task_reason}"))
+    review = "the task given" if task_reason == "given" else f"REVIEW {task_reason}"
+    lines.append(_line(f"  target_classes: {_flow(classes)}", review))
     if positive_lines:
         lines.append(_line(f"  positive_class: {_flow(classes[-1])}",
                            "REVIEW FIRST: see the top of this section"))
@@ -265,7 +267,8 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
     features = [name for name, guess in guesses.items() if guess.kind in FEATURES]
     needs = {"production": [*keys, *features], "production_labels": [*keys, target]}
     split = "stratified" if task != "regression" else "random"
-    lines += ["", f"task: {task}  # REVIEW from the target: {task_reason}", "",
+    lines += ["", f"task: {task}  # " + ("given" if task_reason == "given"
+                                          else f"REVIEW from the target: {task_reason}"), "",
               *_data_lines(path, root, production or {}, needs), "", "training:",
               _line(f"  split: {split}", "REVIEW" + (
                   " keeps each class's share in the holdout" if split == "stratified" else "")
@@ -346,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--positive-class", default=None,
                         help="a binary target's class that F1, precision, recall and ROC AUC "
                              "score (default: asked at a terminal, else 1/True/yes or the rarer)")
+    parser.add_argument("--task", choices=draft_columns.TASKS, default=None,
+                        help="the task (default: guessed from the target, flagged for review)")
     parser.add_argument("--production", type=Path, default=None,
                         help="the production file to score (data.production)")
     parser.add_argument("--production-labels", type=Path, default=None,
@@ -370,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             "production_labels": args.production_labels or named.get("production_labels")}
         text = draft_config(args.data_file, args.target, id_column=args.id_column,
                             timestamp=args.timestamp, positive_class=args.positive_class,
-                            production=production, root=root, previous=previous,
+                            task=args.task, production=production, root=root, previous=previous,
                             ask=None if args.no_input or not sys.stdin.isatty()
                             else _ask_at_terminal)
         summary = draft_update.update_config(config_file, text, root) if config_file else ""

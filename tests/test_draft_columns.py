@@ -18,6 +18,7 @@ import pytest
 
 from executables.draft_columns import (
     calendar_range,
+    given_task,
     guess_feature,
     guess_task,
     is_id_name,
@@ -167,6 +168,29 @@ def test_guess_task_counts_the_rows_of_each_class(
     guessed, classes, _ = guess_task(target.rename("label"))
 
     assert (guessed, classes) == (task, counts)
+
+
+@pytest.mark.parametrize(("values", "task", "expected"), [
+    ([1, 2, 3, 4, 5] * 5, "regression", ("regression", {})),  # ratings as a quantity
+    (list(range(30)) * 2, "multiclass_classification",  # 30 integer codes as classes
+     ("multiclass_classification", {code: 2 for code in range(30)})),
+    ([0, 1] * 5, "binary_classification", ("binary_classification", {0: 5, 1: 5})),
+])
+def test_a_given_task_takes_the_classes_it_implies(values: list[int], task: str,
+                                                   expected: tuple[str, dict[int, int]]) -> None:
+    assert given_task(pd.Series(values, name="y"), task) == (*expected, "given")
+
+
+@pytest.mark.parametrize(("values", "task", "message"), [
+    (["a", "b", "c"], "binary_classification", "needs exactly 2 classes; target 'y' has 3"),
+    (["a", "b"], "multiclass_classification", "needs 3 or more classes; target 'y' has 2"),
+    (["a", "b"], "regression", "target 'y' is not numeric"),
+    ([0.5, 1.5, 2.25], "multiclass_classification", "holds fractions, not classes"),
+])
+def test_a_given_task_the_target_cannot_be_is_refused_saying_why(values: list[object], task: str,
+                                                                 message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        given_task(pd.Series(values * 10, name="y"), task)
 
 
 @pytest.mark.parametrize(("low", "high", "integral", "expected"), [
