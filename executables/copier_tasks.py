@@ -105,6 +105,8 @@ def draft(root: Path, options: list[str]) -> str:
     (`pipenv sync`, what the quickstart does anyway)."""
     arguments = [option for option, value in zip(options, [*options[1:], ""])
                  if option != "" and not (option.startswith("--") and value == "")]
+    if arguments and not arguments[0].startswith("--"):  # the data file: ~ as a shell reads it
+        arguments[0] = os.path.expanduser(arguments[0])
     command = ["executables/draft_config.py", *arguments, "--update-config",
                "project_config.yaml", "--no-input"]
     if (root / ".venv" / "bin" / "python").is_file():

@@ -223,3 +223,17 @@ def test_copier_copy_refuses_a_package_name_that_would_shadow_a_module(
     assert made.returncode != 0
     assert "'pandas' is a module of pandas" in made.stderr
     assert not (tmp_path / "p").exists()  # copier removes what it made
+
+
+@pytest.mark.slow
+def test_copier_copy_asks_for_the_data_files_absolute_path(
+    template: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The drafter runs in the new project's folder: a relative path would name another file."""
+    source, _ = template
+    made = copier(tmp_path, "copy", "--trust", "--defaults", "--vcs-ref", "HEAD",
+                  "--data", "data_file=mine/loans.csv", "--data", "target=outcome",
+                  str(source), str(tmp_path / "p"))
+
+    assert made.returncode != 0 and "The file's absolute path" in made.stderr
+    assert not (tmp_path / "p").exists()
