@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ml_project.config_migrations import (CONFIG_VERSION, MIGRATE_COMMAND, MigrationError,
-                                          migrated)
+from ml_project.config_migrations import CONFIG_VERSION, MIGRATE_COMMAND, MigrationError, migrated
 
 if TYPE_CHECKING:
     import sqlalchemy
