@@ -57,7 +57,7 @@ def version_of(content: Content) -> int:
         raise MigrationError(
             f"config_version {version} is a format newer than this code reads ({CONFIG_VERSION}): "
             "the file was written for a later version of the template. Update the code "
-            "(`pipenv run copier update --trust`, or pull the version that wrote it)")
+            "(`copier update --trust` in a project made with copier, or pull the version that wrote it)")
     return version
 
 

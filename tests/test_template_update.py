@@ -1,7 +1,8 @@
 """This repository as a copier template (copier.yml), offline: `copier copy` makes a project (the
 package named, the config drafted from the user's own data file, a first model trained), and
-`copier update` takes a project made from the previous release and adapted as a user adapts it
-(another table, its config, a feature module of its own, a trained champion) to this version:
+`copier update` takes a project made from the previous release, renamed, and adapted as a user
+adapts it (another table, its config, a feature module of its own, a trained champion) to this
+version:
 no conflicts, the user's files kept, the template's changes in, and its own use cases and
 contract tests green. The template is a clone of this repository's HEAD with a tag for every
 release CHANGELOG.md lists (a clone without tags gets them from the commits it names).
@@ -125,7 +126,6 @@ def adapt(project: Path) -> dict[str, Any]:
     trained = run([sys.executable, "use_cases/modelling_historic_data_local.py"], project)
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     assert (project / "data" / "model_artifacts" / "champion").is_dir()
-    git(project, "init", "-q")
     git(project, "add", "-A")
     git(project, "commit", "-qm", "my loans project")
     return config
@@ -135,12 +135,19 @@ def adapt(project: Path) -> dict[str, Any]:
 def test_a_project_of_the_previous_release_adapted_by_its_user_updates_to_head(
     template: tuple[Path, str], tmp_path: Path
 ) -> None:
+    """The user names the package at the copy, then renames it (rename_project.sh, which
+    carries the new name into copier's answers) before adapting the project."""
     source, previous = template
     project = tmp_path / "loans"
     made = copier(tmp_path, "copy", "--trust", "--defaults", "--vcs-ref", previous,
-                  "--data", "project_name=loans", "--data", f"package_name={PACKAGE}",
+                  "--data", "project_name=loans", "--data", "package_name=loans_first",
                   str(source), str(project))
     assert made.returncode == 0, made.stderr[-3000:]
+    git(project, "init", "-q")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "From ml_project_template")
+    renamed = run([sys.executable, "-S", "-I", "executables/rename_project.py", PACKAGE], project)
+    assert renamed.returncode == 0, renamed.stderr
     config = adapt(project)
     before = files(project)
 
