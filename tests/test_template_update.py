@@ -2,9 +2,8 @@
 package named, the config drafted from the user's own data file, a first model trained), and
 `copier update` takes a project made from the previous release, renamed, and adapted as a user
 adapts it (another table, its config, a feature module of its own, a trained champion) to this
-version:
-no conflicts, the user's files kept, the template's changes in, and its own use cases and
-contract tests green. The template is a clone of this repository's HEAD with a tag for every
+version: no conflicts, the user's files kept, the template's changes in, and its own use cases
+and contract tests green. The template is a clone of this repository's HEAD with a tag for every
 release CHANGELOG.md lists (a clone without tags gets them from the commits it names).
 
 (copier.yml leaves this file out of the projects it makes: it tests the template.)
