@@ -33,6 +33,8 @@ from executables.rename_project import Refused, check_name, renamed_contents  # 
 
 SKIPPED = {".git", ".venv", ".tools", "__pycache__"}
 PROJECT_NAME = re.compile(r"^project_name:.*$", re.M)
+TRACKING_NAMES = {key: re.compile(rf"^(\s+){key}:.*$", re.M)  # indented: under tracking:
+                  for key in ("experiment_name", "registered_model_name")}
 
 
 def listed_files(root: Path) -> list[str]:
@@ -84,18 +86,23 @@ def converge(root: Path, new: str) -> str:
     return f"renamed the package {old} -> {new}: {moved} modules moved, {len(contents)} files"
 
 
-def set_project_name(root: Path, name: str) -> str:
+def set_project_name(root: Path, name: str, package: str) -> str:
     """`project_name:` of project_config.yaml set to `name` (a JSON string is a YAML string),
-    every other line and comment as it was."""
+    and the MLflow experiment and registered model named after the package (the example's
+    `churn` would otherwise name another project's runs); every other line and comment kept."""
     if not name.strip():
         raise Refused("the project name is empty")
     path = root / "project_config.yaml"
     text = path.read_text(encoding="utf-8")
-    if not PROJECT_NAME.search(text):
-        raise Refused(f"{path} has no top-level `project_name:` line")
-    path.write_text(PROJECT_NAME.sub(lambda _: f"project_name: {json.dumps(name)}", text, 1),
-                    encoding="utf-8")
-    return f"project_name: {name}"
+    settings = {PROJECT_NAME: f"project_name: {json.dumps(name)}",
+                TRACKING_NAMES["experiment_name"]: f"experiment_name: {package}",
+                TRACKING_NAMES["registered_model_name"]: f"registered_model_name: {package}_model"}
+    for pattern, line in settings.items():
+        if not pattern.search(text):
+            raise Refused(f"{path} has no line {pattern.pattern!r} to set")
+        text = pattern.sub(lambda found: found[1] + line if found.groups() else line, text, 1)
+    path.write_text(text, encoding="utf-8")
+    return f"project_name: {name}; MLflow experiment {package}, registered model {package}_model"
 
 
 def draft(root: Path, options: list[str]) -> str:
@@ -132,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("package", help="name the package").add_argument("name")
-    commands.add_parser("project-name", help="set project_name").add_argument("name")
+    naming = commands.add_parser("project-name", help="set project_name and the MLflow names")
+    naming.add_argument("name")
+    naming.add_argument("--package", required=True, help="the package's name")
     commands.add_parser("draft", help="draft project_config.yaml (draft_config.py's options)",
                         add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -143,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "package":
             done = converge(root, args.name)
         elif args.command == "project-name":
-            done = set_project_name(root, args.name)
+            done = set_project_name(root, args.name, args.package)
         else:
             done = draft(root, rest)
     except Refused as err:

@@ -109,12 +109,16 @@ def test_the_project_name_is_written_as_given_and_the_rest_of_the_config_kept(
     config = rendered / "project_config.yaml"
     before = config.read_text().splitlines()
 
-    assert task(rendered, "project-name", name).returncode == 0
+    assert task(rendered, "project-name", name, "--package", "acme_churn").returncode == 0
 
     after = config.read_text().splitlines()
-    assert yaml.safe_load(config.read_text())["project_name"] == name
-    assert [line for line in after if not line.startswith("project_name:")] == [
-        line for line in before if not line.startswith("project_name:")]
+    written = yaml.safe_load(config.read_text())
+    assert written["project_name"] == name
+    assert written["tracking"]["experiment_name"] == "acme_churn"
+    assert written["tracking"]["registered_model_name"] == "acme_churn_model"
+    named = ("project_name:", "  experiment_name:", "  registered_model_name:")
+    assert [line for line in after if not line.startswith(named)] == [
+        line for line in before if not line.startswith(named)]
 
 
 def test_the_rename_script_carries_the_copier_answers_to_the_new_name(tmp_path: Path) -> None:

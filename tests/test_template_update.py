@@ -209,6 +209,7 @@ def test_copier_copy_names_the_package_drafts_the_config_and_trains_a_first_mode
     assert answers["package_name"] == "loans_at_acme" and answers["target"] == "outcome"
     config = yaml.safe_load((project / "project_config.yaml").read_text())
     assert config["project_name"] == "Loans at ACME"
+    assert config["tracking"]["registered_model_name"] == "loans_at_acme_model"
     assert config["data"]["historic"] == str(data)
     assert config["columns"]["target"] == "outcome"
     assert config["columns"]["positive_class"] == "defaulted"
