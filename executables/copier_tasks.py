@@ -100,7 +100,7 @@ def set_project_name(root: Path, name: str, package: str) -> str:
     for pattern, line in settings.items():
         if not pattern.search(text):
             raise Refused(f"{path} has no line {pattern.pattern!r} to set")
-        text = pattern.sub(lambda found: found[1] + line if found.groups() else line, text, 1)
+        text = pattern.sub(lambda found, line=line: (found[1] if found.groups() else "") + line, text, 1)
     path.write_text(text, encoding="utf-8")
     return f"project_name: {name}; MLflow experiment {package}, registered model {package}_model"
 
