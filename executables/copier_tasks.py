@@ -29,7 +29,8 @@ import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, by copier
-from executables.rename_project import Refused, check_name, renamed_contents  # noqa: E402
+from executables.rename_environment import Refused  # noqa: E402
+from executables.rename_project import check_name, renamed_contents  # noqa: E402
 
 SKIPPED = {".git", ".venv", ".tools", "__pycache__"}
 PROJECT_NAME = re.compile(r"^project_name:.*$", re.M)
@@ -98,9 +99,11 @@ def set_project_name(root: Path, name: str, package: str) -> str:
                 TRACKING_NAMES["experiment_name"]: f"experiment_name: {package}",
                 TRACKING_NAMES["registered_model_name"]: f"registered_model_name: {package}_model"}
     for pattern, line in settings.items():
-        if not pattern.search(text):
+        found = pattern.search(text)
+        if not found:
             raise Refused(f"{path} has no line {pattern.pattern!r} to set")
-        text = pattern.sub(lambda found, line=line: (found[1] if found.groups() else "") + line, text, 1)
+        indent = found[1] if found.groups() else ""
+        text = text[:found.start()] + indent + line + text[found.end():]
     path.write_text(text, encoding="utf-8")
     return f"project_name: {name}; MLflow experiment {package}, registered model {package}_model"
 
