@@ -201,6 +201,32 @@ class PredictionConfig(_Frozen):
     max_retries: int = Field(3, ge=0)
 
 
+class WebhookConfig(_Frozen):
+    url_env: str  # the variable holding the URL: a webhook URL is a secret, never in this file
+    format: Literal["slack", "json"] = "slack"  # Slack-compatible {"text": ...} or the summary
+
+
+class EmailConfig(_Frozen):
+    host: str
+    port: int = Field(587, ge=1, le=65535)
+    sender: str
+    to: tuple[str, ...] = Field(min_length=1)
+    starttls: bool = True
+    username_env: str | None = None  # variables holding the SMTP login, if the server wants one
+    password_env: str | None = None
+
+
+class AlertsConfig(_Frozen):
+    """Where a monitoring run sends its summary (ml_project/alerts.py): `on: alert` only when
+    a check failed, `always` after every run."""
+
+    on: Literal["alert", "always"] = "alert"
+    timeout_seconds: float = Field(10, gt=0)
+    retries: int = Field(2, ge=0)
+    webhook: WebhookConfig | None = None
+    email: EmailConfig | None = None
+
+
 class MonitoringConfig(_Frozen):
     window_records: int = Field(5000, ge=1)
     drift_share_threshold: float = Field(0.3, ge=0, le=1)
@@ -208,6 +234,7 @@ class MonitoringConfig(_Frozen):
     performance_drop_threshold: float = Field(0.05, ge=0)
     # Fewer labelled predictions than this make a metric noise, not evidence: no verdict.
     min_labelled_records: int = Field(100, ge=1)
+    alerts: AlertsConfig = AlertsConfig()
 
 
 class SparkConfig(_Frozen):

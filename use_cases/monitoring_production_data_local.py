@@ -17,6 +17,8 @@ Exit codes, for schedulers and CI:
     12  data drift and a performance drop
     13  --retrain-on-drift was given and retraining failed
 An alert code stays the exit code after a successful retraining: the alert was real.
+With `monitoring.alerts` configured, the summary also goes to a webhook and/or by e-mail
+(ml_project/alerts.py); a failure to send is a warning and changes no exit code.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 
 import pandas as pd
 
+from ml_project.alerts import send_alerts
 from ml_project.cli import base_parser, start_run
 from ml_project.config import Config, load_config
 from ml_project.export import ArtifactError
@@ -138,10 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         retraining = retrain(config, args, directory)
         code = code if retraining else EXIT_RETRAINING_FAILED
     summary_file = directory / SUMMARY_FILE
-    summary_file.write_text(
-        json.dumps({**summary, "exit_code": code, "retraining": retraining}, indent=2) + "\n"
-    )
-    attach_to_model_run(config, service.metadata.get("mlflow_run_id"), [*reports, summary_file])
+    summary = {**summary, "exit_code": code, "retraining": retraining}
+    summary_file.write_text(json.dumps(summary, indent=2) + "\n")
+    artifacts = attach_to_model_run(config, service.metadata.get("mlflow_run_id"),
+                                    [*reports, summary_file])
+    # Sending never fails the run: a channel that fails is a warning, the exit code stands.
+    send_alerts({**summary, "reports": {"files": [str(path.resolve()) for path in reports],
+                                        "mlflow_artifacts": artifacts}},
+                config.monitoring.alerts)
 
     print(f"  reports: {', '.join(str(path) for path in reports)}")
     print(f"  summary: {summary_file}")
@@ -212,19 +219,21 @@ def retrain(config: Config, args: argparse.Namespace, directory: Path) -> dict[s
     }
 
 
-def attach_to_model_run(config: Config, run_id: str | None, paths: list[Path]) -> None:
-    """Log the reports to the served model's MLflow run; monitoring never fails for tracking."""
+def attach_to_model_run(config: Config, run_id: str | None, paths: list[Path]) -> str | None:
+    """Log the reports to the served model's MLflow run; monitoring never fails for tracking.
+    Returns where they are (`runs:/<run id>/monitoring/<time>`), None if not logged."""
     if not run_id:
         logger.warning("The model's metadata names no MLflow run: reports are only in %s",
                        paths[0].parent)
-        return
+        return None
     artifact_path = f"monitoring/{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         log_artifacts_to_run(run_id, paths, artifact_path, config)
     except TrackingError as err:
         logger.warning("Reports not logged to MLflow (%s); they are in %s", err, paths[0].parent)
-        return
+        return None
     logger.info("Reports logged to MLflow run %s under %s", run_id, artifact_path)
+    return f"runs:/{run_id}/{artifact_path}"
 
 
 if __name__ == "__main__":
