@@ -21,6 +21,13 @@ import yaml
 
 from deployment.cloud_setup import bundle_dir
 from ml_project.config import OUTPUT_DIR_ENV, PREDICTION_LOG_ENV, PROJECT_ROOT
+from ml_project.monitoring_summary import (
+    EXIT_BAD_INPUT,
+    EXIT_DRIFT,
+    EXIT_DRIFT_AND_PERFORMANCE_DROP,
+    EXIT_PERFORMANCE_DROP,
+    EXIT_RETRAINING_FAILED,
+)
 from tests.deployment_helpers import (
     BundleVirtualenvs,
     answers,
@@ -125,7 +132,7 @@ def test_kubernetes_manifests_are_valid_against_the_schemas_and_invalid_ones_fai
     tmp_path: Path
 ) -> None:
     validate = str(TOOLS / "kubernetes-validate")
-    result = subprocess.run([validate, "--strict", *map(str, sorted(KUBERNETES.glob("*.yaml")))],
+    result = subprocess.run([validate, "--strict", *map(str, sorted(KUBERNETES.rglob("*.yaml")))],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     broken = tmp_path / "deployment.yaml"
@@ -159,3 +166,35 @@ def test_kubernetes_deployment_probes_resources_and_user_match_the_image(bundle:
     target = documents["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment",
                                                 documents["Deployment"]["metadata"]["name"])
+
+
+def test_kubernetes_jobs_run_the_use_cases_as_the_deployment_runs_serving() -> None:
+    """The monitoring CronJob and the retraining Job (deployment/kubernetes/jobs/, apart so that
+    applying the serving manifests starts no retraining): their commands run, alert exit codes
+    fail the Job without a retry, the pods are hardened as the Deployment's are, and the
+    schedule and webhook variable are the ones documentation/monitoring.md gives."""
+    serving = manifests()["Deployment"]["spec"]["template"]["spec"]
+    cronjob = yaml.safe_load((KUBERNETES / "jobs" / "monitoring-cronjob.yaml").read_text())
+    job = yaml.safe_load((KUBERNETES / "jobs" / "retraining-job.yaml").read_text())
+    monitoring = cronjob["spec"]["jobTemplate"]["spec"]
+    documentation = (PROJECT_ROOT / "documentation" / "monitoring.md").read_text()
+
+    for spec, script in ((monitoring, "monitoring_production_data_local.py"),
+                         (job["spec"], "modelling_historic_data_local.py")):
+        pod = spec["template"]["spec"]
+        [container] = pod["containers"]
+        assert container["command"] == ["python", f"use_cases/{script}"]
+        result = subprocess.run([sys.executable, *container["command"][1:], "--help"],
+                                cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert pod["restartPolicy"] == "Never"
+        assert pod["securityContext"] == serving["securityContext"]
+        assert container["securityContext"] == serving["containers"][0]["securityContext"]
+        assert "/app/data" in [mount["mountPath"] for mount in container["volumeMounts"]]
+    [verdicts, _] = monitoring["podFailurePolicy"]["rules"]
+    assert verdicts["action"] == "FailJob" and verdicts["onExitCodes"]["values"] == [
+        EXIT_BAD_INPUT, EXIT_DRIFT, EXIT_PERFORMANCE_DROP, EXIT_DRIFT_AND_PERFORMANCE_DROP,
+        EXIT_RETRAINING_FAILED]
+    assert f"{cronjob['spec']['schedule']} " in documentation  # the crontab line's schedule
+    [webhook] = monitoring["template"]["spec"]["containers"][0]["env"]
+    assert f"url_env: {webhook['name']}" in documentation
