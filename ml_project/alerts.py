@@ -66,6 +66,10 @@ def send_alerts(summary: Mapping[str, Any], alerts: AlertsConfig) -> dict[str, s
         except AlertError as err:
             logger.warning("Monitoring alert not sent by %s: %s", name, err)
             outcomes[name] = f"not sent: {err}"
+        except Exception as err:  # a bug here must not fail the run; its text may hold the URL
+            logger.warning("Monitoring alert not sent by %s: %s (a bug: please report it)", name,
+                           type(err).__name__)
+            outcomes[name] = f"not sent: {type(err).__name__}"
         else:
             logger.info("Monitoring alert sent by %s", name)
             outcomes[name] = "sent"
@@ -148,6 +152,10 @@ def post_webhook(summary: Mapping[str, Any], webhook: WebhookConfig,
                              "times") from None
         except requests.exceptions.HTTPError as err:
             raise AlertError(f"{where} answered HTTP {err.response.status_code}") from None
+        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                requests.exceptions.InvalidSchema) as err:
+            raise AlertError(f"{webhook.url_env} is not an http(s) URL ({type(err).__name__})"
+                             ) from None
         except requests.exceptions.RequestException as err:
             raise AlertError(f"no answer from {where} within {alerts.timeout_seconds} s in "
                              f"{alerts.retries + 1} attempts ({type(err).__name__})") from None

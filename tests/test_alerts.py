@@ -215,13 +215,19 @@ def test_a_server_that_never_answers_times_out(
     assert "secret-token" not in caplog.text
 
 
-def test_a_missing_variable_is_a_warning(caplog: pytest.LogCaptureFixture,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_variable_or_a_url_without_scheme_is_a_warning(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(WEBHOOK_ENV, raising=False)
     with caplog.at_level(logging.WARNING):
         outcomes = send_alerts(SUMMARY, alerts(webhook={"url_env": WEBHOOK_ENV}))
     assert outcomes == {"webhook": f"not sent: the environment variable {WEBHOOK_ENV} is not set"}
     assert WEBHOOK_ENV in caplog.text
+
+    monkeypatch.setenv(WEBHOOK_ENV, "hooks.example.com/services/secret-token")
+    outcomes = send_alerts(SUMMARY, alerts(webhook={"url_env": WEBHOOK_ENV}))
+    assert outcomes == {"webhook": f"not sent: {WEBHOOK_ENV} is not an http(s) URL (MissingSchema)"}
+    assert "secret-token" not in caplog.text
 
 
 def test_only_an_alert_is_sent_unless_always(receiver: HttpReceiver,
