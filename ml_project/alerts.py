@@ -52,7 +52,7 @@ class AlertError(Exception):
 def send_alerts(summary: Mapping[str, Any], alerts: AlertsConfig) -> dict[str, str]:
     """Send the summary (with its `exit_code`) to every configured channel when the verdict
     calls for it; returns each channel's outcome, "sent" or why not. Never raises."""
-    if alerts.on == "alert" and summary.get("exit_code", EXIT_OK) == EXIT_OK:
+    if alerts.send == "on_alert" and summary.get("exit_code", EXIT_OK) == EXIT_OK:
         return {}
     senders: dict[str, Callable[[], None]] = {}
     if alerts.webhook:

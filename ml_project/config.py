@@ -217,10 +217,10 @@ class EmailConfig(_Frozen):
 
 
 class AlertsConfig(_Frozen):
-    """Where a monitoring run sends its summary (ml_project/alerts.py): `on: alert` only when
+    """Where a monitoring run sends its summary (ml_project/alerts.py): `send: on_alert` only when
     a check failed, `always` after every run."""
 
-    on: Literal["alert", "always"] = "alert"
+    send: Literal["on_alert", "always"] = "on_alert"
     timeout_seconds: float = Field(10, gt=0)
     retries: int = Field(2, ge=0)
     webhook: WebhookConfig | None = None

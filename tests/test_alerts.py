@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from ml_project.alerts import message_text, send_alerts
-from ml_project.config import AlertsConfig, ConfigError, _merge
+from ml_project.config import PROJECT_ROOT, AlertsConfig, ConfigError, _merge
 from ml_project.monitoring_summary import EXIT_DRIFT, EXIT_OK
 from tests.conftest import prediction_config
 
@@ -236,7 +236,7 @@ def test_only_an_alert_is_sent_unless_always(receiver: HttpReceiver,
     quiet = {**SUMMARY, "exit_code": EXIT_OK}
     assert send_alerts(quiet, alerts(webhook={"url_env": WEBHOOK_ENV})) == {}
     assert receiver.posts == []
-    assert send_alerts(quiet, alerts(webhook={"url_env": WEBHOOK_ENV}, on="always")) == {
+    assert send_alerts(quiet, alerts(webhook={"url_env": WEBHOOK_ENV}, send="always")) == {
         "webhook": "sent"}
     assert receiver.posts[0][1]["text"].startswith("Monitoring churn_model version 3: ok")
 
@@ -284,6 +284,16 @@ def test_alerts_are_optional_and_secrets_are_not_config_values(project: Path) ->
             "url": "https://hooks.slack.com/services/x"}}})
 
 
+def test_the_documented_example_is_a_valid_config() -> None:
+    """documentation/monitoring.md's alerts example, read as YAML reads it (where a bare `on:`
+    key would be the boolean True)."""
+    text = (PROJECT_ROOT / "documentation" / "monitoring.md").read_text()
+    example = text.split("## Alerts", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    settings = AlertsConfig.model_validate(yaml.safe_load(example)["monitoring"]["alerts"])
+    assert settings.webhook is not None and settings.email is not None
+    assert settings.webhook.url_env == "ML_PROJECT_ALERTS_WEBHOOK_URL"
+
+
 @pytest.mark.slow
 def test_monitoring_run_sends_its_summary_and_keeps_its_exit_code(
     trained_project: Path, tmp_path: Path, receiver: HttpReceiver,
@@ -296,7 +306,7 @@ def test_monitoring_run_sends_its_summary_and_keeps_its_exit_code(
         write_production,
     )
 
-    hooks = {"on": "always", "timeout_seconds": 1, "retries": 1,
+    hooks = {"send": "always", "timeout_seconds": 1, "retries": 1,
              "webhook": {"url_env": WEBHOOK_ENV, "format": "json"}}
     content = yaml.safe_load((trained_project / "project_config.yaml").read_text())
     overrides = {
