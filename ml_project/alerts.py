@@ -129,14 +129,15 @@ def secret(variable: str) -> str:
 
 def post_webhook(summary: Mapping[str, Any], webhook: WebhookConfig,
                  alerts: AlertsConfig) -> None:
-    """POST the summary: Slack's incoming-webhook `text` (Teams, Mattermost and Discord's
+    """POST the summary: Slack's incoming-webhook `text` (Mattermost's and other
     Slack-compatible endpoints read it too), or the JSON summary itself."""
     url = secret(webhook.url_env)
     payload = {"text": message_text(summary)} if webhook.format == "slack" else dict(summary)
     # urllib3 retries the POST (not retried by default: an alert twice beats none) on a
-    # connection error, a timeout or a passing server error, backing off between attempts.
+    # connection error, a timeout or a passing server error, backing off between attempts; a
+    # server's Retry-After (uncapped: it could hold the run for an hour) is not waited for.
     retry = Retry(total=alerts.retries, backoff_factor=0.5, status_forcelist=RETRY_STATUSES,
-                  allowed_methods=frozenset({"POST"}))
+                  allowed_methods=frozenset({"POST"}), respect_retry_after_header=False)
     where = f"{webhook.url_env} (host {urlsplit(url).hostname})"
     hidden, urllib3_log = HideSecret(url), logging.getLogger("urllib3.connectionpool")
     urllib3_log.addFilter(hidden)  # its retry warnings name the URL's path, a secret

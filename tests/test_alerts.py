@@ -52,6 +52,7 @@ class HttpReceiver:
 
     statuses: list[int] = field(default_factory=lambda: [200])
     hang: bool = False
+    retry_after: str | None = None  # the Retry-After header of an error answer
     posts: list[tuple[str, Any]] = field(default_factory=list)
     released: threading.Event = field(default_factory=threading.Event)
     url: str = ""
@@ -70,6 +71,8 @@ def receiver() -> Iterator[HttpReceiver]:
                 return
             status = state.statuses[min(len(state.posts), len(state.statuses)) - 1]
             self.send_response(status)
+            if status >= 400 and state.retry_after:
+                self.send_header("Retry-After", state.retry_after)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -93,6 +96,8 @@ class SmtpReceiver:
     messages: list[EmailMessage] = field(default_factory=list)
     logins: list[str] = field(default_factory=list)
     envelopes: list[list[str]] = field(default_factory=list)
+    greetings: list[str] = field(default_factory=list)  # one a connection, then "220 ready"
+    connections: int = 0
 
 
 @pytest.fixture
@@ -105,7 +110,11 @@ def smtp_receiver() -> Iterator[SmtpReceiver]:
             self.wfile.write(f"{line}\r\n".encode())
 
         def handle(self) -> None:
-            self.reply("220 test SMTP")
+            state.connections += 1
+            greeting = state.greetings.pop(0) if state.greetings else "220 ready"
+            self.reply(greeting)
+            if not greeting.startswith("220"):
+                return
             recipients: list[str] = []
             while line := self.rfile.readline().decode().rstrip("\r\n"):
                 verb = line.split(" ", 1)[0].upper()
@@ -178,6 +187,16 @@ def test_a_server_error_is_retried(receiver: HttpReceiver,
 
     assert send_alerts(SUMMARY, alerts(webhook={"url_env": WEBHOOK_ENV})) == {"webhook": "sent"}
     assert len(receiver.posts) == 2
+
+
+def test_a_long_retry_after_does_not_hold_the_run(receiver: HttpReceiver,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    receiver.statuses, receiver.retry_after = [429, 200], "3600"
+    monkeypatch.setenv(WEBHOOK_ENV, receiver.url)
+    started = time.perf_counter()
+
+    assert send_alerts(SUMMARY, alerts(webhook={"url_env": WEBHOOK_ENV})) == {"webhook": "sent"}
+    assert time.perf_counter() - started < 5 and len(receiver.posts) == 2
 
 
 @pytest.mark.parametrize("statuses, reason", [
@@ -274,6 +293,22 @@ def test_an_email_that_cannot_be_sent_is_a_warning(
     assert "SMTPNotSupportedError" in outcomes["email"] and "(attempt 1)" in outcomes["email"]
     assert smtp_receiver.messages == []
     assert "Monitoring alert not sent by email" in caplog.text
+
+
+@pytest.mark.parametrize("greeting, connections, outcome", [
+    ("421 too busy, try later", 2, "sent"),  # passing: tried again
+    ("554 no service for you", 1, "not sent: SMTP 127.0.0.1"),  # a refusal: final
+])
+def test_a_busy_smtp_server_is_tried_again_a_refusal_is_not(
+    smtp_receiver: SmtpReceiver, greeting: str, connections: int, outcome: str
+) -> None:
+    smtp_receiver.greetings = [greeting]
+    settings = alerts(email={"host": "127.0.0.1", "port": smtp_receiver.port, "starttls": False,
+                             "sender": "ml@example.com", "to": ["a@example.com"]})
+
+    assert send_alerts(SUMMARY, settings)["email"].startswith(outcome)
+    assert smtp_receiver.connections == connections
+    assert len(smtp_receiver.messages) == (outcome == "sent")
 
 
 def test_alerts_are_optional_and_secrets_are_not_config_values(project: Path) -> None:
