@@ -105,7 +105,7 @@ def error_reply(status: int, detail: str, **extra: Any) -> Reply:
 
 
 INTERNAL_ERROR = "Internal Server Error"
-MARKDOWN = "text/markdown; charset=utf-8"
+MARKDOWN = "text/markdown"  # both frameworks add "; charset=utf-8", as to any text type
 NO_CARD = ("model version {version} has no model card (exported before cards existed, or its "
            "card does not match metadata.json): re-run the modelling use case to write one")
 
