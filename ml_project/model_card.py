@@ -42,7 +42,12 @@ IMPORTANCE_FIGURE = "model_card_importance.png"
 
 
 def _finite(value: Any) -> Any:
-    """JSON has no NaN: an undefined metric (ROC AUC of a one-class slice) is null."""
+    """JSON has no NaN: an undefined metric (ROC AUC of a one-class slice) is null, anywhere
+    in the card (a leaderboard's NaN standard deviation too)."""
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
     value = native(value)
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
@@ -106,7 +111,7 @@ def _slice_masks(column: pd.Series, categorical: bool) -> list[tuple[str, np.nda
                                 retbins=True, duplicates="drop")
         codes = np.asarray(binned)
         slices = [(f"{'[' if i == 0 else '('}{edges[i]:.4g}, {edges[i + 1]:.4g}]", codes == i)
-                  for i in range(len(edges) - 1)]
+                  for i in range(len(edges) - 1)] or [(f"{edges[0]:.4g}", ~missing)]  # constant
     if missing.any():
         slices.append(("missing", missing))
     return slices
@@ -250,17 +255,20 @@ def build_card(config: Config, pipeline: Pipeline, reference: pd.DataFrame, *,
         "git_commit": metadata.get("git_commit"),
     }
     card["limitations"] = limitations(card, config.training.metric)
-    return card
+    finite: dict[str, Any] = _finite(card)
+    return finite
 
 
 def summary(card: Mapping[str, Any]) -> str:
     """A few lines for the registered version's description in MLflow."""
     model, metric = card["model"], card["metric"]
     score = card["holdout"]["metrics"][metric]
+    def number(value: float | None) -> str:
+        return "undefined" if value is None else f"{value:.4f}"
     lines = [f"{model['candidate']} for {card['about']['purpose']} (owner: "
              f"{card['about']['owner']}).",
-             f"Holdout {metric}: {score['value']:.4f} (95% CI {score['ci95_low']:.4f} to "
-             f"{score['ci95_high']:.4f}, {card['holdout']['rows']} rows)."]
+             f"Holdout {metric}: {number(score['value'])} (95% CI {number(score['ci95_low'])} "
+             f"to {number(score['ci95_high'])}, {card['holdout']['rows']} rows)."]
     lines += [f"Limitation: {text}" for text in card["limitations"]]
     return "\n".join(lines + ["Full card: the run's model_card/ artifacts, GET /model/card."])
 
@@ -351,5 +359,5 @@ def card_figures(card: Mapping[str, Any]) -> dict[str, bytes]:
 def card_files(card: Mapping[str, Any]) -> dict[str, bytes]:
     """The card's files by name: JSON, Markdown and its PNG figures."""
     figures = card_figures(card)
-    return {CARD_JSON: json.dumps(card, indent=2, default=str).encode(),
+    return {CARD_JSON: json.dumps(card, indent=2, default=str, allow_nan=False).encode(),
             CARD_MARKDOWN: markdown(card, list(figures)).encode(), **figures}

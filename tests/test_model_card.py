@@ -196,3 +196,17 @@ def test_slices_under_the_minimum_are_named_too_small_and_not_scored(tmp_path: P
                                   for s in card["slices"])
     assert any(f"fewer than {len(reference) + 1} holdout rows" in text
                for text in card["limitations"])
+
+
+def test_a_constant_number_is_one_slice_and_an_undefined_value_is_null(tmp_path: Path) -> None:
+    config, pipeline, train, reference = _fitted_shape("houses", tmp_path)
+    feature = config.columns.features[0]
+    constant = reference.assign(**{feature: 3.0})
+    board = pd.DataFrame({"rank": [1], "mean_r2": [float("nan")]})  # a metric CV could not score
+    card = build_card(config, pipeline, constant, metadata={}, train=train,
+                      quarantined_rows=0, leaderboard=board)
+
+    assert [(s["slice"], s["rows"]) for s in card["slices"] if s["feature"] == feature] == [
+        ("3", len(constant))]
+    assert card["leaderboard"] == [{"rank": 1, "mean_r2": None}]
+    assert json.loads(card_files(card)[CARD_JSON])["leaderboard"][0]["mean_r2"] is None
