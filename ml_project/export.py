@@ -211,6 +211,7 @@ def export_pipeline(pipeline: Pipeline, metadata: dict[str, Any], directory: Pat
                                               lambda file: reference.to_parquet(file, index=False))
         record |= {"reference_file": sample.name, "reference_sha256": sample_checksum,
                    "reference_rows": len(reference)}
+    record.pop("model_card_files", None)  # only the card written here
     if card:
         record["model_card_files"] = {name: hashlib.sha256(data).hexdigest()
                                       for name, data in card.items()}

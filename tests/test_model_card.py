@@ -17,7 +17,14 @@ from mlflow.tracking import MlflowClient
 
 from deployment.cloud_setup import champion_files
 from ml_project.config import Config, load_config
-from ml_project.export import CARD_JSON, CARD_MARKDOWN, load_card, load_pipeline, read_metadata
+from ml_project.export import (
+    CARD_JSON,
+    CARD_MARKDOWN,
+    export_pipeline,
+    load_card,
+    load_pipeline,
+    read_metadata,
+)
 from ml_project.ingest import load_historic_data
 from ml_project.metrics import score_predictions
 from ml_project.model_card import TOO_SMALL, build_card, card_files, summary
@@ -210,3 +217,21 @@ def test_a_constant_number_is_one_slice_and_an_undefined_value_is_null(tmp_path:
         ("3", len(constant))]
     assert card["leaderboard"] == [{"rank": 1, "mean_r2": None}]
     assert json.loads(card_files(card)[CARD_JSON])["leaderboard"][0]["mean_r2"] is None
+
+
+def test_a_new_export_replaces_the_card_and_removes_figures_it_no_longer_has(
+    trained_project: Path, tmp_path: Path
+) -> None:
+    pipeline, metadata = load_pipeline(trained_project / CHAMPION)
+    directory = tmp_path / "champion"
+    export_pipeline(pipeline, metadata, directory, None,
+                    {CARD_JSON: b"{}", CARD_MARKDOWN: b"# old", "model_card_old.png": b"png"})
+    export_pipeline(pipeline, metadata, directory, None,
+                    {CARD_JSON: b'{"new": 1}', CARD_MARKDOWN: b"# new"})
+
+    assert not (directory / "model_card_old.png").exists()
+    assert load_card(directory, read_metadata(directory)) == ({"new": 1}, "# new")
+    export_pipeline(pipeline, metadata, directory)  # a model exported without a card
+    assert not (directory / CARD_JSON).exists()
+    assert "model_card_files" not in read_metadata(directory)
+    assert load_card(directory, read_metadata(directory)) is None
