@@ -26,7 +26,7 @@ from sklearn.pipeline import Pipeline
 
 from ml_project.config import PREDICTION_COLUMN, PROBABILITY_PREFIX, Config
 from ml_project.export import CARD_JSON, CARD_MARKDOWN, native
-from ml_project.metrics import score_predictions
+from ml_project.metrics import cv_scorers, score_predictions
 from ml_project.train import features_and_target
 
 TOO_SMALL = "too small"
@@ -173,10 +173,12 @@ def residuals(inputs: CardInputs) -> dict[str, float] | None:
 def importance(inputs: CardInputs, rows: int, seed: int) -> list[dict[str, Any]]:
     """Permutation importance of each input column for the primary metric, on at most `rows`
     sample rows and 3 seeded repeats (seconds, not minutes, at any table size)."""
+    metric = inputs.config.training.metric  # scored as the search scored it (text labels too)
     take = np.random.default_rng(seed).permutation(len(inputs.target))[:rows]
     result = permutation_importance(
         inputs.pipeline, inputs.features.iloc[take], inputs.target[take],
-        scoring=inputs.config.training.metric, n_repeats=3, random_state=seed, n_jobs=1)
+        scoring=cv_scorers([metric], inputs.config.positive_class, inputs.classes)[metric],
+        n_repeats=3, random_state=seed, n_jobs=1)
     order = np.argsort(-result.importances_mean)
     return [{"feature": str(inputs.features.columns[i]),
              "mean": float(result.importances_mean[i]), "std": float(result.importances_std[i])}

@@ -235,3 +235,14 @@ def test_a_new_export_replaces_the_card_and_removes_figures_it_no_longer_has(
     assert not (directory / CARD_JSON).exists()
     assert "model_card_files" not in read_metadata(directory)
     assert load_card(directory, read_metadata(directory)) is None
+
+
+def test_importance_scores_f1_of_text_labels_as_the_search_does(tmp_path: Path) -> None:
+    config, pipeline, train, reference = _fitted_shape("loans", tmp_path)
+    config = config.model_copy(update={"training": config.training.model_copy(
+        update={"metric": "f1"})})
+    card = build_card(config, pipeline, reference, metadata={}, train=train,
+                      quarantined_rows=0, leaderboard=pd.DataFrame())
+
+    assert {row["feature"] for row in card["importance"]} == set(config.columns.features)
+    assert max(row["mean"] for row in card["importance"]) > 0
