@@ -146,9 +146,10 @@ def read_pipfile(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def champion_files(config: Config) -> tuple[Path, list[str], dict[str, Any]]:
-    """The champion's folder, the files to ship (metadata.json and the files it names), after
-    their checksums match and the model loads here (a bundle never carries a model that would
-    not load: one saved under another package name, say), and its metadata."""
+    """The champion's folder, the files to ship (metadata.json and the files it names: model,
+    reference sample, model card), after their checksums match and the model loads here (a
+    bundle never carries a model that would not load: one saved under another package name,
+    say), and its metadata."""
     from ml_project.export import ArtifactError, load_pipeline, read_metadata, sha256_of
 
     directory = config.model_artifacts_dir / ALIAS
@@ -168,6 +169,12 @@ def champion_files(config: Config) -> tuple[Path, list[str], dict[str, Any]]:
         if not path.is_file() or sha256_of(path) != metadata.get(checksum_key):
             raise SetupError(f"{path} is missing or does not match its checksum: re-run the "
                              f"modelling use case ({MODELLING_HINT})")
+        names.append(path.name)
+    for name, checksum in (metadata.get("model_card_files") or {}).items():  # the model card
+        path = directory / str(name)
+        if path.name != str(name) or not path.is_file() or sha256_of(path) != checksum:
+            raise SetupError(f"{path} (the model card) is missing or does not match its "
+                             f"checksum: re-run the modelling use case ({MODELLING_HINT})")
         names.append(path.name)
     try:
         load_pipeline(directory)

@@ -245,6 +245,19 @@ class SparkConfig(_Frozen):
     conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
+class ModelCardConfig(_Frozen):
+    """What a model card says of the model (REVIEW: placeholders until a person writes it), and
+    how its numbers are computed (`model_card.py`)."""
+
+    purpose: str = "REVIEW: what the model predicts, for whom, and which decision it informs"
+    owner: str = "REVIEW: the team or person accountable for the model"
+    intended_use: str = "REVIEW: where its predictions may be used"
+    out_of_scope: str = "REVIEW: uses and populations it was not built or checked for"
+    min_slice_rows: int = Field(30, ge=1)  # fewer holdout rows: a slice is "too small" to score
+    bootstrap_resamples: int = Field(200, ge=10)
+    importance_rows: int = Field(2000, ge=10)  # rows permutation importance shuffles, at most
+
+
 class PathsConfig(_Frozen):
     model_artifacts: str = "data/model_artifacts"
     output: str = "output"
@@ -267,6 +280,7 @@ class Config(_Frozen):
     tracking: TrackingConfig
     prediction: PredictionConfig = PredictionConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    model_card: ModelCardConfig = ModelCardConfig()
     spark: SparkConfig = SparkConfig()
     paths: PathsConfig = PathsConfig()
 

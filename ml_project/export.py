@@ -7,6 +7,8 @@ Layout of an artifact folder (e.g. data/model_artifacts/champion/):
                               reference and the load-time proof of the serving fast path
     metadata.json             name, version, task, features, schema, metrics, lineage, the
                               sha256 of both files, the types the MLflow copy trusts
+    model_card.json, .md      the model card (`model_card.py`), with its model_card_*.png
+                              figures; metadata.json's "model_card_files" holds their sha256s
 
 Export is atomic: the artifact is written under a name of its own and synced to disk, then
 metadata.json is replaced in one rename. A run killed at any moment (or a power cut) leaves
@@ -42,6 +44,8 @@ from ml_project.engineer import FeatureEngineer
 from ml_project.schemas import field_rules
 
 METADATA_FILE = "metadata.json"
+CARD_JSON = "model_card.json"
+CARD_MARKDOWN = "model_card.md"
 LIBRARIES = ("scikit-learn", "pandas", "numpy", "joblib")
 # This package's name as Python imports it, whatever it has been renamed to.
 PACKAGE = __name__.partition(".")[0]
@@ -188,10 +192,17 @@ def _write_file(directory: Path, prefix: str, suffix: str, write: Callable[[Bina
 
 
 def export_pipeline(pipeline: Pipeline, metadata: dict[str, Any], directory: Path,
-                    reference: pd.DataFrame | None = None) -> Path:
-    """Write the Pipeline, its reference sample and metadata (with sha256s) atomically; return
-    the artifact path."""
+                    reference: pd.DataFrame | None = None,
+                    card: Mapping[str, bytes] | None = None) -> Path:
+    """Write the Pipeline, its reference sample, its model card's files (name -> bytes) and
+    metadata (with sha256s) atomically; return the artifact path.
+
+    The card's files keep fixed names (the Markdown links its figures by name): each is
+    replaced in one rename, before metadata.json, which records their sha256s. A run killed in
+    between leaves a card that does not match metadata.json: it is then refused, as missing."""
     directory.mkdir(parents=True, exist_ok=True)
+    for name, data in (card or {}).items():
+        _write_atomically(directory / name, data)
     artifact, checksum = _write_file(directory, "pipeline", ".joblib",
                                      lambda file: joblib.dump(pipeline, file))
     record = {**metadata, "artifact_file": artifact.name, "sha256": checksum}
@@ -200,6 +211,10 @@ def export_pipeline(pipeline: Pipeline, metadata: dict[str, Any], directory: Pat
                                               lambda file: reference.to_parquet(file, index=False))
         record |= {"reference_file": sample.name, "reference_sha256": sample_checksum,
                    "reference_rows": len(reference)}
+    record.pop("model_card_files", None)  # only the card written here
+    if card:
+        record["model_card_files"] = {name: hashlib.sha256(data).hexdigest()
+                                      for name, data in card.items()}
     try:
         previous = read_metadata(directory) if (directory / METADATA_FILE).is_file() else {}
     except ArtifactError:  # unreadable metadata: it is about to be replaced anyway
@@ -210,6 +225,9 @@ def export_pipeline(pipeline: Pipeline, metadata: dict[str, Any], directory: Pat
         old = previous.get(key)
         if old and old != record.get(key):
             (directory / str(old)).unlink(missing_ok=True)
+    for old in set(previous.get("model_card_files", {})) - set(card or {}):
+        if Path(old).name == old:  # a file of this folder, as this function wrote it
+            (directory / old).unlink(missing_ok=True)
     return artifact
 
 
@@ -317,3 +335,17 @@ def load_reference(directory: Path, metadata: dict[str, Any]) -> pd.DataFrame | 
         raise ArtifactError(f"reference sample {path} is missing or does not match its checksum; "
                             "re-run the modelling use case")
     return pd.read_parquet(path)
+
+
+def load_card(directory: Path, metadata: Mapping[str, Any]) -> tuple[dict[str, Any], str] | None:
+    """The model card (JSON, Markdown) exported with the model, after both files match the
+    sha256s metadata.json records; None for a model exported without one, or whose card does
+    not match (a run killed while exporting: the next modelling run writes it again)."""
+    recorded = metadata.get("model_card_files") or {}
+    texts = []
+    for name in (CARD_JSON, CARD_MARKDOWN):
+        path = directory / name
+        if name not in recorded or not path.is_file() or sha256_of(path) != recorded[name]:
+            return None
+        texts.append(path.read_text(encoding="utf-8"))
+    return json.loads(texts[0]), texts[1]

@@ -27,6 +27,7 @@ from ml_project.config import PREDICTION_COLUMN, PROBABILITY_PREFIX, Config
 from ml_project.export import (
     ArtifactError,
     library_versions,
+    load_card,
     load_pipeline,
     load_reference,
     native,
@@ -89,11 +90,15 @@ class PredictionService:
         reference: the artifact's reference sample (validated holdout rows with the Pipeline's
             predictions at training time); the fast path is used only if it answers exactly as
             the Pipeline does on it. None: no proof is possible, so the plain Pipeline runs.
+        card: the model card exported with it, as JSON and Markdown (`export.load_card`);
+            None for a model exported without one.
     """
 
     def __init__(self, pipeline: Pipeline, metadata: Mapping[str, Any], config: Config,
-                 reference: pd.DataFrame | None = None) -> None:
+                 reference: pd.DataFrame | None = None,
+                 card: tuple[dict[str, Any], str] | None = None) -> None:
         self.pipeline = pipeline
+        self.card = card  # the model card (JSON, Markdown) exported with it: GET /model/card
         self.metadata = dict(metadata)
         self.config = config
         self.validator = InstanceValidator(config)
@@ -176,10 +181,14 @@ class PredictionService:
     def from_config(cls, config: Config, alias: str = "champion") -> PredictionService:
         """Load the artifact the config points at: local folder (default) or MLflow registry."""
         if config.prediction.model_source == "registry":
-            from ml_project.registry import load_registered_pipeline  # only this path needs mlflow
+            from ml_project.registry import (  # only this path needs mlflow
+                load_registered_pipeline,
+                registered_card,
+            )
 
             pipeline, metadata, reference = load_registered_pipeline(config, alias)
-            service = cls(pipeline, metadata, config, reference)
+            service = cls(pipeline, metadata, config, reference,
+                          registered_card(str(metadata["mlflow_run_id"])))
         else:
             service = cls.from_directory(config.model_artifacts_dir / alias, config)
         logger.info("Loaded %s version %s (%s)", service.model_name, service.model_version,
@@ -189,7 +198,8 @@ class PredictionService:
     @classmethod
     def from_directory(cls, directory: Path, config: Config) -> PredictionService:
         pipeline, metadata = load_pipeline(directory)
-        return cls(pipeline, metadata, config, load_reference(directory, metadata))
+        return cls(pipeline, metadata, config, load_reference(directory, metadata),
+                   load_card(directory, metadata))
 
     def _columns_from_rows(self, rows: list[list[Any]]) -> dict[str, np.ndarray]:
         """Validated rows as typed column arrays (float for numbers, object for text)."""

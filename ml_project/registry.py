@@ -31,7 +31,14 @@ from mlflow.tracking import MlflowClient
 from sklearn.pipeline import Pipeline
 
 from ml_project.config import Config
-from ml_project.export import ArtifactError, read_metadata, sha256_of, unpickled
+from ml_project.export import (
+    CARD_JSON,
+    CARD_MARKDOWN,
+    ArtifactError,
+    read_metadata,
+    sha256_of,
+    unpickled,
+)
 from ml_project.train import evaluate_holdout
 
 logger = logging.getLogger(__name__)
@@ -41,6 +48,7 @@ CHALLENGER = "challenger"
 SERVER_CHECK_TIMEOUT_SECONDS = 10
 TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
 REFERENCE_ARTIFACT = "reference"  # the run's folder holding the reference sample
+CARD_ARTIFACT = "model_card"  # the run's folder holding the model card's files
 # Registered-version tags that let a loader trust exactly what this project logged.
 MODEL_FILE_SHA256_TAG = "model_file_sha256"
 REFERENCE_SHA256_TAG = "reference_sha256"
@@ -244,6 +252,18 @@ def _registered_reference(run_id: str, expected_sha256: str | None) -> pd.DataFr
     if sha256_of(path) != expected_sha256:
         raise ArtifactError(f"the reference sample of run {run_id} does not match its checksum")
     return pd.read_parquet(path)
+
+
+def registered_card(run_id: str) -> tuple[dict[str, Any], str] | None:
+    """The model card logged with a run (`tracking.log_model_card`), JSON and Markdown; None
+    for a run logged without one. Read, never executed: shown as the run logged it."""
+    try:
+        directory = Path(mlflow.artifacts.download_artifacts(run_id=run_id,
+                                                             artifact_path=CARD_ARTIFACT))
+        return (json.loads((directory / CARD_JSON).read_text(encoding="utf-8")),
+                (directory / CARD_MARKDOWN).read_text(encoding="utf-8"))
+    except (MlflowException, OSError, ValueError):  # no card logged, or not one this wrote
+        return None
 
 
 # Promotion -----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import mlflow
 import numpy as np
@@ -34,6 +34,7 @@ from sklearn.pipeline import Pipeline
 from ml_project.config import Config
 from ml_project.export import sha256_of
 from ml_project.registry import (
+    CARD_ARTIFACT,
     MODEL_FILE_SHA256_TAG,
     OWNER_TAG,
     REFERENCE_ARTIFACT,
@@ -219,6 +220,23 @@ def _log_reference(reference: pd.DataFrame) -> str:
         reference.to_parquet(path, index=False)
         mlflow.log_artifact(str(path), artifact_path=REFERENCE_ARTIFACT)
         return sha256_of(path)
+
+
+def log_model_card(config: Config, version: str, files: Mapping[str, bytes], summary: str
+                   ) -> None:
+    """The model card's files as the active run's `model_card/` artifacts, and its summary as
+    the registered version's description (what the registry's UI shows first).
+
+    Raises:
+        TrackingError: the store failed.
+    """
+    with store_failures(config, f"while logging the model card of version {version}"):
+        with tempfile.TemporaryDirectory() as directory:
+            for name, data in files.items():
+                Path(directory, name).write_bytes(data)
+            mlflow.log_artifacts(directory, artifact_path=CARD_ARTIFACT)
+        MlflowClient(config.tracking_uri).update_model_version(
+            config.tracking.registered_model_name, version, description=summary)
 
 
 def evaluation_figures(

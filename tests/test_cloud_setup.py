@@ -162,7 +162,8 @@ def test_bundle_holds_the_provider_files_the_package_the_config_and_the_champion
     shipped_artifacts = sorted(path.name for path in
                                (bundle / "data/model_artifacts/champion").iterdir())
     assert shipped_artifacts == sorted(["metadata.json", metadata["artifact_file"],
-                                        metadata["reference_file"]])
+                                        metadata["reference_file"],
+                                        *metadata["model_card_files"]])  # the model card too
     for name in shipped_artifacts:
         assert (bundle / "data/model_artifacts/champion" / name).read_bytes() == (
             champion / name).read_bytes()

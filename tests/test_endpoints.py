@@ -13,7 +13,7 @@ import pytest
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
 from ml_project.serving.bodies import Rejection
-from ml_project.serving.endpoints import PredictionEndpoints
+from ml_project.serving.endpoints import PredictionEndpoints, wants_markdown
 from tests.conftest import prediction_config
 from tests.serving import INSTANCE, instance
 
@@ -89,3 +89,33 @@ def test_a_fault_of_the_model_is_a_500_with_the_request_id_and_is_logged(
     assert reply.status == 500 and body["request_id"] in body["detail"]
     [record] = log.read()
     assert record["error"].startswith("500: ZeroDivisionError")
+
+
+def test_the_model_card_is_json_markdown_on_request_404_without_one_and_keyed(
+    service: PredictionService, log: PredictionLog
+) -> None:
+    assert service.card is not None
+    card, markdown = service.card
+    endpoints = PredictionEndpoints(service, log, api_key="s3cret")
+    uncarded = PredictionEndpoints(PredictionService(service.pipeline, service.metadata,
+                                                     service.config, service.reference), log, None)
+
+    assert json.loads(endpoints.model_card("s3cret").body) == card
+    answer = endpoints.model_card("s3cret", "text/markdown")
+    assert (answer.status, answer.body.decode()) == (200, markdown)
+    assert answer.media_type.startswith("text/markdown")
+    assert endpoints.model_card("wrong").status == 401
+    assert PredictionEndpoints(None, log, None).model_card(None).status == 503
+    missing = uncarded.model_card(None)
+    assert missing.status == 404
+    assert json.loads(missing.body)["detail"].startswith(
+        f"model version {service.model_version} has no model card")
+
+
+@pytest.mark.parametrize(("accept", "markdown"), [
+    (None, False), ("*/*", False), ("application/json", False), ("text/markdown", True),
+    ("text/markdown;q=0.9, text/plain", True), ("TEXT/MARKDOWN", True),
+    ("text/markdown, application/json", False), ("text/html", False),
+])
+def test_markdown_only_when_asked_for_and_json_not(accept: str | None, markdown: bool) -> None:
+    assert wants_markdown(accept) is markdown

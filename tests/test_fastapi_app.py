@@ -298,6 +298,34 @@ def test_model_describes_name_version_task_features_and_holdout_metrics(
     assert body["model_name"]
 
 
+def test_model_card_serves_the_exported_card_as_json_or_markdown(
+    url: str, service: PredictionService
+) -> None:
+    assert service.card is not None
+    card, markdown = service.card
+    as_json = requests.get(f"{url}/model/card", timeout=10)
+    as_markdown = requests.get(f"{url}/model/card", headers={"Accept": "text/markdown"},
+                               timeout=10)
+
+    assert (as_json.status_code, as_json.json()) == (200, card)
+    assert as_json.json()["model"]["model_version"] == service.model_version
+    assert (as_markdown.status_code, as_markdown.text) == (200, markdown)
+    assert as_markdown.headers["content-type"] == "text/markdown; charset=utf-8"
+
+
+@pytest.mark.parametrize("framework", FACTORIES)
+def test_model_card_is_404_for_a_model_exported_without_one(
+    framework: str, service: PredictionService, log: PredictionLog
+) -> None:
+    uncarded = PredictionService(service.pipeline, service.metadata, service.config,
+                                 service.reference)
+    with start(framework, uncarded, log) as base_url:
+        answer = requests.get(f"{base_url}/model/card", timeout=10)
+
+    assert answer.status_code == 404
+    assert "has no model card" in answer.json()["detail"]
+
+
 def test_docs_show_the_request_model_with_an_example_that_is_accepted(
     config: Config, service: PredictionService, log: PredictionLog
 ) -> None:

@@ -65,6 +65,7 @@ def _json(value: Any) -> bytes:
         pytest.param("GET", "/health", None, id="health"),
         pytest.param("GET", "/ready", None, id="ready"),
         pytest.param("GET", "/model", None, id="model"),
+        pytest.param("GET", "/model/card", None, id="model-card"),
         pytest.param("GET", "/no-such-route", None, id="not-found"),
         pytest.param("GET", "/predict", None, id="method-not-allowed"),
         pytest.param("POST", "/predict", _json(INSTANCE), id="predict"),

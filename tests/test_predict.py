@@ -224,6 +224,8 @@ def test_registry_source_loads_the_champion(
     assert registry.model_version == service.model_version
     record = _record(raw[service.features].iloc[0])
     assert registry.predict_instance(record) == service.predict_instance(record)
+    assert service.card is not None
+    assert registry.card == service.card  # the card logged with the run, as exported
 
 
 def test_serving_imports_no_training_or_monitoring_libraries() -> None:

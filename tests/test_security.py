@@ -89,7 +89,8 @@ def test_api_key_refuses_every_wrong_key_and_is_never_written_anywhere(
             headers = {} if key is None else {API_KEY_HEADER: key.encode()}
             for method, path, body in [("POST", "/predict", INSTANCE),
                                        ("POST", "/predict/batch", {"instances": [INSTANCE]}),
-                                       ("GET", "/model", None), ("GET", "/ready", None)]:
+                                       ("GET", "/model", None), ("GET", "/model/card", None),
+                                       ("GET", "/ready", None)]:
                 answer = requests.request(method, base_url + path, json=body, headers=headers,
                                           timeout=30)
                 refused[key, path] = (answer.status_code, answer.json()["detail"])
@@ -104,7 +105,7 @@ def test_api_key_refuses_every_wrong_key_and_is_never_written_anywhere(
 
     assert set(refused.values()) == {(401, "missing or wrong X-API-Key header")}
     assert accepted.status_code == 200 and health.status_code == 200
-    assert health.json()["counters"]["refused_401"] == 4 * 7
+    assert health.json()["counters"]["refused_401"] == 5 * 7
     assert "API key required" in (tmp_path / "server.out").read_text()
     # Refusals at the door are counted, never stored: the log, and monitoring's window, hold
     # the authenticated prediction alone, however many strangers knocked.

@@ -23,6 +23,7 @@ from ml_project.config import Config
 from ml_project.export import export_pipeline, model_metadata, sha256_of
 from ml_project.ingest import load_historic_data, read_table
 from ml_project.leaderboard import build_leaderboard, write_leaderboard
+from ml_project.model_card import build_card, card_files, summary
 from ml_project.registry import (
     CHAMPION,
     TrackingError,
@@ -32,7 +33,7 @@ from ml_project.registry import (
     reconcile_champion,
     redact_password,
 )
-from ml_project.tracking import log_modelling_run, modelling_run
+from ml_project.tracking import log_model_card, log_modelling_run, modelling_run
 from ml_project.train import (
     build_reference_sample,
     check_training_config,
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  registered: {config.tracking.registered_model_name} version "
           f"{modelled.model_version} -> @{modelled.alias}"
           + ("" if modelled.alias == CHAMPION else " (did not beat the champion)"))
-    print(f"  artifact:    {modelled.artifact} (+ metadata.json)")
+    print(f"  artifact:    {modelled.artifact} (+ metadata.json, model_card.md)")
     print(f"  leaderboard: {modelled.leaderboard} (.csv, .png)")
     print(f"  quarantine:  {modelled.quarantine} ({modelled.quarantined_rows} rows)")
     print(f"  log:         {log_file}")
@@ -117,7 +118,8 @@ def model(config: Config, extra_labelled_data: Path | None = None) -> Modelled:
         check_training_rows(validation.valid, validation.quarantined, config)
         train, holdout = split_holdout(validation.valid, config)
         results = train_candidates(train, config)
-        leaderboard = write_leaderboard(build_leaderboard(results, config), config)
+        board = build_leaderboard(results, config)
+        leaderboard = write_leaderboard(board, config)
         best = select_best(results)
         holdout_metrics = evaluate_holdout(best.pipeline, holdout, config)
         reference = build_reference_sample(best.pipeline, holdout, config)
@@ -138,9 +140,13 @@ def model(config: Config, extra_labelled_data: Path | None = None) -> Modelled:
                 model_version=registered.version, alias=alias, run_id=run_id,
                 trusted_types=registered.trusted_types,
                 extra_labelled_data=str(extra_labelled_data) if extra_labelled_data else None)
+            card = build_card(config, best.pipeline, reference, metadata=metadata, train=train,
+                              quarantined_rows=len(validation.quarantined), leaderboard=board)
+            card_bytes = card_files(card)
+            log_model_card(config, registered.version, card_bytes, summary(card))
             # The local copy first: a kill before the alias moves is repaired by the next run.
             artifact = export_pipeline(best.pipeline, metadata,
-                                       config.model_artifacts_dir / alias, reference)
+                                       config.model_artifacts_dir / alias, reference, card_bytes)
             left = (f"Version {registered.version} is exported to {artifact.parent} but not yet "
                     f"@{alias} in the registry: the next modelling run moves the alias.")
             promote(config, run_id=run_id, version=registered.version, alias=alias,

@@ -105,6 +105,16 @@ def error_reply(status: int, detail: str, **extra: Any) -> Reply:
 
 
 INTERNAL_ERROR = "Internal Server Error"
+MARKDOWN = "text/markdown"  # both frameworks add "; charset=utf-8", as to any text type
+NO_CARD = ("model version {version} has no model card (exported before cards existed, or its "
+           "card does not match metadata.json): re-run the modelling use case to write one")
+
+
+def wants_markdown(accept: str | None) -> bool:
+    """Markdown when the Accept header names text/markdown and no JSON type: a browser's or
+    a client's default (*/*) gets the JSON."""
+    types = [part.split(";")[0].strip().lower() for part in (accept or "").split(",")]
+    return "text/markdown" in types and not any(t.endswith("json") for t in types)
 
 
 def internal_error_reply() -> Reply:
@@ -175,6 +185,21 @@ class PredictionEndpoints:
             self._count_refusal(rejection.status)
             return error_reply(rejection.status, rejection.detail)
         return reply(200, service.describe())
+
+    def model_card(self, api_key: str | None, accept: str | None = None) -> Reply:
+        """The served model's card as JSON, or as Markdown when the client accepts
+        text/markdown and not JSON; 404 for a model exported without one."""
+        try:
+            service = self._admit(api_key)
+        except Rejection as rejection:
+            self._count_refusal(rejection.status)
+            return error_reply(rejection.status, rejection.detail)
+        if service.card is None:
+            return error_reply(404, NO_CARD.format(version=service.model_version))
+        card, text = service.card
+        if wants_markdown(accept):
+            return Reply(200, text.encode(), media_type=MARKDOWN)
+        return reply(200, card)
 
     # POST routes ------------------------------------------------------------------------------
 

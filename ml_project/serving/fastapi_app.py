@@ -77,6 +77,15 @@ MODEL_DESCRIPTION: dict[int | str, dict[str, Any]] = {
         "content": {"application/json": {"schema": {"type": "object"}}},
     }
 }
+CARD_DESCRIPTION: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The model card: purpose, training data, holdout metrics with 95% "
+                       "intervals, slices, calibration, importance, limitations, provenance",
+        "content": {"application/json": {"schema": {"type": "object"}},
+                    "text/markdown": {"schema": {"type": "string"}}},
+    },
+    404: {"model": ErrorResponse, "description": "The served model has no model card"},
+}
 
 
 def create_app(service: PredictionService | None, log: PredictionLog | None = None) -> FastAPI:
@@ -122,6 +131,11 @@ def create_app(service: PredictionService | None, log: PredictionLog | None = No
     async def model(request: Request) -> Response:
         """The served model: name, version, task, features and holdout metrics."""
         return _send(endpoints.model(_api_key(request)))
+
+    @app.get("/model/card", responses={**CARD_DESCRIPTION, **get_errors}, dependencies=keyed)
+    async def model_card(request: Request) -> Response:
+        """The served model's card: JSON, or Markdown with `Accept: text/markdown`."""
+        return _send(endpoints.model_card(_api_key(request), request.headers.get("accept")))
 
     @app.post(
         "/predict",

@@ -61,6 +61,11 @@ def create_flask_app(service: PredictionService | None, log: PredictionLog | Non
     def model() -> Response:
         return _send(endpoints.model(request.headers.get(API_KEY_HEADER)))
 
+    @app.get("/model/card")
+    def model_card() -> Response:
+        return _send(endpoints.model_card(request.headers.get(API_KEY_HEADER),
+                                          request.headers.get("Accept")))
+
     @app.post("/predict")
     def predict() -> Response:
         body = _read_body(endpoints.max_body_bytes)
