@@ -23,7 +23,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
-from ml_project.config import AlertsConfig, EmailConfig, WebhookConfig
+from ml_project.config_sections import AlertsConfig, EmailConfig, WebhookConfig
 from ml_project.monitoring_summary import (
     EXIT_DRIFT,
     EXIT_DRIFT_AND_PERFORMANCE_DROP,

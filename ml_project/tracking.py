@@ -33,6 +33,7 @@ from sklearn.pipeline import Pipeline
 
 from ml_project.config import Config
 from ml_project.export import sha256_of
+from ml_project.metrics import cv_scorers
 from ml_project.registry import (
     CARD_ARTIFACT,
     MODEL_FILE_SHA256_TAG,
@@ -272,7 +273,9 @@ def evaluation_figures(
     sample = holdout.sample(min(len(holdout), 2000), random_state=config.training.random_seed)
     sample_features, sample_target = features_and_target(sample, config)
     importance = permutation_importance(
-        pipeline, sample_features, sample_target, scoring=config.training.metric,
+        pipeline, sample_features, sample_target,
+        scoring=cv_scorers([config.training.metric], config.positive_class,
+                           config.columns.target_classes)[config.training.metric],
         n_repeats=3, random_state=config.training.random_seed, n_jobs=1,
     )
     order = np.argsort(importance.importances_mean)

@@ -30,10 +30,10 @@ from ml_project.config import (
     PREDICTION_COLUMN,
     PROBABILITY_PREFIX,
     REASON_COLUMN,
-    CandidateConfig,
     Config,
     ConfigError,
 )
+from ml_project.config_sections import CandidateConfig
 from ml_project.engineer import FeatureEngineer, configured_steps
 from ml_project.metrics import cv_scorers, score_predictions
 from ml_project.preprocess import build_preprocessor

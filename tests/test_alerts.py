@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 from ml_project.alerts import message_text, send_alerts
-from ml_project.config import PROJECT_ROOT, AlertsConfig, ConfigError, _merge
+from ml_project.config import PROJECT_ROOT, ConfigError, _merge
+from ml_project.config_sections import AlertsConfig
 from ml_project.monitoring_summary import EXIT_DRIFT, EXIT_OK
 from tests.conftest import prediction_config
 

@@ -246,3 +246,19 @@ def test_importance_scores_f1_of_text_labels_as_the_search_does(tmp_path: Path) 
 
     assert {row["feature"] for row in card["importance"]} == set(config.columns.features)
     assert max(row["mean"] for row in card["importance"]) > 0
+
+
+def test_the_runs_importance_figure_scores_f1_of_text_labels_as_the_card_does(
+    tmp_path: Path
+) -> None:
+    """The modelling run's own permutation-importance plot (tracking.evaluation_figures) takes
+    the same scorer: the built-in "f1" assumes the label 1, which text labels do not have."""
+    from ml_project.tracking import evaluation_figures
+
+    config, pipeline, _, reference = _fitted_shape("loans", tmp_path)
+    config = config.model_copy(update={"training": config.training.model_copy(
+        update={"metric": "f1"})})
+
+    figures = evaluation_figures(pipeline, reference, config)
+
+    assert "permutation_importance.png" in figures

@@ -17,7 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ml_project.config import Config, ValidationConfig
+from ml_project.config import Config
+from ml_project.config_sections import ValidationConfig
 from ml_project.schemas import (
     InstanceValidator,
     InvalidInstance,

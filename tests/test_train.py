@@ -16,7 +16,8 @@ import yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import TimeSeriesSplit
 
-from ml_project.config import CandidateConfig, Config, ConfigError, load_config
+from ml_project.config import Config, ConfigError, load_config
+from ml_project.config_sections import CandidateConfig
 from ml_project.ingest import load_historic_data
 from ml_project.leaderboard import build_leaderboard
 from ml_project.train import (
