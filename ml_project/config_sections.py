@@ -67,6 +67,11 @@ class PredictionConfig(Frozen):
     server_url: str = "http://127.0.0.1:8000"
     request_timeout_seconds: float = Field(10, gt=0)
     max_retries: int = Field(3, ge=0)
+    # "challenger": every answered instance is scored again by the challenger, off the request
+    # path (serving/shadow.py), for monitoring to compare; "off": the champion alone runs.
+    shadow: Literal["off", "challenger"] = "off"
+    # Instances a shadow pass scores at most: older ones waiting beyond are skipped and counted.
+    shadow_max_backlog: int = Field(10_000, ge=1)
 
 
 class WebhookConfig(Frozen):

@@ -164,3 +164,35 @@ def local_api_answers(trained_project: Path, tmp_path_factory: pytest.TempPathFa
             return answers(url)
     finally:
         log.close()
+
+
+# A candidate that cannot beat the session's champion on the holdout: a depth-2 tree.
+WEAK_CANDIDATE: dict[str, Any] = {
+    "name": "decision_stump",
+    "estimator": "sklearn.tree.DecisionTreeClassifier",
+    "params": {"max_depth": 2},
+    "search": {},
+}
+
+
+@pytest.fixture(scope="session")
+def challenged_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A miniature project on which the modelling use case has run twice: version 1 is the
+    champion, version 2 (a weaker model) the challenger, each exported to
+    data/model_artifacts/<alias> and registered in <root>/mlflow.db. Read-only, as
+    `trained_project`."""
+    from use_cases import modelling_historic_data_local
+
+    root = tmp_path_factory.mktemp("challenged_project")
+    config_file = write_project(root)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        for candidates in (None, [WEAK_CANDIDATE]):
+            if candidates is not None:
+                content = yaml.safe_load(config_file.read_text())
+                content["training"]["candidates"] = candidates
+                config_file.write_text(yaml.safe_dump(content, sort_keys=False))
+            arguments = ["--config", str(config_file), "--root", str(root)]
+            assert modelling_historic_data_local.main(arguments) == 0
+    assert (root / "data" / "model_artifacts" / "challenger" / "metadata.json").is_file()
+    yield root

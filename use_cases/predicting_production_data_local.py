@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ml_project.cli import add_stream_options, base_parser, start_run
-from ml_project.config import ConfigError
+from ml_project.config import Config, ConfigError
 from ml_project.export import ArtifactError
 from ml_project.ingest import stream_production_instances
 from ml_project.predict import Prediction, PredictionService
 from ml_project.prediction_log.log import PredictionLog
 from ml_project.prediction_log.records import LogRecord, log_record, new_request_id
 from ml_project.schemas import InvalidInstance
+from ml_project.serving.shadow import ShadowScorer, ShadowUnavailable, load_challenger
 
 logger = logging.getLogger("predicting_production")
 
@@ -54,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
             elif entry.latency_ms is not None:
                 latencies.append(entry.latency_ms)
     except (OSError, ValueError) as err:
+        log.close()
         logger.error("Cannot stream %s: %s", source, err)
         return 2
+    try:
+        shadow = score_in_shadow(config, service, log) if config.prediction.shadow != "off" else None
     finally:
         log.close()
     waiting = log.pending()
@@ -66,11 +70,29 @@ def main(argv: list[str] | None = None) -> int:
     if len(latencies) >= 2:
         cuts = statistics.quantiles(latencies, n=100)
         print(f"  latency in the core: p50 {cuts[49]:.2f} ms, p99 {cuts[98]:.2f} ms")
+    if shadow is not None:
+        print(f"  challenger in shadow: {shadow}")
     print(f"  prediction log: {log.url}")
     if waiting.records:
         print(f"  {waiting.records} records wait in {log.journal_dir} for the database (see the "
               "error above); the next run, service or monitoring loads them")
     return 0
+
+
+def score_in_shadow(config: Config, service: PredictionService, log: PredictionLog) -> str:
+    """The challenger scores what the champion answered (the service's shadow, run once here:
+    `serving/shadow.py`, never skipping); what it did, for the summary."""
+    try:
+        challenger = load_challenger(config, service)
+    except ShadowUnavailable as err:
+        logger.error("Shadow: %s", err)
+        return f"not run: {err}"
+    scorer = ShadowScorer(challenger, service.model_sha256, log.journal_dir,
+                          max_backlog=config.prediction.shadow_max_backlog)
+    scorer.drain(timeout=float("inf"), bounded=False)
+    done = scorer.status
+    return (f"version {challenger.model_version} scored {done.scored} instances "
+            f"({done.invalid} invalid to it, {done.failed} failed)")
 
 
 def predict_and_log(

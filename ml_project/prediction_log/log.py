@@ -31,13 +31,13 @@ import sqlalchemy
 from ml_project.config import Config
 from ml_project.prediction_log import journal
 from ml_project.prediction_log.background import (
-    LoaderProcess,
+    ProcessBeside,
     LoaderThread,
     loader_process_alive,
     start_loader_process,
 )
 from ml_project.prediction_log.loader import Loader, loader_running, read_status
-from ml_project.prediction_log.records import LogRecord
+from ml_project.prediction_log.records import SHADOW_SOURCE, LogRecord
 from ml_project.prediction_log.table import PREDICTIONS, make_engine, prepare_sqlite_file, redacted
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class PredictionLog:
         reason to refuse requests: the loader creates it later)."""
         self.loader.prepare()
 
-    def start_loader_process(self) -> LoaderProcess:
+    def start_loader_process(self) -> ProcessBeside:
         """The service's loader, forked beside it (see `background.start_loader_process`),
         then watched from the request side (`_watch_loader_process`)."""
         process = start_loader_process(self.loader)
@@ -192,11 +192,12 @@ class PredictionLog:
 
     def read_chunks(self, *, last: int | None = None, since: str | None = None,
                     until: str | None = None, model_sha256: str | None = None,
-                    model_version: str | None = None, chunk: int = READ_CHUNK
-                    ) -> Iterator[list[dict[str, Any]]]:
+                    model_version: str | None = None, shadow: bool | None = None,
+                    chunk: int = READ_CHUNK) -> Iterator[list[dict[str, Any]]]:
         """The records in logging order (`logged_at`), `chunk` at a time so that memory follows
         the window, not the log; input, prediction and probabilities decoded from JSON. Only
-        the last `last`, those in [since, until), those of one model, when given."""
+        the last `last`, those in [since, until), those of one model, when given; `shadow`:
+        only the answers given (False) or only the challenger's answers in shadow (True)."""
         self.flush()
         newest_first = last is not None
         order = (PREDICTIONS.c.logged_at.desc(), PREDICTIONS.c.record_id.desc()) \
@@ -210,6 +211,9 @@ class PredictionLog:
             query = query.where(PREDICTIONS.c.model_sha256 == model_sha256)
         if model_version:
             query = query.where(PREDICTIONS.c.model_version == model_version)
+        if shadow is not None:
+            query = query.where((PREDICTIONS.c.source == SHADOW_SOURCE) if shadow
+                                else (PREDICTIONS.c.source != SHADOW_SOURCE))
         if last is not None:
             query = query.limit(last)
         chunks: list[list[dict[str, Any]]] = []

@@ -23,6 +23,11 @@ if TYPE_CHECKING:  # the service's loader imports this module, and no library of
 MAX_DEPTH = 32  # deeper input is logged as a placeholder: the log is not a place to recurse
 # Longer integers are logged as a placeholder: Python writes none past 4,300 digits as text.
 MAX_INT_BITS = 13_000
+# The source of the challenger's answers in shadow (`serving/shadow.py`): each is the record of
+# an instance the champion answered, under the same request id and index, with the key suffix
+# that keeps both records in the log.
+SHADOW_SOURCE = "shadow"
+SHADOW_KEY_SUFFIX = ":shadow"
 
 
 def new_request_id() -> str:
@@ -80,8 +85,9 @@ class LogRecord:
     def to_row(self) -> dict[str, Any]:
         """The table row, every text storable (whatever the client sent)."""
         request_id = _text(self.request_id) or ""
+        suffix = SHADOW_KEY_SUFFIX if self.source == SHADOW_SOURCE else ""
         return {
-            "record_key": f"{request_id}:{self.instance_index}",
+            "record_key": f"{request_id}:{self.instance_index}{suffix}",
             "request_id": request_id,
             "instance_index": self.instance_index,
             "logged_at": self.logged_at,

@@ -37,6 +37,8 @@ from ml_project.prediction_log.log import PredictionLog
 from ml_project.prediction_log.records import log_record, new_request_id
 from ml_project.schemas import InvalidInstance
 from ml_project.serving.bodies import Rejection, parse_batch, parse_instance, parse_json
+from ml_project.serving.shadow import ShadowStatus
+from ml_project.serving.shadow import read_status as read_shadow_status
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,8 @@ LOG_SOURCE = "api"
 class HealthResponse(BaseModel):
     """`counters`: requests refused at the door (`refused_<status>`) and what the prediction
     log did with its records (`log_<what>`: written, spilled, replayed, dropped_queue_full,
-    lost, ...), since the process started."""
+    lost, ...), since the process started; with a challenger in shadow, what its process did
+    (`shadow_<what>`: scored, skipped, invalid, failed, unavailable)."""
 
     status: str
     counters: dict[str, int] | None = None
@@ -168,6 +171,9 @@ class PredictionEndpoints:
             counters = dict(self._refused)
         if self.log is not None:
             counters.update({f"log_{name}": count for name, count in self.log.counters().items()})
+            if self.service is not None and self.service.config.prediction.shadow != "off":
+                shadow = read_shadow_status(self.log.journal_dir) or ShadowStatus(error="gone")
+                counters.update({f"shadow_{name}": n for name, n in shadow.counters().items()})
         return reply(200, HealthResponse(status="alive", counters=counters))
 
     def ready(self, api_key: str | None) -> Reply:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 if TYPE_CHECKING:
     from ml_project.config import Config
     from ml_project.predict import PredictionService
-    from ml_project.prediction_log.background import LoaderProcess
+    from ml_project.prediction_log.background import ProcessBeside
     from ml_project.prediction_log.log import PredictionLog
     from ml_project.serving.asgi import ASGIApp
 
@@ -168,10 +168,33 @@ def _load_and_serve(framework: str, config: Config, log: PredictionLog, host: st
                 "required" if os.environ.get(API_KEY_ENV) else "not required", log.url)
     app = create_asgi_app(framework, service, log)
     log.prepare()  # the table, before workers race to create it
-    if workers == 1:
-        serve_in_process(app, host, port)
-        return 0
-    return serve_on_workers(app, host, port, workers, settings)
+    with shadow_beside(config, service, log):
+        if workers == 1:
+            serve_in_process(app, host, port)
+            return 0
+        return serve_on_workers(app, host, port, workers, settings)
+
+
+@contextmanager
+def shadow_beside(config: Config, service: PredictionService, log: PredictionLog
+                  ) -> Iterator[None]:
+    """With `prediction.shadow: challenger`, the challenger's shadow process
+    (`serving/shadow.py`), forked before the port is bound or a thread starts; once the
+    service has stopped, it scores what remains (a bounded wait), before the loader's last
+    pass stores it."""
+    if config.prediction.shadow != "challenger":
+        yield
+        return
+    from ml_project.serving.shadow import DRAIN_SECONDS, start_shadow_process
+
+    shadow = start_shadow_process(config, service, log.journal_dir)
+    owner = os.getpid()
+    try:
+        yield
+    finally:
+        if os.getpid() == owner and not shadow.stop(DRAIN_SECONDS + 5):
+            logger.error("The challenger's shadow was still scoring after %d s: it goes on "
+                         "alone", DRAIN_SECONDS + 5)
 
 
 def create_asgi_app(framework: str, service: PredictionService, log: PredictionLog) -> ASGIApp:
@@ -218,7 +241,7 @@ def loading_beside(log: PredictionLog) -> Iterator[None]:
             _finish_loading(log, loader)
 
 
-def _finish_loading(log: PredictionLog, loader: LoaderProcess) -> None:
+def _finish_loading(log: PredictionLog, loader: ProcessBeside) -> None:
     if not loader.stop(LOADER_STOP_SECONDS):
         logger.error("The prediction log loader was still storing records after %d s: it goes "
                      "on alone, and the next start loads what it leaves", LOADER_STOP_SECONDS)
