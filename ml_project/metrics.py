@@ -44,6 +44,20 @@ SCORERS: dict[str, Scorer] = {
 }
 
 
+def bootstrap_interval(statistic: Callable[[np.ndarray], float], size: int, *,
+                       resamples: int, seed: int) -> tuple[float, float]:
+    """The 95% percentile-bootstrap interval of `statistic(rows)`: `resamples` draws of `size`
+    row indices with replacement, from a seeded generator (the same interval twice). A draw
+    whose statistic is undefined (NaN: a resample with one class for ROC AUC) is left out."""
+    generator = np.random.default_rng(seed)
+    draws = [value for _ in range(resamples)
+             if np.isfinite(value := statistic(generator.integers(0, size, size)))]
+    if not draws:
+        return float("nan"), float("nan")
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def cv_scorers(names: Sequence[str], positive: Any, classes: Sequence[Any] = ()
                ) -> dict[str, Any]:
     """scikit-learn scorers for the search, with the same positive class and classes as

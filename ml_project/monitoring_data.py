@@ -1,8 +1,8 @@
 """What monitoring compares: a window of the prediction log, the served model's reference sample
 and the ground-truth labels that have arrived. Plain pandas, no Evidently (see `monitor.py`).
 
-The window holds the records of the monitored model only (its artifact's sha256), so another
-model's predictions never mix in; the reference is the sample stored with the artifact.
+The window holds the answers of the monitored model only (its artifact's sha256, never the
+challenger's answers in shadow), so another model's predictions never mix in; the reference is the sample stored with the artifact.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def read_prediction_window(
     shared: dict[Any, Any] = {}
     try:
         for chunk in log.read_chunks(last=last, since=since, until=until,
-                                     model_sha256=model_sha256):
+                                     model_sha256=model_sha256, shadow=False):
             requests += len(chunk)
             predicted = [r for r in chunk if r["error"] is None and r["prediction"] is not None]
             frames.append(_logged_frame(predicted, config, shared))

@@ -26,6 +26,7 @@ EXIT_DRIFT = 10
 EXIT_PERFORMANCE_DROP = 11
 EXIT_DRIFT_AND_PERFORMANCE_DROP = 12
 EXIT_RETRAINING_FAILED = 13
+EXIT_PROMOTION_FAILED = 16  # --promote-challenger: the evidence cleared the rule, the move failed
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Monitoring of production predictions, locally: data drift, prediction drift and performance.
 
     pipenv run python use_cases/monitoring_production_data_local.py [--last N]
-        [--since ISO] [--until ISO] [--retrain-on-drift]
+        [--since ISO] [--until ISO] [--retrain-on-drift] [--promote-challenger]
 
 Compares a window of the prediction log (current) with the served model's training data
 (reference), and, where labels have arrived, production quality with the holdout's. Writes
@@ -16,7 +16,12 @@ Exit codes, for schedulers and CI:
         monitoring.performance_drop_threshold (relative: 0.05 = 5% worse)
     12  data drift and a performance drop
     13  --retrain-on-drift was given and retraining failed
+    16  --promote-challenger was given, the evidence cleared the rule and the promotion failed
 An alert code stays the exit code after a successful retraining: the alert was real.
+
+With the challenger in shadow (`prediction.shadow: challenger`), the summary also compares it
+with the champion on the same production instances (ml_project/monitoring_challenger.py), and
+`--promote-challenger` makes it the champion when the evidence clears the rule stated there.
 With `monitoring.alerts` configured, the summary also goes to a webhook and/or by e-mail
 (ml_project/alerts.py); a failure to send is a warning and changes no exit code.
 """
@@ -38,6 +43,13 @@ from ml_project.cli import base_parser, start_run
 from ml_project.config import Config, load_config
 from ml_project.export import ArtifactError
 from ml_project.monitor import detect_drift, evaluate_performance, write_report_html
+from ml_project.monitoring_challenger import (
+    PROMOTE,
+    Comparison,
+    compare,
+    comparison_lines,
+    paired_answers,
+)
 from ml_project.monitoring_data import (
     MonitoringInputError,
     PredictionWindow,
@@ -51,6 +63,7 @@ from ml_project.monitoring_data import (
 from ml_project.monitoring_summary import (
     EXIT_BAD_INPUT,
     EXIT_OK,
+    EXIT_PROMOTION_FAILED,
     EXIT_RETRAINING_FAILED,
     DriftSummary,
     PerformanceSummary,
@@ -102,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retrain-on-drift", action="store_true",
                         help="on drift or a performance drop, retrain on historic plus labelled "
                              "production data; the promotion rule decides the champion")
+    parser.add_argument("--promote-challenger", action="store_true",
+                        help="make the challenger in shadow the champion when its production "
+                             "evidence clears the rule (ml_project/monitoring_challenger.py)")
     args = parser.parse_args(argv)
     config, _ = start_run(parser, args, "prediction", "production", "local", "monitoring")
     started = time.perf_counter()
@@ -135,6 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     code = exit_code(drift, performance)
     summary = monitoring_summary(window, drift, performance, reference, service)
     print(summary_table(summary, drift, performance, code, config))
+    challenger = None
+    if config.prediction.shadow != "off" or args.promote_challenger:
+        challenger = compare_with_challenger(config, service, labels, last=last,
+                                             since=args.since, until=args.until)
+        print("\n".join(comparison_lines(challenger)))
+        summary["challenger"] = challenger.to_dict()
+    if args.promote_challenger and challenger is not None:
+        summary["promotion"] = promote_challenger(config, challenger)
+        if summary["promotion"].get("failed"):
+            code = EXIT_PROMOTION_FAILED
 
     retraining = None
     if args.retrain_on_drift and code != EXIT_OK:
@@ -154,6 +180,35 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  summary: {summary_file}")
     print(f"  exit code {code} after {time.perf_counter() - started:.1f} s")
     return code
+
+
+def compare_with_challenger(config: Config, service: PredictionService,
+                            labels: pd.DataFrame | None, *, last: int | None, since: str | None,
+                            until: str | None) -> Comparison:
+    answers, shadow = paired_answers(config, service.model_sha256, last=last, since=since,
+                                     until=until)
+    return compare(config, answers, shadow, labels, service.model_version, service.classes)
+
+
+def promote_challenger(config: Config, comparison: Comparison) -> dict[str, Any]:
+    """The challenger made champion if the evidence clears the rule, through the registry's
+    aliases and the local artifact as modelling promotes (`promotion.promote_version`)."""
+    version = comparison.challenger_version
+    if comparison.recommendation != PROMOTE or version is None:
+        print(f"NOT PROMOTED: {comparison.recommendation}: {comparison.reason}.")
+        return {"promoted": False, "reason": comparison.reason}
+    from ml_project.promotion import PromotionRefused, promote_version
+
+    try:
+        promoted = promote_version(config, version, alias=CHAMPION, reason=comparison.reason,
+                                   by="monitoring --promote-challenger")
+    except (PromotionRefused, TrackingError) as err:
+        logger.error("The challenger was not promoted: %s", err)
+        return {"promoted": False, "failed": True, "reason": str(err)}
+    print(f"PROMOTED: version {promoted.version} is the champion (was version "
+          f"{promoted.previous}): {comparison.reason}. Restart the prediction service.")
+    return {"promoted": True, "version": promoted.version, "previous": promoted.previous,
+            "reason": comparison.reason}
 
 
 def check_performance(config: Config, service: PredictionService, reference: Reference,
