@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import requests
 
-from ml_project.config import Config
+from ml_project.config import PREDICTION_COLUMN, Config
 from ml_project.ingest import stream_production_instances
 from ml_project.predict import PredictionService
 from ml_project.prediction_log import journal
@@ -32,6 +33,7 @@ from ml_project.serving.shadow import (
 )
 from tests.conftest import PROBABILITY_TOLERANCE
 from tests.serving import instance, launch_server, load_serving_config, write_serving_config
+from use_cases.predicting_historic_data_local import main as batch_main
 from use_cases.predicting_production_data_local import main as stream_main
 from use_cases.predicting_production_data_local import predict_and_log
 
@@ -282,3 +284,28 @@ def test_a_service_without_a_challenger_serves_the_champion_and_says_why_no_shad
     assert health["shadow_unavailable"] == 1
     assert "no challenger to run in shadow" in status.error
     assert "no challenger to run in shadow" in (tmp_path / "server.out").read_text()
+
+
+@pytest.mark.slow
+def test_the_batch_use_case_scores_the_same_rows_with_the_challenger(
+    challenged_project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(challenged_project, tmp_path)
+    champion = PredictionService.from_config(config)
+    challenger = load_challenger(config, champion)
+    source = Path(config.resolve(config.data.historic))
+    arguments = ["--config", str(tmp_path / "project_config.yaml"), "--root", str(tmp_path),
+                 "--chunk-size", "400"]
+    assert batch_main(arguments) == 0
+    output = config.output_dir / "predictions"
+    answers = pd.read_csv(output / f"{source.stem}_predictions.csv")
+    shadowed = pd.read_csv(output / f"{source.stem}_predictions_challenger.csv")
+    rows = pd.read_csv(source, dtype={config.columns.id: object})
+    rows = rows[rows[config.columns.id].isin(shadowed[config.columns.id].astype(str))]
+    expected = challenger.predict_frame(rows.reset_index(drop=True))
+    assert list(shadowed[config.columns.id].astype(str)) == list(answers[config.columns.id]
+                                                                 .astype(str))
+    assert (shadowed["model_version"].astype(str) == challenger.model_version).all()
+    assert list(shadowed[PREDICTION_COLUMN]) == list(expected[PREDICTION_COLUMN])
+    agreed = int((shadowed[PREDICTION_COLUMN] == answers[PREDICTION_COLUMN]).sum())
+    assert f"same label on {agreed} of {len(answers)} rows" in capsys.readouterr().out
