@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -69,20 +69,21 @@ def paired_answers(config: Config, champion_sha256: str, *, last: int | None,
     request_id, instance_index, instance_id, prediction, probabilities and model identity."""
     keep = ["request_id", "instance_index", "instance_id", "prediction", "probabilities",
             "model_version", "model_sha256", "logged_at"]
+
+    def frame(chunks: Iterator[list[dict[str, Any]]]) -> pd.DataFrame:
+        """The answered records, a chunk at a time: memory follows the window."""
+        parts = [pd.DataFrame([{key: row[key] for key in keep} for row in chunk
+                               if row["error"] is None and row["prediction"] is not None],
+                              columns=keep) for chunk in chunks]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=keep)
+
     log = PredictionLog.from_config(config)
     try:
-        answers = pd.DataFrame(
-            [{key: row[key] for key in keep}
-             for chunk in log.read_chunks(last=last, since=since, until=until,
-                                          model_sha256=champion_sha256, shadow=False)
-             for row in chunk if row["error"] is None and row["prediction"] is not None],
-            columns=keep)
+        answers = frame(log.read_chunks(last=last, since=since, until=until,
+                                        model_sha256=champion_sha256, shadow=False))
         first = answers["logged_at"].min() if len(answers) else None
-        shadow = pd.DataFrame(
-            [{key: row[key] for key in keep}
-             for chunk in log.read_chunks(since=first, until=until, shadow=True)
-             for row in chunk if row["error"] is None and row["prediction"] is not None],
-            columns=keep) if first is not None else pd.DataFrame(columns=keep)
+        shadow = (frame(log.read_chunks(since=first, until=until, shadow=True))
+                  if first is not None else pd.DataFrame(columns=keep))
     finally:
         log.close()
     return answers, shadow

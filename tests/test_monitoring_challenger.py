@@ -3,13 +3,19 @@ paired bootstrap interval of the metric difference, and the stated promotion rul
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from mlflow.tracking import MlflowClient
 
-from ml_project.config import Config
+from ml_project.config import PREDICTION_COLUMN, Config, load_config
+from ml_project.export import read_metadata
 from ml_project.monitoring_challenger import (
     KEEP,
     PROMOTE,
@@ -19,6 +25,14 @@ from ml_project.monitoring_challenger import (
     comparison_lines,
     recommend,
 )
+from ml_project.monitoring_data import read_prediction_window
+from ml_project.monitoring_summary import EXIT_BAD_INPUT, EXIT_PROMOTION_FAILED
+from ml_project.predict import PredictionService
+from ml_project.prediction_log.log import PredictionLog
+from ml_project.registry import ARTIFACT_SHA256_TAG
+from use_cases.monitoring_production_data_local import SUMMARY_FILE
+from use_cases.monitoring_production_data_local import main as monitoring_main
+from use_cases.predicting_production_data_local import main as stream_main
 
 COLUMNS = ["request_id", "instance_index", "instance_id", "prediction", "probabilities",
            "model_version", "model_sha256", "logged_at"]
@@ -104,3 +118,61 @@ def test_the_rule_promotes_only_when_the_whole_interval_is_above_zero(
     comparison = Comparison("1", "2", 500, 500, labelled=labelled, metric="roc_auc",
                             difference={"value": 0.0, "ci95_low": low, "ci95_high": high})
     assert recommend(comparison, 100)[0] == expected
+
+
+def _shadow_project(challenged_project: Path, root: Path) -> Path:
+    """A copy of the challenged project serving with the challenger in shadow."""
+    shutil.copytree(challenged_project, root)
+    config_file = root / "project_config.yaml"
+    content = yaml.safe_load(config_file.read_text())
+    content["prediction"]["shadow"] = "challenger"
+    config_file.write_text(yaml.safe_dump(content, sort_keys=False))
+    return config_file
+
+
+def _arguments(config_file: Path) -> list[str]:
+    return ["--config", str(config_file), "--root", str(config_file.parent)]
+
+
+@pytest.mark.slow
+def test_monitoring_promotes_the_challenger_only_when_its_evidence_clears_the_rule(
+    challenged_project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_file = _shadow_project(challenged_project, tmp_path / "project")
+    config = load_config("prediction", "production", "local", config_file=config_file,
+                         root=config_file.parent)
+    assert stream_main(_arguments(config_file)) == 0
+    log = PredictionLog.from_config(config)
+    shadow = log.read(shadow=True)
+    log.close()
+    labels_file = Path(config.resolve(config.data.production_labels))
+
+    # Labels as the champion predicted them: the challenger cannot be better. Not promoted.
+    answers = read_prediction_window(config).predictions
+    pd.DataFrame({config.columns.id: answers[config.columns.id],
+                  config.columns.target: answers[PREDICTION_COLUMN]}).to_csv(labels_file,
+                                                                               index=False)
+    code = monitoring_main([*_arguments(config_file), "--promote-challenger"])
+    summary = json.loads((config.output_dir / "monitoring" / SUMMARY_FILE).read_text())
+    assert code not in (EXIT_BAD_INPUT, EXIT_PROMOTION_FAILED)
+    assert summary["challenger"]["recommendation"] == KEEP
+    assert summary["challenger"]["paired"] == summary["challenger"]["answered"] == len(shadow)
+    assert "NOT PROMOTED" in capsys.readouterr().out
+    assert read_metadata(config.model_artifacts_dir / "champion")["model_version"] == "1"
+
+    # Labels as the challenger predicted them: better beyond noise. Promoted, as modelling does.
+    pd.DataFrame({config.columns.id: [row["instance_id"] for row in shadow],
+                  config.columns.target: [row["prediction"] for row in shadow]}).to_csv(
+        labels_file, index=False)
+    code = monitoring_main([*_arguments(config_file), "--promote-challenger"])
+    summary = json.loads((config.output_dir / "monitoring" / SUMMARY_FILE).read_text())
+    assert code not in (EXIT_BAD_INPUT, EXIT_PROMOTION_FAILED)
+    assert summary["challenger"]["recommendation"] == PROMOTE
+    assert summary["promotion"]["promoted"] is True
+    assert "PROMOTED: version 2 is the champion" in capsys.readouterr().out
+    champion = PredictionService.from_config(config)
+    assert champion.model_version == "2"
+    registered = MlflowClient(config.tracking_uri).get_model_version_by_alias(
+        config.tracking.registered_model_name, "champion")
+    assert registered.version == "2"
+    assert registered.tags[ARTIFACT_SHA256_TAG] == champion.model_sha256

@@ -31,8 +31,8 @@ import sqlalchemy
 from ml_project.config import Config
 from ml_project.prediction_log import journal
 from ml_project.prediction_log.background import (
-    ProcessBeside,
     LoaderThread,
+    ProcessBeside,
     loader_process_alive,
     start_loader_process,
 )
