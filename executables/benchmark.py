@@ -59,6 +59,7 @@ from ml_project.ingest import read_table, stream_production_instances
 from ml_project.predict import PredictionService
 from ml_project.prediction_log import journal
 from ml_project.prediction_log.loader import read_status
+from ml_project.serving.shadow import read_status as read_shadow_status
 from ml_project.validate import validate_production_data
 
 logger = logging.getLogger(__name__)
@@ -373,14 +374,17 @@ def server_specs(names: Sequence[str], config: Config, config_file: Path, held_o
 
 def process_tree_memory(pid: int, spec: ServerSpec | None = None) -> tuple[int, int]:
     """Resident bytes of a process and all its descendants (mlflow serves from a child, gunicorn
-    from a forked worker), and of our services' loader process: (PSS, RSS). PSS counts a page
+    from a forked worker): (PSS, RSS). PSS counts a page
     shared by n processes as 1/n in each, so a forked worker sharing the master's model is not
-    counted twice, as summed RSS does; where PSS is unknown (not Linux), RSS stands in."""
+    counted twice, as summed RSS does; where PSS is unknown (not Linux), RSS stands in. The
+    processes forked beside the service (the loader, the challenger's shadow) count too."""
     process = psutil.Process(pid)
     members = [process, *process.children(recursive=True)]
-    status = read_status(spec.journal) if spec is not None and spec.journal else None
-    if status is not None and status.pid and psutil.pid_exists(status.pid):
-        members.append(psutil.Process(status.pid))
+    beside = ([read_status(spec.journal), read_shadow_status(spec.journal)]
+              if spec is not None and spec.journal else [])
+    for status in beside:  # the loader, and the challenger's shadow when one runs
+        if status is not None and status.pid and psutil.pid_exists(status.pid):
+            members.append(psutil.Process(status.pid))
     pss = rss = 0
     for member in members:
         try:
