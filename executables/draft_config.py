@@ -29,6 +29,7 @@ import pandas as pd
 import yaml
 
 from ml_project.config import PROJECT_ROOT
+from ml_project.config_sections import ModelCardConfig
 from ml_project.csv_format import CSV_MISSING
 
 if __package__:  # imported as executables.draft_config (the tests)
@@ -276,8 +277,18 @@ def draft_config(path: Path, target: str, *, id_column: str | None = None,
                      if timestamp else "")),
               f"  metric: {METRICS[task]}  # REVIEW one of the task's metrics (see config.py)",
               *_candidates(task), "", "engineering:",
-              "  steps: []  # the shipped steps read the example's columns: list yours here", ""]
+              "  steps: []  # the shipped steps read the example's columns: list yours here", "",
+              *_model_card_lines(), ""]
     return "\n".join(lines)
+
+
+def _model_card_lines() -> list[str]:
+    """The model card's REVIEW placeholders (config_sections.ModelCardConfig's own): what no
+    file can tell, which a person writes before a version is reviewed."""
+    card = ModelCardConfig()
+    return ["model_card:  # on every model card (model_card.md, GET /model/card): REVIEW each",
+            *(_entry("  ", key, _flow(getattr(card, key)))
+              for key in ("purpose", "owner", "intended_use", "out_of_scope"))]
 
 
 def _feature_lines(guesses: dict[str, draft_columns.Guess]) -> list[str]:

@@ -186,7 +186,7 @@ def test_awkward_names_and_extreme_values_give_a_draft_that_loads_back_as_the_ta
 
     assert text.splitlines() == text.removesuffix("\n").split("\n")  # no break inside a line
     assert all(line.isprintable() for line in text.split("\n"))
-    assert set(draft) == {"data", "columns", "task", "training", "engineering"}
+    assert set(draft) == {"data", "columns", "task", "training", "engineering", "model_card"}
     assert draft["data"]["historic"] == str(path.resolve())  # outside the project: absolute
     columns = config.columns
     assert (columns.id, columns.target, columns.timestamp) == (
@@ -386,3 +386,16 @@ def test_a_table_without_id_or_timestamp_is_said_so_in_plain_words(tmp_path: Pat
     assert "None" not in text and "a column of times" not in text
     assert "  id: null  # REVIEW no column is unique in every row and never missing: add one" in text
     assert "  timestamp: null  # no column of ISO 8601 times found: none is needed" in text
+
+
+def test_a_draft_holds_the_model_cards_review_placeholders_and_loads_with_them(
+    tmp_path: Path
+) -> None:
+    _, path, text = drafted(next(iter(SHAPES)), ".csv", tmp_path)
+    draft = yaml.safe_load(text)
+    config = config_from_draft(draft, path, tmp_path)
+
+    written = {key: value for key, value in draft["model_card"].items()}
+    assert set(written) == {"purpose", "owner", "intended_use", "out_of_scope"}
+    assert all(value.startswith("REVIEW") for value in written.values())
+    assert {key: getattr(config.model_card, key) for key in written} == written
