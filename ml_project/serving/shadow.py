@@ -304,6 +304,7 @@ def start_shadow_process(config: Config, champion: PredictionService,
 
 def run_shadow(config: Config, champion: PredictionService, directory: Path, lifeline: int,
                keep_alive_file: Callable[[], None]) -> None:  # pragma: no cover  (forked)
+    write_status(directory, ShadowStatus())  # this process's, from its start: none is stale
     try:
         challenger = load_challenger(config, champion)
     except ShadowUnavailable as err:
@@ -314,6 +315,7 @@ def run_shadow(config: Config, champion: PredictionService, directory: Path, lif
         return
     scorer = ShadowScorer(challenger, champion.model_sha256, directory,
                           max_backlog=config.prediction.shadow_max_backlog)
+    scorer.write_status()
     logger.info("Shadow: challenger %s version %s scores what version %s answers (pid %d)",
                 challenger.model_name, challenger.model_version, champion.model_version,
                 os.getpid())
