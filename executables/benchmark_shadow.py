@@ -97,14 +97,17 @@ def _load(server: subprocess.Popen[bytes], base: str, directory: Path,
     before = _cpu_seconds(worker), _cpu_seconds(shadow), status.scored
     cycle = itertools.cycle(records)
     lock = threading.Lock()
+    answered = [0]  # 200s: the instances the shadow scores (refusals it leaves alone)
 
     def client(count: int) -> None:
         with requests.Session() as session:
             for _ in range(count):
                 with lock:
                     record = next(cycle)
-                session.post(f"{base}/predict", data=json.dumps(record),
-                             headers={"content-type": "application/json"}, timeout=30)
+                reply = session.post(f"{base}/predict", data=json.dumps(record),
+                                     headers={"content-type": "application/json"}, timeout=30)
+                with lock:
+                    answered[0] += reply.status_code == 200
 
     started = time.perf_counter()
     threads = [threading.Thread(target=client, args=(requests_sent // clients,))
@@ -116,7 +119,7 @@ def _load(server: subprocess.Popen[bytes], base: str, directory: Path,
     elapsed = time.perf_counter() - started
     sent = requests_sent // clients * clients
     while (now := read_status(directory)) is not None and (
-            now.scored + now.skipped + now.invalid + now.failed - before[2] < sent):
+            now.scored + now.skipped + now.invalid + now.failed - before[2] < answered[0]):
         time.sleep(0.1)
     final = read_status(directory)
     if final is None:
@@ -124,7 +127,7 @@ def _load(server: subprocess.Popen[bytes], base: str, directory: Path,
     worker_cpu, shadow_cpu = _cpu_seconds(worker) - before[0], _cpu_seconds(shadow) - before[1]
     return {"requests": sent, "seconds": elapsed, "requests_per_second": sent / elapsed,
             "worker_cpu_ms_per_request": worker_cpu / sent * 1000,
-            "shadow_cpu_ms_per_instance": shadow_cpu / sent * 1000,
+            "shadow_cpu_ms_per_instance": shadow_cpu / max(answered[0], 1) * 1000,
             "shadow_share_of_worker_cpu": shadow_cpu / worker_cpu,
             "shadow_skipped": final.skipped, "shadow_failed": final.failed}
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from executables import benchmark
+from executables import benchmark, benchmark_shadow
 from executables.benchmark import (
     WORKER_COUNTS,
     evaluate_targets,
@@ -129,6 +129,21 @@ def test_in_process_smoke_run_on_a_trained_project_takes_seconds(
     assert met["in-process predict_instance: wrong answers"] is True
     assert met["flat memory: peak on 10x chunk file vs 1x chunk file"] is None  # not measured
     assert "| in process |" in (output / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_shadow_benchmark_measures_both_processes_cpu_per_instance(
+    challenged_project: Path, tmp_path: Path
+) -> None:
+    """executables/benchmark_shadow.py on a project with a champion and a challenger: every
+    answered instance scored in shadow, and each process's CPU measured."""
+    root = tmp_path / "root"
+    shutil.copytree(challenged_project, root)
+
+    figures = benchmark_shadow.measure(root / "project_config.yaml", root, 120, 2)
+
+    assert figures["requests"] == 120 and figures["shadow_skipped"] == 0
+    assert figures["worker_cpu_ms_per_request"] > 0 and figures["shadow_cpu_ms_per_instance"] > 0
 
 
 @pytest.mark.benchmark_full
