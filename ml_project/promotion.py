@@ -266,9 +266,12 @@ def _check_files(registered: ModelVersion, source: Path) -> None:
 
 def _complete_hand_promotion(config: Config, alias: str) -> bool:
     """Bring the registry into line with the local copy a promotion by hand exported to the
-    `alias` folder: the alias moved (only from the version the promotion replaced: one moved
-    since by someone else is reported, never overwritten), the record tagged, and for the
-    champion the challenger role dropped. True if the challenger alias or folder went."""
+    `alias` folder: the alias moved, the record tagged, and for the champion the challenger
+    role dropped. True if the challenger alias or folder went.
+
+    The alias is moved only for a promotion not yet recorded on its version (the tag comes
+    last) and only away from the version it replaced: an alias someone moved since, before or
+    after the promotion completed, is reported, never overwritten."""
     try:
         local = read_metadata(config.model_artifacts_dir / alias)
     except (ArtifactError, OSError, ValueError):
@@ -279,17 +282,17 @@ def _complete_hand_promotion(config: Config, alias: str) -> bool:
         return False
     client = MlflowClient(config.tracking_uri)
     version = str(local["model_version"])
+    recorded = client.get_model_version(name, version).tags
+    tags = {ARTIFACT_SHA256_TAG: str(local["sha256"]),
+            PROMOTION: json.dumps(record, sort_keys=True)}
     holder = _aliases(client, name).get(alias)
     if holder != version:
-        if holder != record.get("replaces"):
+        if recorded.get(PROMOTION) == tags[PROMOTION] or holder != record.get("replaces"):
             logger.warning("The local %s (version %s, promoted by hand) is not %s@%s (version "
                            "%s), which moved since: both left as they are; promote the one to "
                            "serve again", alias, version, name, alias, holder)
             return False
         client.set_registered_model_alias(name, alias, version)
-    tags = {ARTIFACT_SHA256_TAG: str(local["sha256"]),
-            PROMOTION: json.dumps(record, sort_keys=True)}
-    recorded = client.get_model_version(name, version).tags
     for key, value in tags.items():
         if recorded.get(key) != value:
             client.set_model_version_tag(name, version, key, value)

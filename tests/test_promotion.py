@@ -285,20 +285,27 @@ def test_a_promotion_killed_between_export_and_alias_is_completed_by_the_repair(
     assert "behind" not in caplog.text
 
 
+@pytest.mark.parametrize("completed", [False, True], ids=["killed", "completed"])
 def test_a_repair_leaves_an_alias_moved_by_someone_else_since(
-    project: Path, caplog: pytest.LogCaptureFixture
+    project: Path, caplog: pytest.LogCaptureFixture, completed: bool
 ) -> None:
-    """The local copy a promotion exported is completed only over the version it replaced:
-    an alias someone moved since (in the registry's UI) is reported, never overwritten."""
+    """A promotion's local copy gets the alias only away from the version it replaced, and only
+    while the promotion is not recorded on its version: an alias someone moved since (in the
+    registry's UI), even back to the version the promotion replaced, is reported and left."""
     config = modelling_config(project)
-    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_EXPORT, str(project), "3"],
-                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    client(project).set_registered_model_alias(NAME, CHAMPION, "1")
+    if completed:
+        promote_version(config, "3", reason="completed")
+        moved_to = "2"  # back to the version the promotion replaced
+    else:
+        killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_EXPORT, str(project), "3"],
+                                cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        moved_to = "1"
+    client(project).set_registered_model_alias(NAME, CHAMPION, moved_to)
 
     reconcile_champion(config)
 
-    assert aliases(project)[CHAMPION] == "1"
+    assert aliases(project)[CHAMPION] == moved_to
     assert "which moved since" in caplog.text
 
 
