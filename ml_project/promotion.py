@@ -4,18 +4,17 @@ Modelling promotes by its rule (`registry.alias_for`: champion only for a model 
 champion on the same holdout). `promote_version` lets a person, or a rule of their own (such as
 monitoring's `--promote-challenger`), overrule it: any registered version answering for the
 current contract becomes the champion (or the challenger), the local artifact and the registry
-kept consistent in modelling's order. The local copy is exported first, atomically; then the
-alias moves; then the version records who promoted it and why (tag `promoted_by_hand`, and the
-same record in the local metadata.json). A process killed in between leaves the local copy
-ahead of the registry: `reconcile_champion`, which every modelling run and every promotion
-calls first, completes it. One process at a time changes the local copies and the aliases
-(`promotion_lock`).
+kept consistent in modelling's order: the local copy exported first, atomically; then the
+alias moved; then the version tagged `promoted_by_hand` (who, when, why; also in the local
+metadata.json). A process killed in between leaves the local copy ahead of the registry, which
+`reconcile_champion` (run first by every modelling run and promotion) completes. One process at
+a time (`promotion_lock`).
 
 The local copy is rebuilt byte for byte from the files the modelling run logged with the
 version (`log_local_artifact`: metadata.json, the Pipeline's file, the reference sample, the
-model card), each checked against the sha256 the registry records before it is used, so it
-has the sha256 of the version's `artifact_sha256` tag: the same identity in the prediction log.
-Versions registered before these files were logged cannot be promoted by hand.
+model card), each checked through the sha256 the registry records before use: it has the
+version's `artifact_sha256`, its identity in the prediction log. Versions registered before
+these files were logged cannot be promoted by hand.
 
 Promoting the challenger to champion: the challenger alias and the local challenger folder go
 (a version holds one role), and the champion it replaces keeps no alias. It stays registered
@@ -73,7 +72,6 @@ ALIASES = (CHAMPION, CHALLENGER)
 ARTIFACT_FOLDER = "artifact"  # the run's folder holding the local artifact's files
 METADATA_SHA256_TAG = "artifact_metadata_sha256"  # the logged metadata.json's, on the version
 PROMOTION = "promoted_by_hand"  # the version's tag and metadata.json's key: who, when, why
-LOCK_FILE = ".promotion.lock"  # in paths.model_artifacts
 MISSING = "RESOURCE_DOES_NOT_EXIST"  # MlflowException.error_code of an unknown name or version
 
 
@@ -95,14 +93,21 @@ class Promoted:
     dropped_challenger: bool  # the version was the challenger: that alias and folder are gone
 
 
+def lock_file(config: Config) -> Path:
+    """The promotion lock's file: beside `paths.model_artifacts` (`data/model_artifacts.lock`),
+    never inside it, where every file is a model's."""
+    return config.model_artifacts_dir.with_name(f"{config.model_artifacts_dir.name}.lock")
+
+
 @contextmanager
 def promotion_lock(config: Config) -> Iterator[None]:
     """One process at a time changes the local copies and the aliases (a modelling run's
-    export and promotion, a promotion by hand, a repair): an flock on a file in
-    `paths.model_artifacts`, released by the kernel if the process dies. It serialises the
-    processes sharing that folder; machines sharing only a tracking server are not."""
-    config.model_artifacts_dir.mkdir(parents=True, exist_ok=True)
-    with open(config.model_artifacts_dir / LOCK_FILE, "a") as lock:
+    export and promotion, a promotion by hand, a repair): an flock on `lock_file`, released
+    by the kernel if the process dies. It serialises the processes sharing that folder;
+    machines sharing only a tracking server are not."""
+    path = lock_file(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -150,13 +155,15 @@ def promote_version(config: Config, version: str, *, alias: str = CHAMPION, reas
             what was left (the next promotion or modelling run completes it).
     """
     name = config.tracking.registered_model_name
-    version = str(version).strip()
     if alias not in ALIASES:
-        raise PromotionRefused(f"alias {alias!r}: promote to {' or '.join(ALIASES)}")
-    if not version.isdigit():
-        raise PromotionRefused(f"version {version!r}: a registered version is a number")
-    if not reason.strip():
-        raise PromotionRefused("say why (a reason): it is recorded with the promotion")
+        problem = f"alias {alias!r}: promote to {' or '.join(ALIASES)}"
+    elif not str(version).strip().isdigit():
+        problem = f"version {version!r}: a registered version is a number"
+    else:
+        problem = "" if reason.strip() else "say why (a reason): it is recorded with the promotion"
+    if problem:
+        raise PromotionRefused(f"{problem}. Nothing was changed.")
+    version = str(int(version))  # as the registry writes it: "007" is version 7
     try:
         connect(config)
     except TrackingError as err:
@@ -221,8 +228,8 @@ def _check(config: Config, registered: ModelVersion | None, version: str, alias:
     the registry."""
     name = config.tracking.registered_model_name
     if registered is None:
-        raise PromotionRefused(f"{name} has no version {version} (list the versions with "
-                               "--list). Nothing was changed.")
+        raise PromotionRefused(f"{name} has no version {version} (executables/promote_model.py "
+                               "--list lists them). Nothing was changed.")
     if holders.get(alias) == version:
         raise PromotionRefused(f"version {version} is {name}@{alias} already. Nothing was "
                                "changed.")
@@ -321,17 +328,12 @@ def _drop_challenger(config: Config, client: MlflowClient, champion: str) -> boo
 # Repair --------------------------------------------------------------------------------------
 
 def reconcile_champion(config: Config) -> None:
-    """Repair what a killed modelling run or promotion can leave: call at the start of every
-    modelling run (a promotion by hand calls it itself).
-
-    - a run whose process died (on this host) while RUNNING is marked FAILED;
-    - a local copy exported by a process killed before it moved the registry's alias (export
-      comes first, see `registry.promote` and `promote_version`) gets the alias now, so both
-      name the same version. A local champion behind the registry (the alias moved by hand in
-      the registry) is reported, never overwritten.
-    Connects first (`registry.connect`): an unreachable store fails here, in seconds.
-    Raises TrackingError if the store fails.
-    """
+    """Repair what a killed modelling run or promotion left: call first in every modelling run
+    (a promotion by hand does). A run whose process died (on this host) while RUNNING is marked
+    FAILED; a local copy exported by a process killed before it moved the alias (the export
+    comes first) gets the alias now. A local champion behind the registry (its alias moved in
+    the registry) is reported, never overwritten. Connects first: an unreachable store fails
+    here, in seconds. Raises TrackingError if the store fails."""
     connect(config)
     with store_failures(config, "while reconciling the champion"):
         _fail_orphan_runs(config)
@@ -372,8 +374,7 @@ def _alive(pid: int) -> bool:
 
 
 def _complete_modelling_promotion(config: Config) -> None:
-    """A local champion a modelling run exported (a newer version than the registry's
-    champion) gets the alias."""
+    """A local champion a modelling run exported, newer than the registry's, gets the alias."""
     try:
         local = read_metadata(config.model_artifacts_dir / CHAMPION)
     except (ArtifactError, OSError, ValueError):

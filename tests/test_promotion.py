@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import signal
 import socket
@@ -32,7 +33,6 @@ from ml_project.export import METADATA_FILE, load_pipeline, read_metadata, sha25
 from ml_project.predict import PredictionService
 from ml_project.promotion import (
     ARTIFACT_FOLDER,
-    LOCK_FILE,
     METADATA_SHA256_TAG,
     PROMOTION,
     PromotionRefused,
@@ -45,7 +45,8 @@ from tests.conftest import prediction_config, write_project
 from tests.tracked import STRONG, WEAK, modelled
 from use_cases.modelling_historic_data_local import model
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("promotion")]
+# The tests on the registered project share one module fixture (three modelling runs): one worker.
+pytestmark = pytest.mark.xdist_group("promotion")
 
 NAME = "churn_model"
 
@@ -96,7 +97,7 @@ def state(root: Path) -> tuple[dict[str, str], dict[str, bytes], list[dict[str, 
     """Everything a promotion may change: the aliases, the local copies, the versions' tags."""
     folder = root / "data" / "model_artifacts"
     files = {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*")
-             if path.is_file() and path.name != LOCK_FILE}
+             if path.is_file()}
     return aliases(root), files, [tags(root, version) for version in ("1", "2", "3")]
 
 
@@ -116,6 +117,7 @@ def logged_files(root: Path, version: str) -> Path:
     return Path(unquote(urlsplit(artifact_uri).path)) / ARTIFACT_FOLDER
 
 
+@pytest.mark.slow
 def test_modelling_logs_the_local_artifact_with_the_version(registered: Path) -> None:
     """What a promotion by hand rebuilds from: the files of the local copy as exported, the
     metadata's sha256 recorded on the version."""
@@ -133,6 +135,7 @@ def test_modelling_logs_the_local_artifact_with_the_version(registered: Path) ->
     assert METADATA_SHA256_TAG not in tags(registered, "1")
 
 
+@pytest.mark.slow
 def test_a_version_that_lost_on_the_holdout_is_promoted_by_hand_and_served(
     project: Path,
 ) -> None:
@@ -163,6 +166,7 @@ def test_a_version_that_lost_on_the_holdout_is_promoted_by_hand_and_served(
         tags(project, "2")[ARTIFACT_SHA256_TAG] == promoted.sha256
 
 
+@pytest.mark.slow
 def test_a_version_is_promoted_to_challenger_by_hand(project: Path) -> None:
     promote_version(modelling_config(project), "3", reason="to compare", by="bob")
     promoted = promote_version(modelling_config(project), "2", alias=CHALLENGER,
@@ -181,10 +185,11 @@ def closed_port() -> Iterator[int]:
         yield held.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("arguments", "refusal"), [
     (["--version", "9"], "churn_model has no version 9"),
     (["--version", "1"], "version 1 was registered without its local artifact's files"),
-    (["--version", "2"], "version 2 is churn_model@champion already"),
+    (["--version", "02"], "version 2 is churn_model@champion already"),
     (["--version", "2", "--alias", CHALLENGER], "version 2 is the champion"),
     (["--version", "3", "--config-metric", "accuracy"], "version 3 answers for another task"),
     (["--version", "3", "--unreachable"], "is unreachable"),
@@ -221,6 +226,7 @@ class Unpickled:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.slow
 def test_a_logged_model_file_that_does_not_match_its_checksum_is_refused_unread(
     project: Path, registered: Path, tmp_path: Path
 ) -> None:
@@ -260,6 +266,7 @@ promotion.promote_version(config, sys.argv[2], reason="killed on purpose", by="c
 """
 
 
+@pytest.mark.slow
 def test_a_promotion_killed_between_export_and_alias_is_completed_by_the_repair(
     project: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -285,6 +292,7 @@ def test_a_promotion_killed_between_export_and_alias_is_completed_by_the_repair(
     assert "behind" not in caplog.text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("completed", [False, True], ids=["killed", "completed"])
 def test_a_repair_leaves_an_alias_moved_by_someone_else_since(
     project: Path, caplog: pytest.LogCaptureFixture, completed: bool
@@ -322,6 +330,7 @@ print(promote_version(config, sys.argv[2], reason="waits its turn").version)
 """
 
 
+@pytest.mark.slow
 def test_a_promotion_waits_for_the_process_holding_the_lock(project: Path) -> None:
     config = modelling_config(project)
     with promotion_lock(config):
@@ -337,6 +346,7 @@ def test_a_promotion_waits_for_the_process_holding_the_lock(project: Path) -> No
     assert out.strip() == "3" and aliases(project) == {CHAMPION: "3"}
 
 
+@pytest.mark.slow
 def test_list_shows_each_version_its_aliases_score_contract_and_whether_it_can_be_promoted(
     registered: Path,
 ) -> None:
@@ -351,3 +361,19 @@ def test_list_shows_each_version_its_aliases_score_contract_and_whether_it_can_b
     assert rows["2"][:2] == ["2", CHAMPION] and rows["2"][2] == "roc_auc"
     assert float(rows["2"][3]) > float(rows["3"][3]) == pytest.approx(0.5)
     assert rows["1"][1] == "-" and rows["1"][4:7] == ["same", "no", "(retrain)"]
+
+
+@pytest.mark.parametrize(("version", "alias", "reason", "refusal"), [
+    ("3", "staging", "why", "alias 'staging': promote to champion or challenger"),
+    ("v3", CHAMPION, "why", "version 'v3': a registered version is a number"),
+    ("3", CHAMPION, "  ", "say why (a reason)"),
+], ids=["alias", "version", "reason"])
+def test_a_promotion_asked_wrongly_is_refused_before_the_store_is_touched(
+    tmp_path: Path, version: str, alias: str, reason: str, refusal: str
+) -> None:
+    write_project(tmp_path, n_historic=100, n_production=20)
+    config = modelling_config(tmp_path)
+    with pytest.raises(PromotionRefused, match=re.escape(f"{refusal}")):
+        promote_version(config, version, alias=alias, reason=reason)
+
+    assert not (config.root / "mlflow.db").exists() and not config.model_artifacts_dir.exists()
