@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-targets=(output/* mlflow.db mlflow.db.lock mlruns mlartifacts data/model_artifacts)
+targets=(output/* mlflow.db mlflow.db.lock mlruns mlartifacts data/model_artifacts
+         data/model_artifacts.lock)
 present=()
 for target in "${targets[@]}"; do
   [ "$target" = "output/.gitkeep" ] && continue

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess  # only git, with fixed arguments (git_commit)  # nosec B404
 import tempfile
 import time
@@ -200,18 +201,63 @@ def export_pipeline(pipeline: Pipeline, metadata: dict[str, Any], directory: Pat
     The card's files keep fixed names (the Markdown links its figures by name): each is
     replaced in one rename, before metadata.json, which records their sha256s. A run killed in
     between leaves a card that does not match metadata.json: it is then refused, as missing."""
+    return _export(directory, metadata, lambda file: joblib.dump(pipeline, file),
+                   None if reference is None else (
+                       len(reference), lambda file: reference.to_parquet(file, index=False)),
+                   card)
+
+
+def copy_artifact(source: Path, directory: Path, changes: Mapping[str, Any]) -> Path:
+    """Export the artifact in `source` (as a run logged it) to `directory`, its metadata
+    updated with `changes`, atomically as `export_pipeline` does; return the artifact path.
+
+    Bytes are copied, nothing is unpickled: the Pipeline's file keeps its name and sha256 (the
+    model's identity in the prediction log). Every file is checked against the sha256s of
+    source's metadata.json first; one that does not match is an ArtifactError, and nothing is
+    written."""
+    metadata = read_metadata(source)
+    checked = {str(metadata["artifact_file"]): str(metadata["sha256"])}
+    if "reference_file" in metadata:
+        checked[str(metadata["reference_file"])] = str(metadata.get("reference_sha256"))
+    card_files = dict(metadata.get("model_card_files") or {})
+    for name, expected in {**checked, **card_files}.items():
+        path = source / name
+        if Path(name).name != name or not path.is_file() or sha256_of(path) != expected:
+            raise ArtifactError(f"{path} is missing or does not match the checksum its "
+                                f"{METADATA_FILE} records")
+
+    def copy(name: str) -> Callable[[BinaryIO], None]:
+        def write(file: BinaryIO) -> None:
+            with (source / name).open("rb") as original:
+                shutil.copyfileobj(original, file)
+        return write
+
+    reference = (int(metadata.get("reference_rows", 0)), copy(str(metadata["reference_file"]))
+                 ) if "reference_file" in metadata else None
+    return _export(directory, {**metadata, **changes}, copy(str(metadata["artifact_file"])),
+                   reference, {name: (source / name).read_bytes() for name in card_files})
+
+
+# What an export records about its own files: recomputed by every export, never carried over.
+FILE_KEYS = ("artifact_file", "sha256", "reference_file", "reference_sha256", "reference_rows",
+             "model_card_files")
+
+
+def _export(directory: Path, metadata: Mapping[str, Any], write_pipeline: Callable[[BinaryIO], None],
+            reference: tuple[int, Callable[[BinaryIO], None]] | None,
+            card: Mapping[str, bytes] | None) -> Path:
+    """The atomic export behind both: the files first, metadata.json last, in one rename."""
     directory.mkdir(parents=True, exist_ok=True)
     for name, data in (card or {}).items():
         _write_atomically(directory / name, data)
-    artifact, checksum = _write_file(directory, "pipeline", ".joblib",
-                                     lambda file: joblib.dump(pipeline, file))
-    record = {**metadata, "artifact_file": artifact.name, "sha256": checksum}
+    artifact, checksum = _write_file(directory, "pipeline", ".joblib", write_pipeline)
+    record = {key: value for key, value in metadata.items() if key not in FILE_KEYS}
+    record |= {"artifact_file": artifact.name, "sha256": checksum}
     if reference is not None:
-        sample, sample_checksum = _write_file(directory, "reference", ".parquet",
-                                              lambda file: reference.to_parquet(file, index=False))
+        rows, write_reference = reference
+        sample, sample_checksum = _write_file(directory, "reference", ".parquet", write_reference)
         record |= {"reference_file": sample.name, "reference_sha256": sample_checksum,
-                   "reference_rows": len(reference)}
-    record.pop("model_card_files", None)  # only the card written here
+                   "reference_rows": rows}
     if card:
         record["model_card_files"] = {name: hashlib.sha256(data).hexdigest()
                                       for name, data in card.items()}

@@ -1,6 +1,7 @@
 """The MLflow store and its model registry: connect to it, load a registered version safely,
-compare a new model with the champion on the same holdout and move the aliases, and repair
-what a killed modelling run left. The modelling run's own logging is `tracking.py`.
+compare a new model with the champion on the same holdout and move the aliases. The modelling
+run's own logging is `tracking.py`; a version promoted by hand, and the repair of what a killed
+run left, `promotion.py`.
 
 The store is `sqlite:///mlflow.db` at the project root unless MLFLOW_TRACKING_URI says
 otherwise; artifacts go to `mlruns/` beside it, or through the server when the URI is one
@@ -35,7 +36,6 @@ from ml_project.export import (
     CARD_JSON,
     CARD_MARKDOWN,
     ArtifactError,
-    read_metadata,
     sha256_of,
     unpickled,
 )
@@ -309,7 +309,7 @@ def promote(config: Config, *, run_id: str, version: str, alias: str, score: flo
     """Record on the version what it answers for and how it scored, then move `alias` to it.
 
     Call after the local export: a kill in between leaves the local champion ahead of the
-    registry, which `reconcile_champion` completes at the next start.
+    registry, which `promotion.reconcile_champion` completes at the next start.
     """
     name = config.tracking.registered_model_name
     client = MlflowClient(config.tracking_uri)
@@ -327,74 +327,3 @@ def promote(config: Config, *, run_id: str, version: str, alias: str, score: flo
         name, version, alias, config.training.metric, score,
         how if champion_score is None else f"{champion_score:.4f}, {how}",
     )
-
-
-# Repair --------------------------------------------------------------------------------------
-
-def reconcile_champion(config: Config) -> None:
-    """Repair what a killed modelling run can leave: call at the start of every modelling run.
-
-    - a run whose process died (on this host) while RUNNING is marked FAILED;
-    - a local champion exported by a run killed before it moved the registry's alias (export
-      comes first, see `promote`) gets the alias now, so both name the same version. A local
-      champion behind the registry (the alias moved by hand) is reported, never overwritten.
-    Connects first (`connect`): an unreachable store fails here, in seconds.
-    Raises TrackingError if the store fails.
-    """
-    connect(config)
-    with store_failures(config, "while reconciling the champion"):
-        _fail_orphan_runs(config)
-        _complete_promotion(config)
-
-
-def _fail_orphan_runs(config: Config) -> None:
-    client = MlflowClient(config.tracking_uri)
-    experiment = client.get_experiment_by_name(config.tracking.experiment_name)
-    if experiment is None:
-        return
-    host = socket.gethostname()
-    for run in client.search_runs([experiment.experiment_id],
-                                  filter_string="attributes.status = 'RUNNING'"):
-        owner_host, _, pid = run.data.tags.get(OWNER_TAG, "").rpartition(":")
-        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
-            client.set_terminated(run.info.run_id, status="FAILED")
-            logger.warning("Marked run %s FAILED: its process %s ended while it ran",
-                           run.info.run_id, pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _complete_promotion(config: Config) -> None:
-    try:
-        local = read_metadata(config.model_artifacts_dir / CHAMPION)
-    except (ArtifactError, OSError, ValueError):
-        return  # no local champion: nothing to agree with
-    client = MlflowClient(config.tracking_uri)
-    name = config.tracking.registered_model_name
-    local_version = str(local.get("model_version", ""))
-    if local.get("model_name", name) != name or not local_version.isdigit():
-        return
-    try:
-        registry_version = int(client.get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
-        registry_version = 0
-    if int(local_version) > registry_version:
-        version = client.get_model_version(name, local_version)
-        if version.run_id != local.get("mlflow_run_id"):
-            return  # not the version this artifact came from: leave both as they are
-        client.set_model_version_tag(name, local_version, ARTIFACT_SHA256_TAG, str(local["sha256"]))
-        client.set_registered_model_alias(name, CHAMPION, local_version)
-        logger.warning("Moved %s@%s to version %s, as the local champion: the run that exported "
-                       "it was stopped before it moved the alias", name, CHAMPION, local_version)
-    elif int(local_version) < registry_version:
-        logger.warning("The local champion (version %s) is behind %s@%s (version %d); re-run "
-                       "modelling or serve from the registry", local_version, name, CHAMPION,
-                       registry_version)

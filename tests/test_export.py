@@ -23,6 +23,7 @@ from ml_project.export import (
     MODELLING_COMMAND,
     PACKAGE,
     ArtifactError,
+    copy_artifact,
     export_pipeline,
     hash_frame,
     load_pipeline,
@@ -262,3 +263,54 @@ def test_a_model_referring_to_code_not_here_is_one_artifact_error_saying_what_to
 
     assert says in str(refusal.value)
     assert MODELLING_COMMAND in str(refusal.value)
+
+
+@pytest.fixture
+def exported_with_card(pipeline: Pipeline, raw: pd.DataFrame, tmp_path: Path) -> Path:
+    """An artifact as a run logs it: the Pipeline, a reference sample and a card."""
+    directory = tmp_path / "logged"
+    export_pipeline(pipeline, {**METADATA, "alias": "challenger"}, directory, raw.head(20),
+                    {"model_card.json": b"{}", "model_card.md": b"# card"})
+    return directory
+
+
+def test_copy_artifact_copies_every_file_byte_for_byte_with_the_changes(
+    exported_with_card: Path, tmp_path: Path
+) -> None:
+    """A promotion by hand rebuilds the local copy from the logged files: the Pipeline's file
+    keeps its sha256 (the model's identity), only the metadata named changes."""
+    source = read_metadata(exported_with_card)
+    target = tmp_path / "model_artifacts" / "champion"
+    export_pipeline(_identity_pipeline(), METADATA, target)  # a previous champion, replaced
+
+    artifact = copy_artifact(exported_with_card, target, {"alias": "champion", "note": "x"})
+
+    copied = read_metadata(target)
+    assert artifact == target / source["artifact_file"]
+    assert copied == {**source, "alias": "champion", "note": "x"}
+    for name in [source["artifact_file"], source["reference_file"], *source["model_card_files"]]:
+        assert (target / name).read_bytes() == (exported_with_card / name).read_bytes()
+    assert sorted(path.name for path in target.iterdir()) == sorted(
+        [METADATA_FILE, source["artifact_file"], source["reference_file"],
+         *source["model_card_files"]])
+    assert load_pipeline(target)[1]["sha256"] == source["sha256"]
+
+
+@pytest.mark.parametrize("damaged", ["artifact_file", "reference_file", "model_card.md"])
+def test_copy_artifact_refuses_a_file_that_does_not_match_and_writes_nothing(
+    exported_with_card: Path, tmp_path: Path, damaged: str
+) -> None:
+    metadata = read_metadata(exported_with_card)
+    name = metadata.get(damaged, damaged)
+    with (exported_with_card / name).open("ab") as file:
+        file.write(b"tampered")
+    target = tmp_path / "model_artifacts" / "champion"
+
+    with pytest.raises(ArtifactError, match=f"{name} is missing or does not match"):
+        copy_artifact(exported_with_card, target, {"alias": "champion"})
+
+    assert not target.exists()
+
+
+def _identity_pipeline() -> Pipeline:
+    return Pipeline([("identity", FunctionTransformer())])

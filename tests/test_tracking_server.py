@@ -2,12 +2,13 @@
 SQLite backend store and an artifact folder in tmp_path); modelling registers the champion there
 through MLFLOW_TRACKING_URI, its model files uploaded through the server's artifact proxy, and
 the prediction use cases load it from there (`model_source: registry`) and answer as the local
-artifact does.
+artifact does; a version promoted by hand is downloaded through it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,16 +22,20 @@ import requests
 import yaml
 from mlflow.tracking import MlflowClient
 
-from ml_project.config import PROJECT_ROOT, _merge
+from ml_project.config import PROJECT_ROOT, _merge, load_config
+from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
-from ml_project.registry import CHAMPION
+from ml_project.promotion import promote_version
+from ml_project.registry import ARTIFACT_SHA256_TAG, CHALLENGER, CHAMPION
 from tests.conftest import FAST_TRAINING, prediction_config, write_project
 from tests.serving import free_port
+from tests.tracked import WEAK
 from use_cases import (
     modelling_historic_data_local,
     predicting_historic_data_local,
     predicting_production_data_local,
 )
+from use_cases.modelling_historic_data_local import model
 
 # A real MLflow tracking server.
 pytestmark = pytest.mark.slow
@@ -117,3 +122,31 @@ def test_the_champion_registered_on_the_server_serves_as_the_local_artifact(
     assert [(row["instance_id"], row["prediction"], row["probabilities"]) for row in registry] \
         == [(row["instance_id"], row["prediction"], row["probabilities"]) for row in local]
     assert {row["model_version"] for row in records} == {str(version.version)}
+
+
+def test_a_version_promoted_by_hand_through_the_server_serves_with_its_registered_sha256(
+    tracking_server: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The local artifact's files logged through the server's artifact proxy, downloaded from it
+    by the promotion, byte for byte: the challenger (the class prior, which lost) served."""
+    uri, _ = tracking_server
+    root = tmp_path / "project"
+    write_project(root, {"training": {"cv_folds": 2, "candidates": FAST_TRAINING["training"][
+        "candidates"][:1]}}, n_historic=800, n_production=60)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for candidates in (None, [WEAK]):  # the champion here (or the other test's), then a loser
+        model(load_config("modelling", "historic", "local", config_file=root /
+                          "project_config.yaml", root=root,
+                          overrides={"training": {"candidates": candidates}} if candidates else None))
+    name = prediction_config(root).tracking.registered_model_name
+    challenger = str(MlflowClient(uri).get_model_version_by_alias(name, CHALLENGER).version)
+    shutil.rmtree(root / "data" / "model_artifacts" / CHALLENGER)  # only the server has it now
+
+    promoted = promote_version(prediction_config(root), challenger, reason="through the server")
+
+    registered = MlflowClient(uri).get_model_version(name, challenger)
+    assert MlflowClient(uri).get_model_version_by_alias(name, CHAMPION).version == \
+        registered.version
+    service = PredictionService.from_config(prediction_config(root))
+    assert service.model_version == challenger
+    assert service.model_sha256 == promoted.sha256 == registered.tags[ARTIFACT_SHA256_TAG]

@@ -24,13 +24,13 @@ from ml_project.export import export_pipeline, model_metadata, sha256_of
 from ml_project.ingest import load_historic_data, read_table
 from ml_project.leaderboard import build_leaderboard, write_leaderboard
 from ml_project.model_card import build_card, card_files, summary
+from ml_project.promotion import log_local_artifact, promotion_lock, reconcile_champion
 from ml_project.registry import (
     CHAMPION,
     TrackingError,
     alias_for,
     champion_on_holdout,
     promote,
-    reconcile_champion,
     redact_password,
 )
 from ml_project.tracking import log_model_card, log_modelling_run, modelling_run
@@ -132,25 +132,30 @@ def model(config: Config, extra_labelled_data: Path | None = None) -> Modelled:
                 holdout_metrics=holdout_metrics, train=train, holdout=holdout,
                 data_source=config.resolve(config.data.historic),
                 quarantined_rows=len(validation.quarantined), reference=reference)
-            champion = champion_on_holdout(config, holdout)
-            alias = alias_for(score, champion[0])
-            metadata = model_metadata(
-                config, best.pipeline, candidate=best.name, params=best.params,
-                cv_score=best.cv_score, holdout_metrics=holdout_metrics, train=train,
-                model_version=registered.version, alias=alias, run_id=run_id,
-                trusted_types=registered.trusted_types,
-                extra_labelled_data=str(extra_labelled_data) if extra_labelled_data else None)
-            card = build_card(config, best.pipeline, reference, metadata=metadata, train=train,
-                              quarantined_rows=len(validation.quarantined), leaderboard=board)
-            card_bytes = card_files(card)
-            log_model_card(config, registered.version, card_bytes, summary(card))
-            # The local copy first: a kill before the alias moves is repaired by the next run.
-            artifact = export_pipeline(best.pipeline, metadata,
-                                       config.model_artifacts_dir / alias, reference, card_bytes)
-            left = (f"Version {registered.version} is exported to {artifact.parent} but not yet "
-                    f"@{alias} in the registry: the next modelling run moves the alias.")
-            promote(config, run_id=run_id, version=registered.version, alias=alias,
-                    score=score, champion=champion, artifact_sha256=sha256_of(artifact))
+            with promotion_lock(config):  # no promotion by hand in between
+                champion = champion_on_holdout(config, holdout)
+                alias = alias_for(score, champion[0])
+                metadata = model_metadata(
+                    config, best.pipeline, candidate=best.name, params=best.params,
+                    cv_score=best.cv_score, holdout_metrics=holdout_metrics, train=train,
+                    model_version=registered.version, alias=alias, run_id=run_id,
+                    trusted_types=registered.trusted_types,
+                    extra_labelled_data=str(extra_labelled_data) if extra_labelled_data else None)
+                card = build_card(config, best.pipeline, reference, metadata=metadata,
+                                  train=train, quarantined_rows=len(validation.quarantined),
+                                  leaderboard=board)
+                card_bytes = card_files(card)
+                log_model_card(config, registered.version, card_bytes, summary(card))
+                # The local copy first: a kill before the alias moves is repaired by the next
+                # run. Its files go with the run too: a promotion by hand rebuilds it from them.
+                artifact = export_pipeline(best.pipeline, metadata,
+                                           config.model_artifacts_dir / alias, reference,
+                                           card_bytes)
+                left = (f"Version {registered.version} is exported to {artifact.parent} but not "
+                        f"yet @{alias} in the registry: the next modelling run moves the alias.")
+                log_local_artifact(config, run_id, registered.version, artifact.parent)
+                promote(config, run_id=run_id, version=registered.version, alias=alias,
+                        score=score, champion=champion, artifact_sha256=sha256_of(artifact))
     except TrackingError as err:
         raise TrackingError(f"{err}. {left}") from err
     return Modelled(best.name, best.params, registered.version, alias, config.training.metric,
