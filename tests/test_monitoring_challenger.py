@@ -174,5 +174,5 @@ def test_monitoring_promotes_the_challenger_only_when_its_evidence_clears_the_ru
     assert champion.model_version == "2"
     registered = MlflowClient(config.tracking_uri).get_model_version_by_alias(
         config.tracking.registered_model_name, "champion")
-    assert registered.version == "2"
+    assert str(registered.version) == "2"
     assert registered.tags[ARTIFACT_SHA256_TAG] == champion.model_sha256
