@@ -18,10 +18,9 @@ multiclass; two kinds, scikit-learn's `IsotonicRegression` (any monotone distort
 sigmoid of the log-odds (`LogisticRegression`, Platt's: over- or under-confidence, a shift). The
 rule: each kind is cross-validated on the reference (5 folds); the one with the lower Brier
 score out of fold is used only when it beats the served probabilities by more than two standard
-errors of the per-row difference. Otherwise the probabilities count as calibrated and are used
-as served. (Isotonic regression alone overfits the ends of the range: on 5,000 rows of
-overconfident probabilities its estimate of ROC AUC came out 0.014 high, the sigmoid's exact.)
-The served model is never changed: the map serves estimation only.
+errors of the per-row difference (isotonic alone overfits the ends of the range: 0.014 too
+high an AUC on 5,000 overconfident rows). Otherwise the probabilities are used as served. The
+served model is never changed: the map serves estimation only.
 
 **Uncertainty**: labels drawn from the calibrated probabilities (a Monte Carlo of
 `MONTE_CARLO_DRAWS` draws) give the standard deviation of the metric the window would realise
@@ -30,11 +29,9 @@ reference (a map fitted on a few thousand rows is off by as much as a window's n
 added in quadrature. The interval is the estimate +-1.96 of them (95% if about normal, as
 these metrics are on a window of a hundred rows or more).
 
-**Assumptions** (documentation/monitoring.md): P(label | probability) is the reference's, i.e.
-covariate shift only. Concept drift (the same inputs now mean another outcome) and label shift
-(the classes' shares change for reasons the inputs do not show) break it, and then the estimate
-is wrong with no sign of it: only labels tell. **Regression** is not estimated: a regressor
-serves no distribution of its error (NannyML's answer, a second model of the loss, is not here).
+**Assumption**: P(label | probability) is the reference's (covariate shift only); concept drift
+and label shift break it unseen (documentation/monitoring.md). **Regression** is not estimated:
+a regressor serves no distribution of its error.
 """
 
 from __future__ import annotations
@@ -142,15 +139,13 @@ class EstimatedPerformance:
 
     @property
     def drop(self) -> float:
-        if self.metric not in self.estimated:
-            return float("nan")
-        return self.baseline[self.metric] - self.estimated[self.metric]
+        return (self.baseline.get(self.metric, float("nan"))
+                - self.estimated.get(self.metric, float("nan")))
 
     @property
     def relative_drop(self) -> float:
-        if self.metric not in self.estimated:
-            return float("nan")
-        return relative_drop(self.baseline[self.metric], self.estimated[self.metric])
+        return relative_drop(self.baseline.get(self.metric, float("nan")),
+                             self.estimated.get(self.metric, float("nan")))
 
     @property
     def degraded(self) -> bool:
@@ -177,7 +172,7 @@ def served_outputs(frame: pd.DataFrame, config: Config
     probabilities (one column per class, in that order).
 
     Raises:
-        ValueError: a probability column is missing, or a label is none of the classes.
+        ValueError: a probability column is missing or empty, or a label is none of the classes.
     """
     classes = np.asarray(config.columns.target_classes)
     columns = [f"{PROBABILITY_PREFIX}{label}" for label in config.columns.target_classes]
@@ -189,8 +184,11 @@ def served_outputs(frame: pd.DataFrame, config: Config
     unknown = sorted({key for key in keys if key not in index})
     if unknown:
         raise ValueError(f"served labels {unknown} are none of the classes {list(classes)}")
-    return classes, np.array([index[key] for key in keys], dtype=np.int64), \
-        frame[columns].to_numpy(float)
+    probabilities = frame[columns].to_numpy(float)
+    if not np.isfinite(probabilities).all():
+        raise ValueError(f"{int((~np.isfinite(probabilities)).any(axis=1).sum())} rows have no "
+                         "served probabilities")
+    return classes, np.array([index[key] for key in keys], dtype=np.int64), probabilities
 
 
 def _log_odds(probability: np.ndarray) -> np.ndarray:
@@ -379,14 +377,13 @@ def estimate_performance(reference: pd.DataFrame, current: pd.DataFrame, config:
 
     if not config.is_classification:
         return summary({}, {}, dict.fromkeys(names, REGRESSION_REASON), None)
-    try:
-        calibration = calibration or check_calibration(reference, config)
-    except ValueError as err:  # a reference without probabilities (an older artifact)
-        return summary({}, {}, dict.fromkeys(names, f"not estimated: {err}"), None)
     if current.empty:
-        return summary({}, {}, dict.fromkeys(names, "not estimated: no predictions"),
-                       calibration)
-    classes, predicted, served = served_outputs(current, config)
+        return summary({}, {}, dict.fromkeys(names, "not estimated: no predictions"), None)
+    try:  # a reference without probabilities (an older artifact), records without them
+        calibration = calibration or check_calibration(reference, config)
+        classes, predicted, served = served_outputs(current, config)
+    except ValueError as err:
+        return summary({}, {}, dict.fromkeys(names, f"not estimated: {err}"), calibration)
     expected = expected_scores(names, classes, predicted, served, calibration.apply(served),
                                config.positive_class)
     spread = sampling_errors(names, classes, predicted, served, calibration,

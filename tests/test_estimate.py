@@ -239,7 +239,12 @@ def test_what_cannot_be_estimated_is_named_never_given_a_number(binary: Config) 
     one_class = estimate_performance(reference, certain, binary, BINARY_BASELINE,
                                      calibration=check_calibration(reference, binary))
 
+    unlogged = estimate_performance(reference, certain.assign(probability_1=np.nan), binary,
+                                    BINARY_BASELINE)
+
     assert blind.estimated == {} and "probability_0" in blind.not_estimated["roc_auc"]
+    assert unlogged.not_estimated["accuracy"] == (
+        "not estimated: 300 rows have no served probabilities")
     assert "roc_auc" not in one_class.estimated
     assert "one class only" in one_class.not_estimated["roc_auc"]
     assert one_class.estimated["accuracy"] == pytest.approx(1.0)
