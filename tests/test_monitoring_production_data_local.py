@@ -186,12 +186,13 @@ def test_an_estimated_drop_without_labels_has_its_own_exit_code(
     production[one_contract].to_csv(directory / "production_data.csv", index=False)
     log_production_stream(prediction_config(monitored))
 
-    code = run_monitoring(monitored)
+    code = run_monitoring(monitored, "--retrain-on-drift")
 
     summary = read_summary(monitored)
     estimated = summary["estimated_performance"]
     assert summary["performance"] is None and not summary["drift"]["detected"]
     assert code == EXIT_ESTIMATED_DROP == summary["exit_code"]
+    assert summary["retraining"] is None  # no labels to learn the change from: no retraining
     assert estimated["metric"] == "roc_auc" and estimated["degraded"] is True
     assert estimated["relative_drop"] > estimated["threshold"]
     low, high = estimated["interval_95"]["roc_auc"]

@@ -20,7 +20,7 @@ Exit codes, for schedulers and CI:
         estimated from the served probabilities (ml_project/estimate.py) is worse than the
         holdout's by more than monitoring.performance_drop_threshold
     15  data drift and an estimated performance drop
-Where labels give a verdict, it decides (11, 12): the estimate is reported beside it. An
+Where labels give a verdict, it decides (0, 10, 11, 12), the estimate reported beside it. An
 estimated drop alone (14) does not retrain: there are no labels to learn from yet.
 An alert code stays the exit code after a successful retraining: the alert was real.
 With `monitoring.alerts` configured, the summary also goes to a webhook and/or by e-mail
