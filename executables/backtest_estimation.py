@@ -4,6 +4,11 @@ with a time column: is the estimate close to the metric the labels later show?
     python executables/backtest_estimation.py DATA [DATA ...] --config project_config.yaml
         [--labels FILE] [--time-column COL] [--windows 6]
         [--train-fraction 0.5 | --train-until ISO] [--candidate NAME ...] [--output DIR]
+    python executables/backtest_estimation.py DATA --target COL --time-column COL [--id COL]
+        [--positive-class VALUE] ...
+
+Without `--config`, a config is drafted from the first data file as `draft_config.py` drafts one
+(into a copy of the project's config; every guess unreviewed) and written beside the results.
 
 The data files (CSV or Parquet, read and validated as the modelling run reads them; a file
 without the target takes it from `--labels` by id) are put in time order. The earliest part
@@ -25,7 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +41,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ml_project.config import PREDICTION_COLUMN, PROBABILITY_PREFIX, Config, load_config
+from ml_project.config import (
+    DEFAULT_CONFIG_FILE,
+    PREDICTION_COLUMN,
+    PROBABILITY_PREFIX,
+    PROJECT_ROOT,
+    Config,
+    load_config,
+)
 from ml_project.estimate import check_calibration, estimate_performance, served_outputs
 from ml_project.ingest import read_table
 from ml_project.metrics import score_predictions
@@ -49,11 +63,32 @@ from ml_project.train import (
 )
 from ml_project.validate import validate_production_data
 
+if __package__:  # imported as executables.backtest_estimation (the tests)
+    from executables import draft_config, draft_update
+else:  # run as `python executables/backtest_estimation.py`: executables/ is first on the path
+    import draft_config  # type: ignore[no-redef]
+    import draft_update  # type: ignore[no-redef]
+
 logger = logging.getLogger("backtest")
 
 
 def say(message: str) -> None:
     print(message, flush=True)
+
+
+def drafted_config(args: argparse.Namespace, work: Path) -> Path:
+    """A config for the first data file, drafted into a copy of the project's own config."""
+    if not (args.target and args.time_column):
+        raise ValueError("without --config, give --target and --time-column (a config is "
+                         "drafted from the data file)")
+    config_file = work / DEFAULT_CONFIG_FILE
+    shutil.copyfile(PROJECT_ROOT / DEFAULT_CONFIG_FILE, config_file)
+    draft = draft_config.draft_config(
+        args.data[0].resolve(), args.target, id_column=args.id, timestamp=args.time_column,
+        positive_class=args.positive_class, root=work,
+        production={"production": None, "production_labels": None})
+    say(draft_update.update_config(config_file, draft, work).splitlines()[0])
+    return config_file
 
 
 def training_config(args: argparse.Namespace) -> Config:
@@ -210,7 +245,12 @@ def figure(result: dict[str, Any], title: str) -> Figure:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="+", type=Path, help="labelled CSV/Parquet file(s)")
-    parser.add_argument("--config", type=Path, required=True, help="the project config")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="the project config (default: drafted from the data file)")
+    parser.add_argument("--target", default=None, help="without --config: the target column")
+    parser.add_argument("--id", default=None, help="without --config: the id column")
+    parser.add_argument("--positive-class", default=None,
+                        help="without --config: a binary target's positive class")
     parser.add_argument("--root", type=Path, default=None,
                         help="relative paths of the config resolve here (default: its folder)")
     parser.add_argument("--labels", type=Path, default=None,
@@ -228,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", default=None, help="the figure's title")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    work = Path(tempfile.mkdtemp(prefix="backtest-"))
     try:
+        if args.config is None:
+            args.config = drafted_config(args, work)
         config = training_config(args)
         if not config.is_classification:
             raise ValueError("the task is regression: its performance is not estimated without "
@@ -242,11 +285,18 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"no column {time_column!r} in the validated rows")
         result = backtest(rows, config, time_column, args.windows, args.train_fraction,
                           args.train_until)
-    except (OSError, ValueError) as err:  # ConfigError, DataValidationError too
+    except (OSError, ValueError) as err:  # ConfigError, DataValidationError, ConfigRefused too
         print(f"error: {err}", file=sys.stderr)
         return 2
-    output = args.output or config.output_dir / "backtest" / args.data[0].stem
+    finally:
+        drafted = work / DEFAULT_CONFIG_FILE
+        kept = drafted.read_text() if drafted.is_file() else None
+        shutil.rmtree(work, ignore_errors=True)
+    default = (PROJECT_ROOT / "output" if kept else config.output_dir) / "backtest"
+    output = args.output or default / args.data[0].stem
     output.mkdir(parents=True, exist_ok=True)
+    if kept:
+        (output / "drafted_config.yaml").write_text(kept)
     (output / "backtest.json").write_text(json.dumps(result, indent=2) + "\n")
     figure(result, args.title or args.data[0].stem).savefig(output / "backtest.png", dpi=100)
     say(f"\n  {'metric':<14} {'mean |error|':>12} {'max |error|':>12}  inside the 95% interval")

@@ -75,3 +75,26 @@ def test_backtest_refuses_regression_an_unknown_candidate_and_a_missing_time(
     config_file.write_text(yaml.safe_dump(content, sort_keys=False))
     assert run(config_file) == 2
     assert "regression: its performance is not estimated" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_backtest_without_a_config_drafts_one_from_the_data_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A table the project has not seen: only its target, time and id columns are named."""
+    write_project(tmp_path, n_historic=900, n_production=10, drift=0.0)
+    output = tmp_path / "backtest"
+
+    code = main([str(tmp_path / "data/historic_data.csv"), "--target", "churned",
+                 "--time-column", "event_time", "--id", "customer_id", "--positive-class", "1",
+                 "--candidate", "logistic_regression", "--windows", "2", "--output", str(output)])
+
+    assert code == 0
+    drafted = yaml.safe_load((output / "drafted_config.yaml").read_text())
+    assert drafted["columns"]["target"] == "churned" and drafted["columns"]["positive_class"] == 1
+    assert drafted["columns"]["timestamp"] == "event_time"
+    result = json.loads((output / "backtest.json").read_text())
+    assert len(result["windows"]) == 2 and result["metric"] == "roc_auc"
+    assert "Updated" in capsys.readouterr().out  # the draft's own summary line
+    assert main([str(tmp_path / "data/historic_data.csv"), "--target", "churned"]) == 2
+    assert "give --target and --time-column" in capsys.readouterr().err
