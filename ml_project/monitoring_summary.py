@@ -107,6 +107,11 @@ class PerformanceSummary:
         return relative_drop(self.baseline[self.metric], self.production[self.metric])
 
     @property
+    def verdict(self) -> bool:
+        """The labels give one: the primary metric is defined (not NaN) on them."""
+        return math.isfinite(self.production[self.metric])
+
+    @property
     def degraded(self) -> bool:
         """False when the metric is undefined (NaN), e.g. labels of one class only."""
         return bool(self.relative_drop > self.threshold)
@@ -147,7 +152,8 @@ def exit_code(drift: DriftSummary, performance: PerformanceSummary | None,
               estimated: EstimatedPerformance | None = None) -> int:
     """EXIT_OK, or the code of the alert raised: drift, a performance drop, or both. Where labels
     gave a verdict (`performance`), it decides; only without one does the estimated drop."""
-    if performance is None and estimated is not None and estimated.degraded:
+    realised = performance is not None and performance.verdict
+    if not realised and estimated is not None and estimated.degraded:
         return EXIT_DRIFT_AND_ESTIMATED_DROP if drift.detected else EXIT_ESTIMATED_DROP
     degraded = performance is not None and performance.degraded
     if drift.detected and degraded:
@@ -247,7 +253,7 @@ def summary_table(summary: Mapping[str, Any], drift: DriftSummary,
         if performance.report_left_out:
             line(f"  performance report: none, {performance.report_left_out}")
     if estimated is not None:
-        lines.extend(estimate_lines(estimated, realised=performance is not None))
+        lines.extend(estimate_lines(estimated, realised=bool(performance and performance.verdict)))
     if code in (EXIT_DRIFT, EXIT_DRIFT_AND_PERFORMANCE_DROP, EXIT_DRIFT_AND_ESTIMATED_DROP):
         line(f"ALERT: data drift in {', '.join(drift.drifted_features)}: the production data no "
               "longer looks like the training data.")

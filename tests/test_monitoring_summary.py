@@ -62,6 +62,8 @@ def _estimated(value: float, rows: int = 500) -> EstimatedPerformance:
     (0.0, None, 0.79, EXIT_OK), (0.5, None, 0.79, EXIT_DRIFT),
     # labels gave a verdict: the realised metric decides, whatever the estimate says
     (0.0, 0.8, 0.5, EXIT_OK), (0.5, 0.5, 0.79, EXIT_DRIFT_AND_PERFORMANCE_DROP),
+    # labels of one class only: the realised metric is undefined, no verdict; the estimate's
+    (0.0, math.nan, 0.5, EXIT_ESTIMATED_DROP),
 ])
 def test_an_estimated_drop_raises_its_own_code_only_without_a_realised_verdict(
     share: float, production: float | None, estimated: float, code: int
