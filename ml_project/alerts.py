@@ -26,7 +26,9 @@ from urllib3.util import Retry
 from ml_project.config_sections import AlertsConfig, EmailConfig, WebhookConfig
 from ml_project.monitoring_summary import (
     EXIT_DRIFT,
+    EXIT_DRIFT_AND_ESTIMATED_DROP,
     EXIT_DRIFT_AND_PERFORMANCE_DROP,
+    EXIT_ESTIMATED_DROP,
     EXIT_OK,
     EXIT_PERFORMANCE_DROP,
     EXIT_RETRAINING_FAILED,
@@ -40,6 +42,8 @@ VERDICTS = {
     EXIT_PERFORMANCE_DROP: "PERFORMANCE DROP",
     EXIT_DRIFT_AND_PERFORMANCE_DROP: "DATA DRIFT and PERFORMANCE DROP",
     EXIT_RETRAINING_FAILED: "RETRAINING FAILED",
+    EXIT_ESTIMATED_DROP: "ESTIMATED PERFORMANCE DROP",
+    EXIT_DRIFT_AND_ESTIMATED_DROP: "DATA DRIFT and ESTIMATED PERFORMANCE DROP",
 }
 # Server answers worth another attempt: rate limits and a server's passing trouble.
 RETRY_STATUSES = (429, 500, 502, 503, 504)
@@ -106,6 +110,7 @@ def message_text(summary: Mapping[str, Any]) -> str:
                      f"{performance['threshold']:.1%})")
     else:
         lines.append("Performance: no verdict (too few labelled predictions)")
+    lines.extend(estimate_text(summary.get("estimated_performance")))
     retraining = summary.get("retraining")
     if retraining:
         lines.append(f"Retrained: version {retraining['model_version']} is the "
@@ -114,6 +119,23 @@ def message_text(summary: Mapping[str, Any]) -> str:
     lines.extend(f"Report: {where}" for where in [*reports.get("files", []),
                                                    reports.get("mlflow_artifacts")] if where)
     return "\n".join(lines)
+
+
+def estimate_text(estimated: Mapping[str, Any] | None) -> list[str]:
+    """The primary metric estimated without labels, with its 95% interval, or why not."""
+    if not estimated:
+        return []
+    metric = estimated["metric"]
+    value = (estimated.get("estimated") or {}).get(metric)
+    if value is None:
+        why = (estimated.get("not_estimated") or {}).get(metric, "not estimated")
+        return [f"{metric} estimated without labels: {why}"]
+    low, high = (estimated.get("interval_95") or {}).get(metric, (None, None))
+    change = estimated["relative_drop"]
+    return [f"{metric} estimated without labels ({estimated['rows']} predictions): "
+            f"{number(value)} (95% {number(low)} .. {number(high)}), holdout "
+            f"{number(estimated['baseline'].get(metric))}; drop "
+            f"{'n/a' if change is None else f'{change:.1%}'}"]
 
 
 def number(value: float | None) -> str:

@@ -12,35 +12,42 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics
 
-# y, predictions, probabilities (columns in `classes` order), classes, the positive class
-Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray | None, Sequence[Any], Any], float]
+# y, predictions, probabilities (columns in `classes` order), classes, the positive class, and
+# each row's weight (None: 1 each; `estimate.py` scores every possible label of a row, weighted
+# by its probability, with these same definitions)
+Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray | None, Sequence[Any], Any,
+                   np.ndarray | None], float]
 
 
 def _roc_auc(y: np.ndarray, probabilities: np.ndarray | None, classes: Sequence[Any],
-             positive: Any) -> float:
+             positive: Any, weight: np.ndarray | None) -> float:
     """AUC of the positive class's probability; labels of any type (text too)."""
     if probabilities is None:
         raise ValueError("roc_auc needs class probabilities")
     column = list(classes).index(positive)
-    return float(metrics.roc_auc_score(np.asarray(y) == positive, probabilities[:, column]))
+    return float(metrics.roc_auc_score(np.asarray(y) == positive, probabilities[:, column],
+                                       sample_weight=weight))
 
 
 SCORERS: dict[str, Scorer] = {
-    "roc_auc": lambda y, pred, proba, classes, positive: _roc_auc(y, proba, classes, positive),
-    "accuracy": lambda y, pred, proba, classes, positive: metrics.accuracy_score(y, pred),
+    "roc_auc": lambda y, pred, proba, classes, positive, weight: _roc_auc(
+        y, proba, classes, positive, weight),
+    "accuracy": lambda y, pred, proba, classes, positive, weight: metrics.accuracy_score(
+        y, pred, sample_weight=weight),
     # zero_division=0.0: the value scikit-learn gives anyway for a class neither labelled nor
     # predicted (and `RunningScores` too), without its warning on every small window
-    "f1": lambda y, pred, proba, classes, positive: metrics.f1_score(
-        y, pred, pos_label=positive, zero_division=0.0),
-    "f1_macro": lambda y, pred, proba, classes, positive: metrics.f1_score(
-        y, pred, average="macro", zero_division=0.0),
-    "neg_log_loss": lambda y, pred, proba, classes, positive: -metrics.log_loss(
-        y, proba, labels=classes),
-    "neg_root_mean_squared_error": lambda y, pred, proba, classes, positive:
-        -metrics.root_mean_squared_error(y, pred),
-    "neg_mean_absolute_error": lambda y, pred, proba, classes, positive:
-        -metrics.mean_absolute_error(y, pred),
-    "r2": lambda y, pred, proba, classes, positive: metrics.r2_score(y, pred),
+    "f1": lambda y, pred, proba, classes, positive, weight: metrics.f1_score(
+        y, pred, pos_label=positive, zero_division=0.0, sample_weight=weight),
+    "f1_macro": lambda y, pred, proba, classes, positive, weight: metrics.f1_score(
+        y, pred, average="macro", zero_division=0.0, sample_weight=weight),
+    "neg_log_loss": lambda y, pred, proba, classes, positive, weight: -metrics.log_loss(
+        y, proba, labels=classes, sample_weight=weight),
+    "neg_root_mean_squared_error": lambda y, pred, proba, classes, positive, weight:
+        -metrics.root_mean_squared_error(y, pred, sample_weight=weight),
+    "neg_mean_absolute_error": lambda y, pred, proba, classes, positive, weight:
+        -metrics.mean_absolute_error(y, pred, sample_weight=weight),
+    "r2": lambda y, pred, proba, classes, positive, weight: metrics.r2_score(
+        y, pred, sample_weight=weight),
 }
 
 
@@ -81,23 +88,34 @@ def score_predictions(
     probabilities: np.ndarray | None = None,
     classes: Sequence[Any] = (),
     positive: Any = None,
+    sample_weight: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Each named metric; ROC AUC is NaN when the labels hold a single class (undefined).
 
     Args:
         classes: the model's classes, in the order of the probability columns.
         positive: the positive class of a binary task (f1, roc_auc); the last class if None.
+        sample_weight: each row's weight (rows of weight 0 count as absent).
     """
     classes = list(classes)
     positive = classes[-1] if positive is None and classes else positive
+    present = y_true if sample_weight is None else np.asarray(y_true)[sample_weight > 0]
     scores = {}
     for name in names:
-        if name == "roc_auc" and len(np.unique(y_true)) < 2:
+        if name == "roc_auc" and len(np.unique(present)) < 2:
             scores[name] = float("nan")
         else:
             scores[name] = float(SCORERS[name](y_true, predicted, probabilities, classes,
-                                               positive))
+                                               positive, sample_weight))
     return scores
+
+
+def relative_drop(baseline: float, value: float) -> float:
+    """How much worse `value` is than `baseline`, as a share of the baseline's magnitude (0.05:
+    5% worse), so one threshold means the same for any metric and unit; the plain drop when
+    the baseline is 0. Greater is better, as in scikit-learn's scorers."""
+    drop = baseline - value
+    return drop / abs(baseline) if baseline != 0 else drop
 
 
 class RunningScores:

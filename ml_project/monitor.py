@@ -229,6 +229,17 @@ def _report_left_out(reference: pd.DataFrame, current: pd.DataFrame, config: Con
     return None
 
 
+def holdout_baseline(reference: pd.DataFrame, config: Config,
+                     recorded_holdout_metrics: Mapping[str, float] | None = None
+                     ) -> tuple[dict[str, float], str]:
+    """The metrics production is compared with, and their source: those recorded when the model
+    was trained (its metadata) when they hold the primary metric, else the reference scored."""
+    if recorded_holdout_metrics and config.training.metric in recorded_holdout_metrics:
+        return ({key: float(value) for key, value in recorded_holdout_metrics.items()},
+                "holdout metrics recorded at training")
+    return _score(reference, config), "the reference sample, scored now"
+
+
 def evaluate_performance(
     reference: pd.DataFrame,
     current: pd.DataFrame,
@@ -248,11 +259,7 @@ def evaluate_performance(
     if current.empty:
         raise MonitoringInputError("no labelled predictions to evaluate")
     metric = config.training.metric
-    if recorded_holdout_metrics and metric in recorded_holdout_metrics:
-        baseline = {key: float(value) for key, value in recorded_holdout_metrics.items()}
-        source = "holdout metrics recorded at training"
-    else:
-        baseline, source = _score(reference, config), "the reference sample, scored now"
+    baseline, source = holdout_baseline(reference, config, recorded_holdout_metrics)
     snapshot, left_out = None, _report_left_out(reference, current, config)
     if left_out:
         logger.warning("No performance report: %s", left_out)

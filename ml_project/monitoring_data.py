@@ -184,8 +184,16 @@ def read_production_labels(config: Config) -> pd.DataFrame | None:
 def attach_labels(predictions: pd.DataFrame, labels: pd.DataFrame, config: Config) -> pd.DataFrame:
     """The predictions whose ground truth has arrived, with the target column added; an instance
     predicted more than once (a stream run twice) counts once, by its latest prediction."""
-    latest = predictions.drop_duplicates(config.columns.id, keep="last")
-    return latest.merge(labels, on=config.columns.id, how="inner")
+    return latest_predictions(predictions, config).merge(labels, on=config.columns.id,
+                                                         how="inner")
+
+
+def latest_predictions(predictions: pd.DataFrame, config: Config) -> pd.DataFrame:
+    """Each instance once, by its latest prediction (a request without an id is its own
+    instance): what performance, realised or estimated, is measured on."""
+    ids = predictions[config.columns.id]
+    repeated = ids.notna().to_numpy() & ids.duplicated(keep="last").to_numpy()
+    return predictions[~repeated].reset_index(drop=True)
 
 
 def labelled_production_data(config: Config) -> pd.DataFrame:

@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ml_project.config import Config
+from ml_project.estimate import EstimatedPerformance
+from ml_project.metrics import relative_drop
 from ml_project.monitoring_data import PredictionWindow, Reference
 from ml_project.predict import PredictionService
 
@@ -26,6 +28,10 @@ EXIT_DRIFT = 10
 EXIT_PERFORMANCE_DROP = 11
 EXIT_DRIFT_AND_PERFORMANCE_DROP = 12
 EXIT_RETRAINING_FAILED = 13
+# No realised verdict for the window (too few labels), but the metric estimated from the served
+# probabilities (`estimate.py`) dropped past the threshold; and with data drift too.
+EXIT_ESTIMATED_DROP = 14
+EXIT_DRIFT_AND_ESTIMATED_DROP = 15
 EXIT_PROMOTION_FAILED = 16  # --promote-challenger: the evidence cleared the rule, the move failed
 
 
@@ -99,8 +105,12 @@ class PerformanceSummary:
     @property
     def relative_drop(self) -> float:
         """The drop as a share of the baseline's magnitude (0.05: 5% worse than the holdout)."""
-        scale = abs(self.baseline[self.metric])
-        return self.drop / scale if scale > 0 else self.drop
+        return relative_drop(self.baseline[self.metric], self.production[self.metric])
+
+    @property
+    def verdict(self) -> bool:
+        """The labels give one: the primary metric is defined (not NaN) on them."""
+        return math.isfinite(self.production[self.metric])
 
     @property
     def degraded(self) -> bool:
@@ -139,8 +149,13 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def exit_code(drift: DriftSummary, performance: PerformanceSummary | None) -> int:
-    """EXIT_OK, or the code of the alert raised: drift, a performance drop, or both."""
+def exit_code(drift: DriftSummary, performance: PerformanceSummary | None,
+              estimated: EstimatedPerformance | None = None) -> int:
+    """EXIT_OK, or the code of the alert raised: drift, a performance drop, or both. Where labels
+    gave a verdict (`performance`), it decides; only without one does the estimated drop."""
+    realised = performance is not None and performance.verdict
+    if not realised and estimated is not None and estimated.degraded:
+        return EXIT_DRIFT_AND_ESTIMATED_DROP if drift.detected else EXIT_ESTIMATED_DROP
     degraded = performance is not None and performance.degraded
     if drift.detected and degraded:
         return EXIT_DRIFT_AND_PERFORMANCE_DROP
@@ -155,6 +170,7 @@ def monitoring_summary(
     performance: PerformanceSummary | None,
     reference: Reference,
     service: PredictionService,
+    estimated: EstimatedPerformance | None = None,
 ) -> dict[str, Any]:
     """What a scheduler, a dashboard or a person needs from one monitoring run, as JSON."""
     first, last = window.period
@@ -181,6 +197,7 @@ def monitoring_summary(
             "reference": {"rows": len(reference.sample), "source": reference.source},
             "drift": drift.to_dict(),
             "performance": performance.to_dict() if performance else None,
+            "estimated_performance": estimated.to_dict() if estimated else None,
         }
     )
 
@@ -204,7 +221,8 @@ def window_warnings(window: Mapping[str, Any]) -> list[str]:
 
 
 def summary_table(summary: Mapping[str, Any], drift: DriftSummary,
-                  performance: PerformanceSummary | None, code: int, config: Config) -> str:
+                  performance: PerformanceSummary | None, code: int, config: Config,
+                  estimated: EstimatedPerformance | None = None) -> str:
     """The short table a person reads in the terminal; the JSON summary has everything."""
     lines: list[str] = []
     line = lines.append
@@ -235,9 +253,46 @@ def summary_table(summary: Mapping[str, Any], drift: DriftSummary,
               f" (threshold {performance.threshold:.1%}): {verdict}")
         if performance.report_left_out:
             line(f"  performance report: none, {performance.report_left_out}")
-    if code in (EXIT_DRIFT, EXIT_DRIFT_AND_PERFORMANCE_DROP):
+    if estimated is not None:
+        lines.extend(estimate_lines(estimated, realised=bool(performance and performance.verdict)))
+    if code in (EXIT_DRIFT, EXIT_DRIFT_AND_PERFORMANCE_DROP, EXIT_DRIFT_AND_ESTIMATED_DROP):
         line(f"ALERT: data drift in {', '.join(drift.drifted_features)}: the production data no "
               "longer looks like the training data.")
     if code in (EXIT_PERFORMANCE_DROP, EXIT_DRIFT_AND_PERFORMANCE_DROP):
         line("ALERT: the model performs worse in production than on its holdout.")
+    if code in (EXIT_ESTIMATED_DROP, EXIT_DRIFT_AND_ESTIMATED_DROP):
+        line("ALERT: the model's estimated performance (no labels yet) is worse than on its "
+             "holdout.")
     return "\n".join(lines)
+
+
+def estimate_lines(estimated: EstimatedPerformance, *, realised: bool) -> list[str]:
+    """The estimated metric with its interval and verdict, and how calibration was judged."""
+    metric, lines = estimated.metric, []
+    if metric not in estimated.estimated:
+        why = estimated.not_estimated.get(metric, "not estimated")
+        lines.append(f"  estimated performance ({metric}): {why}")
+    else:
+        low, high = estimated.intervals.get(metric, (math.nan, math.nan))
+        if realised:
+            verdict = "the realised metric decides"
+        elif not estimated.verdict:
+            verdict = f"no verdict (fewer than {estimated.min_rows} predictions)"
+        else:
+            verdict = "ESTIMATED DROP" if estimated.degraded else "ok"
+        lines.append(
+            f"  estimated performance ({metric}, {estimated.rows} predictions, no labels needed):"
+            f" {estimated.estimated[metric]:.4f} (95% {low:.4f} .. {high:.4f}) vs holdout "
+            f"{estimated.baseline[metric]:.4f}, drop {estimated.relative_drop:.1%} (threshold "
+            f"{estimated.threshold:.1%}): {verdict}")
+    others = [name for name in estimated.not_estimated if name != metric]
+    if others:
+        lines.append(f"  not estimated: {', '.join(others)}")
+    calibration = estimated.calibration
+    if calibration is not None:
+        how = (calibration.note or ("probabilities mapped (isotonic, fitted on the reference) "
+                                    "for the estimate" if calibration.mapped else
+                                    "probabilities calibrated on the reference, used as served"))
+        lines.append(f"  calibration: Brier {calibration.brier_served:.4f} as served, "
+                     f"{calibration.brier_mapped:.4f} mapped out of fold: {how}")
+    return lines

@@ -25,7 +25,7 @@ import yaml
 from ml_project.alerts import message_text, send_alerts
 from ml_project.config import PROJECT_ROOT, ConfigError, _merge
 from ml_project.config_sections import AlertsConfig
-from ml_project.monitoring_summary import EXIT_DRIFT, EXIT_OK
+from ml_project.monitoring_summary import EXIT_DRIFT, EXIT_ESTIMATED_DROP, EXIT_OK
 from tests.conftest import prediction_config
 
 SUMMARY: dict[str, Any] = {
@@ -171,6 +171,29 @@ def test_slack_payload_is_the_summary_in_text(receiver: HttpReceiver,
     assert "realised in production 0.7900, estimated on the holdout 0.7700" in text
     assert "/srv/output/monitoring/drift_report.html" in text
     assert "runs:/abc/monitoring/20261202-000000" in text
+
+
+def test_the_text_carries_the_estimated_metric_beside_the_realised(
+    receiver: HttpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    estimated = {"metric": "roc_auc", "rows": 290, "relative_drop": 0.09,
+                 "estimated": {"roc_auc": 0.7}, "interval_95": {"roc_auc": [0.66, 0.74]},
+                 "baseline": {"roc_auc": 0.77}, "not_estimated": {}}
+    summary = {**SUMMARY, "performance": None, "estimated_performance": estimated,
+               "exit_code": EXIT_ESTIMATED_DROP}
+    monkeypatch.setenv(WEBHOOK_ENV, receiver.url)
+
+    assert send_alerts(summary, alerts(webhook={"url_env": WEBHOOK_ENV})) == {"webhook": "sent"}
+
+    text = receiver.posts[0][1]["text"]
+    assert text.startswith("Monitoring churn_model version 3: ESTIMATED PERFORMANCE DROP")
+    assert ("roc_auc estimated without labels (290 predictions): 0.7000 (95% 0.6600 .. "
+            "0.7400), holdout 0.7700; drop 9.0%") in text
+    both = message_text({**SUMMARY, "estimated_performance": estimated})
+    assert "realised in production 0.7900" in both and "estimated without labels" in both
+    regression = {**estimated, "estimated": {}, "not_estimated": {"roc_auc": "not estimated: x"}}
+    assert "roc_auc estimated without labels: not estimated: x" in message_text(
+        {**SUMMARY, "estimated_performance": regression})
 
 
 def test_json_payload_is_the_summary_itself(receiver: HttpReceiver,

@@ -47,7 +47,7 @@ TRAINING_PACKAGES = {"mlflow", "mlflow-skinny", "mlflow-tracing", "evidently", "
 # The package's modules of training, tracking and monitoring: never in a bundle either.
 TRAINING_MODULES = {f"ml_project.{name}" for name in (
     "train", "tracking", "registry", "monitor", "monitoring_data", "validate", "batch", "ingest",
-    "metrics")}
+    "metrics", "estimate")}
 # Provider files that are tooling, run from the checkout on the bundle: never in it.
 TOOLING = {"deploy.py"}
 PROVIDERS_HERE = [name for name in PROVIDERS if (PROJECT_ROOT / "deployment" / name).is_dir()]

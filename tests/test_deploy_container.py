@@ -24,7 +24,9 @@ from ml_project.config import OUTPUT_DIR_ENV, PREDICTION_LOG_ENV, PROJECT_ROOT
 from ml_project.monitoring_summary import (
     EXIT_BAD_INPUT,
     EXIT_DRIFT,
+    EXIT_DRIFT_AND_ESTIMATED_DROP,
     EXIT_DRIFT_AND_PERFORMANCE_DROP,
+    EXIT_ESTIMATED_DROP,
     EXIT_PERFORMANCE_DROP,
     EXIT_RETRAINING_FAILED,
 )
@@ -194,7 +196,7 @@ def test_kubernetes_jobs_run_the_use_cases_as_the_deployment_runs_serving() -> N
     [verdicts, _] = monitoring["podFailurePolicy"]["rules"]
     assert verdicts["action"] == "FailJob" and verdicts["onExitCodes"]["values"] == [
         EXIT_BAD_INPUT, EXIT_DRIFT, EXIT_PERFORMANCE_DROP, EXIT_DRIFT_AND_PERFORMANCE_DROP,
-        EXIT_RETRAINING_FAILED]
+        EXIT_RETRAINING_FAILED, EXIT_ESTIMATED_DROP, EXIT_DRIFT_AND_ESTIMATED_DROP]
     assert f"{cronjob['spec']['schedule']} " in documentation  # the crontab line's schedule
     [webhook] = monitoring["template"]["spec"]["containers"][0]["env"]
     assert f"url_env: {webhook['name']}" in documentation

@@ -24,6 +24,7 @@ from ml_project.monitoring_summary import (
     EXIT_BAD_INPUT,
     EXIT_DRIFT,
     EXIT_DRIFT_AND_PERFORMANCE_DROP,
+    EXIT_ESTIMATED_DROP,
     EXIT_OK,
     EXIT_PERFORMANCE_DROP,
     EXIT_RETRAINING_FAILED,
@@ -164,6 +165,52 @@ def test_performance_report_appears_only_with_enough_labels(
     assert read_summary(monitored)["performance"] is None
     assert not (monitored / "output/monitoring" / PERFORMANCE_REPORT).exists()  # no stale verdict
     assert (monitored / "output/monitoring" / DRIFT_REPORT).is_file()
+
+
+def test_an_estimated_drop_without_labels_has_its_own_exit_code(
+    monitored: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Customers of one contract only: one feature drifts (no data drift), and the model, whose
+    strongest signal is the contract, tells them apart less well. Its served probabilities
+    show it before any label arrives; when the labels come, the realised metric decides."""
+    production, truth = generate_production_data(1000, seed=44, drift=0.0)
+    one_contract = production["contract"] == "one-year"
+    # p-value tests on a reference of 300 rows flag a feature or two by chance besides the
+    # contract: data drift is judged on half of the features here, so the code is the estimate's
+    config_file = monitored / "project_config.yaml"
+    content = yaml.safe_load(config_file.read_text())
+    content["monitoring"]["drift_share_threshold"] = 0.5
+    config_file.write_text(yaml.safe_dump(content, sort_keys=False))
+    directory = monitored / "data"
+    directory.mkdir(parents=True, exist_ok=True)
+    production[one_contract].to_csv(directory / "production_data.csv", index=False)
+    log_production_stream(prediction_config(monitored))
+
+    code = run_monitoring(monitored, "--retrain-on-drift")
+
+    summary = read_summary(monitored)
+    estimated = summary["estimated_performance"]
+    assert summary["performance"] is None and not summary["drift"]["detected"]
+    assert code == EXIT_ESTIMATED_DROP == summary["exit_code"]
+    assert summary["retraining"] is None  # no labels to learn the change from: no retraining
+    assert estimated["metric"] == "roc_auc" and estimated["degraded"] is True
+    assert estimated["relative_drop"] > estimated["threshold"]
+    low, high = estimated["interval_95"]["roc_auc"]
+    assert low < estimated["estimated"]["roc_auc"] < high
+    assert estimated["calibration"]["rows"] == summary["reference"]["rows"]
+    assert "ALERT: the model's estimated performance" in capsys.readouterr().out
+
+    truth[truth["customer_id"].isin(production[one_contract]["customer_id"])].to_csv(
+        directory / "production_labels.csv", index=False)
+    code = run_monitoring(monitored)
+
+    summary = read_summary(monitored)
+    realised = summary["performance"]
+    assert code == (EXIT_PERFORMANCE_DROP if realised["degraded"] else EXIT_OK)
+    estimated = summary["estimated_performance"]
+    error = abs(estimated["estimated"]["roc_auc"] - realised["production"]["roc_auc"])
+    assert error <= 3 * estimated["sampling_error"]["roc_auc"]  # both reported, and they agree
+    assert "the realised metric decides" in capsys.readouterr().out
 
 
 def test_window_follows_last_and_time_range(monitored: Path) -> None:

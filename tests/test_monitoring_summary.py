@@ -9,9 +9,12 @@ from typing import Any
 
 import pytest
 
+from ml_project.estimate import EstimatedPerformance
 from ml_project.monitoring_summary import (
     EXIT_DRIFT,
+    EXIT_DRIFT_AND_ESTIMATED_DROP,
     EXIT_DRIFT_AND_PERFORMANCE_DROP,
+    EXIT_ESTIMATED_DROP,
     EXIT_OK,
     EXIT_PERFORMANCE_DROP,
     ColumnDrift,
@@ -46,6 +49,34 @@ def test_exit_code_says_which_alert_was_raised(
 ) -> None:
     performance = None if production is None else _performance(production)
     assert exit_code(_drift(share), performance) == code
+
+
+def _estimated(value: float, rows: int = 500) -> EstimatedPerformance:
+    return EstimatedPerformance("roc_auc", {"roc_auc": value}, {"roc_auc": (value - 0.02,
+                                                                           value + 0.02)},
+                                {"roc_auc": 0.01}, {}, {"roc_auc": 0.8}, rows, 100, 0.05, None)
+
+
+@pytest.mark.parametrize(("share", "production", "estimated", "code"), [
+    (0.0, None, 0.5, EXIT_ESTIMATED_DROP), (0.5, None, 0.5, EXIT_DRIFT_AND_ESTIMATED_DROP),
+    (0.0, None, 0.79, EXIT_OK), (0.5, None, 0.79, EXIT_DRIFT),
+    # labels gave a verdict: the realised metric decides, whatever the estimate says
+    (0.0, 0.8, 0.5, EXIT_OK), (0.5, 0.5, 0.79, EXIT_DRIFT_AND_PERFORMANCE_DROP),
+    # labels of one class only: the realised metric is undefined, no verdict; the estimate's
+    (0.0, math.nan, 0.5, EXIT_ESTIMATED_DROP),
+])
+def test_an_estimated_drop_raises_its_own_code_only_without_a_realised_verdict(
+    share: float, production: float | None, estimated: float, code: int
+) -> None:
+    performance = None if production is None else _performance(production)
+    assert exit_code(_drift(share), performance, _estimated(estimated)) == code
+
+
+def test_an_estimate_on_too_few_predictions_is_no_verdict() -> None:
+    few = _estimated(0.5, rows=99)
+    assert not few.verdict and not few.degraded
+    assert exit_code(_drift(0.0), None, few) == EXIT_OK
+    assert json.loads(json.dumps(json_safe(few.to_dict()), allow_nan=False))["verdict"] is False
 
 
 def test_the_drop_is_relative_to_the_holdout_so_one_threshold_fits_every_metric() -> None:
@@ -88,6 +119,29 @@ def test_the_table_names_each_column_its_verdict_and_the_alerts(
     assert "ALERT: data drift in age" in table
     assert "ALERT: the model performs worse in production than on its holdout." in table
     assert "performance (roc_auc, 120 labelled)" in table
+    assert "estimated" not in table  # none given
+
+
+def test_the_table_shows_the_estimate_its_interval_and_who_decides(tmp_path: Any) -> None:
+    from ml_project.config import load_config
+    from tests.conftest import write_project
+
+    config = load_config("prediction", "production", "local",
+                         config_file=write_project(tmp_path, n_historic=50, n_production=10),
+                         root=tmp_path)
+    summary = {"model": {"name": "churn", "version": "3"},
+               "window": {"requests": 500, "first_logged_at": "a", "last_logged_at": "b",
+                          "predicted": 500, "rejected": 0}}
+    alone = summary_table(summary, _drift(0.0), None, EXIT_ESTIMATED_DROP, config,
+                          _estimated(0.7))
+    beside = summary_table(summary, _drift(0.0), _performance(0.79), EXIT_OK, config,
+                           _estimated(0.7))
+
+    assert ("estimated performance (roc_auc, 500 predictions, no labels needed): 0.7000 "
+            "(95% 0.6800 .. 0.7200) vs holdout 0.8000, drop 12.5% (threshold 5.0%): "
+            "ESTIMATED DROP") in alone
+    assert "ALERT: the model's estimated performance (no labels yet)" in alone
+    assert "the realised metric decides" in beside and "ALERT" not in beside
 
 
 def test_window_warnings_name_what_the_window_lacks_or_holds_twice() -> None:

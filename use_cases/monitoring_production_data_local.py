@@ -16,7 +16,13 @@ Exit codes, for schedulers and CI:
         monitoring.performance_drop_threshold (relative: 0.05 = 5% worse)
     12  data drift and a performance drop
     13  --retrain-on-drift was given and retraining failed
+    14  estimated performance drop: no performance verdict from labels, and the primary metric
+        estimated from the served probabilities (ml_project/estimate.py) is worse than the
+        holdout's by more than monitoring.performance_drop_threshold
+    15  data drift and an estimated performance drop
     16  --promote-challenger was given, the evidence cleared the rule and the promotion failed
+Where labels give a verdict, it decides (0, 10, 11, 12), the estimate reported beside it. An
+estimated drop alone (14) does not retrain: there are no labels to learn from yet.
 An alert code stays the exit code after a successful retraining: the alert was real.
 
 With the challenger in shadow (`prediction.shadow: challenger`), the summary also compares it
@@ -41,8 +47,14 @@ import pandas as pd
 from ml_project.alerts import send_alerts
 from ml_project.cli import base_parser, start_run
 from ml_project.config import Config, load_config
+from ml_project.estimate import EstimatedPerformance, estimate_performance
 from ml_project.export import ArtifactError
-from ml_project.monitor import detect_drift, evaluate_performance, write_report_html
+from ml_project.monitor import (
+    detect_drift,
+    evaluate_performance,
+    holdout_baseline,
+    write_report_html,
+)
 from ml_project.monitoring_challenger import (
     PROMOTE,
     Comparison,
@@ -56,12 +68,14 @@ from ml_project.monitoring_data import (
     Reference,
     attach_labels,
     labelled_production_data,
+    latest_predictions,
     load_reference_data,
     read_prediction_window,
     read_production_labels,
 )
 from ml_project.monitoring_summary import (
     EXIT_BAD_INPUT,
+    EXIT_ESTIMATED_DROP,
     EXIT_OK,
     EXIT_PROMOTION_FAILED,
     EXIT_RETRAINING_FAILED,
@@ -146,26 +160,31 @@ def main(argv: list[str] | None = None) -> int:
 
     drift = detect_drift(reference.sample, window.predictions, config)
     performance = check_performance(config, service, reference, window, labels)
+    estimated = estimate(config, service, reference, window)
     directory = config.output_dir / "monitoring"
     reports = write_reports(directory, drift, performance)
-    code = exit_code(drift, performance)
-    summary = monitoring_summary(window, drift, performance, reference, service)
-    print(summary_table(summary, drift, performance, code, config))
+    code = exit_code(drift, performance, estimated)
+    summary = monitoring_summary(window, drift, performance, reference, service, estimated)
+    print(summary_table(summary, drift, performance, code, config, estimated))
     challenger = None
     if config.prediction.shadow != "off" or args.promote_challenger:
         challenger = compare_with_challenger(config, service, labels, last=last,
                                              since=args.since, until=args.until)
         print("\n".join(comparison_lines(challenger)))
         summary["challenger"] = challenger.to_dict()
-    if args.promote_challenger and challenger is not None:
-        summary["promotion"] = promote_challenger(config, challenger)
-        if summary["promotion"].get("failed"):
-            code = EXIT_PROMOTION_FAILED
 
     retraining = None
-    if args.retrain_on_drift and code != EXIT_OK:
+    if args.retrain_on_drift and code not in (EXIT_OK, EXIT_ESTIMATED_DROP):
         retraining = retrain(config, args, directory)
         code = code if retraining else EXIT_RETRAINING_FAILED
+    if args.promote_challenger and challenger is not None:
+        if retraining is not None:  # the registry has moved on: the evidence is of another pair
+            print("NOT PROMOTED: this run retrained; compare the new pair in shadow first.")
+            summary["promotion"] = {"promoted": False, "reason": "retrained in this run"}
+        else:
+            summary["promotion"] = promote_challenger(config, challenger)
+            if summary["promotion"].get("failed"):
+                code = EXIT_PROMOTION_FAILED
     summary_file = directory / SUMMARY_FILE
     summary = {**summary, "exit_code": code, "retraining": retraining}
     summary_file.write_text(json.dumps(summary, indent=2) + "\n")
@@ -226,6 +245,16 @@ def check_performance(config: Config, service: PredictionService, reference: Ref
         return None
     return evaluate_performance(reference.sample, labelled, config,
                                 service.metadata.get("holdout_metrics"))
+
+
+def estimate(config: Config, service: PredictionService, reference: Reference,
+             window: PredictionWindow) -> EstimatedPerformance:
+    """The metrics expected on the whole window from its served probabilities, labels or not
+    (each instance once, as performance counts it)."""
+    baseline, _ = holdout_baseline(reference.sample, config,
+                                   service.metadata.get("holdout_metrics"))
+    return estimate_performance(reference.sample, latest_predictions(window.predictions, config),
+                                config, baseline)
 
 
 def write_reports(directory: Path, drift: DriftSummary,
