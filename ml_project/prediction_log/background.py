@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import fcntl
 import gc
+import json
 import logging
 import os
 import select
 import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Callable
 
+from ml_project.config import ConfigError
 from ml_project.prediction_log import journal
-from ml_project.prediction_log.loader import Loader
+
+if TYPE_CHECKING:  # the loader's module imports the database library: its process only
+    from ml_project.prediction_log.loader import Loader
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +61,14 @@ class LoaderThread:
 
 
 class LoaderProcess:
-    """A loader in a process of its own, forked beside the service (`start_loader_process`)."""
+    """A loader in a process of its own, forked beside the service (`start_loader_process`);
+    `url`: the log's database URL as the loader shows it (secrets masked), None if it ended
+    before it could say."""
 
-    def __init__(self, lifeline: int, directory: Path) -> None:
+    def __init__(self, lifeline: int, directory: Path, url: str | None) -> None:
         self._lifeline = lifeline
         self.directory = directory
+        self.url = url
 
     def stop(self, timeout: float) -> bool:
         """Tell the loader to finish (closing its lifeline) and wait until it has made its last
@@ -77,40 +84,65 @@ class LoaderProcess:
         return True
 
 
-def start_loader_process(loader: Loader, *, interval: float = 0.2,
-                         retry: float = 1.0) -> LoaderProcess:
-    """Fork the loader away from the service: a process of its own session (a Ctrl-C meant for
-    the service does not cut a transaction short), not the service's child (gunicorn's master
-    reaps its children as workers), that runs until its lifeline, a pipe from this process,
-    closes: at `LoaderProcess.stop`, or when this process and every worker forked from it are
-    gone, however they ended. Call it before any thread starts (a fork copies one thread)."""
-    read_end, write_end = os.pipe()
+def start_loader_process(make_loader: Callable[[], Loader], directory: Path, *,
+                         interval: float = 0.2, retry: float = 1.0) -> LoaderProcess:
+    """Fork the loader of `directory` away from the service: a process of its own session (a
+    Ctrl-C meant for the service does not cut a transaction short), not the service's child
+    (gunicorn's master reaps its children as workers), that runs until its lifeline, a pipe
+    from this process, closes: at `LoaderProcess.stop`, or when this process and every worker
+    forked from it are gone, however they ended. Call it before any thread starts (a fork
+    copies one thread).
+
+    `make_loader` runs in that process: the database library is imported there only, never in
+    the service. It checks the URL and creates the table, and the loader reports before this
+    returns: a URL that is no database URL raises its ConfigError here, as `Loader` raises it.
+    """
+    lifeline, keep_alive = os.pipe()
+    report, reporting = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover  (runs in the forked processes; tested by its effects)
         status = 0
         try:
-            os.close(write_end)
+            os.close(keep_alive)
+            os.close(report)
             if os.fork() == 0:
                 os.setsid()
-                alive = _hold_alive_file(loader.directory)  # released at its exit
-                # What the parent created is never scanned here (its pages stay shared); the
-                # loader's own garbage is collected, whether or not the parent collects.
-                gc.freeze()
-                gc.enable()
-                loader.engine.dispose(close=False)  # the parent's connections stay the parent's
-                _run_until_lifeline_closes(loader, read_end, interval, retry, alive)
+                _run_loader(make_loader, directory, lifeline, reporting, interval, retry)
         except BaseException:
             logger.exception("Prediction log loader process failed")
             status = 1
         finally:
             logging.shutdown()
             os._exit(status)
-    os.close(read_end)
+    os.close(lifeline)
+    os.close(reporting)
     os.waitpid(child, 0)
-    deadline = time.monotonic() + 10  # until it holds its lock: `stop` and watchers rely on it
-    while not loader_process_alive(loader.directory) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    return LoaderProcess(write_end, loader.directory)
+    with os.fdopen(report, "rb") as said:  # until the loader reports, or ends without a word
+        answer = json.loads(said.read() or b"{}")
+    if "error" in answer:
+        os.close(keep_alive)  # it has ended already
+        raise ConfigError(answer["error"])
+    return LoaderProcess(keep_alive, directory, answer.get("url"))
+
+
+def _run_loader(make_loader: Callable[[], Loader], directory: Path, lifeline: int,
+                reporting: int, interval: float, retry: float
+                ) -> None:  # pragma: no cover  (a forked process)
+    alive = _hold_alive_file(directory)  # released at its exit
+    with os.fdopen(reporting, "wb") as report:
+        try:
+            loader = make_loader()
+        except ConfigError as err:
+            report.write(json.dumps({"error": str(err)}).encode())
+            return
+        loader.prepare()  # the table, before the service's workers answer
+        report.write(json.dumps({"url": loader.url}).encode())
+    # What the parent created, and the database library, are never scanned here (their pages
+    # stay shared, or unchanged); the loader's own garbage is collected, whether or not the
+    # parent collects.
+    gc.freeze()
+    gc.enable()
+    _run_until_lifeline_closes(loader, lifeline, interval, retry, alive)
 
 
 def _hold_alive_file(directory: Path, held: IO[bytes] | None = None) -> IO[bytes]:
