@@ -24,7 +24,7 @@ import requests
 
 from ml_project.config import PREDICTION_LOG_ENV, PROJECT_ROOT
 from ml_project.predict import PredictionService
-from ml_project.prediction_log.background import loader_process_alive
+from ml_project.prediction_log.background import NICENESS, loader_process_alive
 from ml_project.prediction_log.log import PredictionLog
 from ml_project.serving import launcher
 from ml_project.serving.asgi import THREADS as FLASK_THREADS
@@ -478,6 +478,8 @@ def test_the_loader_is_forked_before_the_model_and_its_libraries_load(
         database = [model_libraries(process, ("sqlalchemy",))
                     for process in (loader, server, *server.children(recursive=True))]
         assert loader.pid not in {child.pid for child in server.children(recursive=True)}
+        priorities = (loader.nice(), server.nice())
+    assert priorities[0] == min(19, priorities[1] + NICENESS)  # a request gets the core first
     assert {"numpy", "scipy", "pandas", "sklearn"} <= in_server  # so the check below can fail
     assert not in_loader
     assert database[0] == {"sqlalchemy"}  # its compiled modules: the check below can fail
