@@ -131,6 +131,8 @@ def test_the_model_loads_without_the_garbage_collector_and_is_frozen_before_serv
 
     monkeypatch.setattr(PredictionService, "from_config", loading)
     monkeypatch.setattr(server, serving)
+    # What the launcher sets in its process; here, the test's, so undone after it.
+    monkeypatch.setenv(launcher.ARROW_POOL_ENV, "system")
     config_file = write_serving_config(trained_project, tmp_path)
     sigterm = signal.getsignal(signal.SIGTERM)
     try:

@@ -214,7 +214,7 @@ class Loader:
         return created
 
     def prepare(self) -> None:
-        """Create the table now (the service's master does, before its workers start); a
+        """Create the table now (a service's loader process does, before the workers answer); a
         database not available yet is no reason to refuse requests: a later pass creates it."""
         try:
             self._insert_table()
