@@ -105,6 +105,8 @@ def start_loader_process(make_loader: Callable[[], Loader], directory: Path, *,
     `make_loader` runs in that process: the database library is imported there only, never in
     the service. It checks the URL and creates the table, and the loader reports before this
     returns: a URL that is no database URL raises its ConfigError here, as `Loader` raises it.
+    Then it takes the folder's ALIVE_FILE lock (another service's loader of the folder may hold
+    it: this one then waits for it, and this returns once either holds it, or after 10 s).
     """
     lifeline, keep_alive = os.pipe()
     report, reporting = os.pipe()
@@ -131,13 +133,15 @@ def start_loader_process(make_loader: Callable[[], Loader], directory: Path, *,
     if "error" in answer:
         os.close(keep_alive)  # it has ended already
         raise ConfigError(answer["error"])
+    deadline = time.monotonic() + 10  # a loader holds the lock: `stop` and watchers rely on it
+    while not loader_process_alive(directory) and time.monotonic() < deadline:
+        time.sleep(0.005)
     return LoaderProcess(keep_alive, directory, answer.get("url"))
 
 
 def _run_loader(make_loader: Callable[[], Loader], directory: Path, lifeline: int,
                 reporting: int, interval: float, retry: float
                 ) -> None:  # pragma: no cover  (a forked process)
-    alive = _hold_alive_file(directory)  # released at its exit
     os.nice(NICENESS)
     with os.fdopen(reporting, "wb") as report:
         try:
@@ -147,6 +151,9 @@ def _run_loader(make_loader: Callable[[], Loader], directory: Path, lifeline: in
             return
         loader.prepare()  # the table, before the service's workers answer
         report.write(json.dumps({"url": loader.url}).encode())
+    # Then the lock, released at its exit: it waits here while another service's loader of the
+    # same folder holds it, and takes over when that one ends.
+    alive = _hold_alive_file(directory)
     # What the parent created, and the database library, are never scanned here (their pages
     # stay shared, or unchanged); the loader's own garbage is collected, whether or not the
     # parent collects.
