@@ -58,7 +58,7 @@ from ml_project.config import OUTPUT_DIR_ENV, PROJECT_ROOT, Config, load_config
 from ml_project.ingest import read_table, stream_production_instances
 from ml_project.predict import PredictionService
 from ml_project.prediction_log import journal
-from ml_project.prediction_log.loader import read_status
+from ml_project.prediction_log.status import read_status
 from ml_project.serving.shadow import read_status as read_shadow_status
 from ml_project.validate import validate_production_data
 

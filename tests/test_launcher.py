@@ -22,8 +22,9 @@ import psutil
 import pytest
 import requests
 
-from ml_project.config import PROJECT_ROOT
+from ml_project.config import PREDICTION_LOG_ENV, PROJECT_ROOT
 from ml_project.predict import PredictionService
+from ml_project.prediction_log.background import NICENESS, loader_process_alive
 from ml_project.prediction_log.log import PredictionLog
 from ml_project.serving import launcher
 from ml_project.serving.asgi import THREADS as FLASK_THREADS
@@ -130,6 +131,8 @@ def test_the_model_loads_without_the_garbage_collector_and_is_frozen_before_serv
 
     monkeypatch.setattr(PredictionService, "from_config", loading)
     monkeypatch.setattr(server, serving)
+    # What the launcher sets in its process; here, the test's, so undone after it.
+    monkeypatch.setenv(launcher.ARROW_POOL_ENV, "system")
     config_file = write_serving_config(trained_project, tmp_path)
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
@@ -447,9 +450,10 @@ def test_the_gunicorn_config_file_holds_gunicorn_settings_and_hooks_only() -> No
     assert settings["worker_class"] == "uvicorn_worker.UvicornWorker"
 
 
-def model_libraries(process: psutil.Process) -> set[str]:
-    """The model's libraries whose compiled modules the process has mapped."""
-    libraries = ("numpy", "scipy", "pandas", "sklearn")
+def model_libraries(process: psutil.Process,
+                    libraries: tuple[str, ...] = ("numpy", "scipy", "pandas", "sklearn")
+                    ) -> set[str]:
+    """The libraries (by default the model's) whose compiled modules the process has mapped."""
     return {part for region in process.memory_maps() for part in Path(region.path).parts
             if part in libraries}
 
@@ -459,8 +463,9 @@ def test_the_loader_is_forked_before_the_model_and_its_libraries_load(
     trained_project: Path, tmp_path: Path, workers: int
 ) -> None:
     """The service's loader process holds none of the model's libraries (they load after it is
-    forked), so it costs what a database client costs, whatever the model's size; it stores
-    what the service answered."""
+    forked), so it costs what a database client costs, whatever the model's size; the service
+    holds no database library (the loader's process alone imports it); the loader stores what
+    the service answered."""
     config_file = write_serving_config(trained_project, tmp_path)
     config = load_serving_config(config_file)
     status_file = config.output_dir / "prediction_log_journal" / "loader.json"
@@ -472,7 +477,79 @@ def test_the_loader_is_forked_before_the_model_and_its_libraries_load(
             time.sleep(0.1)
         loader = psutil.Process(json.loads(status_file.read_text())["pid"])
         in_loader, in_server = (model_libraries(process) for process in (loader, server))
+        database = [model_libraries(process, ("sqlalchemy",))
+                    for process in (loader, server, *server.children(recursive=True))]
         assert loader.pid not in {child.pid for child in server.children(recursive=True)}
+        priorities = (loader.nice(), server.nice())
+    assert priorities[0] == min(19, priorities[1] + NICENESS)  # a request gets the core first
     assert {"numpy", "scipy", "pandas", "sklearn"} <= in_server  # so the check below can fail
     assert not in_loader
+    assert database[0] == {"sqlalchemy"}  # its compiled modules: the check below can fail
+    assert not any(database[1:])
     assert json.loads(status_file.read_text())["loaded"] >= 1
+
+
+SERVING_PROCESS = """
+import sys
+import uvicorn
+from ml_project.serving import launcher
+
+def serving(*args, **kwargs):  # in place of uvicorn: what the serving process holds by now
+    import pyarrow
+    held = sorted({name.split(".")[0] for name in sys.modules} & {"sqlalchemy", "psycopg"})
+    print("serving:", pyarrow.default_memory_pool().backend_name, held, flush=True)
+
+uvicorn.run = serving
+raise SystemExit(launcher.main(sys.argv[1:]))
+"""
+
+
+def _other_arrow_backend() -> str | None:
+    import pyarrow
+
+    return next((name for name in pyarrow.supported_memory_backends() if name != "system"), None)
+
+
+@pytest.mark.parametrize("chosen", [None, "other"])
+def test_the_serving_process_holds_no_database_library_and_arrow_uses_the_c_heap(
+    chosen: str | None, trained_project: Path, tmp_path: Path
+) -> None:
+    """The loader's process alone imports SQLAlchemy (and a driver); the serving process, whose
+    Arrow reads one small file (the reference sample), gives Arrow the C heap, unless the user
+    chose an allocator (mimalloc reserved ~9 MB for that read, for the process's life)."""
+    backend = "system" if chosen is None else _other_arrow_backend()
+    if backend is None:
+        pytest.skip("this pyarrow has no allocator but the C heap")
+    config_file = write_serving_config(trained_project, tmp_path)
+    env = {name: value for name, value in os.environ.items() if name != launcher.ARROW_POOL_ENV}
+    if chosen is not None:
+        env[launcher.ARROW_POOL_ENV] = backend
+    result = subprocess.run(
+        [sys.executable, "-c", SERVING_PROCESS, "--workers", "1", "--port", str(free_port()),
+         "--config", str(config_file), "--root", str(tmp_path)],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120, env=env)
+
+    assert result.returncode == 0, result.stderr
+    said = [line for line in result.stdout.splitlines() if line.startswith("serving:")]
+    assert said == [f"serving: {backend} []"], result.stdout + result.stderr
+
+
+def test_a_log_url_that_is_no_database_url_stops_the_start_before_the_model_loads(
+    trained_project: Path, tmp_path: Path
+) -> None:
+    """The loader's process checks the URL (the service imports no database library) and the
+    launcher stops with its verdict, the password masked, before the model loads."""
+    config_file = write_serving_config(trained_project, tmp_path)
+    env = {**os.environ, PREDICTION_LOG_ENV: "nosuchdb://user:hunter2@host/db"}
+    result = subprocess.run(
+        [sys.executable, "-m", "ml_project.serving.launcher", "--port", str(free_port()),
+         "--config", str(config_file), "--root", str(tmp_path)],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120, env=env)
+
+    assert result.returncode == 2, result.stderr
+    assert "Cannot start the prediction service: the prediction log URL" in result.stderr
+    assert "cannot open" in result.stderr
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+    assert "Prediction core" not in result.stderr  # the model was never loaded
+    journal_dir = load_serving_config(config_file).output_dir / "prediction_log_journal"
+    assert not loader_process_alive(journal_dir)

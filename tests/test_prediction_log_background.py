@@ -43,8 +43,8 @@ from ml_project.prediction_log.background import start_loader_process
 from ml_project.prediction_log.loader import Loader
 from tests.test_prediction_log_loader import record_line
 database, directory = sys.argv[1], Path(sys.argv[2])
-loader = Loader(f"sqlite:///{database}", directory)
-process = start_loader_process(loader, interval=0.05)
+process = start_loader_process(lambda: Loader(f"sqlite:///{database}", directory), directory,
+                               interval=0.05)
 journal = Journal(directory)
 for i in range(20):
     journal.append(record_line(f"r{i}", i))

@@ -35,8 +35,8 @@ from ml_project.config import PROJECT_ROOT, Config
 from ml_project.predict import PredictionService
 from ml_project.prediction_log import journal
 from ml_project.prediction_log.background import loader_process_alive
-from ml_project.prediction_log.loader import read_status
 from ml_project.prediction_log.log import PredictionLog
+from ml_project.prediction_log.status import read_status
 from ml_project.serving.fastapi_app import create_app
 from tests.conftest import prediction_config
 from tests.serving import (

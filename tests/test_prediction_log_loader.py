@@ -20,15 +20,9 @@ import pytest
 
 from ml_project.config import PROJECT_ROOT, ConfigError
 from ml_project.prediction_log import journal
-from ml_project.prediction_log.loader import (
-    LEGACY_FOLDER,
-    LOCK_FILE,
-    STATUS_FILE,
-    Loader,
-    loader_running,
-    read_status,
-)
+from ml_project.prediction_log.loader import LEGACY_FOLDER, Loader
 from ml_project.prediction_log.records import LogRecord
+from ml_project.prediction_log.status import LOCK_FILE, STATUS_FILE, loader_running, read_status
 from ml_project.prediction_log.table import parse_url, redacted
 from tests.conftest import prediction_config, write_project
 

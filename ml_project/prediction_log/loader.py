@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Mapping, Sequence
@@ -30,6 +30,7 @@ from typing import IO, Any, Mapping, Sequence
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from ml_project.prediction_log import journal
+from ml_project.prediction_log.status import LOCK_FILE, STATUS_FILE, Status
 from ml_project.prediction_log.table import (
     PREDICTIONS,
     SchemaMismatch,
@@ -45,26 +46,11 @@ from ml_project.prediction_log.table import (
 
 logger = logging.getLogger(__name__)
 
-LOCK_FILE = "loader.lock"
-STATUS_FILE = "loader.json"
 # Errors that say the database is unavailable now (down, locked, timed out): never a row's fault.
 UNAVAILABLE = (OperationalError, InterfaceError, OSError)
 # Spill files an earlier version of this log left (its fallback while the database was down):
 # loaded as complete journal files, from the folder beside the journal's.
 LEGACY_FOLDER, LEGACY_PATTERNS = "prediction_log_spill", ("spill-*.jsonl", "claimed-*.jsonl")
-
-
-@dataclass
-class Status:
-    """What the loader has done, written to STATUS_FILE for /health and monitoring."""
-
-    loaded: int = 0  # journal lines stored (one whose record was stored already counts too)
-    rejected: int = 0
-    pending_bytes: int = 0
-    error: str | None = None
-    # When it last changed (an idle loader writes nothing).
-    updated_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
-    pid: int | None = None  # the loader's process (a service's is a process of its own)
 
 
 class LoadBlocked(RuntimeError):
@@ -228,7 +214,7 @@ class Loader:
         return created
 
     def prepare(self) -> None:
-        """Create the table now (the service's master does, before its workers start); a
+        """Create the table now (a service's loader process does, before the workers answer); a
         database not available yet is no reason to refuse requests: a later pass creates it."""
         try:
             self._insert_table()
@@ -291,19 +277,6 @@ def _whole_lines(handle: IO[bytes], limit: int, complete: bool) -> list[bytes]:
             break
         lines.append(line)
     return lines
-
-
-def read_status(directory: Path) -> Status | None:
-    """The loader's last status (None if no loader ever ran here)."""
-    try:
-        return Status(**json.loads((directory / STATUS_FILE).read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def loader_running(directory: Path) -> bool:
-    """Whether a loader holds the lock now (a service's loader, or a pass in progress)."""
-    return journal.lock_held(directory / LOCK_FILE)
 
 
 def main(argv: list[str] | None = None) -> int:

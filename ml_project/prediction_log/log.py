@@ -24,21 +24,23 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Iterator
-
-import sqlalchemy
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ml_project.config import Config
 from ml_project.prediction_log import journal
 from ml_project.prediction_log.background import (
+    LoaderProcess,
     LoaderThread,
-    ProcessBeside,
     loader_process_alive,
     start_loader_process,
 )
-from ml_project.prediction_log.loader import Loader, loader_running, read_status
 from ml_project.prediction_log.records import SHADOW_SOURCE, LogRecord
-from ml_project.prediction_log.table import PREDICTIONS, make_engine, prepare_sqlite_file, redacted
+from ml_project.prediction_log.status import loader_running, read_status
+
+if TYPE_CHECKING:  # the database's side imports SQLAlchemy: only where it is used (below)
+    import sqlalchemy
+
+    from ml_project.prediction_log.loader import Loader
 
 logger = logging.getLogger(__name__)
 
@@ -52,19 +54,23 @@ class PredictionLog:
     Args:
         url: any SQLAlchemy URL (the attribute `url` shows it with its secrets masked).
         journal_dir: the journal's folder (shared by every process writing this log).
-        load_in_background: run the loader in a thread of this process (the default); False
-            where a loader process runs beside (the service's launcher starts one).
+        load_in_background: run the loader in a thread of this process (the default): the URL
+            is checked now (ConfigError). False where a loader process runs beside (the
+            service's launcher starts one, `start_loader_process`, which checks the URL): this
+            process then imports no database library until it reads, flushes or stands in for
+            a loader process that is gone, and a serving worker never does.
     """
 
     def __init__(self, url: str, journal_dir: Path, *, load_in_background: bool = True,
                  lock_timeout_seconds: float = 5.0, statement_timeout_seconds: float = 30.0,
                  segment_bytes: int = journal.SEGMENT_BYTES) -> None:
-        self.url = redacted(url)
+        self._secret_url = url
+        self._timeouts = (lock_timeout_seconds, statement_timeout_seconds)
+        self._shown_url: str | None = None  # as a loader process reported it
+        self._loader: Loader | None = None
+        self._reader_engine: sqlalchemy.Engine | None = None
         self.journal_dir = journal_dir
         self.journal = journal.Journal(journal_dir, segment_bytes)
-        self.loader = Loader(url, journal_dir, lock_timeout_seconds=lock_timeout_seconds,
-                             statement_timeout_seconds=statement_timeout_seconds)
-        self._reader = make_engine(url, lock_timeout_seconds=lock_timeout_seconds)
         self._background = LoaderThread(self.loader) if load_in_background else None
         self.stats: Counter[str] = Counter()
         self._counting = threading.Lock()
@@ -72,9 +78,29 @@ class PredictionLog:
         self._missed = 0  # checks in a row that found no loader process
         atexit.register(self.close)
 
+    @property
+    def url(self) -> str:
+        """The database URL, secrets masked."""
+        return self._shown_url or self.loader.url
+
+    @property
+    def loader(self) -> Loader:
+        """This log's loader, made at first use (ConfigError for a URL that is no database
+        URL, its secrets masked)."""
+        if self._loader is None:
+            self._loader = self._make_loader()
+        return self._loader
+
+    def _make_loader(self) -> Loader:
+        from ml_project.prediction_log.loader import Loader
+
+        return Loader(self._secret_url, self.journal_dir, lock_timeout_seconds=self._timeouts[0],
+                      statement_timeout_seconds=self._timeouts[1])
+
     @classmethod
     def from_config(cls, config: Config, *, load_in_background: bool = True) -> PredictionLog:
-        """Raises ConfigError for a URL that is no database URL (its secrets masked)."""
+        """Raises ConfigError for a URL that is no database URL (its secrets masked), at once
+        with `load_in_background`, else where the URL is first used."""
         return cls(config.prediction_log_url, config.output_dir / journal.FOLDER,
                    load_in_background=load_in_background)
 
@@ -166,10 +192,16 @@ class PredictionLog:
         reason to refuse requests: the loader creates it later)."""
         self.loader.prepare()
 
-    def start_loader_process(self) -> ProcessBeside:
-        """The service's loader, forked beside it (see `background.start_loader_process`),
-        then watched from the request side (`_watch_loader_process`)."""
-        process = start_loader_process(self.loader)
+    def start_loader_process(self) -> LoaderProcess:
+        """The service's loader, forked beside it (see `background.start_loader_process`: it
+        checks the URL, ConfigError, and creates the table), then watched from the request
+        side (`_watch_loader_process`)."""
+        process = start_loader_process(self._make_loader, self.journal_dir)
+        if process.url is None:  # it ended before it could say: the URL is checked here
+            logger.error("The prediction log's loader process ended as it started (its log "
+                         "says why); this process stands in for it once it is found gone")
+            process.url = self.loader.url
+        self._shown_url = process.url
         self._watching, self._next_watch = True, time.monotonic() + WATCH_SECONDS
         return process
 
@@ -180,6 +212,10 @@ class PredictionLog:
 
     def count(self) -> int:
         self.flush()
+        import sqlalchemy
+
+        from ml_project.prediction_log.table import PREDICTIONS
+
         with self._reading() as connection:
             total = connection.execute(
                 sqlalchemy.select(sqlalchemy.func.count()).select_from(PREDICTIONS)
@@ -198,6 +234,10 @@ class PredictionLog:
         the window, not the log; input, prediction and probabilities decoded from JSON. Only
         the last `last`, those in [since, until), those of one model, when given; `shadow`:
         only the answers given (False) or only the challenger's answers in shadow (True)."""
+        import sqlalchemy
+
+        from ml_project.prediction_log.table import PREDICTIONS
+
         self.flush()
         newest_first = last is not None
         order = (PREDICTIONS.c.logged_at.desc(), PREDICTIONS.c.record_id.desc()) \
@@ -228,9 +268,14 @@ class PredictionLog:
         yield from reversed(chunks)
 
     def _reading(self) -> sqlalchemy.Connection:
-        prepare_sqlite_file(self._reader)
+        from ml_project.prediction_log.table import make_engine, prepare_sqlite_file
+
+        if self._reader_engine is None:
+            self._reader_engine = make_engine(self._secret_url,
+                                              lock_timeout_seconds=self._timeouts[0])
+        prepare_sqlite_file(self._reader_engine)
         self.loader.prepare()
-        return self._reader.connect()
+        return self._reader_engine.connect()
 
     # Life cycle -------------------------------------------------------------------------------
 
@@ -245,8 +290,10 @@ class PredictionLog:
         if waiting.bytes and self._background is not None:
             logger.warning("Prediction log: %d bytes of records wait in %s for the database; "
                            "the next loader stores them", waiting.bytes, self.journal_dir)
-        self.loader.dispose()
-        self._reader.dispose()
+        if self._loader is not None:
+            self._loader.dispose()
+        if self._reader_engine is not None:
+            self._reader_engine.dispose()
 
 
 def _decoded(row: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import sqlalchemy
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import NullPool
 
@@ -93,10 +92,16 @@ def check_row(value: Any) -> dict[str, Any]:
 
 def insert_or_ignore(dialect: str) -> Any:
     """An insert that skips a record whose key is stored already (a replay), per dialect; None
-    for a database with no such statement (the loader then leaves out the keys it finds)."""
+    for a database with no such statement (the loader then leaves out the keys it finds).
+    Each dialect's module is imported here, for its own database only (PostgreSQL's alone
+    weighs ~2 MB in the loader's process)."""
     if dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
         return sqlite.insert(PREDICTIONS).on_conflict_do_nothing(index_elements=["record_key"])
     if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
         return postgresql.insert(PREDICTIONS).on_conflict_do_nothing(index_elements=["record_key"])
     if dialect in ("mysql", "mariadb"):
         return PREDICTIONS.insert().prefix_with("IGNORE")

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 if TYPE_CHECKING:
     from ml_project.config import Config
     from ml_project.predict import PredictionService
-    from ml_project.prediction_log.background import ProcessBeside
+    from ml_project.prediction_log.background import LoaderProcess
     from ml_project.prediction_log.log import PredictionLog
     from ml_project.serving.asgi import ASGIApp
 
@@ -54,6 +54,8 @@ GUNICORN_CONFIG = Path(__file__).with_name("gunicorn.conf.py")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # How long the stop waits for the loader's last pass (bounded itself by the database timeouts).
 LOADER_STOP_SECONDS = 60
+# Arrow's documented switch of its default allocator, read when Arrow loads (`_load_and_serve`).
+ARROW_POOL_ENV = "ARROW_DEFAULT_MEMORY_POOL"
 _forking = False  # gunicorn is forking workers in this process
 _fork_hooks: list[None] = []  # one entry once the fork hooks are registered
 
@@ -130,16 +132,18 @@ def _start(argv: list[str] | None) -> int:
     config, _ = start_run(
         parser, args, "prediction", "production", "local", f"serving_{args.framework}"
     )
+    # The records are loaded by a process beside the service, forked now, before the libraries
+    # and the model: a small process, whatever the model's size. It alone imports the database
+    # library, and checks the log's URL first: one that is no database URL stops the start at
+    # once, before the model loads.
+    log = PredictionLog.from_config(config, load_in_background=False)
     try:
-        # Before the model: a log URL that is no database URL stops the start at once. The
-        # records are loaded by a process beside the service (`loading_beside`), forked now,
-        # before the libraries and the model: a small process, whatever the model's size.
-        log = PredictionLog.from_config(config, load_in_background=False)
-    except ConfigError as err:
-        logger.error("Cannot start the prediction service: %s", err)
-        return 2
-    try:
-        with loading_beside(log):
+        try:
+            loader = log.start_loader_process()
+        except ConfigError as err:
+            logger.error("Cannot start the prediction service: %s", err)
+            return 2
+        with loading_beside(log, loader):
             return _load_and_serve(args.framework, config, log, host, port, workers, settings)
     finally:
         log.close()
@@ -147,6 +151,10 @@ def _start(argv: list[str] | None) -> int:
 
 def _load_and_serve(framework: str, config: Config, log: PredictionLog, host: str, port: int,
                     workers: int, settings: Mapping[str, Any]) -> int:
+    # Arrow (pandas loads it) reads one small file here, the reference sample; its default
+    # allocator, mimalloc, reserves ~9 MB for that, which the process keeps for its life. The C
+    # heap takes what the read needs. Set before Arrow loads; a value of the user's wins.
+    os.environ.setdefault(ARROW_POOL_ENV, "system")
     from threadpoolctl import ThreadpoolController
 
     from ml_project.export import ArtifactError
@@ -167,7 +175,6 @@ def _load_and_serve(framework: str, config: Config, log: PredictionLog, host: st
                 framework, workers, "" if workers == 1 else "s", host, port,
                 "required" if os.environ.get(API_KEY_ENV) else "not required", log.url)
     app = create_asgi_app(framework, service, log)
-    log.prepare()  # the table, before workers race to create it
     with shadow_beside(config, service, log):
         if workers == 1:
             serve_in_process(app, host, port)
@@ -226,13 +233,13 @@ def serve_in_process(app: ASGIApp, host: str, port: int) -> None:
 
 
 @contextmanager
-def loading_beside(log: PredictionLog) -> Iterator[None]:
-    """The prediction log's loader in a process of its own while the service starts and runs
-    (forked before the libraries and the model load: it shares none of their pages, and takes
-    none); when the service has stopped, the loader's last pass, then a report of any records
-    still waiting for the database. gunicorn's workers unwind this same stack as they exit:
-    only the process that started the loader stops it."""
-    loader = log.start_loader_process()
+def loading_beside(log: PredictionLog, loader: LoaderProcess) -> Iterator[None]:
+    """While the service starts and runs, the prediction log's loader in a process of its own
+    (`PredictionLog.start_loader_process`, forked before the libraries and the model load: it
+    shares none of their pages, and takes none; the service imports none of its database
+    library); when the service has stopped, the loader's last pass, then a report of any
+    records still waiting for the database. gunicorn's workers unwind this same stack as they
+    exit: only the process that started the loader stops it."""
     owner = os.getpid()
     try:
         yield
@@ -241,7 +248,7 @@ def loading_beside(log: PredictionLog) -> Iterator[None]:
             _finish_loading(log, loader)
 
 
-def _finish_loading(log: PredictionLog, loader: ProcessBeside) -> None:
+def _finish_loading(log: PredictionLog, loader: LoaderProcess) -> None:
     if not loader.stop(LOADER_STOP_SECONDS):
         logger.error("The prediction log loader was still storing records after %d s: it goes "
                      "on alone, and the next start loads what it leaves", LOADER_STOP_SECONDS)

@@ -38,7 +38,12 @@ from typing import Any, Callable, Sequence
 from ml_project.config import Config
 from ml_project.predict import Prediction, PredictionService
 from ml_project.prediction_log import journal
-from ml_project.prediction_log.background import ProcessBeside, fork_beside, lifeline_closed
+from ml_project.prediction_log.background import (
+    NICENESS,
+    ProcessBeside,
+    fork_beside,
+    lifeline_closed,
+)
 from ml_project.prediction_log.records import SHADOW_SOURCE, LogRecord, log_record
 from ml_project.schemas import InvalidInstance
 
@@ -51,7 +56,6 @@ BATCH_ROWS = 256  # instances scored at once: one call of the model's core per b
 READ_BYTES = 32 * 1024 * 1024  # read from one file per pass at most (two journal segments)
 INTERVAL_SECONDS = 0.2
 DRAIN_SECONDS = 10.0  # at the service's stop: how long the shadow may take for what remains
-NICENESS = 10  # the shadow yields the CPU to the workers
 # A line of the shadow's own answers (the key is written unescaped only at the top level).
 SHADOW_MARK = f'"source":"{SHADOW_SOURCE}"'.encode()
 
