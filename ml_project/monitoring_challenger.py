@@ -3,7 +3,7 @@
 Each answer of the monitored champion in the window is paired with the challenger's answer to
 the same instance (its shadow record: same request id and index, `serving/shadow.py`). On the
 pairs: how many the challenger answered (coverage), how often both give the same label and how
-far their probabilities are apart (agreement); on the pairs whose label has arrived, the primary
+far their probabilities are apart (agreement; for regression, how far their predictions are); on the pairs whose label has arrived, the primary
 metric of each with a 95% interval, and the paired difference with its own (a percentile
 bootstrap over instances, `metrics.bootstrap_interval`; the same resampled rows score both
 models, so the interval is of the difference, not of two noisy numbers).
@@ -43,8 +43,9 @@ class Comparison:
     challenger_version: str | None
     answered: int  # champion answers in the window
     paired: int  # of which the challenger answered too
-    agreement: float | None = None  # share of pairs with the same label
-    mean_abs_probability_difference: float | None = None
+    agreement: float | None = None  # share of pairs with the same label (classification)
+    # mean |difference| of the probabilities (classification) or of the predictions (regression)
+    mean_abs_difference: float | None = None
     labelled: int = 0
     metric: str = ""
     champion: dict[str, float | None] = field(default_factory=dict)  # value, ci95_low/high
@@ -106,15 +107,18 @@ def compare(config: Config, answers: pd.DataFrame, shadow: pd.DataFrame,
     pairs = answers.merge(shadow, on=["request_id", "instance_index"],
                           suffixes=("_champion", "_challenger"))
     result.paired = len(pairs)
-    result.agreement = float((pairs["prediction_champion"].astype(str)
-                              == pairs["prediction_challenger"].astype(str)).mean())
     keys = [str(c) for c in classes]
-    if keys and pairs["probabilities_champion"].notna().all():
-        champion = _probabilities(pairs["probabilities_champion"], keys)
-        challenger = _probabilities(pairs["probabilities_challenger"], keys)
-        result.mean_abs_probability_difference = float(np.abs(champion - challenger).mean())
-    elif not keys:  # regression: how far the two predictions are apart
-        result.mean_abs_probability_difference = None
+    if not config.is_classification:  # same labels mean nothing for numbers: how far apart
+        result.mean_abs_difference = float(np.abs(
+            pairs["prediction_champion"].astype(float)
+            - pairs["prediction_challenger"].astype(float)).mean())
+    else:
+        result.agreement = float((pairs["prediction_champion"].astype(str)
+                                  == pairs["prediction_challenger"].astype(str)).mean())
+        if keys and pairs["probabilities_champion"].notna().all():
+            result.mean_abs_difference = float(np.abs(
+                _probabilities(pairs["probabilities_champion"], keys)
+                - _probabilities(pairs["probabilities_challenger"], keys)).mean())
     _score_labelled(config, pairs, labels, classes, result)
     result.recommendation, result.reason = recommend(result, config.monitoring.min_labelled_records)
     return result
@@ -196,9 +200,11 @@ def comparison_lines(comparison: Comparison) -> list[str]:
     lines = [f"  challenger version {c.challenger_version} in shadow of version "
              f"{c.champion_version}: {c.paired} of {c.answered} answers paired"]
     if c.agreement is not None:
-        gap = ("" if c.mean_abs_probability_difference is None
-               else f", mean |probability difference| {c.mean_abs_probability_difference:.4f}")
+        gap = ("" if c.mean_abs_difference is None
+               else f", mean |probability difference| {c.mean_abs_difference:.4f}")
         lines.append(f"    same label on {c.agreement:.1%} of them{gap}")
+    elif c.mean_abs_difference is not None:
+        lines.append(f"    mean |prediction difference| {c.mean_abs_difference:.4f}")
     if c.labelled:
         def shown(values: dict[str, float | None]) -> str:
             value, low, high = (values.get(k) for k in ("value", "ci95_low", "ci95_high"))

@@ -30,6 +30,7 @@ from ml_project.monitoring_summary import EXIT_BAD_INPUT, EXIT_PROMOTION_FAILED
 from ml_project.predict import PredictionService
 from ml_project.prediction_log.log import PredictionLog
 from ml_project.registry import ARTIFACT_SHA256_TAG
+from tests.conftest import write_project
 from use_cases.monitoring_production_data_local import SUMMARY_FILE
 from use_cases.monitoring_production_data_local import main as monitoring_main
 from use_cases.predicting_production_data_local import main as stream_main
@@ -176,3 +177,26 @@ def test_monitoring_promotes_the_challenger_only_when_its_evidence_clears_the_ru
         config.tracking.registered_model_name, "champion")
     assert str(registered.version) == "2"
     assert registered.tags[ARTIFACT_SHA256_TAG] == champion.model_sha256
+
+
+def test_a_regression_challenger_is_compared_by_how_far_its_predictions_are(
+    tmp_path: Path
+) -> None:
+    config_file = write_project(tmp_path)
+    config = load_config("prediction", "production", "local", config_file=config_file,
+                         root=tmp_path, overrides={
+                             "task": "regression", "training": {"metric": "r2", "split": "random"},
+                             "columns": {"target_classes": [], "positive_class": None}})
+    generator = np.random.default_rng(3)
+    truth = generator.normal(size=300)
+    answers = _answers(truth, np.zeros(300), "1", [0, 1]).assign(
+        prediction=truth + generator.normal(0, 1.0, 300), probabilities=None)
+    shadow = answers.assign(prediction=truth + generator.normal(0, 0.1, 300), model_version="2")
+
+    result = compare(config, answers, shadow, _labels(config, truth), "1", [])
+
+    assert result.agreement is None
+    assert result.mean_abs_difference == pytest.approx(
+        float(np.abs(answers["prediction"] - shadow["prediction"]).mean()))
+    assert result.metric == "r2" and result.recommendation == PROMOTE
+    assert any("prediction difference" in line for line in comparison_lines(result))
