@@ -179,8 +179,8 @@ def start_loader_process(make_loader: Callable[[], Loader], directory: Path, *,
     copies one thread).
 
     `make_loader` runs in that process: the database library is imported there only, never in
-    the service. It checks the URL and creates the table, and the loader reports before this
-    returns: a URL that is no database URL raises its ConfigError here, as `Loader` raises it.
+    the service. It checks the URL (the table comes with the first record) and reports before
+    this returns: a URL that is no database URL raises its ConfigError here, as `Loader` raises it.
     Then it takes the folder's ALIVE_FILE lock (another service's loader of the folder may hold
     it: this one then waits for it, and this returns once either holds it, or after 10 s).
     """
@@ -216,7 +216,8 @@ def _run_loader(make_loader: Callable[[], Loader], directory: Path, lifeline: in
         except ConfigError as err:
             report.write(json.dumps({"error": str(err)}).encode())
             return
-        loader.prepare()  # the table, before the service's workers answer
+        # The table comes with the first record (the loader creates a missing one): a start
+        # refused for its model leaves no log behind, and workers never touch the database.
         report.write(json.dumps({"url": loader.url}).encode())
     # Then the lock, released at its exit: it waits here while another service's loader of the
     # same folder holds it, and takes over when that one ends.
