@@ -163,6 +163,10 @@ def read_files(working_directory: Path) -> list[str]:
 
 def run(mode: str, body: bytes) -> dict[str, Any]:
     status = MODES[mode](body)
+    if f"{PACKAGE}.serving.launcher" in sys.modules:
+        # The launcher's loader process (a fork of this one) alone imports the database side of
+        # the log, as it builds its loader: those modules are the bundle's too.
+        __import__(f"{PACKAGE}.prediction_log.loader")
     package = sys.modules.get(PACKAGE)
     working_directory = Path.cwd().resolve()
     return {

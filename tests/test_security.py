@@ -166,7 +166,7 @@ def record(event, arguments):
         audit.write(json.dumps([event, [str(a) for a in arguments[:2]]]) + "\\n")
 
 sys.addaudithook(record)
-with launcher.loading_beside(log):
+with launcher.loading_beside(log, log.start_loader_process()):
     launcher.serve_in_process(launcher.create_asgi_app(framework, service, log), "127.0.0.1",
                               int(port))
 """
