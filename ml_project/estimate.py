@@ -18,9 +18,8 @@ multiclass; two kinds, scikit-learn's `IsotonicRegression` (any monotone distort
 sigmoid of the log-odds (`LogisticRegression`, Platt's: over- or under-confidence, a shift). The
 rule: each kind is cross-validated on the reference (5 folds); the one with the lower Brier
 score out of fold is used only when it beats the served probabilities by more than two standard
-errors of the per-row difference (isotonic alone overfits the ends of the range: 0.014 too
-high an AUC on 5,000 overconfident rows). Otherwise the probabilities are used as served. The
-served model is never changed: the map serves estimation only.
+errors of the per-row difference (isotonic alone overfits the ends: AUC 0.014 too high on 5,000
+overconfident rows), else the served ones are. The map serves estimation only.
 
 **Uncertainty**: labels drawn from the calibrated probabilities (a Monte Carlo of
 `MONTE_CARLO_DRAWS` draws) give the standard deviation of the metric the window would realise
@@ -30,8 +29,7 @@ added in quadrature. The interval is the estimate +-1.96 of them (95% if about n
 these metrics are on a window of a hundred rows or more).
 
 **Assumption**: P(label | probability) is the reference's (covariate shift only); concept drift
-and label shift break it unseen (documentation/monitoring.md). **Regression** is not estimated:
-a regressor serves no distribution of its error.
+and label shift break it unseen (documentation/monitoring.md). **Regression** is not estimated.
 """
 
 from __future__ import annotations

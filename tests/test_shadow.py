@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import pytest
@@ -26,6 +26,7 @@ from ml_project.prediction_log.log import PredictionLog
 from ml_project.serving.shadow import (
     STATUS_FILE,
     ShadowScorer,
+    ShadowStatus,
     ShadowUnavailable,
     check_pair,
     load_challenger,
@@ -188,6 +189,16 @@ def test_the_stream_use_case_scores_its_answers_in_shadow(
     assert f"scored {len(answered)} instances" in capsys.readouterr().out
 
 
+def _wait_for_status(directory: Path, done: Callable[[ShadowStatus | None], bool]
+                     ) -> ShadowStatus | None:
+    """The shadow's status once `done` holds for it (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while not done(status := read_status(directory)):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    return status
+
+
 def _health(base_url: str) -> dict[str, int]:
     counters: dict[str, int] = requests.get(f"{base_url}/health", timeout=30).json()["counters"]
     return counters
@@ -248,14 +259,10 @@ def test_a_killed_shadow_changes_no_answer_and_health_says_it_is_gone(
     with launch_server(tmp_path / "project_config.yaml", tmp_path / "server.out") as (base_url, _):
         assert requests.post(f"{base_url}/predict", json=instance(), timeout=30).ok
         directory = config.output_dir / journal.FOLDER
-        deadline = time.monotonic() + 30
-        while (status := read_status(directory)) is None or status.scored < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        status = _wait_for_status(directory, lambda found: found is not None and found.scored > 0)
+        assert status is not None
         os.kill(status.pid, signal.SIGKILL)
-        while read_status(directory) is not None:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        _wait_for_status(directory, lambda found: found is None)
         after = [requests.post(f"{base_url}/predict", json=instance(customer_id=f"K{i}"),
                                timeout=30) for i in range(10)]
         health = _health(base_url)
@@ -274,11 +281,9 @@ def test_a_service_without_a_challenger_serves_the_champion_and_says_why_no_shad
     config = _config(trained_project, tmp_path)
     with launch_server(tmp_path / "project_config.yaml", tmp_path / "server.out") as (base_url, _):
         answer = requests.post(f"{base_url}/predict", json=instance(), timeout=30)
-        deadline = time.monotonic() + 30
-        while (status := read_status(config.output_dir / journal.FOLDER)) is None or (
-                status.error is None):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        status = _wait_for_status(config.output_dir / journal.FOLDER,
+                                  lambda found: found is not None and found.error is not None)
+        assert status is not None and status.error is not None
         health = _health(base_url)
     assert answer.status_code == 200
     assert health["shadow_unavailable"] == 1
