@@ -105,6 +105,12 @@ class LoaderProcess(ProcessBeside):
         self.directory = directory
         self.url = url
 
+    def service_ready(self) -> None:
+        """The service has its model: the loader creates the table now (never for a start
+        refused before, which leaves no log behind), not at a first record mid-serving."""
+        if self._lifeline >= 0:
+            os.write(self._lifeline, b"r")
+
 
 def _fork_detached(run: Callable[[], None], what: str) -> None:
     """`run` in a process of its own session (a Ctrl-C meant for the service does not cut its
@@ -163,10 +169,18 @@ def fork_beside(alive_path: Path, work: BesideWork, what: str) -> ProcessBeside:
     return ProcessBeside(keep_alive, alive_path)
 
 
-def lifeline_closed(lifeline: int, wait: float) -> bool:
-    """Wait up to `wait` seconds for the lifeline; True once it is closed (time to finish)."""
+def lifeline_closed(lifeline: int, wait: float,
+                    on_word: Callable[[], None] | None = None) -> bool:
+    """Wait up to `wait` seconds for the lifeline; True once it is closed (time to finish). A
+    byte the service wrote on it (`LoaderProcess.service_ready`) calls `on_word`."""
     readable, _, _ = select.select([lifeline], [], [], wait)
-    return bool(readable) and not os.read(lifeline, 1)
+    if not readable:
+        return False
+    if not os.read(lifeline, 1):
+        return True
+    if on_word is not None:
+        on_word()
+    return False
 
 
 def start_loader_process(make_loader: Callable[[], Loader], directory: Path, *,
@@ -179,8 +193,8 @@ def start_loader_process(make_loader: Callable[[], Loader], directory: Path, *,
     copies one thread).
 
     `make_loader` runs in that process: the database library is imported there only, never in
-    the service. It checks the URL (the table comes with the first record) and reports before
-    this returns: a URL that is no database URL raises its ConfigError here, as `Loader` raises it.
+    the service. It checks the URL (the table comes once the service has its model:
+    `LoaderProcess.service_ready`) and reports before this returns: a URL that is no database URL raises its ConfigError here, as `Loader` raises it.
     Then it takes the folder's ALIVE_FILE lock (another service's loader of the folder may hold
     it: this one then waits for it, and this returns once either holds it, or after 10 s).
     """
@@ -257,6 +271,7 @@ def _run_until_lifeline_closes(loader: Loader, lifeline: int, interval: float, r
         except OSError as err:  # the folder cannot be made now: the next pass tries again
             logger.warning("Prediction log loader cannot hold %s (%s)", ALIVE_FILE, err)
         loader.load_safely()
-        if lifeline_closed(lifeline, retry if loader.status.error else interval):
+        if lifeline_closed(lifeline, retry if loader.status.error else interval,
+                           on_word=loader.prepare):
             break
     loader.load_safely()

@@ -194,7 +194,7 @@ class PredictionLog:
 
     def start_loader_process(self) -> LoaderProcess:
         """The service's loader, forked beside it (see `background.start_loader_process`: it
-        checks the URL, ConfigError; the table comes with the first record), then watched from
+        checks the URL, ConfigError; the table comes at `service_ready`), then watched from
         the request side (`_watch_loader_process`)."""
         process = start_loader_process(self._make_loader, self.journal_dir)
         if process.url is None:  # it ended before it could say: the URL is checked here

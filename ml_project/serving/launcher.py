@@ -144,13 +144,14 @@ def _start(argv: list[str] | None) -> int:
             logger.error("Cannot start the prediction service: %s", err)
             return 2
         with loading_beside(log, loader):
-            return _load_and_serve(args.framework, config, log, host, port, workers, settings)
+            return _load_and_serve(args.framework, config, log, loader, host, port, workers,
+                                   settings)
     finally:
         log.close()
 
 
-def _load_and_serve(framework: str, config: Config, log: PredictionLog, host: str, port: int,
-                    workers: int, settings: Mapping[str, Any]) -> int:
+def _load_and_serve(framework: str, config: Config, log: PredictionLog, loader: LoaderProcess,
+                    host: str, port: int, workers: int, settings: Mapping[str, Any]) -> int:
     # Arrow (pandas loads it) reads one small file here, the reference sample; its default
     # allocator, mimalloc, reserves ~9 MB for that, which the process keeps for its life. The C
     # heap takes what the read needs. Set before Arrow loads; a value of the user's wins.
@@ -175,6 +176,7 @@ def _load_and_serve(framework: str, config: Config, log: PredictionLog, host: st
                 framework, workers, "" if workers == 1 else "s", host, port,
                 "required" if os.environ.get(API_KEY_ENV) else "not required", log.url)
     app = create_asgi_app(framework, service, log)
+    loader.service_ready()  # the table, before the workers answer
     with shadow_beside(config, service, log):
         if workers == 1:
             serve_in_process(app, host, port)
