@@ -310,6 +310,7 @@ class ServerSpec:
     # Our services' prediction journal: its loader, a process apart from the server's tree,
     # counts in the server's memory.
     journal: Path | None = None
+    cwd: Path = PROJECT_ROOT  # where its command runs: another revision's tree runs its own code
 
 
 def free_port() -> int:
@@ -319,7 +320,7 @@ def free_port() -> int:
     return port
 
 
-def _http_request(path: str, port: int, body: bytes) -> bytes:
+def http_request(path: str, port: int, body: bytes) -> bytes:
     head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
     return head.encode() + body
@@ -343,7 +344,7 @@ def server_specs(names: Sequence[str], config: Config, config_file: Path, held_o
                        "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"]
             bodies = [json.dumps({"dataframe_records": [{f: r.get(f) for f in held_out.features}]})
                       for r in held_out.records]
-            requests = [_http_request("/invocations", port, b.encode()) for b in bodies]
+            requests = [http_request("/invocations", port, b.encode()) for b in bodies]
 
             def right(row: int, body: bytes) -> bool:
                 return held_out.label_is_right(row, json.loads(body)["predictions"][0])
@@ -360,7 +361,7 @@ def server_specs(names: Sequence[str], config: Config, config_file: Path, held_o
                        "--config", str(config_file), "--root", str(config.root)]
             # An output folder each, so each service's loader is found by its own status.
             output = config.root / "output" / f"benchmark_service_{name}_{workers}"
-            requests = [_http_request("/predict", port, json.dumps(r).encode())
+            requests = [http_request("/predict", port, json.dumps(r).encode())
                         for r in held_out.records]
 
             def right(row: int, body: bytes) -> bool:
@@ -418,7 +419,7 @@ def serving(spec: ServerSpec, probe_row: int, log_file: Path
     with log_file.open("ab") as log:
         started = time.perf_counter()
         process = subprocess.Popen(  # a server command built here, no shell  # nosec B603
-            spec.command, cwd=PROJECT_ROOT, env=spec.env, stdout=log,
+            spec.command, cwd=spec.cwd, env=spec.env, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:

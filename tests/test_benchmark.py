@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sqlite3
+import subprocess  # git, as the script runs it  # nosec B404
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from executables import benchmark, benchmark_shadow
+from executables import benchmark, benchmark_revisions, benchmark_shadow
 from executables.benchmark import (
     WORKER_COUNTS,
     evaluate_targets,
@@ -23,6 +26,7 @@ from executables.benchmark import (
     summarise,
     workers_ratios,
 )
+from ml_project.config import PROJECT_ROOT
 from tests.conftest import write_project
 
 
@@ -144,6 +148,66 @@ def test_the_shadow_benchmark_measures_both_processes_cpu_per_instance(
 
     assert figures["requests"] == 120 and figures["shadow_skipped"] == 0
     assert figures["worker_cpu_ms_per_request"] > 0 and figures["shadow_cpu_ms_per_instance"] > 0
+
+
+def _git_head() -> str | None:
+    found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                           text=True, check=False)
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def test_a_revision_is_exported_as_its_tracked_tree(tmp_path: Path) -> None:
+    head = _git_head()
+    if head is None:
+        pytest.skip("not a git checkout")
+
+    commit = benchmark_revisions.export_revision("HEAD", tmp_path)
+
+    assert commit == head
+    tracked = subprocess.run(["git", "show", "HEAD:ml_project/serving/launcher.py"],
+                             cwd=PROJECT_ROOT, capture_output=True, check=True).stdout
+    assert (tmp_path / "ml_project" / "serving" / "launcher.py").read_bytes() == tracked
+    assert not (tmp_path / ".git").exists()
+
+
+def test_a_revision_that_is_no_commit_is_refused_in_one_line(tmp_path: Path) -> None:
+    if _git_head() is None:
+        pytest.skip("not a git checkout")
+
+    with pytest.raises(SystemExit, match="no-such-revision"):
+        benchmark_revisions.export_revision("no-such-revision", tmp_path)
+
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_the_revisions_benchmark_serves_both_trees_on_one_model_requests_interleaved(
+    trained_project: Path, tmp_path: Path
+) -> None:
+    """executables/benchmark_revisions.py against HEAD: this checkout's service and the
+    exported tree's, each from its own folder, answer every request right, round by round."""
+    if _git_head() is None:
+        pytest.skip("not a git checkout")
+    root = tmp_path / "root"
+    shutil.copytree(trained_project, root)
+
+    results = benchmark_revisions.measure(root / "project_config.yaml", root, "HEAD",
+                                          requests=25, rounds=2, mlflow=False)
+
+    assert results["against_commit"] == _git_head() and len(results["rounds"]) == 2
+    for name in ("this", "against"):
+        served = results["medians"][name]
+        assert served["requests"] == 50 and served["errors"] == 0 and served["wrong"] == 0
+        assert 0 < served["p50_ms"] <= served["p99_ms"] <= served["max_ms"]
+        # Each service logged to a database of its own: neither waited on the other's. Both
+        # hold every measured request, besides the warm-up and the cold start's probes.
+        database = root / "output" / f"revisions_{name}" / "prediction_log.db"
+        with closing(sqlite3.connect(database)) as connection:
+            (stored,), = connection.execute("SELECT COUNT(*) FROM prediction_records")
+        assert stored >= 50 + benchmark.WARMUP_REQUESTS
+    assert set(results["ratios"]) == {"this/against"}
+    text = benchmark_revisions.report(results)
+    assert "this checkout" in text and "HEAD (" in text and "this / HEAD" in text
 
 
 @pytest.mark.benchmark_full

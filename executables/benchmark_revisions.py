@@ -1,0 +1,260 @@
+"""Served latency of this checkout against another git revision of it, requests interleaved.
+
+    python executables/benchmark_revisions.py --against REV --root DIR [--config FILE]
+        [--framework fastapi|flask] [--requests N] [--rounds N] [--skip-mlflow]
+
+Developer tooling: did a change move the served latency, its tail above all? Two benchmark
+runs, before and after, are minutes apart on a shared machine, and its noise moves a p99 more
+than most changes do. This starts, on one trained project (`--root`, holding a registered
+champion, e.g. a benchmark's `--root`), the service of this checkout, the service of REV (its
+tree exported with `git archive` to a temporary folder and run with this environment's Python,
+so REV must run on today's packages) and `mlflow models serve`, each on one worker; then one
+client sends each held-out row to every server in turn, in an order rotated each row, so a
+moment of machine noise falls on all of them alike. Per round: p50, p90, p99, p99.9 and max of
+each server and the ratios within the round; it prints the medians over rounds, and the
+answers that differ from the in-process batch prediction (wrong). Writes nothing but the
+services' own outputs and logs under the root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+import subprocess  # git, and the servers it measures  # nosec B404
+import sys
+import tarfile
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+from executables.benchmark import (  # noqa: E402
+    REQUEST_TIMEOUT_SECONDS,
+    WARMUP_REQUESTS,
+    Connection,
+    HeldOut,
+    Load,
+    ServerSpec,
+    child_environment,
+    free_port,
+    held_out_rows,
+    http_request,
+    judge,
+    server_specs,
+    serving,
+)
+from ml_project.config import (  # noqa: E402
+    OUTPUT_DIR_ENV,
+    PREDICTION_LOG_ENV,
+    PROJECT_ROOT,
+    Config,
+    load_config,
+)
+from ml_project.predict import PredictionService  # noqa: E402
+from ml_project.prediction_log import journal  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+THIS, AGAINST, MLFLOW = "this", "against", "mlflow"
+PERCENTILES = {"p50_ms": 50.0, "p90_ms": 90.0, "p99_ms": 99.0, "p99.9_ms": 99.9, "max_ms": 100.0}
+
+
+def _git(*args: str) -> str:
+    found = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                           check=False)  # fixed argv  # nosec B603 B607
+    if found.returncode != 0:
+        raise SystemExit(f"git {' '.join(args)}: {found.stderr.strip() or 'failed'}")
+    return found.stdout.strip()
+
+
+def export_revision(revision: str, destination: Path) -> str:
+    """REV's tracked files in `destination`; returns its commit. Only the tree, never the
+    repository: the export cannot change this checkout."""
+    commit = _git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
+    archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=PROJECT_ROOT,
+                             capture_output=True, check=True)  # fixed argv  # nosec B603 B607
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tree:
+        tree.extractall(destination, filter="data")  # no link or path out of the folder
+    return commit
+
+
+def service_spec(name: str, tree: Path, framework: str, config: Config, config_file: Path,
+                 held_out: HeldOut) -> ServerSpec:
+    """The launcher of `tree`'s code on one worker."""
+    port = free_port()
+    output = config.root / "output" / f"revisions_{name}"
+    command = [sys.executable, "-m", "ml_project.serving.launcher", framework,
+               "--port", str(port), "--host", "127.0.0.1", "--workers", "1",
+               "--config", str(config_file), "--root", str(config.root)]
+    # `-m` puts the working folder first on sys.path; PYTHONPATH does the same for any process
+    # the launcher starts, ahead of this environment's editable install of this checkout. An
+    # output folder each (its log, its journal)
+    # and a prediction log each: two services writing one SQLite file would wait on each other.
+    env = {**child_environment(config), OUTPUT_DIR_ENV: str(output), "PYTHONPATH": str(tree),
+           PREDICTION_LOG_ENV: f"sqlite:///{output / 'prediction_log.db'}"}
+    requests = [http_request("/predict", port, json.dumps(r).encode())
+                for r in held_out.records]
+
+    def right(row: int, body: bytes) -> bool:
+        answer = json.loads(body)
+        return held_out.answer_is_right(row, answer.get("prediction"), answer.get("probabilities"))
+
+    return ServerSpec(name, command, env, port, requests, right, output / journal.FOLDER, tree)
+
+
+async def interleaved(specs: Sequence[ServerSpec], rows: Sequence[int]) -> dict[str, Load]:
+    """One client, one keep-alive connection per server: each row to every server in turn,
+    the order rotated each row so that no server always follows another."""
+    connections = {spec.name: Connection(spec.port) for spec in specs}
+    loads = {spec.name: Load() for spec in specs}
+    for position, row in enumerate(rows):
+        turn = position % len(specs)
+        for spec in [*specs[turn:], *specs[:turn]]:
+            load, connection = loads[spec.name], connections[spec.name]
+            started = time.perf_counter()
+            try:
+                status, body = await asyncio.wait_for(connection.post(spec.requests[row]),
+                                                      REQUEST_TIMEOUT_SECONDS)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError,
+                    asyncio.LimitOverrunError, ValueError):
+                load.errors += 1
+                await connection.close()
+                continue
+            load.latencies.append(time.perf_counter() - started)
+            load.answers.append((row, status, body))
+    for connection in connections.values():
+        await connection.close()
+    return loads
+
+
+def _round_figures(spec: ServerSpec, load: Load) -> dict[str, float]:
+    """Latency percentiles in ms; requests sent, errors (no answer or not a 200) and wrong
+    answers."""
+    values = np.percentile(np.array(load.latencies) * 1000, list(PERCENTILES.values()))
+    errors, wrong = judge(spec, load)
+    return {**dict(zip(PERCENTILES, (float(v) for v in values))),
+            "requests": float(len(load.answers) + load.errors), "errors": float(errors),
+            "wrong": float(wrong)}
+
+
+def measure(config_file: Path, root: Path, against: str, *, framework: str = "fastapi",
+            requests: int = 2000, rounds: int = 5, mlflow: bool = True) -> dict[str, Any]:
+    """Start the servers, run the rounds, stop the servers; returns every round's figures and
+    the medians of the figures and of the per-round ratios."""
+    config = load_config("prediction", "historic", "local", config_file=config_file, root=root)
+    service = PredictionService.from_config(config)
+    held_out = held_out_rows(service, config)
+    probe_row = next(i for i, r in enumerate(held_out.records) if None not in r.values())
+    log_dir = root / "benchmark_logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="revision-") as scratch, ExitStack() as running:
+        tree = Path(scratch)
+        commit = export_revision(against, tree)
+        if _git("diff", "--name-only", commit, "--", "Pipfile.lock"):
+            logger.warning("%s's Pipfile.lock differs from this checkout's: it runs on this "
+                           "environment's packages", against)
+        specs = [service_spec(THIS, PROJECT_ROOT, framework, config, config_file, held_out),
+                 service_spec(AGAINST, tree, framework, config, config_file, held_out)]
+        if mlflow:
+            specs += [server_specs([MLFLOW], config, config_file, held_out)[MLFLOW]]
+        for spec in specs:
+            logger.info("Starting %s", spec.name)
+            process, _ = running.enter_context(
+                serving(spec, probe_row, log_dir / f"revisions_{spec.name}.log"))
+            if Path(psutil.Process(process.pid).cwd()) != spec.cwd:
+                raise RuntimeError(f"{spec.name} does not run in {spec.cwd}")
+        count = len(held_out.records)
+        asyncio.run(interleaved(specs, range(WARMUP_REQUESTS)))
+        measured = []
+        for number in range(rounds):
+            logger.info("Round %d of %d: %d requests to each server", number + 1, rounds,
+                        requests)
+            rows = [(number * requests + i) % count for i in range(requests)]
+            loads = asyncio.run(interleaved(specs, rows))
+            measured.append({spec.name: _round_figures(spec, loads[spec.name]) for spec in specs})
+    return {"against": against, "against_commit": commit, "this_commit": _this_commit(),
+            "framework": framework, "requests_per_round": requests, "rounds": measured,
+            "medians": _medians(measured), "ratios": _ratios(measured)}
+
+
+def _this_commit() -> str:
+    commit = _git("rev-parse", "HEAD")
+    return commit + ("+changes" if _git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def _medians(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    return {name: {key: (float(sum(r[name][key] for r in rounds))
+                         if key in ("requests", "errors", "wrong")
+                         else float(np.median([r[name][key] for r in rounds])))
+                   for key in rounds[0][name]}
+            for name in rounds[0]}
+
+
+def _ratios(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Medians of the per-round ratios: a slower round slows every server in it alike."""
+    pairs = [(THIS, AGAINST)] + [(name, MLFLOW) for name in (THIS, AGAINST)
+                                 if MLFLOW in rounds[0]]
+    return {f"{ours}/{theirs}": {key: float(np.median([r[ours][key] / r[theirs][key]
+                                                       for r in rounds]))
+                                 for key in PERCENTILES}
+            for ours, theirs in pairs}
+
+
+def report(results: dict[str, Any]) -> str:
+    names = {THIS: f"this checkout ({results['this_commit'][:12]})",
+             AGAINST: f"{results['against']} ({results['against_commit'][:12]})",
+             MLFLOW: "mlflow models serve"}
+    rounds = len(results["rounds"])
+    lines = [f"{results['framework']}, one worker; {rounds} rounds of "
+             f"{results['requests_per_round']} requests to each server, interleaved "
+             "(medians over rounds, ms)", "",
+             f"{'server':<40}" + "".join(f"{key[:-3]:>9}" for key in PERCENTILES)
+             + f"{'errors':>8}{'wrong':>7}"]
+    for name, row in results["medians"].items():
+        lines.append(f"{names[name]:<40}" + "".join(f"{row[key]:>9.2f}" for key in PERCENTILES)
+                     + f"{row['errors']:>8.0f}{row['wrong']:>7.0f}")
+    lines += ["", "ratios (medians of the per-round ratios)"]
+    for pair, row in results["ratios"].items():
+        ours, theirs = pair.split("/")
+        label = f"{ours} / {theirs}".replace(THIS, "this").replace(AGAINST, results["against"])
+        lines.append(f"{label:<40}" + "".join(f"{row[key]:>8.2f}x" for key in PERCENTILES))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--against", required=True,
+                        help="a git revision of this repository: commit, tag or branch")
+    parser.add_argument("--root", type=Path, required=True,
+                        help="a trained project: the model both services load")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="default: the root's project_config.yaml")
+    parser.add_argument("--framework", choices=("fastapi", "flask"), default="fastapi")
+    parser.add_argument("--requests", type=int, default=2000, help="to each server, a round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="also write every round here")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    root = args.root.resolve()
+    results = measure((args.config or root / "project_config.yaml").resolve(), root,
+                      args.against, framework=args.framework, requests=args.requests,
+                      rounds=args.rounds, mlflow=not args.skip_mlflow)
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
