@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from executables import benchmark, benchmark_revisions, benchmark_shadow
+from executables import benchmark, benchmark_log_cost, benchmark_revisions, benchmark_shadow
 from executables.benchmark import (
     WORKER_COUNTS,
     evaluate_targets,
@@ -208,6 +208,31 @@ def test_the_revisions_benchmark_serves_both_trees_on_one_model_requests_interle
     assert set(results["ratios"]) == {"this/against"}
     text = benchmark_revisions.report(results)
     assert "this checkout" in text and "HEAD (" in text and "this / HEAD" in text
+
+
+@pytest.mark.slow
+def test_the_log_cost_benchmark_pauses_the_loader_and_every_answer_is_stored_after(
+    trained_project: Path, tmp_path: Path
+) -> None:
+    """executables/benchmark_log_cost.py: slices with the loader running and paused, and the
+    database holds every answered request once the loader has resumed, run after run."""
+    root = tmp_path / "root"
+    shutil.copytree(trained_project, root)
+
+    results = benchmark_log_cost.measure(root / "project_config.yaml", root, rounds=2,
+                                         requests=40, seconds=0.5, clients=2)
+
+    assert results["errors"] == 0 and results["wrong"] == 0
+    assert results["stored"] == results["answered"] > 2 * 2 * 40
+    for mode in ("running", "paused"):
+        assert len(results["slices"][mode]) == 2
+        assert all(value > 0 for value in results["medians"][mode].values())
+    assert set(results["running_vs_paused"]) == set(results["medians"]["paused"])
+    assert "stored" in benchmark_log_cost.report(results)
+    # Again on the same root: the records of the run before are not counted as this run's.
+    again = benchmark_log_cost.measure(root / "project_config.yaml", root, rounds=1,
+                                       requests=20, seconds=0.3, clients=2)
+    assert again["stored"] == again["answered"] < results["answered"]
 
 
 @pytest.mark.benchmark_full

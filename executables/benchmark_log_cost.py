@@ -1,0 +1,172 @@
+"""What the prediction log's database side costs a served request: loader running vs paused.
+
+    python executables/benchmark_log_cost.py --root DIR [--config FILE] [--framework NAME]
+        [--rounds N] [--requests N] [--seconds S] [--clients N]
+
+Developer tooling. Starts this checkout's service (one worker) on the trained project under
+`--root` (a benchmark's `--root`, say), then per round, in an order alternated each round,
+measures it twice: with its prediction log's loader process running, and with it paused
+(SIGSTOP: the journal still takes every record, the database none until the loader resumes;
+it resumes after the slice and is given time to catch up before the next one). Each slice:
+one keep-alive client's sequential latency (p50, p99), then `--clients` clients' throughput and
+latency. Prints the medians, and the medians of the per-round ratios running / paused: 1.00x
+means that storing the records costs requests nothing measurable. The journal's append stays
+on the request path in both (durable before answered). At the end it counts the records the
+database holds against the requests answered: every one, after the pauses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sqlite3
+import sys
+import time
+from contextlib import ExitStack, closing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+from executables.benchmark import (  # noqa: E402
+    WARMUP_REQUESTS,
+    Load,
+    concurrent_load,
+    held_out_rows,
+    judge,
+    sequential_load,
+    serving,
+)
+from executables.benchmark_revisions import service_spec  # noqa: E402
+from ml_project.config import PROJECT_ROOT, load_config  # noqa: E402
+from ml_project.predict import PredictionService  # noqa: E402
+from ml_project.prediction_log.status import read_status  # noqa: E402
+
+RUNNING, PAUSED = "running", "paused"
+CATCH_UP_SECONDS = 120.0  # at most, for the loader to store what waited after a pause
+
+
+def _percentiles(load: Load) -> tuple[float, float]:
+    p50, p99 = np.percentile(np.array(load.latencies) * 1000, [50, 99])
+    return float(p50), float(p99)
+
+
+def _answered(load: Load) -> int:
+    return sum(status == 200 for _, status, _ in load.answers)
+
+
+def _stored(database: Path) -> int:
+    if not database.is_file():
+        return 0
+    with closing(sqlite3.connect(database)) as connection:
+        try:
+            (count,), = connection.execute("SELECT COUNT(*) FROM prediction_records")
+        except sqlite3.OperationalError:  # no table yet
+            return 0
+    return int(count)
+
+
+def _caught_up(database: Path, before: int, answered: int) -> int:
+    """Wait until the database holds `answered` records more than `before` (or
+    CATCH_UP_SECONDS); returns how many more it holds."""
+    deadline = time.monotonic() + CATCH_UP_SECONDS
+    while (stored := _stored(database) - before) < answered and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return stored
+
+
+def measure(config_file: Path, root: Path, *, framework: str = "fastapi", rounds: int = 6,
+            requests: int = 1500, seconds: float = 3.0, clients: int = 8) -> dict[str, Any]:
+    """Start the service, run the slices, stop it; returns every slice's figures, the medians,
+    the paired ratios and the stored vs answered counts."""
+    config = load_config("prediction", "historic", "local", config_file=config_file, root=root)
+    held_out = held_out_rows(PredictionService.from_config(config), config)
+    probe_row = next(i for i, r in enumerate(held_out.records) if None not in r.values())
+    spec = service_spec("log_cost", PROJECT_ROOT, framework, config, config_file, held_out)
+    database = spec.journal.parent / "prediction_log.db" if spec.journal else Path()
+    log_dir = root / "benchmark_logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    slices: dict[str, list[dict[str, float]]] = {RUNNING: [], PAUSED: []}
+    answered, errors, wrong = 1, 0, 0  # the cold start's probe
+    before = _stored(database)  # an earlier run's records, in a root used before
+    with ExitStack() as running:
+        running.enter_context(serving(spec, probe_row, log_dir / "log_cost_server.log"))
+        status = read_status(spec.journal) if spec.journal else None
+        if status is None or not status.pid:
+            raise RuntimeError("the service runs no loader process: nothing to pause")
+        warm = concurrent_load(spec, clients, 1.0, 0)
+        answered += _answered(warm)
+        for number in range(rounds):
+            for mode in (RUNNING, PAUSED) if number % 2 == 0 else (PAUSED, RUNNING):
+                _caught_up(database, before, answered)
+                if mode == PAUSED:
+                    os.kill(status.pid, signal.SIGSTOP)
+                try:
+                    sequential = sequential_load(spec, requests, number * requests)
+                    concurrent = concurrent_load(spec, clients, seconds, number * requests)
+                finally:
+                    if mode == PAUSED:
+                        os.kill(status.pid, signal.SIGCONT)
+                for load in (sequential, concurrent):
+                    answered += _answered(load)
+                    failed, differing = judge(spec, load)
+                    errors, wrong = errors + failed, wrong + differing
+                answered += WARMUP_REQUESTS  # sequential_load's warm-up
+                slices[mode].append({
+                    **dict(zip(("sequential_p50_ms", "sequential_p99_ms"),
+                               _percentiles(sequential))),
+                    **dict(zip(("clients_p50_ms", "clients_p99_ms"), _percentiles(concurrent))),
+                    "clients_rps": _answered(concurrent) / concurrent.seconds,
+                })
+        stored = _caught_up(database, before, answered)
+    keys = list(slices[RUNNING][0])
+    return {
+        "framework": framework, "clients": clients, "slices": slices,
+        "medians": {mode: {k: float(np.median([s[k] for s in rows])) for k in keys}
+                    for mode, rows in slices.items()},
+        "running_vs_paused": {k: float(np.median([r[k] / p[k] for r, p in
+                                                  zip(slices[RUNNING], slices[PAUSED])]))
+                              for k in keys},
+        "answered": answered, "stored": stored, "errors": errors, "wrong": wrong,
+    }
+
+
+def report(results: dict[str, Any]) -> str:
+    keys = list(results["running_vs_paused"])
+    rounds = len(results["slices"][RUNNING])
+    lines = [f"{results['framework']}, one worker, {rounds} rounds; sequential latency, then "
+             f"{results['clients']} clients (ms; throughput in requests/s)", "",
+             f"{'loader':<22}" + "".join(f"{k:>20}" for k in keys)]
+    for mode, row in results["medians"].items():
+        lines.append(f"{mode:<22}" + "".join(f"{row[k]:>20.2f}" for k in keys))
+    lines.append(f"{'running / paused':<22}"
+                 + "".join(f"{results['running_vs_paused'][k]:>19.2f}x" for k in keys))
+    lines += ["", f"stored {results['stored']} of {results['answered']} answered requests; "
+                  f"errors {results['errors']}, wrong answers {results['wrong']}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True,
+                        help="a trained project: the model the service loads")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="default: the root's project_config.yaml")
+    parser.add_argument("--framework", choices=("fastapi", "flask"), default="fastapi")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--requests", type=int, default=1500, help="sequential, a slice")
+    parser.add_argument("--seconds", type=float, default=3.0, help="of concurrent load, a slice")
+    parser.add_argument("--clients", type=int, default=8)
+    args = parser.parse_args(argv)
+    root = args.root.resolve()
+    results = measure((args.config or root / "project_config.yaml").resolve(), root,
+                      framework=args.framework, rounds=args.rounds, requests=args.requests,
+                      seconds=args.seconds, clients=args.clients)
+    print(report(results))
+    return 0 if results["stored"] == results["answered"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
