@@ -230,8 +230,9 @@ def _run_loader(make_loader: Callable[[], Loader], directory: Path, lifeline: in
         except ConfigError as err:
             report.write(json.dumps({"error": str(err)}).encode())
             return
-        # The table comes with the first record (the loader creates a missing one): a start
-        # refused for its model leaves no log behind, and workers never touch the database.
+        # The table comes at the service's word, once its model has loaded (`service_ready`,
+        # `Loader.prepare`): a start refused for its model leaves no log behind, and workers
+        # never touch the database.
         report.write(json.dumps({"url": loader.url}).encode())
     # Then the lock, released at its exit: it waits here while another service's loader of the
     # same folder holds it, and takes over when that one ends.
