@@ -54,7 +54,13 @@ import psutil
 import yaml
 from threadpoolctl import ThreadpoolController
 
-from ml_project.config import OUTPUT_DIR_ENV, PROJECT_ROOT, Config, load_config
+from ml_project.config import (
+    OUTPUT_DIR_ENV,
+    PREDICTION_LOG_ENV,
+    PROJECT_ROOT,
+    Config,
+    load_config,
+)
 from ml_project.ingest import read_table, stream_production_instances
 from ml_project.predict import PredictionService
 from ml_project.prediction_log import journal
@@ -72,6 +78,7 @@ STARTUP_TIMEOUT_SECONDS = 180.0
 REQUEST_TIMEOUT_SECONDS = 30.0
 WARMUP_REQUESTS = 20
 MB = 1024 * 1024
+LOG_DATABASE = "prediction_log.db"  # a launched service's own log, in its output folder
 
 # Worker processes compared in measurement 5: the first is the baseline of the ratio.
 WORKER_COUNTS = (1, 2)
@@ -346,31 +353,55 @@ def server_specs(names: Sequence[str], config: Config, config_file: Path, held_o
                       for r in held_out.records]
             requests = [http_request("/invocations", port, b.encode()) for b in bodies]
 
-            def right(row: int, body: bytes) -> bool:
+            def label_right(row: int, body: bytes) -> bool:
                 return held_out.label_is_right(row, json.loads(body)["predictions"][0])
             # MLflow 3.17+ refuses to deserialise any model, skops included, unless told to:
             # this one was trained and registered by this very run.
             specs[name] = ServerSpec(name, command, {**env, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION":
-                                                     "true"}, port, requests, right)
+                                                     "true"}, port, requests, label_right)
             continue
-        else:
-            # The documented start command, as a user runs it (it runs the project
-            # environment's Python directly): its cost is part of what is measured.
-            command = ["bash", str(PROJECT_ROOT / "executables" / "start_prediction_service.sh"),
-                       name, str(port), "--host", "127.0.0.1", "--workers", str(workers),
-                       "--config", str(config_file), "--root", str(config.root)]
-            # An output folder each, so each service's loader is found by its own status.
-            output = config.root / "output" / f"benchmark_service_{name}_{workers}"
-            requests = [http_request("/predict", port, json.dumps(r).encode())
-                        for r in held_out.records]
-
-            def right(row: int, body: bytes) -> bool:
-                answer = json.loads(body)
-                return held_out.answer_is_right(row, answer.get("prediction"),
-                                                answer.get("probabilities"))
+        # The documented start command, as a user runs it (it runs the project environment's
+        # Python directly): its cost is part of what is measured.
+        command = ["bash", str(PROJECT_ROOT / "executables" / "start_prediction_service.sh"),
+                   name, str(port), "--host", "127.0.0.1", "--workers", str(workers),
+                   "--config", str(config_file), "--root", str(config.root)]
+        # An output folder each, so each service's loader is found by its own status.
+        output = config.root / "output" / f"benchmark_service_{name}_{workers}"
+        ours, right = _ours(port, held_out)
         specs[name] = ServerSpec(name, command, {**env, OUTPUT_DIR_ENV: str(output)}, port,
-                                 requests, right, output / journal.FOLDER)
+                                 ours, right, output / journal.FOLDER)
     return specs
+
+
+def _ours(port: int, held_out: HeldOut) -> tuple[list[bytes], Callable[[int, bytes], bool]]:
+    """What our services are sent, one held-out record a request as a client sends it, and
+    whether an answer is right."""
+    requests = [http_request("/predict", port, json.dumps(r).encode()) for r in held_out.records]
+
+    def right(row: int, body: bytes) -> bool:
+        answer = json.loads(body)
+        return held_out.answer_is_right(row, answer.get("prediction"), answer.get("probabilities"))
+
+    return requests, right
+
+
+def launcher_spec(name: str, tree: Path, framework: str, config: Config, config_file: Path,
+                  held_out: HeldOut) -> ServerSpec:
+    """Our service from the launcher of `tree`'s code (this checkout's, or another revision's)
+    on one worker, with an output folder (its log, its journal) and a prediction log
+    (`LOG_DATABASE` in that folder) of its own: two services writing one SQLite file would wait
+    on each other."""
+    port = free_port()
+    output = config.root / "output" / f"benchmark_{name}"
+    command = [sys.executable, "-m", "ml_project.serving.launcher", framework,
+               "--port", str(port), "--host", "127.0.0.1", "--workers", "1",
+               "--config", str(config_file), "--root", str(config.root)]
+    # `-m` puts the working folder first on sys.path; PYTHONPATH does the same for any process
+    # the launcher starts, ahead of this environment's editable install of this checkout.
+    env = {**child_environment(config), OUTPUT_DIR_ENV: str(output), "PYTHONPATH": str(tree),
+           PREDICTION_LOG_ENV: f"sqlite:///{output / LOG_DATABASE}"}
+    requests, right = _ours(port, held_out)
+    return ServerSpec(name, command, env, port, requests, right, output / journal.FOLDER, tree)
 
 
 def process_tree_memory(pid: int, spec: ServerSpec | None = None) -> tuple[int, int]:
@@ -476,19 +507,25 @@ async def _client(spec: ServerSpec, rows: Iterator[int], deadline: float | None,
             limit is not None and len(load.answers) + load.errors >= limit
         ):
             break
-        started = time.perf_counter()
-        try:
-            status, body = await asyncio.wait_for(connection.post(spec.requests[row]),
-                                                  REQUEST_TIMEOUT_SECONDS)
-        except (OSError, asyncio.IncompleteReadError, TimeoutError,
-                asyncio.LimitOverrunError, ValueError):
-            load.errors += 1
-            await connection.close()
-            continue
-        load.latencies.append(time.perf_counter() - started)
-        load.answers.append((row, status, body))
+        await timed_post(spec, connection, row, load)
     await connection.close()
     return load
+
+
+async def timed_post(spec: ServerSpec, connection: Connection, row: int, load: Load) -> None:
+    """Send `row`'s request on `connection`; its latency and answer go into `load`, or, with no
+    answer, an error (and the connection is closed, to be opened again)."""
+    started = time.perf_counter()
+    try:
+        status, body = await asyncio.wait_for(connection.post(spec.requests[row]),
+                                              REQUEST_TIMEOUT_SECONDS)
+    except (OSError, asyncio.IncompleteReadError, TimeoutError,
+            asyncio.LimitOverrunError, ValueError):
+        load.errors += 1
+        await connection.close()
+        return
+    load.latencies.append(time.perf_counter() - started)
+    load.answers.append((row, status, body))
 
 
 def _rows(start: int, step: int, count: int) -> Iterator[int]:

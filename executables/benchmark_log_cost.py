@@ -31,18 +31,20 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
 from executables.benchmark import (  # noqa: E402
+    LOG_DATABASE,
     WARMUP_REQUESTS,
     Load,
     concurrent_load,
     held_out_rows,
     judge,
+    launcher_spec,
     sequential_load,
     serving,
 )
-from executables.benchmark_revisions import service_spec  # noqa: E402
 from ml_project.config import PROJECT_ROOT, load_config  # noqa: E402
 from ml_project.predict import PredictionService  # noqa: E402
 from ml_project.prediction_log.status import read_status  # noqa: E402
+from ml_project.prediction_log.table import PREDICTIONS  # noqa: E402
 
 RUNNING, PAUSED = "running", "paused"
 CATCH_UP_SECONDS = 120.0  # at most, for the loader to store what waited after a pause
@@ -62,7 +64,7 @@ def _stored(database: Path) -> int:
         return 0
     with closing(sqlite3.connect(database)) as connection:
         try:
-            (count,), = connection.execute("SELECT COUNT(*) FROM prediction_records")
+            (count,), = connection.execute(f"SELECT COUNT(*) FROM {PREDICTIONS.name}")  # nosec B608
         except sqlite3.OperationalError:  # no table yet
             return 0
     return int(count)
@@ -84,8 +86,8 @@ def measure(config_file: Path, root: Path, *, framework: str = "fastapi", rounds
     config = load_config("prediction", "historic", "local", config_file=config_file, root=root)
     held_out = held_out_rows(PredictionService.from_config(config), config)
     probe_row = next(i for i, r in enumerate(held_out.records) if None not in r.values())
-    spec = service_spec("log_cost", PROJECT_ROOT, framework, config, config_file, held_out)
-    database = spec.journal.parent / "prediction_log.db" if spec.journal else Path()
+    spec = launcher_spec("log_cost", PROJECT_ROOT, framework, config, config_file, held_out)
+    database = spec.journal.parent / LOG_DATABASE if spec.journal else Path()
     log_dir = root / "benchmark_logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     slices: dict[str, list[dict[str, float]]] = {RUNNING: [], PAUSED: []}

@@ -27,7 +27,6 @@ import subprocess  # git, and the servers it measures  # nosec B404
 import sys
 import tarfile
 import tempfile
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,29 +36,19 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
 from executables.benchmark import (  # noqa: E402
-    REQUEST_TIMEOUT_SECONDS,
     WARMUP_REQUESTS,
     Connection,
-    HeldOut,
     Load,
     ServerSpec,
-    child_environment,
-    free_port,
     held_out_rows,
-    http_request,
     judge,
+    launcher_spec,
     server_specs,
     serving,
+    timed_post,
 )
-from ml_project.config import (  # noqa: E402
-    OUTPUT_DIR_ENV,
-    PREDICTION_LOG_ENV,
-    PROJECT_ROOT,
-    Config,
-    load_config,
-)
+from ml_project.config import PROJECT_ROOT, load_config  # noqa: E402
 from ml_project.predict import PredictionService  # noqa: E402
-from ml_project.prediction_log import journal  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -86,30 +75,6 @@ def export_revision(revision: str, destination: Path) -> str:
     return commit
 
 
-def service_spec(name: str, tree: Path, framework: str, config: Config, config_file: Path,
-                 held_out: HeldOut) -> ServerSpec:
-    """The launcher of `tree`'s code on one worker."""
-    port = free_port()
-    output = config.root / "output" / f"revisions_{name}"
-    command = [sys.executable, "-m", "ml_project.serving.launcher", framework,
-               "--port", str(port), "--host", "127.0.0.1", "--workers", "1",
-               "--config", str(config_file), "--root", str(config.root)]
-    # `-m` puts the working folder first on sys.path; PYTHONPATH does the same for any process
-    # the launcher starts, ahead of this environment's editable install of this checkout. An
-    # output folder each (its log, its journal)
-    # and a prediction log each: two services writing one SQLite file would wait on each other.
-    env = {**child_environment(config), OUTPUT_DIR_ENV: str(output), "PYTHONPATH": str(tree),
-           PREDICTION_LOG_ENV: f"sqlite:///{output / 'prediction_log.db'}"}
-    requests = [http_request("/predict", port, json.dumps(r).encode())
-                for r in held_out.records]
-
-    def right(row: int, body: bytes) -> bool:
-        answer = json.loads(body)
-        return held_out.answer_is_right(row, answer.get("prediction"), answer.get("probabilities"))
-
-    return ServerSpec(name, command, env, port, requests, right, output / journal.FOLDER, tree)
-
-
 async def interleaved(specs: Sequence[ServerSpec], rows: Sequence[int]) -> dict[str, Load]:
     """One client, one keep-alive connection per server: each row to every server in turn,
     the order rotated each row so that no server always follows another."""
@@ -118,18 +83,7 @@ async def interleaved(specs: Sequence[ServerSpec], rows: Sequence[int]) -> dict[
     for position, row in enumerate(rows):
         turn = position % len(specs)
         for spec in [*specs[turn:], *specs[:turn]]:
-            load, connection = loads[spec.name], connections[spec.name]
-            started = time.perf_counter()
-            try:
-                status, body = await asyncio.wait_for(connection.post(spec.requests[row]),
-                                                      REQUEST_TIMEOUT_SECONDS)
-            except (OSError, asyncio.IncompleteReadError, TimeoutError,
-                    asyncio.LimitOverrunError, ValueError):
-                load.errors += 1
-                await connection.close()
-                continue
-            load.latencies.append(time.perf_counter() - started)
-            load.answers.append((row, status, body))
+            await timed_post(spec, connections[spec.name], row, loads[spec.name])
     for connection in connections.values():
         await connection.close()
     return loads
@@ -161,8 +115,8 @@ def measure(config_file: Path, root: Path, against: str, *, framework: str = "fa
         if _git("diff", "--name-only", commit, "--", "Pipfile.lock"):
             logger.warning("%s's Pipfile.lock differs from this checkout's: it runs on this "
                            "environment's packages", against)
-        specs = [service_spec(THIS, PROJECT_ROOT, framework, config, config_file, held_out),
-                 service_spec(AGAINST, tree, framework, config, config_file, held_out)]
+        specs = [launcher_spec(THIS, PROJECT_ROOT, framework, config, config_file, held_out),
+                 launcher_spec(AGAINST, tree, framework, config, config_file, held_out)]
         if mlflow:
             specs += [server_specs([MLFLOW], config, config_file, held_out)[MLFLOW]]
         for spec in specs:
@@ -209,7 +163,8 @@ def _ratios(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, fl
 
 
 def report(results: dict[str, Any]) -> str:
-    names = {THIS: f"this checkout ({results['this_commit'][:12]})",
+    commit, _, changes = results["this_commit"].partition("+")
+    names = {THIS: f"this checkout ({commit[:12]}{'+' + changes if changes else ''})",
              AGAINST: f"{results['against']} ({results['against_commit'][:12]})",
              MLFLOW: "mlflow models serve"}
     rounds = len(results["rounds"])

@@ -27,6 +27,7 @@ from executables.benchmark import (
     workers_ratios,
 )
 from ml_project.config import PROJECT_ROOT
+from ml_project.prediction_log.table import PREDICTIONS
 from tests.conftest import write_project
 
 
@@ -201,9 +202,9 @@ def test_the_revisions_benchmark_serves_both_trees_on_one_model_requests_interle
         assert 0 < served["p50_ms"] <= served["p99_ms"] <= served["max_ms"]
         # Each service logged to a database of its own: neither waited on the other's. Both
         # hold every measured request, besides the warm-up and the cold start's probes.
-        database = root / "output" / f"revisions_{name}" / "prediction_log.db"
+        database = root / "output" / f"benchmark_{name}" / benchmark.LOG_DATABASE
         with closing(sqlite3.connect(database)) as connection:
-            (stored,), = connection.execute("SELECT COUNT(*) FROM prediction_records")
+            (stored,), = connection.execute(f"SELECT COUNT(*) FROM {PREDICTIONS.name}")
         assert stored >= 50 + benchmark.WARMUP_REQUESTS
     assert set(results["ratios"]) == {"this/against"}
     text = benchmark_revisions.report(results)
