@@ -15,8 +15,10 @@ import sys
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy
 
 from ml_project.config import PROJECT_ROOT, ConfigError
 from ml_project.prediction_log import journal
@@ -174,6 +176,89 @@ def test_a_database_file_deleted_while_serving_is_created_again_for_the_records_
     reader.close()
     assert stored(database) == ["b"]
     writer.close()
+
+
+def test_a_database_file_deleted_during_a_transaction_does_not_take_its_records(
+    paths: tuple[Path, Path],
+) -> None:
+    """The loader keeps its SQLite connection between passes; a file deleted between the
+    insert and its commit (the connection would commit into the deleted file) keeps the lines
+    waiting, and the next pass stores them in the new file."""
+    database, directory = paths
+    loader = loader_of(paths)
+    loader.prepare()
+    writer = write_journal(directory, "a")
+
+    def delete_after_the_insert(connection: Any, cursor: Any, statement: str,
+                                *args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT") and database.exists():
+            database.unlink()
+
+    sqlalchemy.event.listen(loader.engine, "after_cursor_execute", delete_after_the_insert)
+    loader.load()
+    sqlalchemy.event.remove(loader.engine, "after_cursor_execute", delete_after_the_insert)
+    assert loader.status.error is not None and journal.pending(directory).records == 1
+
+    loader.load()
+    assert stored(database) == ["a"] and loader.status.error is None
+    writer.close()
+    loader.dispose()
+
+
+def test_a_pass_stores_what_the_file_held_when_it_began_not_what_comes_during_it(
+    paths: tuple[Path, Path],
+) -> None:
+    """A writer that keeps appending while the pass stores cannot hold a pass in many small
+    transactions: what it adds waits for the next pass."""
+    database, directory = paths
+    writer = write_journal(directory, "a", "b", "c")
+    loader = loader_of(paths, batch_size=1)
+    store = loader._store
+    added = iter(range(100))
+
+    def store_while_the_writer_appends(rows: Any) -> Any:
+        writer.append(record_line(f"during-{next(added)}"))
+        return store(rows)
+
+    loader._store = store_while_the_writer_appends  # type: ignore[method-assign]
+    loader.load()
+    assert stored(database) == ["a", "b", "c"]
+    assert journal.pending(directory).records == 3  # one line added per batch stored
+    loader._store = store  # type: ignore[method-assign]
+    loader.load()
+    assert stored(database) == ["a", "b", "c", "during-0", "during-1", "during-2"]
+    writer.close()
+    loader.dispose()
+
+
+def test_a_forked_process_connects_anew_and_leaves_the_parents_connection_working(
+    paths: tuple[Path, Path],
+) -> None:
+    """SQLAlchemy's recipe for pools and os.fork: a pooled SQLite connection inherited by a
+    child is neither used nor closed there."""
+    database, directory = paths
+    writer = write_journal(directory, "a")
+    loader = loader_of(paths)
+    connected_in: list[int] = []
+    sqlalchemy.event.listen(loader.engine, "connect",
+                            lambda *args: connected_in.append(os.getpid()))
+    loader.load()
+    writer.close()
+    child = os.fork()
+    if child == 0:  # pragma: no cover  (the child)
+        code = 1
+        try:
+            write_journal(directory, "b").close()
+            loader.load()
+            code = 0 if stored(database) == ["a", "b"] and os.getpid() in connected_in else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    write_journal(directory, "c").close()
+    loader.load()
+    assert stored(database) == ["a", "b", "c"]
+    loader.dispose()
 
 
 def test_a_dropped_table_is_created_again(paths: tuple[Path, Path]) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+import uuid
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,6 +25,21 @@ def test_a_row_has_a_unique_key_per_instance_of_a_request() -> None:
     rows = [_row(instance_index=i) for i in range(3)]
     assert [row["record_key"] for row in rows] == ["r1:0", "r1:1", "r1:2"]
     assert len({new_request_id() for _ in range(1000)}) == 1000
+
+
+def test_request_ids_are_uuid7_and_later_ones_sort_later() -> None:
+    """Time-ordered ids keep the log's indexes growing at their end (see `new_request_id`)."""
+    before = time.time_ns() // 1_000_000
+    ids = []
+    for _ in range(5):
+        ids.append(new_request_id())
+        time.sleep(0.002)
+    after = time.time_ns() // 1_000_000
+    for made in ids:
+        parsed = uuid.UUID(made)
+        assert made == parsed.hex and parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert before <= int(made[:12], 16) <= after
+    assert ids == sorted(ids)
 
 
 @pytest.mark.parametrize(("value", "stored"), [

@@ -30,14 +30,16 @@ logger = logging.getLogger(__name__)
 
 # Held (flock) by a loader process for its whole life: free once it has exited, however it died.
 ALIVE_FILE = "loader.alive"
-# A service's loader process makes a pass every PASS_SECONDS. Each pass that finds records costs
-# ~4 ms of CPU whatever their number (a transaction, its commit, the marks and the status file)
-# plus ~45 us a record, taken from the cores that answer requests: once a second, a pass costs a
-# request's tail a fifth as often as every 0.2 s did. Records wait no longer to be durable (the
-# journal is), and a reader (`PredictionLog.read`, monitoring) loads what waits first.
+# A service's loader process makes a pass every PASS_SECONDS. A pass that finds records stores
+# what the journal held when it began in one transaction a file, on a connection kept between
+# passes: ~20-30 us of CPU a record all in, 1% of a core at 400 requests/s
+# (`executables/benchmark_log_cost.py`), taken from the cores that answer requests; once a
+# second, a pass's fixed cost falls on a request's tail a fifth as often as every 0.2 s did.
+# Records wait no longer to be durable (the journal is), and a reader (`PredictionLog.read`,
+# monitoring) loads what waits first.
 PASS_SECONDS = 1.0
 # The loader's scheduling priority below the service's (`os.nice`): when both want a core, a
-# request runs first, and the loader still gets ~10% of a core, ~4x what it needs at 500 req/s.
+# request runs first, and the loader still gets ~10% of a core, ~8x what it needs at 500 req/s.
 NICENESS = 10
 
 

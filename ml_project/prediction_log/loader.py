@@ -42,6 +42,7 @@ from ml_project.prediction_log.table import (
     prepare_sqlite_file,
     redacted,
     scrub,
+    sqlite_file_unchanged,
 )
 
 logger = logging.getLogger(__name__)
@@ -130,10 +131,13 @@ class Loader:
             return
         with handle:
             complete = journal.try_lock(handle.fileno())  # no writer: nothing more will come
+            # What the file holds now, not what its writer adds while this pass stores it:
+            # chasing the writer made a pass of many small transactions, each a commit.
+            end = os.fstat(handle.fileno()).st_size
             offset = journal.loaded_offset(path)
             handle.seek(offset)
             while True:
-                lines = _whole_lines(handle, self.batch_size, complete)
+                lines = _whole_lines(handle, self.batch_size, complete, end)
                 if not lines:
                     break
                 rows, rejects = [], []
@@ -199,6 +203,8 @@ class Loader:
                     connection.execute(PREDICTIONS.insert(), fresh)
             else:
                 connection.execute(statement, list(rows))
+            if not sqlite_file_unchanged(connection):  # rolled back: the lines wait
+                raise FileNotFoundError(f"{self.url} was deleted or replaced while storing")
 
     def _insert_table(self, *, check_columns: bool = True) -> bool:
         """Make sure the table is there; True if it had to be created."""
@@ -263,12 +269,15 @@ class Loader:
         self.engine.dispose()
 
 
-def _whole_lines(handle: IO[bytes], limit: int, complete: bool) -> list[bytes]:
-    """Up to `limit` whole lines from the handle's position; a last line without its newline is
-    left unread (its writer may be writing it), unless the file is complete (it is torn)."""
+def _whole_lines(handle: IO[bytes], limit: int, complete: bool, end: int) -> list[bytes]:
+    """Up to `limit` whole lines from the handle's position, each starting before byte `end`;
+    a last line without its newline is left unread (its writer may be writing it), unless the
+    file is complete (it is torn)."""
     lines: list[bytes] = []
     while len(lines) < limit:
         start = handle.tell()
+        if start >= end:
+            break
         line = handle.readline()
         if not line:
             break

@@ -5,13 +5,13 @@ once, the engines (with lock and statement timeouts) and the URL as it may be sh
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import sqlalchemy
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
 
 from ml_project.config import ConfigError, database_url
 from ml_project.prediction_log.journal import storable
@@ -60,10 +60,24 @@ SHOWN_QUERY_KEYS = frozenset({
     "charset", "timeout", "mode", "cache", "uri", "check_same_thread", "options",
 })
 MASK = "***"
+# Where a SQLite connection's pool record keeps (process, file identity) of its opening.
+SQLITE_FILE = "ml_project_sqlite_file"
 
 
 class SchemaMismatch(RuntimeError):
     """The table exists but lacks columns the log writes: records wait until it is repaired."""
+
+
+def _fields() -> tuple[tuple[str, FieldType, bool, int | None], ...]:
+    """Each field of a row: its name, its type, whether it may be missing, its column's length
+    (None when unbounded)."""
+    return tuple((name, kind, name in OPTIONAL, getattr(PREDICTIONS.c[name].type, "length", None))
+                 for name, kind in (*REQUIRED.items(), *OPTIONAL.items()))
+
+
+# Looked up once: the loader checks every line it stores, and a column's type, looked up per
+# field, was half the loader's time.
+FIELDS = _fields()
 
 
 def check_row(value: Any) -> dict[str, Any]:
@@ -71,19 +85,19 @@ def check_row(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"not a JSON object but {type(value).__name__}")
     row: dict[str, Any] = {}
-    for name, kind in (*REQUIRED.items(), *OPTIONAL.items()):
+    for name, kind, optional, length in FIELDS:
         item = value.get(name)
-        if item is None and name in OPTIONAL:
+        if item is None and optional:
             row[name] = None
-        elif isinstance(item, kind) and not isinstance(item, bool):
-            row[name] = storable(item) if isinstance(item, str) else item
-        else:
+            continue
+        if not isinstance(item, kind) or isinstance(item, bool):
             raise ValueError(f"field {name!r} is {type(item).__name__}, not a "
                              f"{getattr(kind, '__name__', 'number')}")
-        column_type = PREDICTIONS.c[name].type
-        length = getattr(column_type, "length", None)
-        if length is not None and isinstance(item, str) and len(item) > length:
-            raise ValueError(f"field {name!r} is longer than {length} characters")
+        if isinstance(item, str):
+            if length is not None and len(item) > length:
+                raise ValueError(f"field {name!r} is longer than {length} characters")
+            item = storable(item)
+        row[name] = item
     index = row["instance_index"]
     if not INTEGER_RANGE[0] <= index <= INTEGER_RANGE[1]:
         raise ValueError(f"field 'instance_index' is {index}, out of an integer column's range")
@@ -180,14 +194,14 @@ def make_engine(url: str, *, lock_timeout_seconds: float,
                 statement_timeout_seconds: float | None = None) -> sqlalchemy.Engine:
     """An engine whose waits are bounded: a locked SQLite file or PostgreSQL table, a server
     that does not answer, a statement that runs on, each fails within its timeout instead of
-    holding the loader. SQLite opens the file at each use (no pool), so a log file deleted
-    while serving is created again rather than written unseen."""
+    holding the loader. SQLite's connection is kept between transactions (`sqlite_file_events`
+    says why, and how a file deleted while serving is created again, not written unseen)."""
     parsed = parse_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        engine = sqlalchemy.create_engine(parsed, poolclass=NullPool, connect_args={
+        engine = sqlalchemy.create_engine(parsed, connect_args={
             "timeout": lock_timeout_seconds, "check_same_thread": False})
-        sqlalchemy.event.listen(engine, "connect", sqlite_pragmas)
+        sqlite_file_events(engine)
         return engine
     connect_args: dict[str, Any] = {}
     if backend == "postgresql":
@@ -200,6 +214,58 @@ def make_engine(url: str, *, lock_timeout_seconds: float,
             connect_args["options"] = options
     # pre_ping replaces the connections a database restart has closed before they are used.
     return sqlalchemy.create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
+
+
+def sqlite_file_events(engine: sqlalchemy.Engine) -> None:
+    """A SQLite log's connections stay in the engine's pool: closing the last one checkpoints
+    the write-ahead log and deletes it, so a connection a transaction made a file created,
+    written and deleted at every loader pass (~10 ms, and the disk's journal with it).
+
+    A pooled connection still has its file open after that file is deleted or replaced
+    (`clear_outputs.sh` while serving): at each checkout (SQLAlchemy's documented "checkout"
+    event), one whose file the path no longer names is refused (`DisconnectionError`: the
+    pool closes it and connects again, creating the file); `sqlite_file_unchanged` checks
+    again before a commit. One inherited by a forked process is never used or closed there
+    (SQLAlchemy's own recipe for pools and os.fork)."""
+    database = engine.url.database
+    path = Path(database) if database and database != ":memory:" else None
+
+    def connected(dbapi_connection: Any, record: Any) -> None:
+        sqlite_pragmas(dbapi_connection, record)
+        record.info[SQLITE_FILE] = (os.getpid(), _identity(path))
+
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        pid, identity = record.info[SQLITE_FILE]
+        if pid != os.getpid():
+            record.dbapi_connection = proxy.dbapi_connection = None
+            raise DisconnectionError(f"a connection of process {pid}, not this one's")
+        if identity != _identity(path):
+            raise DisconnectionError(f"{path} was deleted or replaced since it was opened")
+
+    sqlalchemy.event.listen(engine, "connect", connected)
+    sqlalchemy.event.listen(engine, "checkout", checkout)
+
+
+def sqlite_file_unchanged(connection: sqlalchemy.Connection) -> bool:
+    """Whether a SQLite connection's file is still the one its path names (True for any other
+    database): checked before a commit, a file deleted in the transaction does not take it."""
+    opened = connection.connection.info.get(SQLITE_FILE)
+    if opened is None:
+        return True
+    database = connection.engine.url.database
+    return bool(opened[1] == _identity(Path(database) if database and database != ":memory:"
+                                       else None))
+
+
+def _identity(path: Path | None) -> tuple[int, int] | None:
+    """The file `path` names now, as (device, inode); None if none (or in memory)."""
+    if path is None:
+        return None
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def prepare_sqlite_file(engine: sqlalchemy.Engine) -> None:
