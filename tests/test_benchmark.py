@@ -7,11 +7,13 @@ smallest sizes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
 import sqlite3
 import subprocess  # git, as the script runs it  # nosec B404
+from collections import Counter
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -181,6 +183,29 @@ def test_a_revision_that_is_no_commit_is_refused_in_one_line(tmp_path: Path) -> 
     assert not any(tmp_path.iterdir())
 
 
+def test_the_revisions_benchmark_puts_each_server_after_each_other_equally_often() -> None:
+    """Across rows too: any two servers see the same predecessors (a third server as often,
+    each other as often, themselves as often). A rotation put the first server after the last
+    (mlflow) twice as often as the second, and a request after mlflow's is slower."""
+    for count in (2, 3, 5):
+        specs = [benchmark.ServerSpec(str(i), [], {}, 0, [], lambda row, body: True)
+                 for i in range(count)]
+        sequence = [spec.name for order in benchmark_revisions.server_orders(specs)
+                    for spec in order]
+        cycle = [*sequence, sequence[0]]  # the orders repeat: the last row meets the first
+        follows = Counter(zip(cycle, cycle[1:]))
+        names = [spec.name for spec in specs]
+        for first, second in itertools.combinations(names, 2):
+            assert follows[first, first] == follows[second, second]
+            assert follows[first, second] == follows[second, first]
+            for third in set(names) - {first, second}:
+                assert follows[third, first] == follows[third, second]
+        assert all(sorted(spec.name for spec in order) == names  # each row to every server
+                   for order in benchmark_revisions.server_orders(specs))
+    with pytest.raises(ValueError, match="prime"):
+        benchmark_revisions.server_orders([specs[0]] * 4)
+
+
 @pytest.mark.slow
 def test_the_revisions_benchmark_serves_both_trees_on_one_model_requests_interleaved(
     trained_project: Path, tmp_path: Path
@@ -229,7 +254,10 @@ def test_the_log_cost_benchmark_pauses_the_loader_and_every_answer_is_stored_aft
         assert len(results["slices"][mode]) == 2
         assert all(value > 0 for value in results["medians"][mode].values())
     assert set(results["running_vs_paused"]) == set(results["medians"]["paused"])
-    assert "stored" in benchmark_log_cost.report(results)
+    assert set(results["loader_cpu"]) == {"sequential", "clients"}
+    assert all(figures["share"] >= 0 for figures in results["loader_cpu"].values())
+    text = benchmark_log_cost.report(results)
+    assert "stored" in text and "of a core" in text and "seq_p99.9_ms" in text
     # Again on the same root: the records of the run before are not counted as this run's.
     again = benchmark_log_cost.measure(root / "project_config.yaml", root, rounds=1,
                                        requests=20, seconds=0.3, clients=2)
