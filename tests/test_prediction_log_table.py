@@ -10,10 +10,20 @@ from typing import Any
 import pytest
 import sqlalchemy
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.pool import NullPool
 
 from ml_project.prediction_log.log import PredictionLog
 from ml_project.prediction_log.records import LogRecord, new_request_id
-from ml_project.prediction_log.table import METADATA, PREDICTIONS, check_row, insert_or_ignore
+from ml_project.prediction_log.table import (
+    METADATA,
+    PREDICTIONS,
+    check_row,
+    insert_or_ignore,
+    make_engine,
+    parse_url,
+    sqlite_file,
+    sqlite_file_unchanged,
+)
 
 ROW: dict[str, Any] = {"record_key": "r:0", "request_id": "r", "instance_index": 0,
                        "logged_at": "2026-01-01T00:00:00+00:00", "source": "api",
@@ -48,6 +58,30 @@ def test_the_same_record_inserted_twice_is_stored_once(tmp_path: Path) -> None:
         assert connection.execute(
             sqlalchemy.select(sqlalchemy.func.count()).select_from(PREDICTIONS)).scalar() == 1
     engine.dispose()
+
+
+def test_a_sqlite_file_keeps_its_connection_and_a_uri_or_memory_opens_at_each_use(
+    tmp_path: Path,
+) -> None:
+    """The loader's SQLite file keeps its connection between passes (see
+    `keep_sqlite_connection`); where no file path can be checked, each use connects anew."""
+    file_url = f"sqlite:///{tmp_path / 'log.db'}"
+    assert sqlite_file(parse_url(file_url)) == tmp_path / "log.db"
+    kept = make_engine(file_url, lock_timeout_seconds=1)
+    with kept.connect() as first:
+        opened = first.connection.dbapi_connection
+    with kept.connect() as second:
+        assert second.connection.dbapi_connection is opened
+        assert sqlite_file_unchanged(second)
+    kept.dispose()
+    for url in (f"sqlite:///file:{tmp_path / 'uri.db'}?uri=true", "sqlite://",
+                "sqlite:///:memory:"):
+        assert sqlite_file(parse_url(url)) is None
+        engine = make_engine(url, lock_timeout_seconds=1)
+        assert isinstance(engine.pool, NullPool)
+        with engine.connect() as connection:
+            assert sqlite_file_unchanged(connection)
+        engine.dispose()
 
 
 def test_replays_insert_or_ignore_in_postgresql_too() -> None:

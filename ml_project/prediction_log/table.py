@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import sqlalchemy
 from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
+from sqlalchemy.pool import NullPool
 
 from ml_project.config import ConfigError, database_url
 from ml_project.prediction_log.journal import storable
@@ -60,7 +61,7 @@ SHOWN_QUERY_KEYS = frozenset({
     "charset", "timeout", "mode", "cache", "uri", "check_same_thread", "options",
 })
 MASK = "***"
-# Where a SQLite connection's pool record keeps (process, file identity) of its opening.
+# Where a kept SQLite connection's pool record says which process opened which file.
 SQLITE_FILE = "ml_project_sqlite_file"
 
 
@@ -194,14 +195,19 @@ def make_engine(url: str, *, lock_timeout_seconds: float,
                 statement_timeout_seconds: float | None = None) -> sqlalchemy.Engine:
     """An engine whose waits are bounded: a locked SQLite file or PostgreSQL table, a server
     that does not answer, a statement that runs on, each fails within its timeout instead of
-    holding the loader. SQLite's connection is kept between transactions (`sqlite_file_events`
-    says why, and how a file deleted while serving is created again, not written unseen)."""
+    holding the loader. A SQLite file's connection is kept between transactions
+    (`keep_sqlite_connection` says why, and how a file deleted while serving is created again,
+    never written unseen); a `file:` URI or a database in memory is opened at each use."""
     parsed = parse_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        engine = sqlalchemy.create_engine(parsed, connect_args={
-            "timeout": lock_timeout_seconds, "check_same_thread": False})
-        sqlite_file_events(engine)
+        path = sqlite_file(parsed)
+        engine = sqlalchemy.create_engine(
+            parsed, connect_args={"timeout": lock_timeout_seconds, "check_same_thread": False},
+            **({} if path is not None else {"poolclass": NullPool}))
+        sqlalchemy.event.listen(engine, "connect", sqlite_pragmas)
+        if path is not None:
+            keep_sqlite_connection(engine, path)
         return engine
     connect_args: dict[str, Any] = {}
     if backend == "postgresql":
@@ -216,26 +222,31 @@ def make_engine(url: str, *, lock_timeout_seconds: float,
     return sqlalchemy.create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
 
 
-def sqlite_file_events(engine: sqlalchemy.Engine) -> None:
-    """A SQLite log's connections stay in the engine's pool: closing the last one checkpoints
-    the write-ahead log and deletes it, so a connection a transaction made a file created,
-    written and deleted at every loader pass (~10 ms, and the disk's journal with it).
+def sqlite_file(url: sqlalchemy.URL) -> Path | None:
+    """The file a SQLite URL names (None for a database in memory or a `file:` URI)."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
 
-    A pooled connection still has its file open after that file is deleted or replaced
-    (`clear_outputs.sh` while serving): at each checkout (SQLAlchemy's documented "checkout"
-    event), one whose file the path no longer names is refused (`DisconnectionError`: the
-    pool closes it and connects again, creating the file); `sqlite_file_unchanged` checks
-    again before a commit. One inherited by a forked process is never used or closed there
-    (SQLAlchemy's own recipe for pools and os.fork)."""
-    database = engine.url.database
-    path = Path(database) if database and database != ":memory:" else None
+
+def keep_sqlite_connection(engine: sqlalchemy.Engine, path: Path) -> None:
+    """Keep the SQLite log's connections in the engine's pool. Closing the last one checkpoints
+    the write-ahead log and deletes it, so a connection per transaction created, wrote and
+    deleted that file at every loader pass (~10 ms of CPU, and work for the disk's journal).
+
+    A pooled connection keeps its file open after the file is deleted or replaced
+    (`clear_outputs.sh` while serving). So at each checkout (SQLAlchemy's documented "checkout"
+    event), a connection whose file the path no longer names is refused with
+    `DisconnectionError`: the pool closes it and connects again, which creates the file.
+    `sqlite_file_unchanged` checks again before a commit. A connection inherited by a forked
+    process is never used or closed there (SQLAlchemy's own recipe for pools and os.fork)."""
 
     def connected(dbapi_connection: Any, record: Any) -> None:
-        sqlite_pragmas(dbapi_connection, record)
-        record.info[SQLITE_FILE] = (os.getpid(), _identity(path))
+        record.info[SQLITE_FILE] = (os.getpid(), path, _identity(path))
 
     def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        pid, identity = record.info[SQLITE_FILE]
+        pid, _, identity = record.info[SQLITE_FILE]
         if pid != os.getpid():
             record.dbapi_connection = proxy.dbapi_connection = None
             raise DisconnectionError(f"a connection of process {pid}, not this one's")
@@ -247,20 +258,15 @@ def sqlite_file_events(engine: sqlalchemy.Engine) -> None:
 
 
 def sqlite_file_unchanged(connection: sqlalchemy.Connection) -> bool:
-    """Whether a SQLite connection's file is still the one its path names (True for any other
-    database): checked before a commit, a file deleted in the transaction does not take it."""
+    """Whether a kept SQLite connection's file is still the one its path names (True for any
+    other connection): checked before a commit, a file deleted in the transaction does not
+    take its rows."""
     opened = connection.connection.info.get(SQLITE_FILE)
-    if opened is None:
-        return True
-    database = connection.engine.url.database
-    return bool(opened[1] == _identity(Path(database) if database and database != ":memory:"
-                                       else None))
+    return opened is None or bool(opened[2] == _identity(opened[1]))
 
 
-def _identity(path: Path | None) -> tuple[int, int] | None:
-    """The file `path` names now, as (device, inode); None if none (or in memory)."""
-    if path is None:
-        return None
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file `path` names now, as (device, inode); None if there is none."""
     try:
         found = os.stat(path)
     except FileNotFoundError:
