@@ -9,10 +9,11 @@ measures it twice: with its prediction log's loader process running, and with it
 (SIGSTOP: the journal still takes every record, the database none until the loader resumes;
 it resumes after the slice and is given time to catch up before the next one). Each slice:
 one keep-alive client's sequential latency (p50, p90, p99, p99.9), then `--clients` clients'
-throughput and latency. Prints the medians, and the medians of the per-round ratios running / paused: 1.00x
-means that storing the records costs requests nothing measurable. The journal's append stays
-on the request path in both (durable before answered). At the end it counts the records the
-database holds against the requests answered: every one, after the pauses.
+throughput and latency. Prints the medians, and the medians of the per-round ratios running /
+paused (1.00x: storing the records costs requests nothing measurable), and the loader's CPU
+while it runs. The journal's append stays on the request path in both (durable before
+answered). At the end it counts the records the database holds against the requests
+answered: every one, after the pauses.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from ml_project.prediction_log.table import (
     insert_or_ignore,
     make_engine,
     parse_url,
+    prepare_sqlite_file,
     sqlite_file,
     sqlite_file_unchanged,
 )
@@ -79,6 +80,8 @@ def test_a_sqlite_file_keeps_its_connection_and_a_uri_or_memory_opens_at_each_us
         assert sqlite_file(parse_url(url)) is None
         engine = make_engine(url, lock_timeout_seconds=1)
         assert isinstance(engine.pool, NullPool)
+        prepare_sqlite_file(engine)  # no folder named after a URI's text
+        assert not Path(f"file:{tmp_path}").exists()
         with engine.connect() as connection:
             assert sqlite_file_unchanged(connection)
         engine.dispose()

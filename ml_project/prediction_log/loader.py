@@ -42,6 +42,7 @@ from ml_project.prediction_log.table import (
     prepare_sqlite_file,
     redacted,
     scrub,
+    sqlite_file,
     sqlite_file_unchanged,
 )
 
@@ -209,8 +210,8 @@ class Loader:
     def _insert_table(self, *, check_columns: bool = True) -> bool:
         """Make sure the table is there; True if it had to be created."""
         prepare_sqlite_file(self.engine)
-        if self._table_ready and (self.engine.dialect.name != "sqlite" or Path(
-                self.engine.url.database or "").exists()):
+        path = sqlite_file(self.engine.url) if self.engine.dialect.name == "sqlite" else None
+        if self._table_ready and (path is None or path.exists()):
             return False
         with self.engine.begin() as connection:
             created = ensure_table(connection, check_columns=check_columns)

@@ -278,10 +278,9 @@ def prepare_sqlite_file(engine: sqlalchemy.Engine) -> None:
     """Before connecting to a SQLite log: its folder exists, and if its file is gone (deleted
     while serving), so are the write-ahead files it left: a new file beside an old WAL would
     take the old pages in."""
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+    path = sqlite_file(engine.url) if engine.dialect.name == "sqlite" else None
+    if path is None:  # another database, a `file:` URI, or memory: nothing to prepare
         return
-    path = Path(database)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         for suffix in ("-wal", "-shm", "-journal"):
