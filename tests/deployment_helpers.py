@@ -25,7 +25,7 @@ import requests
 
 from ml_project.config import PROJECT_ROOT
 from ml_project.serving.client import PredictionClient
-from tests.serving import instance
+from tests.serving import assert_serves, instance
 
 # What cloud_setup.sh reads from a checkout, besides the config and the trained champion.
 PROJECT_FILES = ("ml_project", "deployment", "executables", "Pipfile", "Pipfile.lock", ".gitignore")
@@ -147,6 +147,7 @@ def running(command: Sequence[str] | str, cwd: Path, environment: dict[str, str]
             ready = client.wait_until_ready(180, give_up=lambda: process.poll() is not None)
             client.close()
             assert ready.ok, output.read_text()
+            assert_serves(process, port, output)
             yield url
         finally:
             stop_group(process)

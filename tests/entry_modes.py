@@ -46,9 +46,25 @@ START_SECONDS = 120
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
+    """A loopback port nothing listens on, held back from other processes for a minute.
+
+    A port merely found free can be handed to another process (another pytest-xdist worker,
+    another test run) before our server binds it; our server then fails to start while its
+    /ready is answered by the other one. So the port is left in TIME_WAIT, the state a closed
+    connection keeps for 60 s on Linux: the kernel hands it to no `bind(("", 0))` meanwhile,
+    and a server that sets SO_REUSEADDR (uvicorn, gunicorn, werkzeug, PostgreSQL do) binds it.
+    The technique of Yelp's ephemeral-port-reserve. (Here, not in tests/serving.py: this file
+    imports only the standard library, and every test takes its ports from here.)"""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        address = listener.getsockname()
+        with socket.create_connection(address) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the side holding our port closes first: it is what waits
+            client.recv(1)    # the other side's close after the FIN: the wait has begun
+    port: int = address[1]
     return port
 
 

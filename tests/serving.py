@@ -32,6 +32,7 @@ from ml_project.ingest import stream_production_instances
 from ml_project.schemas import InstanceValidator, InvalidInstance
 from ml_project.serving.client import PredictionClient
 from ml_project.serving.endpoints import API_KEY_ENV
+from tests.entry_modes import free_port as free_port  # re-exported: the one port helper
 
 
 def write_serving_config(trained_project: Path, root: Path, overrides: dict[str, Any] | None = None
@@ -69,12 +70,31 @@ def sample_size_and_rejections(config: Config) -> tuple[int, int]:
     return total, rejected
 
 
-def free_port() -> int:
-    """A port nothing listens on (a stand-in for a server that is not running)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
+def listens(pid: int, port: int) -> bool:
+    """Whether process `pid` or one of its descendants listens on TCP `port`: a server that
+    failed to bind its port must not pass for ready because another process answers there."""
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return False
+    for process in family:
+        try:
+            connections = process.net_connections(kind="tcp")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+               for c in connections):
+            return True
+    return False
+
+
+def assert_serves(process: subprocess.Popen[Any], port: int, output: Path) -> None:
+    """`process` is the one answering on `port` (see `listens`), or the test stops here."""
+    state = "running" if process.poll() is None else f"exited with {process.returncode}"
+    assert listens(process.pid, port), (
+        f"something answers on port {port}, but not the process started for it (pid "
+        f"{process.pid}, {state}); its output:\n{output.read_text()}")
 
 
 @contextmanager
@@ -130,6 +150,7 @@ def launch_server(config_file: Path, output: Path, framework: str = "fastapi",
             ready = client.wait_until_ready(120, give_up=lambda: process.poll() is not None)
             client.close()
             assert ready.ok, output.read_text()
+            assert_serves(process, port, output)
             yield f"http://127.0.0.1:{port}", psutil.Process(process.pid)
         finally:
             process.send_signal(signal.SIGTERM)

@@ -32,6 +32,7 @@ from ml_project.serving.client import PredictionClient
 from tests.serving import (
     BOOT_STOP_SECONDS,
     INSTANCE,
+    assert_serves,
     free_port,
     instance,
     launch_server,
@@ -188,6 +189,7 @@ def test_start_command_serves_in_the_foreground_until_interrupted(
     try:
         client = PredictionClient(f"http://127.0.0.1:{port}", max_retries=0)
         ready = client.wait_until_ready(90, give_up=lambda: process.poll() is not None)
+        assert_serves(process, port, tmp_path / "server.out")
         answer = client.predict(INSTANCE)
         client.close()
         _every_process_listening(psutil.Process(process.pid))  # a worker per CPU: all booted

@@ -23,7 +23,7 @@ from ml_project.registry import load_registered_pipeline
 from tests.conftest import prediction_config
 from tests.deployment_helpers import stop_group
 from tests.foreign_package import OLD_PACKAGE, train_under_package
-from tests.serving import free_port
+from tests.serving import assert_serves, free_port
 
 pytestmark = pytest.mark.slow
 START_FAILED = "Cannot start the prediction service: "
@@ -179,6 +179,7 @@ def test_the_cloud_function_answers_500_and_logs_the_message(
                     assert time.monotonic() < deadline and process.poll() is None, \
                         output.read_text()
                     time.sleep(0.2)
+            assert_serves(process, port, output)
         finally:
             stop_group(process)
 

@@ -40,6 +40,7 @@ from ml_project.serving.flask_app import create_flask_app
 from tests.conftest import prediction_config, write_project
 from tests.serving import (
     INSTANCE,
+    assert_serves,
     free_port,
     instance,
     launch_server,
@@ -212,6 +213,7 @@ def test_no_request_makes_the_server_open_a_path_or_unpickle_anything(
             client = PredictionClient(f"http://127.0.0.1:{port}", max_retries=0)
             assert client.wait_until_ready(120, give_up=lambda: server.poll() is not None).ok
             client.close()
+            assert_serves(server, port, tmp_path / "server.out")
             statuses = [requests.request(method, f"http://127.0.0.1:{port}{path}", timeout=30,
                                          **kwargs).status_code
                         for method, path, kwargs, _ in attempts]

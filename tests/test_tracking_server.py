@@ -28,7 +28,7 @@ from ml_project.prediction_log.log import PredictionLog
 from ml_project.promotion import promote_version
 from ml_project.registry import ARTIFACT_SHA256_TAG, CHALLENGER, CHAMPION
 from tests.conftest import FAST_TRAINING, prediction_config, write_project
-from tests.serving import free_port
+from tests.serving import assert_serves, free_port
 from tests.tracked import WEAK
 from use_cases import (
     modelling_historic_data_local,
@@ -70,6 +70,7 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[
             except requests.RequestException:  # not listening yet, or still starting
                 time.sleep(0.5)
         assert server.poll() is None, output.read_text()
+        assert_serves(server, int(environment["PORT"]), output)
         assert f"export MLFLOW_TRACKING_URI={uri}" in output.read_text()
         yield uri, folder / "artifacts"
     finally:
