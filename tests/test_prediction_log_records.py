@@ -10,9 +10,21 @@ import uuid
 from types import SimpleNamespace
 from typing import Any
 
+import hypothesis
+import hypothesis.strategies as st
+import numpy as np
 import pytest
 
-from ml_project.prediction_log.records import MAX_DEPTH, LogRecord, log_record, new_request_id
+from ml_project.prediction_log import journal
+from ml_project.prediction_log.records import (
+    MAX_DEPTH,
+    MAX_INT_BITS,
+    LogRecord,
+    _clean,
+    _json_text,
+    log_record,
+    new_request_id,
+)
 
 
 def _row(**fields: Any) -> dict[str, Any]:
@@ -55,12 +67,33 @@ def test_text_any_store_can_hold_is_kept_and_the_rest_escaped(value: str, stored
 
 
 def test_nan_is_stored_as_null_and_numpy_scalars_as_numbers() -> None:
-    import numpy as np
-
     row = _row(input={"age": math.nan, "count": np.int64(4), "share": np.float32(0.5)},
                probabilities={"0": 0.25, "1": 0.75})
     assert json.loads(row["input"]) == {"age": None, "count": 4, "share": 0.5}
     assert json.loads(row["probabilities"]) == {"0": 0.25, "1": 0.75}
+
+
+_SCALAR = st.one_of(
+    st.none(), st.booleans(), st.floats(), st.text(), st.text(st.characters(codec="ascii")),
+    st.integers(), st.sampled_from([2 ** MAX_INT_BITS - 1, 2 ** MAX_INT_BITS, -2 ** 13_500,
+                                    "\x00", "a\\u0000", "\ud800", "é", "\x7f"]),
+    st.sampled_from([np.int64(4), np.float32(0.5), np.float64(0.25), np.bool_(True)]),
+)
+_VALUE = st.recursive(
+    _SCALAR,
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.one_of(st.text(), st.integers()), inner,
+                                            max_size=4)),
+    max_leaves=12)
+
+
+@hypothesis.settings(max_examples=2000, deadline=None)
+@hypothesis.given(st.one_of(_VALUE, st.dictionaries(st.text(), _SCALAR, max_size=12)))
+def test_the_short_way_to_a_json_text_writes_what_cleaning_first_writes(value: Any) -> None:
+    """`_json_text` writes a flat value of plain types as it is: the text must be the very one
+    cleaning it first gives, whatever the value (NUL, surrogates, NaN, huge integers, ...)."""
+    cleaned = None if value is None else journal.encode_line(_clean(value))[:-1].decode("ascii")
+    assert _json_text(value) == cleaned  # None: no value (a column left NULL)
 
 
 def test_nesting_deeper_than_the_limit_is_stored_as_a_placeholder() -> None:
