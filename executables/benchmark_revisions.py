@@ -2,6 +2,7 @@
 
     python executables/benchmark_revisions.py --against REV --root DIR [--config FILE]
         [--framework fastapi|flask] [--requests N] [--rounds N] [--skip-mlflow]
+        [--clients N [--slices N] [--slice-seconds S]]
 
 Developer tooling: did a change move the served latency, its tail above all? Two benchmark
 runs, before and after, are minutes apart on a shared machine, and its noise moves a p99 more
@@ -15,6 +16,11 @@ noise falls on all of them alike. Per round: p50, p90, p99, p99.9 and max of
 each server and the ratios within the round; it prints the medians over rounds, and the
 answers that differ from the in-process batch prediction (wrong). Writes nothing but the
 services' own outputs and logs under the root.
+
+With `--clients N` (N > 1) a round is under load instead: N connections send back to back to
+one server at a time for a slice (`--slice-seconds`), each server in turn in the same balanced
+orders, `--slices` times; the figures then include the throughput (answers per second). The
+tail under load is where a service's own background work (a log writer's batches) shows.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from executables.benchmark import (  # noqa: E402
     Connection,
     Load,
     ServerSpec,
+    concurrent_load,
     held_out_rows,
     judge,
     launcher_spec,
@@ -90,6 +97,20 @@ def server_orders(specs: Sequence[ServerSpec]) -> list[tuple[ServerSpec, ...]]:
             for step in range(1, max(count, 2))]
 
 
+def interleaved_under_load(specs: Sequence[ServerSpec], clients: int, seconds: float,
+                           slices: int, offset: int) -> dict[str, Load]:
+    """`clients` connections at once to one server at a time for `seconds`, the servers in
+    the orders of `server_orders`, `slices` times over."""
+    loads = {spec.name: Load() for spec in specs}
+    orders = server_orders(specs)
+    for index in range(slices):
+        for spec in orders[index % len(orders)]:
+            load = concurrent_load(spec, clients, seconds, offset + index * clients)
+            loads[spec.name].merge(load)
+            loads[spec.name].seconds += load.seconds
+    return loads
+
+
 async def interleaved(specs: Sequence[ServerSpec], rows: Sequence[int]) -> dict[str, Load]:
     """One client, one keep-alive connection per server: each row to every server in turn,
     in the orders of `server_orders`, taken in turn row by row."""
@@ -109,15 +130,18 @@ def _round_figures(spec: ServerSpec, load: Load) -> dict[str, float]:
     answers."""
     values = np.percentile(np.array(load.latencies) * 1000, list(PERCENTILES.values()))
     errors, wrong = judge(spec, load)
-    return {**dict(zip(PERCENTILES, (float(v) for v in values))),
+    throughput = {"rps": len(load.answers) / load.seconds} if load.seconds else {}
+    return {**dict(zip(PERCENTILES, (float(v) for v in values))), **throughput,
             "requests": float(len(load.answers) + load.errors), "errors": float(errors),
             "wrong": float(wrong)}
 
 
 def measure(config_file: Path, root: Path, against: str, *, framework: str = "fastapi",
-            requests: int = 2000, rounds: int = 5, mlflow: bool = True) -> dict[str, Any]:
-    """Start the servers, run the rounds, stop the servers; returns every round's figures and
-    the medians of the figures and of the per-round ratios."""
+            requests: int = 2000, rounds: int = 5, mlflow: bool = True, clients: int = 1,
+            slices: int = 10, slice_seconds: float = 1.0) -> dict[str, Any]:
+    """Start the servers, run the rounds (sequential, or under `clients` connections at once:
+    see the module's docstring), stop the servers; returns every round's figures and the
+    medians of the figures and of the per-round ratios."""
     config = load_config("prediction", "historic", "local", config_file=config_file, root=root)
     service = PredictionService.from_config(config)
     held_out = held_out_rows(service, config)
@@ -144,13 +168,21 @@ def measure(config_file: Path, root: Path, against: str, *, framework: str = "fa
         asyncio.run(interleaved(specs, range(WARMUP_REQUESTS)))
         measured = []
         for number in range(rounds):
-            logger.info("Round %d of %d: %d requests to each server", number + 1, rounds,
-                        requests)
-            rows = [(number * requests + i) % count for i in range(requests)]
-            loads = asyncio.run(interleaved(specs, rows))
+            if clients > 1:
+                logger.info("Round %d of %d: %d slices of %.1f s of %d clients to each server",
+                            number + 1, rounds, slices, slice_seconds, clients)
+                loads = interleaved_under_load(specs, clients, slice_seconds, slices,
+                                               number * slices * clients)
+            else:
+                logger.info("Round %d of %d: %d requests to each server", number + 1, rounds,
+                            requests)
+                rows = [(number * requests + i) % count for i in range(requests)]
+                loads = asyncio.run(interleaved(specs, rows))
             measured.append({spec.name: _round_figures(spec, loads[spec.name]) for spec in specs})
+    load = ({"clients": clients, "slices": slices, "slice_seconds": slice_seconds}
+            if clients > 1 else {"requests_per_round": requests})
     return {"against": against, "against_commit": commit, "this_commit": _this_commit(),
-            "framework": framework, "requests_per_round": requests, "rounds": measured,
+            "framework": framework, **load, "rounds": measured,
             "medians": _medians(measured), "ratios": _ratios(measured)}
 
 
@@ -171,9 +203,10 @@ def _ratios(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, fl
     """Medians of the per-round ratios: a slower round slows every server in it alike."""
     pairs = [(THIS, AGAINST)] + [(name, MLFLOW) for name in (THIS, AGAINST)
                                  if MLFLOW in rounds[0]]
+    keys = [*PERCENTILES, *(["rps"] if "rps" in rounds[0][THIS] else [])]
     return {f"{ours}/{theirs}": {key: float(np.median([r[ours][key] / r[theirs][key]
                                                        for r in rounds]))
-                                 for key in PERCENTILES}
+                                 for key in keys}
             for ours, theirs in pairs}
 
 
@@ -183,19 +216,26 @@ def report(results: dict[str, Any]) -> str:
              AGAINST: f"{results['against']} ({results['against_commit'][:12]})",
              MLFLOW: "mlflow models serve"}
     rounds = len(results["rounds"])
-    lines = [f"{results['framework']}, one worker; {rounds} rounds of "
-             f"{results['requests_per_round']} requests to each server, interleaved "
+    if "clients" in results:
+        load = (f"{results['slices']} slices of {results['slice_seconds']:g} s of "
+                f"{results['clients']} clients to each server")
+    else:
+        load = f"{results['requests_per_round']} requests to each server"
+    under_load = "clients" in results
+    rps = f"{'rps':>9}" if under_load else ""
+    lines = [f"{results['framework']}, one worker; {rounds} rounds of {load}, interleaved "
              "(medians over rounds, ms)", "",
-             f"{'server':<40}" + "".join(f"{key[:-3]:>9}" for key in PERCENTILES)
+             f"{'server':<40}" + "".join(f"{key[:-3]:>9}" for key in PERCENTILES) + rps
              + f"{'errors':>8}{'wrong':>7}"]
     for name, row in results["medians"].items():
         lines.append(f"{names[name]:<40}" + "".join(f"{row[key]:>9.2f}" for key in PERCENTILES)
+                     + (f"{row['rps']:>9.0f}" if under_load else "")
                      + f"{row['errors']:>8.0f}{row['wrong']:>7.0f}")
     lines += ["", "ratios (medians of the per-round ratios)"]
     for pair, row in results["ratios"].items():
         ours, theirs = pair.split("/")
         label = f"{ours} / {theirs}".replace(THIS, "this").replace(AGAINST, results["against"])
-        lines.append(f"{label:<40}" + "".join(f"{row[key]:>8.2f}x" for key in PERCENTILES))
+        lines.append(f"{label:<40}" + "".join(f"{row[key]:>8.2f}x" for key in row))
     return "\n".join(lines)
 
 
@@ -211,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="to each server, a round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument("--clients", type=int, default=1,
+                        help="connections at once; above 1, rounds are slices under load")
+    parser.add_argument("--slices", type=int, default=10, help="under load: slices a round")
+    parser.add_argument("--slice-seconds", type=float, default=1.0,
+                        help="under load: seconds of each slice, each server")
     parser.add_argument("--json", type=Path, default=None, help="also write every round here")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -219,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     root = args.root.resolve()
     results = measure((args.config or root / "project_config.yaml").resolve(), root,
                       args.against, framework=args.framework, requests=args.requests,
-                      rounds=args.rounds, mlflow=not args.skip_mlflow)
+                      rounds=args.rounds, mlflow=not args.skip_mlflow, clients=args.clients,
+                      slices=args.slices, slice_seconds=args.slice_seconds)
     print(report(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -207,33 +207,42 @@ def test_the_revisions_benchmark_puts_each_server_after_each_other_equally_often
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("clients", [1, 3])
 def test_the_revisions_benchmark_serves_both_trees_on_one_model_requests_interleaved(
-    trained_project: Path, tmp_path: Path
+    trained_project: Path, tmp_path: Path, clients: int
 ) -> None:
     """executables/benchmark_revisions.py against HEAD: this checkout's service and the
-    exported tree's, each from its own folder, answer every request right, round by round."""
+    exported tree's, each from its own folder, answer every request right, round by round;
+    one request at a time, or (clients > 1) in slices under load."""
     if _git_head() is None:
         pytest.skip("not a git checkout")
     root = tmp_path / "root"
     shutil.copytree(trained_project, root)
 
     results = benchmark_revisions.measure(root / "project_config.yaml", root, "HEAD",
-                                          requests=25, rounds=2, mlflow=False)
+                                          requests=25, rounds=2, mlflow=False, clients=clients,
+                                          slices=3, slice_seconds=0.3)
 
     assert results["against_commit"] == _git_head() and len(results["rounds"]) == 2
     for name in ("this", "against"):
         served = results["medians"][name]
-        assert served["requests"] == 50 and served["errors"] == 0 and served["wrong"] == 0
+        assert served["errors"] == 0 and served["wrong"] == 0
         assert 0 < served["p50_ms"] <= served["p99_ms"] <= served["max_ms"]
+        if clients == 1:
+            assert served["requests"] == 50 and "rps" not in served
+        else:  # 3 slices a round, each of 3 clients for 0.3 s: throughput measured
+            assert served["requests"] > 2 * 3 * 3 and served["rps"] > 0
         # Each service logged to a database of its own: neither waited on the other's. Both
         # hold every measured request, besides the warm-up and the cold start's probes.
         database = root / "output" / f"benchmark_{name}" / benchmark.LOG_DATABASE
         with closing(sqlite3.connect(database)) as connection:
             (stored,), = connection.execute(f"SELECT COUNT(*) FROM {PREDICTIONS.name}")
-        assert stored >= 50 + benchmark.WARMUP_REQUESTS
+        assert stored >= served["requests"] + benchmark.WARMUP_REQUESTS
     assert set(results["ratios"]) == {"this/against"}
+    assert ("rps" in results["ratios"]["this/against"]) == (clients > 1)
     text = benchmark_revisions.report(results)
     assert "this checkout" in text and "HEAD (" in text and "this / HEAD" in text
+    assert (f"of {clients} clients to each server" in text) == (clients > 1)
 
 
 @pytest.mark.slow
