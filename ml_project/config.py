@@ -335,3 +335,16 @@ def database_url(url: str) -> sqlalchemy.URL:
     if parsed.drivername == "postgresql":
         return parsed.set(drivername="postgresql+psycopg")
     return parsed
+
+
+def sqlite_file(url: str | sqlalchemy.URL) -> Path | None:
+    """The file a SQLite URL names (`sqlite:///`, `sqlite+pysqlite:///`); None for any other
+    database, a database in memory, or a `file:` URI (whose text is no path)."""
+    import sqlalchemy
+
+    parsed = sqlalchemy.make_url(url)
+    database = parsed.database
+    if (parsed.get_backend_name() != "sqlite" or not database or database == ":memory:"
+            or database.startswith("file:")):
+        return None
+    return Path(database)

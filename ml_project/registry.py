@@ -25,13 +25,12 @@ import mlflow
 import pandas as pd
 import requests
 import skops.io
-import sqlalchemy
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sklearn.pipeline import Pipeline
 
-from ml_project.config import Config
+from ml_project.config import Config, sqlite_file
 from ml_project.export import (
     CARD_JSON,
     CARD_MARKDOWN,
@@ -113,14 +112,6 @@ def _check_server(uri: str) -> None:
         ) from err
 
 
-def _sqlite_file(uri: str) -> Path | None:
-    """The database file of a `sqlite:///...` store URI; None for any other store."""
-    if not uri.startswith("sqlite"):  # sqlite:///, sqlite+pysqlite:///
-        return None
-    database = sqlalchemy.make_url(uri).database
-    return Path(database) if database and database != ":memory:" else None
-
-
 @contextmanager
 def _one_process_at_a_time(uri: str) -> Iterator[None]:
     """Serialise a local SQLite store's first use across processes. MLflow creates a store's
@@ -128,7 +119,8 @@ def _one_process_at_a_time(uri: str) -> Iterator[None]:
     processes doing so at once collide ("duplicate column name") and may leave the schema half
     made. Under this lock (an flock on `<database>.lock` beside it) the first process creates
     them, and the others wait, then find them made. A server or another database makes its own."""
-    database = _sqlite_file(uri)
+    # An MLflow URI need not be a database URL at all (a folder, `databricks`, `http://...`).
+    database = sqlite_file(uri) if uri.startswith("sqlite") else None
     if database is None or not database.parent.is_dir():  # MLflow's own error names the path
         yield
         return

@@ -16,6 +16,7 @@ from ml_project.config import (
     Config,
     ConfigError,
     load_config,
+    sqlite_file,
 )
 
 
@@ -247,3 +248,18 @@ def test_resolve_makes_relative_paths_absolute_and_keeps_urls(
     config: Config, value: str, expected: str
 ) -> None:
     assert config.resolve(value) == expected.format(root=config.root)
+
+
+@pytest.mark.parametrize(("url", "path"), [
+    ("sqlite:////srv/log.db", Path("/srv/log.db")),
+    ("sqlite+pysqlite:///relative/mlflow.db", Path("relative/mlflow.db")),
+    ("sqlite://", None),
+    ("sqlite:///:memory:", None),
+    ("sqlite:///file:log.db?mode=ro&uri=true", None),  # a URI's text names no file
+    ("postgresql://user@host/db", None),
+])
+def test_sqlite_file_is_the_file_a_sqlite_url_names_and_none_for_anything_else(
+    url: str, path: Path | None
+) -> None:
+    """One answer for the prediction log's engine and the MLflow store's first-use lock."""
+    assert sqlite_file(url) == path

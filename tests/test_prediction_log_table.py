@@ -12,6 +12,7 @@ import sqlalchemy
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.pool import NullPool
 
+from ml_project.config import sqlite_file
 from ml_project.prediction_log.log import PredictionLog
 from ml_project.prediction_log.records import LogRecord, new_request_id
 from ml_project.prediction_log.table import (
@@ -22,7 +23,6 @@ from ml_project.prediction_log.table import (
     make_engine,
     parse_url,
     prepare_sqlite_file,
-    sqlite_file,
     sqlite_file_unchanged,
 )
 

@@ -75,11 +75,16 @@ class _File:
     size: int = 0
 
     def still_named(self) -> bool:
-        try:
-            found = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        return (found.st_dev, found.st_ino) == self.identity
+        return file_identity(self.path) == self.identity
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """The file `path` names now, as (device, inode); None if there is none."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 class Journal:

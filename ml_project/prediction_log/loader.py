@@ -29,6 +29,7 @@ from typing import IO, Any, Mapping, Sequence
 
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
+from ml_project.config import sqlite_file
 from ml_project.prediction_log import journal
 from ml_project.prediction_log.status import LOCK_FILE, STATUS_FILE, Status
 from ml_project.prediction_log.table import (
@@ -42,7 +43,6 @@ from ml_project.prediction_log.table import (
     prepare_sqlite_file,
     redacted,
     scrub,
-    sqlite_file,
     sqlite_file_unchanged,
 )
 
@@ -210,7 +210,7 @@ class Loader:
     def _insert_table(self, *, check_columns: bool = True) -> bool:
         """Make sure the table is there; True if it had to be created."""
         prepare_sqlite_file(self.engine)
-        path = sqlite_file(self.engine.url) if self.engine.dialect.name == "sqlite" else None
+        path = sqlite_file(self.engine.url)
         if self._table_ready and (path is None or path.exists()):
             return False
         with self.engine.begin() as connection:

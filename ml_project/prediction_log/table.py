@@ -14,8 +14,8 @@ import sqlalchemy
 from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
 from sqlalchemy.pool import NullPool
 
-from ml_project.config import ConfigError, database_url
-from ml_project.prediction_log.journal import storable
+from ml_project.config import ConfigError, database_url, sqlite_file
+from ml_project.prediction_log.journal import file_identity, storable
 
 # A new table name for the schema with record keys and model identity: a log database written
 # by an earlier version keeps its old `predictions` table untouched beside it.
@@ -222,14 +222,6 @@ def make_engine(url: str, *, lock_timeout_seconds: float,
     return sqlalchemy.create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
 
 
-def sqlite_file(url: sqlalchemy.URL) -> Path | None:
-    """The file a SQLite URL names (None for a database in memory or a `file:` URI)."""
-    database = url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database)
-
-
 def keep_sqlite_connection(engine: sqlalchemy.Engine, path: Path) -> None:
     """Keep the SQLite log's connections in the engine's pool. Closing the last one checkpoints
     the write-ahead log and deletes it, so a connection per transaction created, wrote and
@@ -243,14 +235,14 @@ def keep_sqlite_connection(engine: sqlalchemy.Engine, path: Path) -> None:
     process is never used or closed there (SQLAlchemy's own recipe for pools and os.fork)."""
 
     def connected(dbapi_connection: Any, record: Any) -> None:
-        record.info[SQLITE_FILE] = (os.getpid(), path, _identity(path))
+        record.info[SQLITE_FILE] = (os.getpid(), path, file_identity(path))
 
     def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         pid, _, identity = record.info[SQLITE_FILE]
         if pid != os.getpid():
             record.dbapi_connection = proxy.dbapi_connection = None
             raise DisconnectionError(f"a connection of process {pid}, not this one's")
-        if identity != _identity(path):
+        if identity != file_identity(path):
             raise DisconnectionError(f"{path} was deleted or replaced since it was opened")
 
     sqlalchemy.event.listen(engine, "connect", connected)
@@ -262,23 +254,14 @@ def sqlite_file_unchanged(connection: sqlalchemy.Connection) -> bool:
     other connection): checked before a commit, a file deleted in the transaction does not
     take its rows."""
     opened = connection.connection.info.get(SQLITE_FILE)
-    return opened is None or bool(opened[2] == _identity(opened[1]))
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    """The file `path` names now, as (device, inode); None if there is none."""
-    try:
-        found = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return found.st_dev, found.st_ino
+    return opened is None or bool(opened[2] == file_identity(opened[1]))
 
 
 def prepare_sqlite_file(engine: sqlalchemy.Engine) -> None:
     """Before connecting to a SQLite log: its folder exists, and if its file is gone (deleted
     while serving), so are the write-ahead files it left: a new file beside an old WAL would
     take the old pages in."""
-    path = sqlite_file(engine.url) if engine.dialect.name == "sqlite" else None
+    path = sqlite_file(engine.url)
     if path is None:  # another database, a `file:` URI, or memory: nothing to prepare
         return
     path.parent.mkdir(parents=True, exist_ok=True)
